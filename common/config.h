@@ -1,0 +1,32 @@
+/* Typed access to JSON config files (HF config.json, metamorph.json) via jansson.
+ * Getters distinguish "absent" (use a default) from "present with the wrong type"
+ * (an error naming the file and the key). */
+#ifndef MM_CONFIG_H
+#define MM_CONFIG_H
+
+#include <stdint.h>
+
+#include "status.h"
+
+typedef struct mm_json mm_json; /* an opaque jansson json_t */
+
+/* Loads and parses a JSON file; errors name the file and the line/column. */
+mm_status mm_json_load(const char *path, mm_json **out);
+void mm_json_free(mm_json *j);
+
+/* Object member lookup (NULL if absent or j is not an object). */
+mm_json *mm_json_get(const mm_json *j, const char *key);
+
+/* Number/int/bool/string getters on an object member. `file` is used in messages.
+ * Absent member -> *out = def, MM_OK. Wrong type -> MM_ERR_FORMAT. */
+mm_status mm_json_int(const mm_json *obj, const char *file, const char *key, int64_t def, int64_t *out);
+mm_status mm_json_num(const mm_json *obj, const char *file, const char *key, double def, double *out);
+mm_status mm_json_bool(const mm_json *obj, const char *file, const char *key, int def, int *out);
+/* Returned pointer is owned by the document. */
+mm_status mm_json_str(const mm_json *obj, const char *file, const char *key, const char *def, const char **out);
+
+/* Reads an int or an array of ints (e.g. eos_token_id). Fills at most cap values. */
+mm_status mm_json_int_list(const mm_json *obj, const char *file, const char *key, int64_t *vals,
+                           int cap, int *count);
+
+#endif

@@ -1,0 +1,73 @@
+/* Byte-level BPE tokenizer reading HF tokenizer.json of the LLaMA-3 kind, and the
+ * LLaMA-3 chat template MetaMorph was trained with. Encoding: added/special tokens are
+ * matched first (when allowed), the pre-tokenizer Split regex runs through PCRE2
+ * (UTF + UCP + JIT), each piece is mapped byte->unicode (GPT-2 ByteLevel) and merged
+ * by BPE rank (ignore_merges: a piece that is itself a vocab entry is one token).
+ * Decoding gives bytes; the streaming decoder never emits half a UTF-8 character. */
+#ifndef MM_TOKENIZER_H
+#define MM_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/status.h"
+
+typedef struct mm_tokenizer mm_tokenizer;
+
+/* path: a tokenizer.json file. */
+mm_status mm_tokenizer_load(const char *path, mm_tokenizer **out);
+void mm_tokenizer_free(mm_tokenizer *tok);
+
+/* Total ids (vocab + added tokens, max id + 1). */
+int32_t mm_tokenizer_n_vocab(const mm_tokenizer *tok);
+/* Id of an exact token string (vocab or added), or -1. */
+int32_t mm_tokenizer_token_id(const mm_tokenizer *tok, const char *token);
+/* Special-token ids from tokenizer.json's post-processor / added tokens; -1 if none. */
+int32_t mm_tokenizer_bos_id(const mm_tokenizer *tok);
+
+/* Encodes UTF-8 text (len bytes) to ids, without BOS. Invalid UTF-8 -> MM_ERR_INVALID.
+ * allow_special: match added tokens marked special inside text (HF default behaviour);
+ * when 0 only non-special added tokens are matched and e.g. "<|eot_id|>" is plain text.
+ * *ids is malloc'd (caller frees); *n_ids its length. */
+mm_status mm_tokenizer_encode(const mm_tokenizer *tok, const char *text, size_t len,
+                              int allow_special, int32_t **ids, size_t *n_ids);
+
+/* Bytes of one token (ByteLevel-decoded; added tokens as their content).
+ * Returns NULL for an id out of range. *len gets the byte count. */
+const char *mm_tokenizer_token_bytes(const mm_tokenizer *tok, int32_t id, size_t *len);
+/* Is this id a special added token (skipped by skip_special_tokens decoding)? */
+int mm_tokenizer_is_special(const mm_tokenizer *tok, int32_t id);
+
+/* Decodes ids to a malloc'd NUL-terminated byte string (may hold invalid UTF-8 only if
+ * the ids do). skip_special: drop special tokens like HF skip_special_tokens=True. */
+mm_status mm_tokenizer_decode(const mm_tokenizer *tok, const int32_t *ids, size_t n,
+                              int skip_special, char **out, size_t *out_len);
+
+/* Streaming detokenizer: feed ids one by one, get only complete UTF-8 characters. */
+typedef struct {
+    unsigned char pending[8];
+    int n_pending;
+    int skip_special;
+} mm_detok;
+
+void mm_detok_init(mm_detok *d, int skip_special);
+/* Appends the bytes now complete to out (cap bytes; a token plus pending bytes never
+ * exceeds the longest token + 8). Returns the number written, or -1 if cap is too small. */
+int mm_detok_push(mm_detok *d, const mm_tokenizer *tok, int32_t id, char *out, size_t cap);
+/* Flushes what is left at the end of a stream (invalid tails become U+FFFD). */
+int mm_detok_flush(mm_detok *d, char *out, size_t cap);
+
+/* ---- Chat template (MetaMorph's conv_llama_3) ----
+ * "<|begin_of_text|>" then per message "<|start_header_id|>ROLE<|end_header_id|>\n"
+ * + content + "<|eot_id|>", then "<|start_header_id|>assistant<|end_header_id|>\n"
+ * when add_generation_prompt. Role and header tokens are inserted as ids; the message
+ * text is encoded with allow_special=0 so user text cannot inject control tokens. */
+typedef struct {
+    const char *role;    /* "user", "assistant" or "system" */
+    const char *content; /* UTF-8 text */
+} mm_chat_message;
+
+mm_status mm_chat_encode(const mm_tokenizer *tok, const mm_chat_message *msgs, size_t n_msgs,
+                         int add_generation_prompt, int32_t **ids, size_t *n_ids);
+
+#endif

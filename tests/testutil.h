@@ -1,0 +1,32 @@
+/* Minimal test harness: EXPECT-style checks that count failures, and a closing line
+ * "N passed, N failed" per test program. Also golden-file path helpers. */
+#ifndef MM_TESTUTIL_H
+#define MM_TESTUTIL_H
+
+#include <stdio.h>
+#include <stdlib.h>
+
+extern int mm_test_passed, mm_test_failed;
+
+#define EXPECT(cond, ...)                                                                          \
+    do {                                                                                           \
+        if (cond) {                                                                                \
+            mm_test_passed++;                                                                      \
+        } else {                                                                                   \
+            mm_test_failed++;                                                                      \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                        \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fprintf(stderr, "\n");                                                                 \
+        }                                                                                          \
+    } while (0)
+
+/* Prints the summary and returns the process exit code (0 when nothing failed). */
+int mm_test_finish(const char *name);
+/* Returns "$MM_GOLDEN_DIR/rel" (or "$MM_ASSETS_DIR/rel" for mm_asset_path) in a static
+ * rotating buffer; the env vars are set by ctest. */
+const char *mm_golden_path(const char *rel);
+const char *mm_asset_path(const char *rel);
+/* Max |a-b| over n floats. */
+float mm_max_abs_diff(const float *a, const float *b, size_t n);
+
+#endif
