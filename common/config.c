@@ -1,0 +1,123 @@
+/* Typed getters over jansson for config files (config.h). JSON null counts as absent,
+ * as HF configs write "pad_token_id": null for "not set". Must not guess types: a
+ * present value of the wrong type is an error naming the file and the key. */
+#include "config.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+
+#define J(x) ((json_t *)(x)) /* mm_json is jansson's json_t under another name */
+
+mm_status mm_json_load(const char *path, mm_json **out) {
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        return MM_ERROR(errno == ENOENT ? MM_ERR_NOT_FOUND : MM_ERR_IO, "%s: cannot open: %s", path,
+                        strerror(errno));
+    }
+    json_error_t err;
+    json_t *root = json_loadf(f, JSON_REJECT_DUPLICATES, &err);
+    int read_failed = ferror(f);
+    fclose(f);
+    if (read_failed) {
+        json_decref(root);
+        return MM_ERROR(MM_ERR_IO, "%s: read failed", path);
+    }
+    if (!root) {
+        return MM_ERROR(MM_ERR_FORMAT, "%s:%d:%d: invalid JSON: %s", path, err.line, err.column,
+                        err.text);
+    }
+    *out = (mm_json *)root;
+    return MM_OK;
+}
+
+void mm_json_free(mm_json *j) { json_decref(J(j)); }
+
+mm_json *mm_json_get(const mm_json *j, const char *key) {
+    if (!j || !json_is_object(J(j))) return NULL;
+    return (mm_json *)json_object_get(J(j), key);
+}
+
+/* Finds obj[key]: *out = NULL when obj is NULL or the member is absent or null; an error
+ * when obj is not an object or the member fails `ok` (`want` says what was expected). */
+static mm_status json_member(const mm_json *obj, const char *file, const char *key,
+                             int (*ok)(const json_t *), const char *want, const json_t **out) {
+    *out = NULL;
+    if (!obj) return MM_OK;
+    if (!json_is_object(J(obj)))
+        return MM_ERROR(MM_ERR_FORMAT, "%s: reading key '%s' from a value that is not an object",
+                        file, key);
+    const json_t *v = json_object_get(J(obj), key);
+    if (!v || json_is_null(v)) return MM_OK;
+    if (!ok(v)) return MM_ERROR(MM_ERR_FORMAT, "%s: key '%s' must be %s", file, key, want);
+    *out = v;
+    return MM_OK;
+}
+
+static int is_int(const json_t *v) { return json_is_integer(v); }
+static int is_num(const json_t *v) { return json_is_number(v); }
+static int is_bool(const json_t *v) { return json_is_boolean(v); }
+static int is_str(const json_t *v) { return json_is_string(v); }
+static int is_int_or_list(const json_t *v) { return json_is_integer(v) || json_is_array(v); }
+
+mm_status mm_json_int(const mm_json *obj, const char *file, const char *key, int64_t def,
+                      int64_t *out) {
+    const json_t *v;
+    CHECK(json_member(obj, file, key, is_int, "an integer", &v));
+    *out = v ? (int64_t)json_integer_value(v) : def;
+    return MM_OK;
+}
+
+mm_status mm_json_num(const mm_json *obj, const char *file, const char *key, double def,
+                      double *out) {
+    const json_t *v;
+    CHECK(json_member(obj, file, key, is_num, "a number", &v));
+    *out = v ? json_number_value(v) : def;
+    return MM_OK;
+}
+
+mm_status mm_json_bool(const mm_json *obj, const char *file, const char *key, int def, int *out) {
+    const json_t *v;
+    CHECK(json_member(obj, file, key, is_bool, "true or false", &v));
+    *out = v ? json_is_true(v) : def;
+    return MM_OK;
+}
+
+mm_status mm_json_str(const mm_json *obj, const char *file, const char *key, const char *def,
+                      const char **out) {
+    const json_t *v;
+    CHECK(json_member(obj, file, key, is_str, "a string", &v));
+    *out = v ? json_string_value(v) : def;
+    return MM_OK;
+}
+
+/* Absent -> *count = 0. More than cap values is an error rather than a silent cut, since
+ * a dropped value (an EOS id) would change behaviour. */
+mm_status mm_json_int_list(const mm_json *obj, const char *file, const char *key, int64_t *vals,
+                           int cap, int *count) {
+    const json_t *v;
+    *count = 0;
+    CHECK(json_member(obj, file, key, is_int_or_list, "an integer or a list of integers", &v));
+    if (!v) return MM_OK;
+    if (json_is_integer(v)) {
+        if (cap < 1) return MM_ERROR(MM_ERR_UNSUPPORTED, "%s: key '%s': no room for a value", file, key);
+        vals[0] = (int64_t)json_integer_value(v);
+        *count = 1;
+        return MM_OK;
+    }
+    size_t n = json_array_size(v);
+    if (n > (size_t)(cap < 0 ? 0 : cap))
+        return MM_ERROR(MM_ERR_UNSUPPORTED, "%s: key '%s' has %zu values, at most %d supported",
+                        file, key, n, cap);
+    for (size_t i = 0; i < n; i++) {
+        const json_t *e = json_array_get(v, i);
+        if (!json_is_integer(e))
+            return MM_ERROR(MM_ERR_FORMAT, "%s: key '%s': element %zu must be an integer", file,
+                            key, i);
+        vals[i] = (int64_t)json_integer_value(e);
+    }
+    *count = (int)n;
+    return MM_OK;
+}
