@@ -1,0 +1,225 @@
+/* bench/llm_cpu: LLaMA throughput on the CPU backend, printed as one JSON object.
+ * For the 110m preset (llama2.c's stories110M shapes) in f32 and bf16, at 1 and 2
+ * threads: prefill tokens/s (one 256-token prompt) and decode tokens/s at batch 1,
+ * 16 and 64, each the median of several runs. Baselines measured in the same run:
+ * the streaming memory-read bandwidth (batch-1 decode is compared with weight bytes
+ * per token / time) and the GEMM peak of the same backend (prefill FLOP/s against it).
+ * Models are written with mm-mkmodel into --workdir (default: a temp dir). */
+#include <getopt.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kernels/backend.h"
+#include "model/llama.h"
+
+#ifndef MM_MKMODEL_PATH
+#define MM_MKMODEL_PATH "mm-mkmodel"
+#endif
+
+#define REPEATS 5
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Streaming read of a buffer much larger than the caches, GB/s (median). */
+static double read_bandwidth(int threads) {
+    size_t n = (size_t)1 << 27; /* 128 Mi floats = 512 MiB */
+    float *buf = malloc(n * sizeof *buf);
+    if (!buf) return 0;
+#pragma omp parallel for num_threads(threads)
+    for (size_t i = 0; i < n; i++) buf[i] = (float)(i & 1023);
+    double t[REPEATS];
+    volatile float sink = 0;
+    for (int r = 0; r < REPEATS; r++) {
+        double t0 = now_s();
+        float total = 0;
+#pragma omp parallel for num_threads(threads) reduction(+ : total)
+        for (size_t i = 0; i < n; i += 16) {
+            float s = 0;
+            for (int l = 0; l < 16; l++) s += buf[i + l];
+            total += s;
+        }
+        sink += total;
+        t[r] = (double)(n * sizeof *buf) / (now_s() - t0) * 1e-9;
+    }
+    free(buf);
+    return median(t, REPEATS);
+}
+
+/* GEMM peak of this backend: a large matmul in the model's weight dtype, GFLOP/s. */
+static double gemm_peak(mm_backend *be, mm_dtype dt) {
+    const int64_t M = 512, K = 2048, N = 2048;
+    mm_tensor w = {.dtype = dt, .ndim = 2, .shape = {N, K}};
+    w.data = calloc((size_t)(N * K), mm_dtype_size(dt));
+    float *x = calloc((size_t)(M * K), 4), *y = calloc((size_t)(M * N), 4);
+    for (int64_t i = 0; i < M * K; i++) x[i] = (float)(i % 7) * 0.1f;
+    double t[REPEATS];
+    be->ops->matmul(be, &w, x, y, M); /* warm-up: primitive creation */
+    for (int r = 0; r < REPEATS; r++) {
+        double t0 = now_s();
+        be->ops->matmul(be, &w, x, y, M);
+        t[r] = 2.0 * M * K * N / (now_s() - t0) * 1e-9;
+    }
+    free(w.data), free(x), free(y);
+    return median(t, REPEATS);
+}
+
+typedef struct {
+    mm_llama *m;
+    mm_kv_cache *kv;
+    mm_llama_seq *seqs;
+    float *logits;
+    int n;
+} runner;
+
+static void runner_reset(runner *r) {
+    for (int i = 0; i < r->n; i++) mm_kv_seq_release(r->kv, &r->seqs[i].kv);
+}
+
+/* Prefill of one prompt of T tokens, tokens/s. */
+static double bench_prefill(runner *r, int T) {
+    int32_t *toks = malloc((size_t)T * sizeof *toks);
+    for (int i = 0; i < T; i++) toks[i] = (i * 7919) % r->m->cfg.vocab_size;
+    double t[REPEATS];
+    for (int rep = 0; rep < REPEATS; rep++) {
+        mm_llama_seq *s = &r->seqs[0];
+        const int32_t *tp[1] = {toks};
+        int32_t cnt[1] = {T};
+        double t0 = now_s();
+        if (mm_llama_eval(r->m, r->kv, &s, tp, cnt, 1, 0, r->logits) != MM_OK) fprintf(stderr, "%s\n", mm_error_last());
+        t[rep] = T / (now_s() - t0);
+        runner_reset(r);
+    }
+    free(toks);
+    return median(t, REPEATS);
+}
+
+/* B sequences, each prefilled with 32 tokens, then `steps` batched decode steps: tokens/s. */
+static double bench_decode(runner *r, int B, int steps) {
+    mm_llama_seq *ptrs[B];
+    const int32_t *tp[B];
+    int32_t cnt[B], prompt[32], next[B];
+    for (int i = 0; i < 32; i++) prompt[i] = (i * 31 + 7) % r->m->cfg.vocab_size;
+    double t[REPEATS];
+    for (int rep = 0; rep < REPEATS; rep++) {
+        for (int b = 0; b < B; b++) {
+            ptrs[b] = &r->seqs[b], tp[b] = prompt, cnt[b] = 32;
+            next[b] = (b * 13) % r->m->cfg.vocab_size;
+        }
+        mm_llama_eval(r->m, r->kv, ptrs, tp, cnt, B, 0, r->logits);
+        for (int b = 0; b < B; b++) tp[b] = &next[b], cnt[b] = 1;
+        double t0 = now_s();
+        for (int s = 0; s < steps; s++)
+            if (mm_llama_eval(r->m, r->kv, ptrs, tp, cnt, B, 0, r->logits) != MM_OK) fprintf(stderr, "%s\n", mm_error_last());
+        t[rep] = (double)B * steps / (now_s() - t0);
+        runner_reset(r);
+    }
+    return median(t, REPEATS);
+}
+
+/* Bytes read per decode step at batch 1: every weight matrix once (+ one embedding row). */
+static double weight_bytes(const mm_llama_config *c, mm_dtype dt) {
+    double per_layer = (double)c->dim * c->head_dim * (2.0 * c->n_heads + 2.0 * c->n_kv_heads) + 3.0 * c->dim * c->hidden_dim;
+    double head = (double)c->vocab_size * c->dim;
+    return (per_layer * c->n_layers + head) * (double)mm_dtype_size(dt) + 4.0 * c->dim * (2.0 * c->n_layers + 1);
+}
+
+static double flops_per_token(const mm_llama_config *c) {
+    double per_layer = (double)c->dim * c->head_dim * (2.0 * c->n_heads + 2.0 * c->n_kv_heads) + 3.0 * c->dim * c->hidden_dim;
+    return 2.0 * (per_layer * c->n_layers + (double)c->vocab_size * c->dim);
+}
+
+static int ensure_model(const char *dir, const char *dtype) {
+    char cfg[4200], cmd[8400];
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    if (access(cfg, R_OK) == 0) return 0;
+    snprintf(cmd, sizeof cmd, "%s --preset 110m --dtype %s --out %s >&2", MM_MKMODEL_PATH, dtype, dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+int main(int argc, char **argv) {
+    const char *workdir = NULL;
+    int quick = 0;
+    static const struct option opts[] = {{"workdir", required_argument, 0, 'w'}, {"quick", no_argument, 0, 'q'}, {0, 0, 0, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == 'w') workdir = optarg;
+        else if (c == 'q') quick = 1;
+        else {
+            fprintf(stderr, "usage: llm_cpu [--workdir DIR] [--quick]\n");
+            return 2;
+        }
+    }
+    char tmp[] = "/tmp/mm-bench-XXXXXX";
+    if (!workdir && !(workdir = mkdtemp(tmp))) return 1;
+    const char *dtypes[] = {"f32", "bf16"};
+    const mm_dtype dts[] = {MM_DTYPE_F32, MM_DTYPE_BF16};
+    const int threads[] = {1, 2}, batches[] = {1, 16, 64};
+    int steps = quick ? 4 : 16;
+    printf("{\n  \"benchmark\": \"llm_cpu\", \"preset\": \"110m\", \"repeats\": %d, \"stat\": \"median\",\n", REPEATS);
+    printf("  \"read_bandwidth_gbs\": {\"1\": %.2f, \"2\": %.2f},\n", read_bandwidth(1), read_bandwidth(2));
+    printf("  \"runs\": [\n");
+    int first = 1;
+    for (int d = 0; d < 2; d++) {
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s/110m-%s", workdir, dtypes[d]);
+        mkdir(workdir, 0755);
+        if (ensure_model(dir, dtypes[d])) {
+            fprintf(stderr, "llm_cpu: could not create %s\n", dir);
+            return 1;
+        }
+        for (int ti = 0; ti < 2; ti++) {
+            int nt = threads[ti];
+            double bw = read_bandwidth(nt);
+            mm_backend *be;
+            mm_llama *m;
+            if (mm_backend_cpu_init(nt, &be) != MM_OK || mm_llama_load(dir, be, 0, -1, MM_LLAMA_EMBED | MM_LLAMA_HEAD, &m) != MM_OK) {
+                fprintf(stderr, "llm_cpu: %s\n", mm_error_last());
+                return 1;
+            }
+            runner r = {.m = m, .n = 64};
+            r.seqs = calloc(64, sizeof *r.seqs);
+            r.logits = malloc((size_t)64 * m->cfg.vocab_size * sizeof(float));
+            if (mm_kv_cache_init(be, m->cfg.n_layers, 64 * 4 + 32, 16, m->cfg.n_kv_heads, m->cfg.head_dim, &r.kv) != MM_OK) return 1;
+            double peak = gemm_peak(be, dts[d]);
+            double prefill = bench_prefill(&r, 256);
+            double decode[3];
+            for (int bi = 0; bi < 3; bi++) decode[bi] = bench_decode(&r, batches[bi], steps);
+            double wb = weight_bytes(&m->cfg, dts[d]);
+            printf("%s    {\"dtype\": \"%s\", \"threads\": %d, \"prefill_tokens_per_s\": %.1f, "
+                   "\"decode_tokens_per_s\": {\"1\": %.2f, \"16\": %.1f, \"64\": %.1f},\n"
+                   "     \"gemm_peak_gflops\": %.1f, \"prefill_gflops\": %.1f, \"prefill_fraction_of_gemm_peak\": %.3f,\n"
+                   "     \"weight_bytes_per_token\": %.0f, \"read_bandwidth_gbs\": %.2f, "
+                   "\"decode_b1_fraction_of_bandwidth\": %.3f, \"decode_b64_over_b1\": %.1f}",
+                   first ? "" : ",\n", dtypes[d], nt, prefill, decode[0], decode[1], decode[2], peak,
+                   prefill * flops_per_token(&m->cfg) * 1e-9, prefill * flops_per_token(&m->cfg) * 1e-9 / peak, wb, bw,
+                   decode[0] * wb * 1e-9 / bw, decode[2] / decode[0]);
+            fflush(stdout);
+            first = 0;
+            mm_kv_cache_free(r.kv);
+            free(r.seqs), free(r.logits);
+            mm_llama_free(m);
+            mm_backend_free(be);
+        }
+    }
+    printf("\n  ]\n}\n");
+    return 0;
+}

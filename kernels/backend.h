@@ -1,0 +1,103 @@
+/* The compute backend interface (like ggml_backend_i): a table of function pointers
+ * plus a context. Model code calls only these; each backend (cpu reference, cpu fast,
+ * cuda) implements them over its own memory. Every op is batch-invariant: the result
+ * of one row never depends on the other rows, the batch size or the thread count
+ * (reductions run in a fixed order per output element).
+ *
+ * Shapes: M rows of activations; weights W are [N, K] (nn.Linear layout); heads are
+ * laid out [M, n_heads, head_dim]. The paged KV cache of one layer is
+ * [n_blocks, block_size, n_kv_heads, head_dim] for K and for V, and a row reads its
+ * keys 0..n_keys-1 through its sequence's block table. */
+#ifndef MM_BACKEND_H
+#define MM_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/safetensors.h"
+#include "common/status.h"
+#include "tensor.h"
+
+typedef struct mm_backend mm_backend;
+
+/* Per-row attention input: the sequence's block table and how many keys it sees. */
+typedef struct {
+    const int32_t *block_table; /* [ceil(n_keys / block_size)] block ids */
+    int32_t n_keys;             /* keys 0..n_keys-1 are attended (causal: pos + 1) */
+} mm_attn_row;
+
+typedef struct {
+    int32_t n_heads, n_kv_heads, head_dim, block_size;
+    float scale; /* usually 1/sqrt(head_dim) */
+} mm_attn_shape;
+
+/* Sampling parameters of one row. temperature 0 means greedy (argmax, lowest id wins ties). */
+typedef struct {
+    float temperature;
+    float top_p;    /* 1 = off */
+    int32_t top_k;  /* 0 = off */
+} mm_sampling;
+
+/* The ops every backend implements. Activation pointers are backend memory. */
+typedef struct mm_backend_ops {
+    const char *name;
+    void (*free)(mm_backend *be);
+
+    /* memory */
+    void *(*alloc)(mm_backend *be, size_t bytes);
+    void (*dealloc)(mm_backend *be, void *p);
+    mm_status (*upload)(mm_backend *be, void *dst, const void *src, size_t bytes);
+    mm_status (*download)(mm_backend *be, void *dst, const void *src, size_t bytes);
+    mm_status (*copy)(mm_backend *be, void *dst, const void *src, size_t bytes); /* within the backend */
+    /* Makes a checkpoint tensor usable as an op input (may convert or pack it; may
+     * alias the mapping). Norm vectors are always made f32. release undoes it. */
+    mm_status (*weight_load)(mm_backend *be, const mm_st_tensor *src, int force_f32, mm_tensor *out);
+    void (*weight_release)(mm_backend *be, mm_tensor *t);
+
+    /* y[M, D] = table[ids[m], :] (table [V, D], any float dtype) */
+    mm_status (*embed)(mm_backend *be, const mm_tensor *table, const int32_t *ids, int64_t M, float *y);
+    /* y[M, N] = x[M, K] . W[N, K]^T */
+    mm_status (*matmul)(mm_backend *be, const mm_tensor *w, const float *x, float *y, int64_t M);
+    /* y[M, D] = x / sqrt(mean(x^2) + eps) * w[D]  (y may alias x) */
+    mm_status (*rmsnorm)(mm_backend *be, const float *x, const float *w, float *y, int64_t M, int64_t D, float eps);
+    /* In place on x[M, n_heads, head_dim], rotate-half convention (HF LLaMA):
+     * pairs (i, i + head_dim/2) rotated by pos[m] * inv_freq[i]. */
+    mm_status (*rope)(mm_backend *be, float *x, const int32_t *pos, const float *inv_freq, int64_t M,
+                      int32_t n_heads, int32_t head_dim);
+    /* Writes k, v [M, n_kv_heads*head_dim] into the cache at slots[m] = block*block_size + offset. */
+    mm_status (*kv_store)(mm_backend *be, float *k_cache, float *v_cache, const float *k, const float *v,
+                          const int32_t *slots, int64_t M, int64_t row_elems);
+    /* out[M, n_heads, head_dim] = softmax(q k^T * scale) v over each row's keys, grouped-query:
+     * head h reads kv head h / (n_heads / n_kv_heads). rows lives in host memory. */
+    mm_status (*attention)(mm_backend *be, const float *q, const float *k_cache, const float *v_cache,
+                           const mm_attn_row *rows, int64_t M, const mm_attn_shape *shape, float *out);
+    /* gate[M, N] = silu(gate) * up */
+    mm_status (*silu_mul)(mm_backend *be, float *gate, const float *up, int64_t n);
+    /* y += x (n elements) */
+    mm_status (*add)(mm_backend *be, float *y, const float *x, int64_t n);
+    /* y = softmax(x) per row, x [M, N] (y may alias x) */
+    mm_status (*softmax)(mm_backend *be, const float *x, float *y, int64_t M, int64_t N);
+    /* Picks one id per row of logits [M, V]. rng: one 64-bit state per row (advanced). */
+    mm_status (*sample)(mm_backend *be, const float *logits, int64_t M, int64_t V, const mm_sampling *params,
+                        uint64_t *rng, int32_t *out);
+} mm_backend_ops;
+
+struct mm_backend {
+    const mm_backend_ops *ops;
+    int n_threads;
+    void *ctx; /* backend-private state */
+};
+
+/* CPU backends. "cpu-ref": plain loops, single thread, the truth every other backend
+ * is tested against. "cpu": fast paths (oneDNN GEMM, vectorised loops, n_threads). */
+mm_status mm_backend_cpu_ref_init(mm_backend **out);
+mm_status mm_backend_cpu_init(int n_threads, mm_backend **out);
+/* By name: "cpu", "cpu-ref" (and "cuda" when built with it). n_threads <= 0: all cores. */
+mm_status mm_backend_init(const char *name, int n_threads, mm_backend **out);
+void mm_backend_free(mm_backend *be);
+
+/* Random numbers for sampling: splitmix64 seeding, xoshiro-style uniform in [0,1). */
+uint64_t mm_rng_seed(uint64_t seed);
+float mm_rng_uniform(uint64_t *state);
+
+#endif

@@ -1,0 +1,124 @@
+/* The two CPU backends, "cpu-ref" (reference loops) and "cpu" (fast paths), and what
+ * they share: host memory, weight preparation, KV stores, sampling. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_backend.h"
+
+void *mm_cpu_alloc(mm_backend *be, size_t bytes) {
+    void *p = NULL;
+    size_t rounded = (bytes + 63) & ~(size_t)63;
+    if (posix_memalign(&p, 64, rounded ? rounded : 64) != 0) return NULL;
+    return p;
+}
+
+void mm_cpu_dealloc(mm_backend *be, void *p) { free(p); }
+
+mm_status mm_cpu_copy(mm_backend *be, void *dst, const void *src, size_t bytes) {
+    if (bytes) memcpy(dst, src, bytes);
+    return MM_OK;
+}
+
+mm_status mm_cpu_scratch(mm_backend *be, size_t bytes, void **out) {
+    mm_cpu_ctx_t *c = mm_cpu_ctx(be);
+    if (bytes > c->scratch_cap) {
+        void *p = mm_cpu_alloc(be, bytes);
+        CHECK(CHECK_ALLOC(p));
+        free(c->scratch);
+        c->scratch = p, c->scratch_cap = bytes;
+    }
+    *out = c->scratch;
+    return MM_OK;
+}
+
+/* Weights in a dtype the GEMM runs natively (f32, bf16) alias the mapping; f16 and
+ * forced-f32 vectors are converted into an owned f32 copy (backend_data marks it). */
+static mm_status weight_load(mm_backend *be, const mm_st_tensor *src, int force_f32, mm_tensor *out) {
+    if (!mm_dtype_is_float(src->dtype))
+        return MM_ERROR(MM_ERR_FORMAT, "%s: tensor '%s' has dtype %s, expected F32, F16 or BF16", src->file,
+                        src->name, mm_dtype_name(src->dtype));
+    if (src->ndim > MM_TENSOR_MAX_DIMS)
+        return MM_ERROR(MM_ERR_FORMAT, "%s: tensor '%s' has %d dims", src->file, src->name, src->ndim);
+    memset(out, 0, sizeof *out);
+    out->ndim = src->ndim;
+    for (int i = 0; i < src->ndim; i++) out->shape[i] = src->shape[i];
+    int keep = src->dtype == MM_DTYPE_F32 || (src->dtype == MM_DTYPE_BF16 && !force_f32);
+    if (keep) {
+        out->dtype = src->dtype;
+        out->data = (void *)src->data;
+        return MM_OK;
+    }
+    float *f = mm_cpu_alloc(be, (size_t)src->numel * sizeof(float));
+    CHECK(CHECK_ALLOC(f));
+    for (int64_t i = 0; i < src->numel; i++) f[i] = mm_cpu_load_elem(src->dtype, src->data, i);
+    out->dtype = MM_DTYPE_F32;
+    out->data = f;
+    out->backend_data = f;
+    return MM_OK;
+}
+
+static void weight_release(mm_backend *be, mm_tensor *t) {
+    free(t->backend_data);
+    memset(t, 0, sizeof *t);
+}
+
+mm_status mm_cpu_kv_store(mm_backend *be, float *k_cache, float *v_cache, const float *k, const float *v,
+                          const int32_t *slots, int64_t M, int64_t row_elems) {
+    for (int64_t m = 0; m < M; m++) {
+        memcpy(k_cache + (int64_t)slots[m] * row_elems, k + m * row_elems, (size_t)row_elems * sizeof(float));
+        memcpy(v_cache + (int64_t)slots[m] * row_elems, v + m * row_elems, (size_t)row_elems * sizeof(float));
+    }
+    return MM_OK;
+}
+
+static void cpu_free(mm_backend *be) {
+    if (!be) return;
+    mm_cpu_ctx_t *c = mm_cpu_ctx(be);
+    if (c) {
+        mm_dnnl_free(c->dnnl);
+        free(c->scratch);
+        free(c);
+    }
+    free(be);
+}
+
+#define MM_CPU_OPS_TABLE(prefix, label)                                                     \
+    {                                                                                              \
+        .name = label, .free = cpu_free, .alloc = mm_cpu_alloc, .dealloc = mm_cpu_dealloc,         \
+        .upload = mm_cpu_copy, .download = mm_cpu_copy, .copy = mm_cpu_copy, .weight_load = weight_load,                      \
+        .weight_release = weight_release, .embed = prefix##_embed, .matmul = prefix##_matmul,      \
+        .rmsnorm = prefix##_rmsnorm, .rope = prefix##_rope, .kv_store = mm_cpu_kv_store,           \
+        .attention = prefix##_attention, .silu_mul = prefix##_silu_mul, .add = prefix##_add,       \
+        .softmax = prefix##_softmax, .sample = mm_cpu_sample,                                      \
+    }
+
+static const mm_backend_ops cpu_ref_ops = MM_CPU_OPS_TABLE(mm_cpu_ref, "cpu-ref");
+static const mm_backend_ops cpu_fast_ops = MM_CPU_OPS_TABLE(mm_cpu_fast, "cpu");
+
+static mm_status cpu_create(const mm_backend_ops *ops, int n_threads, mm_backend **out) {
+    mm_backend *be = calloc(1, sizeof *be);
+    CHECK(CHECK_ALLOC(be));
+    be->ops = ops;
+    be->n_threads = n_threads;
+    be->ctx = calloc(1, sizeof(mm_cpu_ctx_t));
+    if (!be->ctx) {
+        free(be);
+        return MM_ERROR(MM_ERR_NOMEM, "CPU backend context");
+    }
+    *out = be;
+    return MM_OK;
+}
+
+mm_status mm_backend_cpu_ref_init(mm_backend **out) { return cpu_create(&cpu_ref_ops, 1, out); }
+
+mm_status mm_backend_cpu_init(int n_threads, mm_backend **out) {
+    mm_backend *be = NULL;
+    CHECK(cpu_create(&cpu_fast_ops, n_threads, &be));
+    mm_status s = mm_dnnl_init(n_threads, &mm_cpu_ctx(be)->dnnl);
+    if (s != MM_OK) {
+        cpu_free(be);
+        return s;
+    }
+    *out = be;
+    return MM_OK;
+}

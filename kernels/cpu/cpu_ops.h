@@ -1,0 +1,47 @@
+/* Internal to kernels/cpu: the reference and fast implementations of each op, with
+ * the signatures of mm_backend_ops. The reference ops are plain single-threaded loops
+ * (the truth); the fast ops use oneDNN GEMM, OpenMP over independent outputs and
+ * vector loops, and must give bit-identical rows whatever M or the thread count. */
+#ifndef MM_CPU_OPS_H
+#define MM_CPU_OPS_H
+
+#include "kernels/backend.h"
+
+/* Element i of a float tensor of any float dtype, as f32. */
+float mm_cpu_load_elem(mm_dtype dt, const void *data, int64_t i);
+/* Row r of a [rows, cols] float tensor converted to f32 into out[cols]. */
+void mm_cpu_load_row(mm_dtype dt, const void *data, int64_t r, int64_t cols, float *out);
+
+/* shared by both CPU backends (host memory) */
+void *mm_cpu_alloc(mm_backend *be, size_t bytes);
+void mm_cpu_dealloc(mm_backend *be, void *p);
+mm_status mm_cpu_copy(mm_backend *be, void *dst, const void *src, size_t bytes);
+mm_status mm_cpu_kv_store(mm_backend *be, float *k_cache, float *v_cache, const float *k, const float *v,
+                          const int32_t *slots, int64_t M, int64_t row_elems);
+mm_status mm_cpu_sample(mm_backend *be, const float *logits, int64_t M, int64_t V, const mm_sampling *params,
+                        uint64_t *rng, int32_t *out);
+
+#define MM_CPU_DECLARE_OPS(prefix)                                                                 \
+    mm_status prefix##_embed(mm_backend *be, const mm_tensor *table, const int32_t *ids, int64_t M, float *y); \
+    mm_status prefix##_matmul(mm_backend *be, const mm_tensor *w, const float *x, float *y, int64_t M); \
+    mm_status prefix##_rmsnorm(mm_backend *be, const float *x, const float *w, float *y, int64_t M,   \
+                               int64_t D, float eps);                                              \
+    mm_status prefix##_rope(mm_backend *be, float *x, const int32_t *pos, const float *inv_freq, int64_t M, \
+                            int32_t n_heads, int32_t head_dim);                                    \
+    mm_status prefix##_attention(mm_backend *be, const float *q, const float *k_cache, const float *v_cache, \
+                                 const mm_attn_row *rows, int64_t M, const mm_attn_shape *shape, float *out); \
+    mm_status prefix##_silu_mul(mm_backend *be, float *gate, const float *up, int64_t n);          \
+    mm_status prefix##_add(mm_backend *be, float *y, const float *x, int64_t n);                   \
+    mm_status prefix##_softmax(mm_backend *be, const float *x, float *y, int64_t M, int64_t N);
+
+MM_CPU_DECLARE_OPS(mm_cpu_ref)
+MM_CPU_DECLARE_OPS(mm_cpu_fast)
+
+/* oneDNN matmul with a primitive cache (gemm_dnnl.c). */
+typedef struct mm_dnnl mm_dnnl;
+mm_status mm_dnnl_init(int n_threads, mm_dnnl **out);
+void mm_dnnl_free(mm_dnnl *d);
+/* y[M,N] = x[M,K] . w[N,K]^T with w f32 or bf16 (x converted to bf16 for bf16 w). */
+mm_status mm_dnnl_matmul(mm_dnnl *d, const mm_tensor *w, const float *x, float *y, int64_t M);
+
+#endif

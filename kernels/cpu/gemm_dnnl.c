@@ -1,0 +1,141 @@
+/* GEMM for the CPU backend through oneDNN's matmul primitive (AVX-512/AMX kernels,
+ * runtime dispatch). Primitives are cached per (M, K, N, weight dtype): creating one
+ * costs far more than a decode-sized GEMM. Weights stay in the checkpoint layout
+ * [N, K] (oneDNN format tag "ba" on a K x N matrix), so mapped weights are used in
+ * place. bf16 weights take bf16 activations: x is rounded to bf16 (f32 accumulation).
+ * Not thread-safe: one caller at a time per mm_dnnl. */
+#include <dnnl.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_ops.h"
+
+#define CACHE_SLOTS 512
+
+typedef struct {
+    int64_t M, K, N;
+    mm_dtype wtype;
+    dnnl_primitive_t prim;
+    dnnl_memory_t src, wei, dst;
+} gemm_entry;
+
+struct mm_dnnl {
+    dnnl_engine_t engine;
+    dnnl_stream_t stream;
+    int n_threads;
+    gemm_entry cache[CACHE_SLOTS];
+    uint16_t *xbf16; /* [cap] activations rounded to bf16 */
+    size_t xbf16_cap;
+};
+
+#define DNNL_CHECK(call, what)                                                                     \
+    do {                                                                                           \
+        dnnl_status_t dnnl_s_ = (call);                                                            \
+        if (dnnl_s_ != dnnl_success)                                                               \
+            return MM_ERROR(MM_ERR_INTERNAL, "oneDNN %s failed (status %d)", what, (int)dnnl_s_);  \
+    } while (0)
+
+mm_status mm_dnnl_init(int n_threads, mm_dnnl **out) {
+    mm_dnnl *d = calloc(1, sizeof *d);
+    CHECK(CHECK_ALLOC(d));
+    d->n_threads = n_threads;
+    if (dnnl_engine_create(&d->engine, dnnl_cpu, 0) != dnnl_success ||
+        dnnl_stream_create(&d->stream, d->engine, dnnl_stream_default_flags) != dnnl_success) {
+        mm_dnnl_free(d);
+        return MM_ERROR(MM_ERR_INTERNAL, "oneDNN CPU engine creation failed");
+    }
+    *out = d;
+    return MM_OK;
+}
+
+void mm_dnnl_free(mm_dnnl *d) {
+    if (!d) return;
+    for (int i = 0; i < CACHE_SLOTS; i++) {
+        gemm_entry *e = &d->cache[i];
+        if (!e->prim) continue;
+        dnnl_primitive_destroy(e->prim);
+        dnnl_memory_destroy(e->src);
+        dnnl_memory_destroy(e->wei);
+        dnnl_memory_destroy(e->dst);
+    }
+    if (d->stream) dnnl_stream_destroy(d->stream);
+    if (d->engine) dnnl_engine_destroy(d->engine);
+    free(d->xbf16);
+    free(d);
+}
+
+static mm_status entry_create(mm_dnnl *d, gemm_entry *e, int64_t M, int64_t K, int64_t N, mm_dtype wtype) {
+    dnnl_data_type_t t = wtype == MM_DTYPE_BF16 ? dnnl_bf16 : dnnl_f32;
+    dnnl_memory_desc_t src_md, wei_md, dst_md;
+    dnnl_dims_t src_dims = {M, K}, wei_dims = {K, N}, dst_dims = {M, N};
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&src_md, 2, src_dims, t, dnnl_ab), "src desc");
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&wei_md, 2, wei_dims, t, dnnl_ba), "weights desc");
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&dst_md, 2, dst_dims, dnnl_f32, dnnl_ab), "dst desc");
+    dnnl_matmul_desc_t desc;
+    DNNL_CHECK(dnnl_matmul_desc_init(&desc, &src_md, &wei_md, NULL, &dst_md), "matmul desc");
+    dnnl_primitive_desc_t pd;
+    DNNL_CHECK(dnnl_primitive_desc_create(&pd, &desc, NULL, d->engine, NULL), "matmul primitive desc");
+    dnnl_status_t s = dnnl_primitive_create(&e->prim, pd);
+    dnnl_primitive_desc_destroy(pd);
+    DNNL_CHECK(s, "matmul primitive");
+    DNNL_CHECK(dnnl_memory_create(&e->src, &src_md, d->engine, DNNL_MEMORY_NONE), "src memory");
+    DNNL_CHECK(dnnl_memory_create(&e->wei, &wei_md, d->engine, DNNL_MEMORY_NONE), "weights memory");
+    DNNL_CHECK(dnnl_memory_create(&e->dst, &dst_md, d->engine, DNNL_MEMORY_NONE), "dst memory");
+    e->M = M, e->K = K, e->N = N, e->wtype = wtype;
+    return MM_OK;
+}
+
+static mm_status entry_get(mm_dnnl *d, int64_t M, int64_t K, int64_t N, mm_dtype wtype, gemm_entry **out) {
+    uint64_t h = (uint64_t)M * 0x9E3779B97F4A7C15ull ^ (uint64_t)K * 0xC2B2AE3D27D4EB4Full ^
+                 (uint64_t)N * 0x165667B19E3779F9ull ^ (uint64_t)wtype;
+    for (int probe = 0; probe < CACHE_SLOTS; probe++) {
+        gemm_entry *e = &d->cache[(h + (uint64_t)probe) % CACHE_SLOTS];
+        if (!e->prim) {
+            CHECK(entry_create(d, e, M, K, N, wtype));
+            *out = e;
+            return MM_OK;
+        }
+        if (e->M == M && e->K == K && e->N == N && e->wtype == wtype) {
+            *out = e;
+            return MM_OK;
+        }
+    }
+    return MM_ERROR(MM_ERR_NOMEM, "oneDNN primitive cache full (%d shapes)", CACHE_SLOTS);
+}
+
+static mm_status to_bf16(mm_dnnl *d, const float *x, size_t n, uint16_t **out) {
+    if (n > d->xbf16_cap) {
+        uint16_t *p = realloc(d->xbf16, n * sizeof *p);
+        CHECK(CHECK_ALLOC(p));
+        d->xbf16 = p, d->xbf16_cap = n;
+    }
+    uint16_t *b = d->xbf16;
+#pragma omp parallel for num_threads(d->n_threads) schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) b[i] = mm_f32_to_bf16(x[i]);
+    *out = b;
+    return MM_OK;
+}
+
+mm_status mm_dnnl_matmul(mm_dnnl *d, const mm_tensor *w, const float *x, float *y, int64_t M) {
+    int64_t N = w->shape[0], K = w->shape[1];
+    if (w->dtype != MM_DTYPE_F32 && w->dtype != MM_DTYPE_BF16)
+        return MM_ERROR(MM_ERR_UNSUPPORTED, "oneDNN matmul: weight dtype %s", mm_dtype_name(w->dtype));
+    if (M <= 0) return MM_OK;
+    gemm_entry *e = NULL;
+    CHECK(entry_get(d, M, K, N, w->dtype, &e));
+    const void *src = x;
+    if (w->dtype == MM_DTYPE_BF16) {
+        uint16_t *xb;
+        CHECK(to_bf16(d, x, (size_t)(M * K), &xb));
+        src = xb;
+    }
+    omp_set_num_threads(d->n_threads);
+    DNNL_CHECK(dnnl_memory_set_data_handle(e->src, (void *)src), "set src");
+    DNNL_CHECK(dnnl_memory_set_data_handle(e->wei, w->data), "set weights");
+    DNNL_CHECK(dnnl_memory_set_data_handle(e->dst, y), "set dst");
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, e->src}, {DNNL_ARG_WEIGHTS, e->wei}, {DNNL_ARG_DST, e->dst}};
+    DNNL_CHECK(dnnl_primitive_execute(e->prim, d->stream, 3, args), "matmul execute");
+    DNNL_CHECK(dnnl_stream_wait(d->stream), "stream wait");
+    return MM_OK;
+}

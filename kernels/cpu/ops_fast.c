@@ -1,0 +1,145 @@
+/* Fast CPU ops: oneDNN for GEMM, OpenMP across independent outputs (rows, heads),
+ * vector loops inside. Batch invariance holds by construction: each output row is
+ * computed by one thread with a code path that depends only on that row's data, never
+ * on M, other rows or the thread count. Must stay numerically close to ops_ref.c. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_backend.h"
+#include "cpu_ops.h"
+
+#define MM_VEC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+
+MM_VEC_CLONES static float dot_f32(const float *a, const float *b, int32_t n) {
+    float acc[16] = {0};
+    int32_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int l = 0; l < 16; l++) acc[l] += a[i + l] * b[i + l];
+    float s = 0.0f;
+    for (int l = 0; l < 16; l++) s += acc[l];
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+MM_VEC_CLONES static void axpy_f32(float *y, float a, const float *x, int32_t n) {
+    for (int32_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+mm_status mm_cpu_fast_embed(mm_backend *be, const mm_tensor *table, const int32_t *ids, int64_t M, float *y) {
+    int64_t V = table->shape[0], D = table->shape[1];
+    for (int64_t m = 0; m < M; m++)
+        if (ids[m] < 0 || ids[m] >= V) return MM_ERROR(MM_ERR_INVALID, "token id %d out of range [0, %lld)", ids[m], (long long)V);
+#pragma omp parallel for num_threads(be->n_threads) schedule(static) if (M * D > 32768)
+    for (int64_t m = 0; m < M; m++) mm_cpu_load_row(table->dtype, table->data, ids[m], D, y + m * D);
+    return MM_OK;
+}
+
+mm_status mm_cpu_fast_matmul(mm_backend *be, const mm_tensor *w, const float *x, float *y, int64_t M) {
+    return mm_dnnl_matmul(mm_cpu_ctx(be)->dnnl, w, x, y, M);
+}
+
+mm_status mm_cpu_fast_rmsnorm(mm_backend *be, const float *x, const float *w, float *y, int64_t M, int64_t D,
+                              float eps) {
+#pragma omp parallel for num_threads(be->n_threads) schedule(static) if (M * D > 65536)
+    for (int64_t m = 0; m < M; m++) {
+        const float *xr = x + m * D;
+        float inv = 1.0f / sqrtf(dot_f32(xr, xr, (int32_t)D) / (float)D + eps);
+        float *yr = y + m * D;
+        for (int64_t d = 0; d < D; d++) yr[d] = w[d] * (xr[d] * inv);
+    }
+    return MM_OK;
+}
+
+mm_status mm_cpu_fast_rope(mm_backend *be, float *x, const int32_t *pos, const float *inv_freq, int64_t M,
+                           int32_t n_heads, int32_t head_dim) {
+    int32_t half = head_dim / 2;
+#pragma omp parallel for num_threads(be->n_threads) schedule(static) if (M > 16)
+    for (int64_t m = 0; m < M; m++) {
+        float c[half], s[half];
+        for (int32_t i = 0; i < half; i++) {
+            float angle = (float)pos[m] * inv_freq[i];
+            c[i] = cosf(angle);
+            s[i] = sinf(angle);
+        }
+        for (int32_t h = 0; h < n_heads; h++) {
+            float *v = x + (m * n_heads + h) * head_dim;
+            for (int32_t i = 0; i < half; i++) {
+                float a = v[i], b = v[i + half];
+                v[i] = a * c[i] - b * s[i];
+                v[i + half] = b * c[i] + a * s[i];
+            }
+        }
+    }
+    return MM_OK;
+}
+
+/* One (row, head): scores over the row's keys, softmax, weighted sum of values. */
+static void attend_one(const float *qv, const float *k_cache, const float *v_cache, const mm_attn_row *row,
+                       int32_t kvh, const mm_attn_shape *s, float *scores, float *o) {
+    int32_t hd = s->head_dim, B = s->block_size, KVH = s->n_kv_heads, n = row->n_keys;
+    float mx = -INFINITY;
+    for (int32_t j = 0; j < n; j++) {
+        int64_t slot = (int64_t)row->block_table[j / B] * B + j % B;
+        scores[j] = dot_f32(qv, k_cache + (slot * KVH + kvh) * hd, hd) * s->scale;
+        mx = scores[j] > mx ? scores[j] : mx;
+    }
+    float sum = 0.0f;
+    for (int32_t j = 0; j < n; j++) {
+        scores[j] = expf(scores[j] - mx);
+        sum += scores[j];
+    }
+    float inv = 1.0f / sum;
+    memset(o, 0, (size_t)hd * sizeof(float));
+    for (int32_t j = 0; j < n; j++) {
+        int64_t slot = (int64_t)row->block_table[j / B] * B + j % B;
+        axpy_f32(o, scores[j] * inv, v_cache + (slot * KVH + kvh) * hd, hd);
+    }
+}
+
+mm_status mm_cpu_fast_attention(mm_backend *be, const float *q, const float *k_cache, const float *v_cache,
+                                const mm_attn_row *rows, int64_t M, const mm_attn_shape *s, float *out) {
+    int32_t H = s->n_heads, group = s->n_heads / s->n_kv_heads;
+    int32_t max_keys = 1;
+    for (int64_t m = 0; m < M; m++) max_keys = rows[m].n_keys > max_keys ? rows[m].n_keys : max_keys;
+    float *scores;
+    CHECK(mm_cpu_scratch(be, (size_t)be->n_threads * (size_t)max_keys * sizeof(float), (void **)&scores));
+#pragma omp parallel for num_threads(be->n_threads) schedule(dynamic, 4) if (M * H > 1)
+    for (int64_t mh = 0; mh < M * H; mh++) {
+        int64_t m = mh / H;
+        int32_t h = (int32_t)(mh % H);
+        float *sc = scores + (size_t)omp_get_thread_num() * (size_t)max_keys;
+        attend_one(q + mh * s->head_dim, k_cache, v_cache, &rows[m], h / group, s, sc, out + mh * s->head_dim);
+    }
+    return MM_OK;
+}
+
+mm_status mm_cpu_fast_silu_mul(mm_backend *be, float *gate, const float *up, int64_t n) {
+#pragma omp parallel for num_threads(be->n_threads) schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; i++) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+    return MM_OK;
+}
+
+mm_status mm_cpu_fast_add(mm_backend *be, float *y, const float *x, int64_t n) {
+#pragma omp parallel for num_threads(be->n_threads) schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; i++) y[i] += x[i];
+    return MM_OK;
+}
+
+mm_status mm_cpu_fast_softmax(mm_backend *be, const float *x, float *y, int64_t M, int64_t N) {
+#pragma omp parallel for num_threads(be->n_threads) schedule(static) if (M > 1)
+    for (int64_t m = 0; m < M; m++) {
+        const float *xr = x + m * N;
+        float *yr = y + m * N;
+        float mx = -INFINITY, sum = 0.0f;
+        for (int64_t i = 0; i < N; i++) mx = xr[i] > mx ? xr[i] : mx;
+        for (int64_t i = 0; i < N; i++) {
+            yr[i] = expf(xr[i] - mx);
+            sum += yr[i];
+        }
+        float inv = 1.0f / sum;
+        for (int64_t i = 0; i < N; i++) yr[i] *= inv;
+    }
+    return MM_OK;
+}

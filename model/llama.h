@@ -1,0 +1,123 @@
+/* The LLaMA / MetaMorph-LLaMA decoder, loaded from an HF checkpoint directory
+ * (config.json + safetensors, tied or untied embeddings, f32/f16/bf16). A process may
+ * own any contiguous slice of layers [layer_begin, layer_end) so that it can be one
+ * pipeline stage; the embedding and the final norm + lm_head are separate calls that
+ * the first and last stage make. Module and weight names mirror the checkpoint:
+ * model.embed_tokens, model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj,
+ * post_attention_layernorm, mlp.{gate,up,down}_proj}, model.norm, lm_head. */
+#ifndef MM_LLAMA_H
+#define MM_LLAMA_H
+
+#include <stdint.h>
+
+#include "common/safetensors.h"
+#include "kernels/backend.h"
+#include "kv_cache.h"
+
+#define MM_LLAMA_MAX_EOS 8
+
+typedef enum { MM_ROPE_DEFAULT = 0, MM_ROPE_LLAMA3, MM_ROPE_LINEAR } mm_rope_type;
+
+typedef struct {
+    int32_t dim;          /* hidden_size */
+    int32_t n_layers;     /* num_hidden_layers */
+    int32_t n_heads;      /* num_attention_heads */
+    int32_t n_kv_heads;   /* num_key_value_heads */
+    int32_t head_dim;
+    int32_t hidden_dim;   /* intermediate_size */
+    int32_t vocab_size;
+    int32_t max_pos;      /* max_position_embeddings */
+    float norm_eps;       /* rms_norm_eps */
+    float rope_theta;
+    mm_rope_type rope_type;
+    float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int32_t rope_original_max_pos;
+    int tie_embeddings;
+    int32_t bos_id;                  /* -1 if none */
+    int32_t eos_ids[MM_LLAMA_MAX_EOS];
+    int n_eos;
+} mm_llama_config;
+
+typedef struct {
+    mm_tensor input_layernorm;          /* [dim] f32 */
+    mm_tensor q_proj;                   /* [n_heads*head_dim, dim] */
+    mm_tensor k_proj;                   /* [n_kv_heads*head_dim, dim] */
+    mm_tensor v_proj;                   /* [n_kv_heads*head_dim, dim] */
+    mm_tensor o_proj;                   /* [dim, n_heads*head_dim] */
+    mm_tensor post_attention_layernorm; /* [dim] f32 */
+    mm_tensor gate_proj;                /* [hidden_dim, dim] */
+    mm_tensor up_proj;                  /* [hidden_dim, dim] */
+    mm_tensor down_proj;                /* [dim, hidden_dim] */
+} mm_llama_layer;
+
+/* Scratch activations for up to cap rows, in backend memory. */
+typedef struct {
+    int64_t cap;
+    float *xn;     /* [cap, dim] normed input */
+    float *q;      /* [cap, n_heads*head_dim] */
+    float *k, *v;  /* [cap, n_kv_heads*head_dim] */
+    float *attn;   /* [cap, n_heads*head_dim] */
+    float *gate;   /* [cap, hidden_dim] */
+    float *up;     /* [cap, hidden_dim] */
+    float *out;    /* [cap, dim] projection output before the residual add */
+} mm_llama_scratch;
+
+typedef struct {
+    mm_llama_config cfg;
+    mm_backend *be;
+    mm_safetensors *st;
+    int32_t layer_begin, layer_end;   /* owned layers */
+    int has_embed, has_head;
+    mm_tensor embed_tokens;           /* [vocab, dim] */
+    mm_llama_layer *layers;           /* [layer_end - layer_begin] */
+    mm_tensor norm;                   /* [dim] f32 */
+    mm_tensor lm_head;                /* [vocab, dim]; aliases embed_tokens when tied */
+    float *inv_freq;                  /* [head_dim/2] host, rope frequencies after scaling */
+    mm_llama_scratch scratch;
+} mm_llama;
+
+/* Parses dir/config.json. */
+mm_status mm_llama_config_load(const char *dir, mm_llama_config *cfg);
+/* RoPE inverse frequencies [head_dim/2] after the config's scaling, computed in f32 as
+ * transformers does. */
+void mm_llama_rope_inv_freq(const mm_llama_config *cfg, float *inv_freq);
+
+enum { MM_LLAMA_EMBED = 1, MM_LLAMA_HEAD = 2 };
+/* Loads layers [layer_begin, layer_end) (layer_end < 0: to the last), plus the embedding
+ * and/or final norm + lm_head per parts (MM_LLAMA_EMBED | MM_LLAMA_HEAD). */
+mm_status mm_llama_load(const char *dir, mm_backend *be, int32_t layer_begin, int32_t layer_end, int parts,
+                        mm_llama **out);
+void mm_llama_free(mm_llama *m);
+
+/* One row per token being computed in this step. */
+typedef struct {
+    int64_t n_rows;
+    const int32_t *pos;       /* [n_rows] position of each token in its sequence */
+    const int32_t *slots;     /* [n_rows] KV slot = block_id * block_size + pos % block_size */
+    const mm_attn_row *attn;  /* [n_rows] block table and n_keys = pos + 1 */
+} mm_llama_batch;
+
+/* x[M, dim] = embed_tokens[ids] */
+mm_status mm_llama_embed(mm_llama *m, const int32_t *ids, int64_t M, float *x);
+/* Runs the owned layers in place on x[n_rows, dim], storing K/V in kv. */
+mm_status mm_llama_forward_layers(mm_llama *m, mm_kv_cache *kv, const mm_llama_batch *b, float *x);
+/* normed[M, dim] = norm(x) (normed may alias x); logits[M, vocab] = lm_head(normed) if logits != NULL. */
+mm_status mm_llama_head(mm_llama *m, const float *x, int64_t M, float *normed, float *logits);
+
+/* ---- Whole-model convenience (a process owning every layer) ---- */
+
+typedef struct {
+    mm_kv_seq kv;
+} mm_llama_seq;
+
+/* Appends n_tokens[i] tokens to each of n_seqs sequences in one batched step (a prefill
+ * chunk, a batched decode, or both mixed) and writes the logits of each sequence's last
+ * new token to logits[n_seqs, vocab] (host memory). all_logits: instead write every new
+ * token's logits, rows in order. */
+mm_status mm_llama_eval(mm_llama *m, mm_kv_cache *kv, mm_llama_seq *const *seqs, const int32_t *const *tokens,
+                        const int32_t *n_tokens, int n_seqs, int all_logits, float *logits);
+
+/* Is id one of the config's EOS ids? */
+int mm_llama_is_eos(const mm_llama_config *cfg, int32_t id);
+
+#endif

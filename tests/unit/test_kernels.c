@@ -1,0 +1,263 @@
+/* Every op of the fast CPU backend against the reference backend (in the manner of
+ * llama.cpp's test-backend-ops): random inputs, odd shapes, a normalised-MSE bound per
+ * op, failure on NaN/Inf. Then batch invariance: a row's result must be bit-identical
+ * whatever M, the other rows or the thread count. Then the sampler's contracts. */
+#include <math.h>
+#include <string.h>
+
+#include "kernels/backend.h"
+#include "tests/testutil.h"
+
+static uint64_t rng_state = 12345;
+
+static float frand(void) { return mm_rng_uniform(&rng_state) * 2.0f - 1.0f; }
+
+static float *rand_f32(int64_t n, float scale) {
+    float *p = malloc((size_t)n * sizeof *p);
+    for (int64_t i = 0; i < n; i++) p[i] = frand() * scale;
+    return p;
+}
+
+/* A [rows, cols] weight of the given dtype with random values. */
+static mm_tensor rand_weight(mm_dtype dt, int64_t rows, int64_t cols, float scale) {
+    mm_tensor t = {.dtype = dt, .ndim = 2, .shape = {rows, cols}};
+    size_t n = (size_t)(rows * cols);
+    if (dt == MM_DTYPE_F32) {
+        t.data = rand_f32((int64_t)n, scale);
+    } else {
+        uint16_t *h = malloc(n * 2);
+        for (size_t i = 0; i < n; i++) h[i] = dt == MM_DTYPE_BF16 ? mm_f32_to_bf16(frand() * scale) : mm_f32_to_f16(frand() * scale);
+        t.data = h;
+    }
+    return t;
+}
+
+/* Normalised MSE: sum (a-b)^2 / sum b^2; +inf on any non-finite value. */
+static double nmse(const float *a, const float *ref, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(a[i]) || !isfinite(ref[i])) return INFINITY;
+        num += ((double)a[i] - ref[i]) * ((double)a[i] - ref[i]);
+        den += (double)ref[i] * ref[i];
+    }
+    return den > 0 ? num / den : num;
+}
+
+static mm_backend *ref_be, *fast_be, *fast1_be;
+
+/* Loads a weight through a backend's weight_load, as the models do. */
+static mm_tensor load_w(mm_backend *be, const mm_tensor *src) {
+    mm_st_tensor st = {.name = "w", .file = "test", .dtype = src->dtype, .ndim = 2,
+                       .shape = {src->shape[0], src->shape[1]}, .numel = src->shape[0] * src->shape[1], .data = src->data};
+    mm_tensor out;
+    mm_status s = be->ops->weight_load(be, &st, 0, &out);
+    EXPECT(s == MM_OK, "weight_load: %s", mm_error_last());
+    return out;
+}
+
+static void test_matmul(void) {
+    const int64_t shapes[][3] = {{1, 64, 32}, {3, 67, 33}, {17, 128, 257}, {64, 300, 100}, {5, 1, 9}, {130, 96, 70}};
+    const mm_dtype dts[] = {MM_DTYPE_F32, MM_DTYPE_BF16, MM_DTYPE_F16};
+    for (size_t d = 0; d < 3; d++) {
+        for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+            int64_t M = shapes[i][0], K = shapes[i][1], N = shapes[i][2];
+            mm_tensor w = rand_weight(dts[d], N, K, 0.5f);
+            float *x = rand_f32(M * K, 1.0f), *y = calloc((size_t)(M * N), 4), *yr = calloc((size_t)(M * N), 4);
+            mm_tensor wf = load_w(fast_be, &w), wr = load_w(ref_be, &w);
+            EXPECT(fast_be->ops->matmul(fast_be, &wf, x, y, M) == MM_OK, "matmul: %s", mm_error_last());
+            ref_be->ops->matmul(ref_be, &wr, x, yr, M);
+            /* bf16 weights run with bf16-rounded activations: relative error ~2^-9 per term */
+            double bound = dts[d] == MM_DTYPE_BF16 ? 1e-4 : 1e-10;
+            double e = nmse(y, yr, M * N);
+            EXPECT(e < bound, "matmul %s M=%lld K=%lld N=%lld nmse %g", mm_dtype_name(dts[d]), (long long)M,
+                   (long long)K, (long long)N, e);
+            fast_be->ops->weight_release(fast_be, &wf);
+            ref_be->ops->weight_release(ref_be, &wr);
+            free(w.data), free(x), free(y), free(yr);
+        }
+    }
+}
+
+static void test_elementwise(void) {
+    const int64_t M = 7, D = 131;
+    float *x = rand_f32(M * D, 2.0f), *w = rand_f32(D, 1.0f), *a = calloc(M * D, 4), *b = calloc(M * D, 4);
+    fast_be->ops->rmsnorm(fast_be, x, w, a, M, D, 1e-5f);
+    ref_be->ops->rmsnorm(ref_be, x, w, b, M, D, 1e-5f);
+    EXPECT(nmse(a, b, M * D) < 1e-12, "rmsnorm nmse %g", nmse(a, b, M * D));
+
+    float *g1 = rand_f32(M * D, 4.0f), *up = rand_f32(M * D, 1.0f), *g2 = malloc(M * D * 4);
+    memcpy(g2, g1, M * D * 4);
+    fast_be->ops->silu_mul(fast_be, g1, up, M * D);
+    ref_be->ops->silu_mul(ref_be, g2, up, M * D);
+    EXPECT(nmse(g1, g2, M * D) < 1e-12, "silu_mul nmse %g", nmse(g1, g2, M * D));
+
+    fast_be->ops->softmax(fast_be, x, a, M, D);
+    ref_be->ops->softmax(ref_be, x, b, M, D);
+    EXPECT(nmse(a, b, M * D) < 1e-12, "softmax nmse %g", nmse(a, b, M * D));
+
+    memcpy(a, x, M * D * 4), memcpy(b, x, M * D * 4);
+    fast_be->ops->add(fast_be, a, w, D);
+    ref_be->ops->add(ref_be, b, w, D);
+    EXPECT(memcmp(a, b, M * D * 4) == 0, "add differs");
+
+    /* rope: positions spread over a long context */
+    const int32_t H = 3, hd = 18;
+    int32_t pos[7] = {0, 1, 5, 100, 1000, 8191, 70000};
+    float inv[9];
+    for (int i = 0; i < 9; i++) inv[i] = 1.0f / powf(10000.0f, (float)(2 * i) / hd);
+    float *r1 = rand_f32(M * H * hd, 1.0f), *r2 = malloc(M * H * hd * 4);
+    memcpy(r2, r1, M * H * hd * 4);
+    fast_be->ops->rope(fast_be, r1, pos, inv, M, H, hd);
+    ref_be->ops->rope(ref_be, r2, pos, inv, M, H, hd);
+    EXPECT(memcmp(r1, r2, M * H * hd * 4) == 0, "rope differs");
+
+    /* embedding gather, bf16 table */
+    mm_tensor tab = rand_weight(MM_DTYPE_BF16, 50, D, 1.0f);
+    int32_t ids[7] = {0, 49, 3, 3, 17, 25, 1};
+    fast_be->ops->embed(fast_be, &tab, ids, M, a);
+    ref_be->ops->embed(ref_be, &tab, ids, M, b);
+    EXPECT(memcmp(a, b, M * D * 4) == 0, "embed differs");
+    int32_t bad = 50;
+    EXPECT(fast_be->ops->embed(fast_be, &tab, &bad, 1, a) == MM_ERR_INVALID, "out-of-range id accepted");
+    free(tab.data), free(x), free(w), free(a), free(b), free(g1), free(g2), free(up), free(r1), free(r2);
+}
+
+/* Paged cache with scattered blocks; rows of several sequences with different lengths. */
+typedef struct {
+    float *k, *v;
+    int32_t tables[4][16];
+    mm_attn_shape shape;
+} attn_fixture;
+
+static void attn_fixture_init(attn_fixture *f, int32_t H, int32_t KVH, int32_t hd, int32_t B, int32_t n_blocks) {
+    f->shape = (mm_attn_shape){H, KVH, hd, B, 1.0f / sqrtf((float)hd)};
+    f->k = rand_f32((int64_t)n_blocks * B * KVH * hd, 1.0f);
+    f->v = rand_f32((int64_t)n_blocks * B * KVH * hd, 1.0f);
+    for (int s = 0; s < 4; s++)
+        for (int i = 0; i < 16; i++) f->tables[s][i] = (i * 4 + s * 7 + i * i) % n_blocks; /* scattered */
+}
+
+static void test_attention(void) {
+    attn_fixture f;
+    attn_fixture_init(&f, 8, 2, 20, 16, 64);
+    const int64_t M = 9;
+    mm_attn_row rows[9] = {{f.tables[0], 1},   {f.tables[0], 2},  {f.tables[1], 200}, {f.tables[2], 17},
+                           {f.tables[3], 256}, {f.tables[1], 16}, {f.tables[2], 33},  {f.tables[3], 5},
+                           {f.tables[0], 129}};
+    int64_t qn = M * 8 * 20;
+    float *q = rand_f32(qn, 1.0f), *a = calloc(qn, 4), *b = calloc(qn, 4), *c = calloc(qn, 4);
+    fast_be->ops->attention(fast_be, q, f.k, f.v, rows, M, &f.shape, a);
+    ref_be->ops->attention(ref_be, q, f.k, f.v, rows, M, &f.shape, b);
+    EXPECT(nmse(a, b, qn) < 1e-10, "attention nmse %g", nmse(a, b, qn));
+    /* batch invariance: each row alone, and with one thread, is bit-identical */
+    int same = 1;
+    for (int64_t m = 0; m < M; m++) {
+        fast1_be->ops->attention(fast1_be, q + m * 160, f.k, f.v, &rows[m], 1, &f.shape, c + m * 160);
+    }
+    same = memcmp(a, c, qn * 4) == 0;
+    EXPECT(same, "attention rows differ when computed alone / single-threaded");
+    free(q), free(a), free(b), free(c), free(f.k), free(f.v);
+}
+
+/* The GEMM row results must not depend on M or the thread count. */
+static void test_matmul_invariance(void) {
+    const int64_t K = 768, N = 2048 + 13, MAXM = 300;
+    const mm_dtype dts[] = {MM_DTYPE_F32, MM_DTYPE_BF16};
+    const int64_t Ms[] = {1, 2, 3, 7, 16, 33, 64, 65, 128, 255, 256, 300};
+    for (size_t d = 0; d < 2; d++) {
+        mm_tensor w = rand_weight(dts[d], N, K, 0.1f);
+        mm_tensor wf = load_w(fast_be, &w), w1 = load_w(fast1_be, &w);
+        float *x = rand_f32(MAXM * K, 1.0f), *full = malloc(MAXM * N * 4), *y = malloc(MAXM * N * 4);
+        fast_be->ops->matmul(fast_be, &wf, x, full, MAXM);
+        for (size_t i = 0; i < sizeof Ms / sizeof *Ms; i++) {
+            int64_t M = Ms[i], off = MAXM - M; /* the last M rows, so the row offset differs too */
+            fast_be->ops->matmul(fast_be, &wf, x + off * K, y, M);
+            EXPECT(memcmp(y, full + off * N, M * N * 4) == 0, "%s matmul rows differ at M=%lld (2 threads)",
+                   mm_dtype_name(dts[d]), (long long)M);
+            fast1_be->ops->matmul(fast1_be, &w1, x + off * K, y, M);
+            EXPECT(memcmp(y, full + off * N, M * N * 4) == 0, "%s matmul rows differ at M=%lld (1 thread vs 2)",
+                   mm_dtype_name(dts[d]), (long long)M);
+        }
+        fast_be->ops->weight_release(fast_be, &wf);
+        fast1_be->ops->weight_release(fast1_be, &w1);
+        free(w.data), free(x), free(full), free(y);
+    }
+}
+
+static void test_sampling(void) {
+    const int64_t V = 1000;
+    float *logits = rand_f32(V, 3.0f);
+    logits[777] = 10.0f;
+    logits[5] = 10.0f; /* tie: the lower id wins, as torch.argmax */
+    int32_t id;
+    uint64_t rng = mm_rng_seed(1);
+    mm_sampling greedy = {0.0f, 1.0f, 0};
+    fast_be->ops->sample(fast_be, logits, 1, V, &greedy, &rng, &id);
+    EXPECT(id == 5, "argmax tie-break picked %d", id);
+    mm_sampling k1 = {1.0f, 1.0f, 1};
+    fast_be->ops->sample(fast_be, logits, 1, V, &k1, &rng, &id);
+    EXPECT(id == 5, "top_k=1 picked %d", id);
+    mm_sampling p_small = {0.7f, 1e-6f, 0};
+    fast_be->ops->sample(fast_be, logits, 1, V, &p_small, &rng, &id);
+    EXPECT(id == 5, "top_p~0 picked %d", id);
+    /* same seed, same sequence */
+    mm_sampling hot = {1.5f, 0.9f, 50};
+    uint64_t r1 = mm_rng_seed(42), r2 = mm_rng_seed(42);
+    int same = 1;
+    for (int i = 0; i < 100; i++) {
+        int32_t a, b;
+        fast_be->ops->sample(fast_be, logits, 1, V, &hot, &r1, &a);
+        ref_be->ops->sample(ref_be, logits, 1, V, &hot, &r2, &b);
+        same &= a == b;
+    }
+    EXPECT(same, "seeded sampling not reproducible");
+    /* frequencies follow softmax on a 4-token vocabulary */
+    float small[4] = {0.0f, 1.0f, 2.0f, -1.0f};
+    int counts[4] = {0};
+    mm_sampling t1 = {1.0f, 1.0f, 0};
+    uint64_t r = mm_rng_seed(7);
+    const int n = 40000;
+    for (int i = 0; i < n; i++) {
+        fast_be->ops->sample(fast_be, small, 1, 4, &t1, &r, &id);
+        counts[id]++;
+    }
+    double z = 0;
+    for (int i = 0; i < 4; i++) z += exp(small[i]);
+    for (int i = 0; i < 4; i++) {
+        double p = exp(small[i]) / z, got = (double)counts[i] / n, sd = sqrt(p * (1 - p) / n);
+        EXPECT(fabs(got - p) < 5 * sd, "token %d frequency %.4f, expected %.4f", i, got, p);
+    }
+    /* top_p = 0.5 on {0,1,2,-1}: probabilities .087 .237 .644 .032 -> only id 2 kept */
+    mm_sampling tp = {1.0f, 0.5f, 0};
+    int only2 = 1;
+    for (int i = 0; i < 200; i++) {
+        fast_be->ops->sample(fast_be, small, 1, 4, &tp, &r, &id);
+        only2 &= id == 2;
+    }
+    EXPECT(only2, "top_p=0.5 sampled outside the nucleus");
+    /* top_p = 0.8 -> ids 2 and 1 */
+    mm_sampling tp8 = {1.0f, 0.8f, 0};
+    int seen[4] = {0};
+    for (int i = 0; i < 2000; i++) {
+        fast_be->ops->sample(fast_be, small, 1, 4, &tp8, &r, &id);
+        seen[id]++;
+    }
+    EXPECT(seen[0] == 0 && seen[3] == 0 && seen[1] > 0 && seen[2] > 0, "top_p=0.8 kept %d %d %d %d", seen[0], seen[1],
+           seen[2], seen[3]);
+    free(logits);
+}
+
+int main(void) {
+    if (mm_backend_cpu_ref_init(&ref_be) != MM_OK || mm_backend_cpu_init(2, &fast_be) != MM_OK ||
+        mm_backend_cpu_init(1, &fast1_be) != MM_OK) {
+        fprintf(stderr, "backend init: %s\n", mm_error_last());
+        return 1;
+    }
+    test_matmul();
+    test_elementwise();
+    test_attention();
+    test_matmul_invariance();
+    test_sampling();
+    mm_backend_free(ref_be), mm_backend_free(fast_be), mm_backend_free(fast1_be);
+    return mm_test_finish("test_kernels");
+}

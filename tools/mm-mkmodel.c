@@ -1,0 +1,231 @@
+/* mm-mkmodel: writes a random-weight LLaMA checkpoint in the HF layout (config.json,
+ * sharded safetensors + model.safetensors.index.json, generation_config.json) at any
+ * size, for benchmarks and load tests. Weights are deterministic from --seed. Shards
+ * are generated and written one at a time, so an 8B model needs ~5 GB of RAM. */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/dtype.h"
+#include "common/safetensors.h"
+#include "model/llama.h"
+
+typedef struct {
+    const char *name;
+    int dim, layers, heads, kv_heads, hidden, vocab, max_pos, tied, llama3_rope;
+    float theta;
+} preset;
+
+static const preset presets[] = {
+    {"tiny", 64, 2, 4, 2, 172, 512, 2048, 0, 1, 500000.0f},
+    {"110m", 768, 12, 12, 12, 2048, 32000, 1024, 1, 0, 10000.0f}, /* llama2.c stories110M shapes */
+    {"llama3-8b", 4096, 32, 32, 8, 14336, 128256, 131072, 0, 1, 500000.0f},
+};
+
+typedef struct {
+    char name[128];
+    int ndim;
+    int64_t shape[2];
+    int is_norm;
+} tensor_spec;
+
+static uint64_t rng_next(uint64_t *s) {
+    uint64_t x = *s;
+    x ^= x >> 12, x ^= x << 25, x ^= x >> 27;
+    *s = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
+/* Fills a tensor: norms are 1, matrices uniform in [-a, a] with a = sqrt(3)*0.02 (std 0.02). */
+static void fill(void *data, mm_dtype dt, int64_t n, int is_norm, uint64_t *rng) {
+    const float a = 0.0346410162f;
+    for (int64_t i = 0; i < n; i++) {
+        float v = is_norm ? 1.0f : ((float)(rng_next(rng) >> 40) / 16777216.0f * 2.0f - 1.0f) * a;
+        if (dt == MM_DTYPE_F32) ((float *)data)[i] = v;
+        else if (dt == MM_DTYPE_BF16) ((uint16_t *)data)[i] = mm_f32_to_bf16(v);
+        else ((uint16_t *)data)[i] = mm_f32_to_f16(v);
+    }
+}
+
+static int spec_list(const preset *p, tensor_spec *out) {
+    int n = 0, hd = p->dim / p->heads;
+#define T(nd, r, c, norm, ...)                                                                     \
+    do {                                                                                           \
+        snprintf(out[n].name, sizeof out[n].name, __VA_ARGS__);                                    \
+        out[n].ndim = nd, out[n].shape[0] = r, out[n].shape[1] = c, out[n].is_norm = norm;         \
+        n++;                                                                                       \
+    } while (0)
+    T(2, p->vocab, p->dim, 0, "model.embed_tokens.weight");
+    for (int l = 0; l < p->layers; l++) {
+        T(1, p->dim, 0, 1, "model.layers.%d.input_layernorm.weight", l);
+        T(2, p->heads * hd, p->dim, 0, "model.layers.%d.self_attn.q_proj.weight", l);
+        T(2, p->kv_heads * hd, p->dim, 0, "model.layers.%d.self_attn.k_proj.weight", l);
+        T(2, p->kv_heads * hd, p->dim, 0, "model.layers.%d.self_attn.v_proj.weight", l);
+        T(2, p->dim, p->heads * hd, 0, "model.layers.%d.self_attn.o_proj.weight", l);
+        T(1, p->dim, 0, 1, "model.layers.%d.post_attention_layernorm.weight", l);
+        T(2, p->hidden, p->dim, 0, "model.layers.%d.mlp.gate_proj.weight", l);
+        T(2, p->hidden, p->dim, 0, "model.layers.%d.mlp.up_proj.weight", l);
+        T(2, p->dim, p->hidden, 0, "model.layers.%d.mlp.down_proj.weight", l);
+    }
+    T(1, p->dim, 0, 1, "model.norm.weight");
+    if (!p->tied) T(2, p->vocab, p->dim, 0, "lm_head.weight");
+#undef T
+    return n;
+}
+
+static int64_t spec_numel(const tensor_spec *t) { return t->ndim == 1 ? t->shape[0] : t->shape[0] * t->shape[1]; }
+
+static int write_json(const char *path, json_t *j) {
+    int rc = json_dump_file(j, path, JSON_INDENT(2) | JSON_SORT_KEYS);
+    json_decref(j);
+    if (rc) fprintf(stderr, "mm-mkmodel: cannot write %s\n", path);
+    return rc;
+}
+
+static int write_configs(const char *dir, const preset *p, mm_dtype dt) {
+    char path[4096];
+    json_t *c = json_pack("{s:[s], s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:b, s:i, s:[i,i], s:s, s:b, s:b, s:s}",
+                          "architectures", "LlamaForCausalLM", "model_type", "llama", "hidden_size", p->dim,
+                          "num_hidden_layers", p->layers, "num_attention_heads", p->heads, "num_key_value_heads",
+                          p->kv_heads, "intermediate_size", p->hidden, "vocab_size", p->vocab,
+                          "max_position_embeddings", p->max_pos, "rms_norm_eps", 1e-5, "rope_theta", (double)p->theta,
+                          "tie_word_embeddings", p->tied, "bos_token_id", 1, "eos_token_id", 2, 2,
+                          "hidden_act", "silu", "attention_bias", 0, "mlp_bias", 0, "torch_dtype",
+                          dt == MM_DTYPE_F32 ? "float32" : dt == MM_DTYPE_BF16 ? "bfloat16" : "float16");
+    if (!c) return -1;
+    if (p->llama3_rope)
+        json_object_set_new(c, "rope_scaling", json_pack("{s:s, s:f, s:f, s:f, s:i}", "rope_type", "llama3", "factor", 8.0,
+                                                         "low_freq_factor", 1.0, "high_freq_factor", 4.0,
+                                                         "original_max_position_embeddings", 8192));
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (write_json(path, c)) return -1;
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    return write_json(path, json_pack("{s:i, s:i, s:b}", "bos_token_id", 1, "eos_token_id", 2, "do_sample", 0));
+}
+
+/* Writes the tensors in shards of at most shard_bytes, and the index. */
+static int write_weights(const char *dir, const tensor_spec *specs, int n, mm_dtype dt, size_t shard_bytes, uint64_t seed) {
+    size_t es = mm_dtype_size(dt);
+    int n_shards = 0;
+    int shard_of[n];
+    size_t acc = 0;
+    for (int i = 0; i < n; i++) {
+        size_t b = (size_t)spec_numel(&specs[i]) * es;
+        if (i == 0 || (acc + b > shard_bytes && acc > 0)) n_shards++, acc = 0;
+        acc += b;
+        shard_of[i] = n_shards - 1;
+    }
+    json_t *weight_map = json_object();
+    uint64_t rng = seed * 0x9E3779B97F4A7C15ull + 0x1234567ull;
+    for (int s = 0, first = 0; s < n_shards; s++) {
+        int last = first;
+        while (last < n && shard_of[last] == s) last++;
+        char file[256], path[4096];
+        snprintf(file, sizeof file, "model-%05d-of-%05d.safetensors", s + 1, n_shards);
+        snprintf(path, sizeof path, "%s/%s", dir, file);
+        mm_st_write_tensor *w = calloc((size_t)(last - first), sizeof *w);
+        int ok = w != NULL;
+        for (int i = first; ok && i < last; i++) {
+            mm_st_write_tensor *t = &w[i - first];
+            t->name = specs[i].name, t->dtype = dt, t->ndim = specs[i].ndim;
+            t->shape[0] = specs[i].shape[0], t->shape[1] = specs[i].shape[1];
+            void *data = malloc((size_t)spec_numel(&specs[i]) * es);
+            if (!data) { ok = 0; break; }
+            fill(data, dt, spec_numel(&specs[i]), specs[i].is_norm, &rng);
+            t->data = data;
+            json_object_set_new(weight_map, specs[i].name, json_string(file));
+        }
+        mm_status st = ok ? mm_safetensors_write(path, w, (size_t)(last - first)) : MM_ERR_NOMEM;
+        for (int i = 0; w && i < last - first; i++) free((void *)w[i].data);
+        free(w);
+        if (st != MM_OK) {
+            fprintf(stderr, "mm-mkmodel: %s: %s\n", path, ok ? mm_error_last() : "out of memory");
+            json_decref(weight_map);
+            return -1;
+        }
+        fprintf(stderr, "\rmm-mkmodel: wrote shard %d/%d", s + 1, n_shards);
+        first = last;
+    }
+    fprintf(stderr, "\n");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    return write_json(path, json_pack("{s:{}, s:o}", "metadata", "weight_map", weight_map));
+}
+
+static int copy_file(const char *src, const char *dst) {
+    FILE *in = fopen(src, "rb"), *out = in ? fopen(dst, "wb") : NULL;
+    char buf[1 << 16];
+    size_t n;
+    int rc = in && out ? 0 : -1;
+    while (rc == 0 && (n = fread(buf, 1, sizeof buf, in)) > 0)
+        if (fwrite(buf, 1, n, out) != n) rc = -1;
+    if (in) fclose(in);
+    if (out && fclose(out)) rc = -1;
+    if (rc) fprintf(stderr, "mm-mkmodel: cannot copy %s to %s: %s\n", src, dst, strerror(errno));
+    return rc;
+}
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: mm-mkmodel --out DIR [--preset tiny|110m|llama3-8b] [--dtype f32|bf16|f16]\n"
+               "                  [--layers N] [--vocab N] [--seed S] [--shard-mb MB] [--tokenizer FILE]\n");
+}
+
+int main(int argc, char **argv) {
+    static const struct option opts[] = {{"out", required_argument, 0, 'o'},    {"preset", required_argument, 0, 'p'},
+                                         {"dtype", required_argument, 0, 'd'},  {"layers", required_argument, 0, 'l'},
+                                         {"vocab", required_argument, 0, 'v'},  {"seed", required_argument, 0, 's'},
+                                         {"shard-mb", required_argument, 0, 'S'}, {"tokenizer", required_argument, 0, 't'},
+                                         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+    const char *out = NULL, *preset_name = "tiny", *dtype = "bf16", *tokenizer = NULL;
+    int layers = 0, vocab = 0, c;
+    unsigned long long seed = 0;
+    long shard_mb = 2048;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'o': out = optarg; break;
+        case 'p': preset_name = optarg; break;
+        case 'd': dtype = optarg; break;
+        case 'l': layers = atoi(optarg); break;
+        case 'v': vocab = atoi(optarg); break;
+        case 's': seed = strtoull(optarg, NULL, 10); break;
+        case 'S': shard_mb = atol(optarg); break;
+        case 't': tokenizer = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    const preset *p = NULL;
+    for (size_t i = 0; i < sizeof presets / sizeof *presets; i++)
+        if (!strcmp(presets[i].name, preset_name)) p = &presets[i];
+    mm_dtype dt = !strcmp(dtype, "f32") ? MM_DTYPE_F32 : !strcmp(dtype, "bf16") ? MM_DTYPE_BF16
+                : !strcmp(dtype, "f16") ? MM_DTYPE_F16 : MM_DTYPE_COUNT;
+    if (!out || !p || dt == MM_DTYPE_COUNT || layers < 0 || vocab < 0 || shard_mb <= 0) {
+        usage(stderr);
+        return 2;
+    }
+    preset chosen = *p;
+    if (layers) chosen.layers = layers;
+    if (vocab) chosen.vocab = vocab;
+    if (mkdir(out, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "mm-mkmodel: mkdir %s: %s\n", out, strerror(errno));
+        return 1;
+    }
+    int n_specs = 2 + 9 * chosen.layers + 1;
+    tensor_spec *specs = calloc((size_t)n_specs, sizeof *specs);
+    if (!specs) return 1;
+    n_specs = spec_list(&chosen, specs);
+    int rc = write_configs(out, &chosen, dt) || write_weights(out, specs, n_specs, dt, (size_t)shard_mb << 20, seed);
+    if (!rc && tokenizer) {
+        char dst[4096];
+        snprintf(dst, sizeof dst, "%s/tokenizer.json", out);
+        rc = copy_file(tokenizer, dst);
+    }
+    free(specs);
+    if (!rc) fprintf(stderr, "mm-mkmodel: %s (%s, %s) written to %s\n", chosen.name, dtype, preset_name, out);
+    return rc ? 1 : 0;
+}
