@@ -4,6 +4,10 @@
 #ifndef MM_STATUS_H
 #define MM_STATUS_H
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum {
     MM_OK = 0,
     MM_ERR_INVALID,     /* bad argument or input */
@@ -23,6 +27,10 @@ mm_status mm_error_set(mm_status code, const char *file, int line, const char *f
 /* The last error message of this thread ("" if none). */
 const char *mm_error_last(void);
 void mm_error_clear(void);
+
+#ifdef __cplusplus
+}
+#endif
 
 #define MM_ERROR(code, ...) mm_error_set((code), __FILE__, __LINE__, __VA_ARGS__)
 
