@@ -38,6 +38,13 @@ typedef struct {
     int32_t top_k;  /* 0 = off */
 } mm_sampling;
 
+/* How a checkpoint tensor will be used, so a backend may lay it out for that use. */
+typedef enum {
+    MM_WEIGHT_MATMUL = 0, /* the W of matmul; may be packed into a backend-private layout */
+    MM_WEIGHT_TABLE,      /* rows are gathered (embedding); stays row-major */
+    MM_WEIGHT_VECTOR      /* a small vector (norm weight, bias); always f32 */
+} mm_weight_use;
+
 /* The ops every backend implements. Activation pointers are backend memory. */
 typedef struct mm_backend_ops {
     const char *name;
@@ -49,9 +56,9 @@ typedef struct mm_backend_ops {
     mm_status (*upload)(mm_backend *be, void *dst, const void *src, size_t bytes);
     mm_status (*download)(mm_backend *be, void *dst, const void *src, size_t bytes);
     mm_status (*copy)(mm_backend *be, void *dst, const void *src, size_t bytes); /* within the backend */
-    /* Makes a checkpoint tensor usable as an op input (may convert or pack it; may
-     * alias the mapping). Norm vectors are always made f32. release undoes it. */
-    mm_status (*weight_load)(mm_backend *be, const mm_st_tensor *src, int force_f32, mm_tensor *out);
+    /* Makes a checkpoint tensor usable as an op input for the given use (may convert
+     * or pack it, or alias the mapping). weight_release undoes it. */
+    mm_status (*weight_load)(mm_backend *be, const mm_st_tensor *src, mm_weight_use use, mm_tensor *out);
     void (*weight_release)(mm_backend *be, mm_tensor *t);
 
     /* y[M, D] = table[ids[m], :] (table [V, D], any float dtype) */

@@ -138,30 +138,30 @@ int mm_llama_is_eos(const mm_llama_config *cfg, int32_t id) {
 
 /* ---------------------------------------------------------------- weights */
 
-static mm_status load_weight(mm_llama *m, const char *name, int64_t rows, int64_t cols, int force_f32,
+static mm_status load_weight(mm_llama *m, const char *name, int64_t rows, int64_t cols, mm_weight_use use,
                              mm_tensor *out) {
     const mm_st_tensor *t;
     int64_t shape[2] = {rows, cols};
-    CHECK(mm_safetensors_get(m->st, name, cols > 0 ? 2 : 1, shape, &t));
-    return m->be->ops->weight_load(m->be, t, force_f32, out);
+    CHECK(mm_safetensors_get(m->st, name, use == MM_WEIGHT_VECTOR ? 1 : 2, shape, &t));
+    return m->be->ops->weight_load(m->be, t, use, out);
 }
 
 static mm_status load_layer(mm_llama *m, int32_t l, mm_llama_layer *L) {
     const mm_llama_config *c = &m->cfg;
     int64_t q_out = (int64_t)c->n_heads * c->head_dim, kv_out = (int64_t)c->n_kv_heads * c->head_dim;
     char name[256];
-#define W(field, path, rows, cols, f32)                                                            \
+#define W(field, path, rows, cols, use)                                                            \
     snprintf(name, sizeof name, "model.layers.%d." path, l);                                       \
-    CHECK(load_weight(m, name, rows, cols, f32, &L->field))
-    W(input_layernorm, "input_layernorm.weight", c->dim, 0, 1);
-    W(q_proj, "self_attn.q_proj.weight", q_out, c->dim, 0);
-    W(k_proj, "self_attn.k_proj.weight", kv_out, c->dim, 0);
-    W(v_proj, "self_attn.v_proj.weight", kv_out, c->dim, 0);
-    W(o_proj, "self_attn.o_proj.weight", c->dim, q_out, 0);
-    W(post_attention_layernorm, "post_attention_layernorm.weight", c->dim, 0, 1);
-    W(gate_proj, "mlp.gate_proj.weight", c->hidden_dim, c->dim, 0);
-    W(up_proj, "mlp.up_proj.weight", c->hidden_dim, c->dim, 0);
-    W(down_proj, "mlp.down_proj.weight", c->dim, c->hidden_dim, 0);
+    CHECK(load_weight(m, name, rows, cols, use, &L->field))
+    W(input_layernorm, "input_layernorm.weight", c->dim, 0, MM_WEIGHT_VECTOR);
+    W(q_proj, "self_attn.q_proj.weight", q_out, c->dim, MM_WEIGHT_MATMUL);
+    W(k_proj, "self_attn.k_proj.weight", kv_out, c->dim, MM_WEIGHT_MATMUL);
+    W(v_proj, "self_attn.v_proj.weight", kv_out, c->dim, MM_WEIGHT_MATMUL);
+    W(o_proj, "self_attn.o_proj.weight", c->dim, q_out, MM_WEIGHT_MATMUL);
+    W(post_attention_layernorm, "post_attention_layernorm.weight", c->dim, 0, MM_WEIGHT_VECTOR);
+    W(gate_proj, "mlp.gate_proj.weight", c->hidden_dim, c->dim, MM_WEIGHT_MATMUL);
+    W(up_proj, "mlp.up_proj.weight", c->hidden_dim, c->dim, MM_WEIGHT_MATMUL);
+    W(down_proj, "mlp.down_proj.weight", c->dim, c->hidden_dim, MM_WEIGHT_MATMUL);
 #undef W
     return MM_OK;
 }
@@ -219,18 +219,18 @@ mm_status mm_llama_load(const char *dir, mm_backend *be, int32_t layer_begin, in
     m->layer_begin = layer_begin, m->layer_end = layer_end;
     m->has_embed = !!(parts & MM_LLAMA_EMBED), m->has_head = !!(parts & MM_LLAMA_HEAD);
     CHECK_GOTO(mm_safetensors_open(dir, &m->st), s, fail);
-    if (m->has_embed || (m->has_head && c->tie_embeddings))
-        CHECK_GOTO(load_weight(m, "model.embed_tokens.weight", c->vocab_size, c->dim, 0, &m->embed_tokens), s, fail);
+    if (m->has_embed)
+        CHECK_GOTO(load_weight(m, "model.embed_tokens.weight", c->vocab_size, c->dim, MM_WEIGHT_TABLE, &m->embed_tokens),
+                   s, fail);
     int32_t n = layer_end - layer_begin;
     m->layers = calloc((size_t)(n ? n : 1), sizeof *m->layers);
     CHECK_GOTO(CHECK_ALLOC(m->layers), s, fail);
     for (int32_t l = 0; l < n; l++) CHECK_GOTO(load_layer(m, layer_begin + l, &m->layers[l]), s, fail);
     if (m->has_head) {
-        CHECK_GOTO(load_weight(m, "model.norm.weight", c->dim, 0, 1, &m->norm), s, fail);
-        if (c->tie_embeddings)
-            m->lm_head = m->embed_tokens; /* alias: released once, through embed_tokens */
-        else
-            CHECK_GOTO(load_weight(m, "lm_head.weight", c->vocab_size, c->dim, 0, &m->lm_head), s, fail);
+        CHECK_GOTO(load_weight(m, "model.norm.weight", c->dim, 0, MM_WEIGHT_VECTOR, &m->norm), s, fail);
+        /* tied: the same checkpoint tensor, loaded a second time for its matmul use */
+        const char *head = c->tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+        CHECK_GOTO(load_weight(m, head, c->vocab_size, c->dim, MM_WEIGHT_MATMUL, &m->lm_head), s, fail);
     }
     m->inv_freq = malloc((size_t)(c->head_dim / 2) * sizeof(float));
     CHECK_GOTO(CHECK_ALLOC(m->inv_freq), s, fail);
@@ -249,7 +249,7 @@ void mm_llama_free(mm_llama *m) {
     free(m->layers);
     if (m->embed_tokens.data) m->be->ops->weight_release(m->be, &m->embed_tokens);
     if (m->norm.data) m->be->ops->weight_release(m->be, &m->norm);
-    if (m->lm_head.data && !m->cfg.tie_embeddings) m->be->ops->weight_release(m->be, &m->lm_head);
+    if (m->lm_head.data) m->be->ops->weight_release(m->be, &m->lm_head);
     scratch_free(m);
     free(m->inv_freq);
     mm_safetensors_close(m->st);

@@ -31,35 +31,59 @@ mm_status mm_cpu_scratch(mm_backend *be, size_t bytes, void **out) {
     return MM_OK;
 }
 
-/* Weights in a dtype the GEMM runs natively (f32, bf16) alias the mapping; f16 and
- * forced-f32 vectors are converted into an owned f32 copy (backend_data marks it). */
-static mm_status weight_load(mm_backend *be, const mm_st_tensor *src, int force_f32, mm_tensor *out) {
+static void weight_release(mm_backend *be, mm_tensor *t) {
+    mm_cpu_weight *cw = t->backend_data;
+    if (cw) {
+        free(cw->owned);
+        free(cw->packed_desc);
+        free(cw);
+    }
+    memset(t, 0, sizeof *t);
+}
+
+/* Matmul weights: the fast backend packs f32/bf16 (f16 first widened to f32) into
+ * oneDNN's blocked layout; the reference backend reads the mapping as is. Tables alias
+ * the mapping (f16 widened to f32). Vectors are always an f32 copy. */
+static mm_status weight_load(mm_backend *be, const mm_st_tensor *src, mm_weight_use use, mm_tensor *out) {
     if (!mm_dtype_is_float(src->dtype))
         return MM_ERROR(MM_ERR_FORMAT, "%s: tensor '%s' has dtype %s, expected F32, F16 or BF16", src->file,
                         src->name, mm_dtype_name(src->dtype));
-    if (src->ndim > MM_TENSOR_MAX_DIMS)
-        return MM_ERROR(MM_ERR_FORMAT, "%s: tensor '%s' has %d dims", src->file, src->name, src->ndim);
+    int want_ndim = use == MM_WEIGHT_VECTOR ? 1 : 2;
+    if (src->ndim != want_ndim)
+        return MM_ERROR(MM_ERR_FORMAT, "%s: tensor '%s' has %d dims, expected %d", src->file, src->name, src->ndim, want_ndim);
     memset(out, 0, sizeof *out);
     out->ndim = src->ndim;
     for (int i = 0; i < src->ndim; i++) out->shape[i] = src->shape[i];
-    int keep = src->dtype == MM_DTYPE_F32 || (src->dtype == MM_DTYPE_BF16 && !force_f32);
-    if (keep) {
-        out->dtype = src->dtype;
-        out->data = (void *)src->data;
-        return MM_OK;
+    out->dtype = src->dtype;
+    out->data = (void *)src->data;
+    mm_dnnl *dnnl = mm_cpu_ctx(be)->dnnl;
+    int widen = src->dtype == MM_DTYPE_F16 || (use == MM_WEIGHT_VECTOR && src->dtype != MM_DTYPE_F32);
+    int pack = use == MM_WEIGHT_MATMUL && dnnl != NULL;
+    if (!widen && !pack) return MM_OK;
+    mm_cpu_weight *cw = calloc(1, sizeof *cw);
+    CHECK(CHECK_ALLOC(cw));
+    out->backend_data = cw;
+    if (widen) {
+        float *f = mm_cpu_alloc(be, (size_t)src->numel * sizeof(float));
+        if (!f) {
+            weight_release(be, out);
+            return MM_ERROR(MM_ERR_NOMEM, "%s: tensor '%s' as f32", src->file, src->name);
+        }
+        for (int64_t i = 0; i < src->numel; i++) f[i] = mm_cpu_load_elem(src->dtype, src->data, i);
+        out->dtype = MM_DTYPE_F32;
+        out->data = cw->owned = f;
     }
-    float *f = mm_cpu_alloc(be, (size_t)src->numel * sizeof(float));
-    CHECK(CHECK_ALLOC(f));
-    for (int64_t i = 0; i < src->numel; i++) f[i] = mm_cpu_load_elem(src->dtype, src->data, i);
-    out->dtype = MM_DTYPE_F32;
-    out->data = f;
-    out->backend_data = f;
+    if (pack) {
+        void *packed = NULL;
+        mm_status s = mm_dnnl_pack(dnnl, out->dtype, out->shape[0], out->shape[1], out->data, &packed, &cw->packed_desc);
+        if (s != MM_OK) {
+            weight_release(be, out);
+            return s;
+        }
+        free(cw->owned);
+        out->data = cw->owned = packed;
+    }
     return MM_OK;
-}
-
-static void weight_release(mm_backend *be, mm_tensor *t) {
-    free(t->backend_data);
-    memset(t, 0, sizeof *t);
 }
 
 mm_status mm_cpu_kv_store(mm_backend *be, float *k_cache, float *v_cache, const float *k, const float *v,

@@ -12,6 +12,12 @@ typedef struct {
 
 static inline mm_cpu_ctx_t *mm_cpu_ctx(mm_backend *be) { return (mm_cpu_ctx_t *)be->ctx; }
 
+/* backend_data of a weight the CPU backend converted or packed. */
+typedef struct {
+    void *owned;        /* converted or packed data (NULL when data aliases the mapping) */
+    void *packed_desc;  /* oneDNN weights memory desc of a packed matmul weight, else NULL */
+} mm_cpu_weight;
+
 /* A scratch buffer of at least `bytes`, owned by the backend. */
 mm_status mm_cpu_scratch(mm_backend *be, size_t bytes, void **out);
 

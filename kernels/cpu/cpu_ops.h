@@ -41,7 +41,12 @@ MM_CPU_DECLARE_OPS(mm_cpu_fast)
 typedef struct mm_dnnl mm_dnnl;
 mm_status mm_dnnl_init(int n_threads, mm_dnnl **out);
 void mm_dnnl_free(mm_dnnl *d);
-/* y[M,N] = x[M,K] . w[N,K]^T with w f32 or bf16 (x converted to bf16 for bf16 w). */
+/* y[M,N] = x[M,K] . w[N,K]^T with w f32 or bf16 (x converted to bf16 for bf16 w); w is
+ * plain row-major or packed by mm_dnnl_pack (its backend_data says which). */
 mm_status mm_dnnl_matmul(mm_dnnl *d, const mm_tensor *w, const float *x, float *y, int64_t M);
+/* Reorders a plain [N, K] f32/bf16 weight into the blocked layout oneDNN's matmul
+ * prefers for (K, N) (the same for every M, so one copy serves every batch size).
+ * Sets *packed (malloc'd, 64-byte aligned) and *desc (malloc'd memory desc). */
+mm_status mm_dnnl_pack(mm_dnnl *d, mm_dtype dt, int64_t N, int64_t K, const void *plain, void **packed, void **desc);
 
 #endif

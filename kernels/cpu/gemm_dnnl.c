@@ -9,13 +9,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cpu_ops.h"
+#include "cpu_backend.h"
 
 #define CACHE_SLOTS 512
 
 typedef struct {
     int64_t M, K, N;
     mm_dtype wtype;
+    int packed;
     dnnl_primitive_t prim;
     dnnl_memory_t src, wei, dst;
 } gemm_entry;
@@ -65,38 +66,56 @@ void mm_dnnl_free(mm_dnnl *d) {
     free(d);
 }
 
-static mm_status entry_create(mm_dnnl *d, gemm_entry *e, int64_t M, int64_t K, int64_t N, mm_dtype wtype) {
+/* A matmul primitive desc for y[M,N] = x[M,K] w[K,N]; wei_md NULL: let oneDNN choose. */
+static mm_status matmul_pd(mm_dnnl *d, int64_t M, int64_t K, int64_t N, mm_dtype wtype, const dnnl_memory_desc_t *wei_md,
+                           dnnl_primitive_desc_t *pd) {
     dnnl_data_type_t t = wtype == MM_DTYPE_BF16 ? dnnl_bf16 : dnnl_f32;
-    dnnl_memory_desc_t src_md, wei_md, dst_md;
+    dnnl_memory_desc_t src_md, any_md, dst_md;
     dnnl_dims_t src_dims = {M, K}, wei_dims = {K, N}, dst_dims = {M, N};
     DNNL_CHECK(dnnl_memory_desc_init_by_tag(&src_md, 2, src_dims, t, dnnl_ab), "src desc");
-    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&wei_md, 2, wei_dims, t, dnnl_ba), "weights desc");
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&any_md, 2, wei_dims, t, dnnl_format_tag_any), "weights desc");
     DNNL_CHECK(dnnl_memory_desc_init_by_tag(&dst_md, 2, dst_dims, dnnl_f32, dnnl_ab), "dst desc");
     dnnl_matmul_desc_t desc;
-    DNNL_CHECK(dnnl_matmul_desc_init(&desc, &src_md, &wei_md, NULL, &dst_md), "matmul desc");
-    dnnl_primitive_desc_t pd;
-    DNNL_CHECK(dnnl_primitive_desc_create(&pd, &desc, NULL, d->engine, NULL), "matmul primitive desc");
-    dnnl_status_t s = dnnl_primitive_create(&e->prim, pd);
-    dnnl_primitive_desc_destroy(pd);
-    DNNL_CHECK(s, "matmul primitive");
-    DNNL_CHECK(dnnl_memory_create(&e->src, &src_md, d->engine, DNNL_MEMORY_NONE), "src memory");
-    DNNL_CHECK(dnnl_memory_create(&e->wei, &wei_md, d->engine, DNNL_MEMORY_NONE), "weights memory");
-    DNNL_CHECK(dnnl_memory_create(&e->dst, &dst_md, d->engine, DNNL_MEMORY_NONE), "dst memory");
-    e->M = M, e->K = K, e->N = N, e->wtype = wtype;
+    DNNL_CHECK(dnnl_matmul_desc_init(&desc, &src_md, wei_md ? wei_md : &any_md, NULL, &dst_md), "matmul desc");
+    DNNL_CHECK(dnnl_primitive_desc_create(pd, &desc, NULL, d->engine, NULL), "matmul primitive desc");
     return MM_OK;
 }
 
-static mm_status entry_get(mm_dnnl *d, int64_t M, int64_t K, int64_t N, mm_dtype wtype, gemm_entry **out) {
+static mm_status entry_create(mm_dnnl *d, gemm_entry *e, int64_t M, int64_t K, int64_t N, mm_dtype wtype,
+                              const dnnl_memory_desc_t *packed_md) {
+    dnnl_memory_desc_t plain_md;
+    dnnl_dims_t wei_dims = {K, N};
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&plain_md, 2, wei_dims, wtype == MM_DTYPE_BF16 ? dnnl_bf16 : dnnl_f32, dnnl_ba),
+               "weights desc");
+    const dnnl_memory_desc_t *wei = packed_md ? packed_md : &plain_md;
+    dnnl_primitive_desc_t pd;
+    CHECK(matmul_pd(d, M, K, N, wtype, wei, &pd));
+    const dnnl_memory_desc_t *src_md = dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
+    const dnnl_memory_desc_t *wei_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    const dnnl_memory_desc_t *dst_md = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    dnnl_status_t s = dnnl_primitive_create(&e->prim, pd);
+    if (s == dnnl_success) s = dnnl_memory_create(&e->src, src_md, d->engine, DNNL_MEMORY_NONE);
+    if (s == dnnl_success) s = dnnl_memory_create(&e->wei, wei_md, d->engine, DNNL_MEMORY_NONE);
+    if (s == dnnl_success) s = dnnl_memory_create(&e->dst, dst_md, d->engine, DNNL_MEMORY_NONE);
+    dnnl_primitive_desc_destroy(pd);
+    DNNL_CHECK(s, "matmul primitive and memories");
+    e->M = M, e->K = K, e->N = N, e->wtype = wtype, e->packed = packed_md != NULL;
+    return MM_OK;
+}
+
+static mm_status entry_get(mm_dnnl *d, int64_t M, int64_t K, int64_t N, mm_dtype wtype,
+                           const dnnl_memory_desc_t *packed_md, gemm_entry **out) {
+    int packed = packed_md != NULL;
     uint64_t h = (uint64_t)M * 0x9E3779B97F4A7C15ull ^ (uint64_t)K * 0xC2B2AE3D27D4EB4Full ^
-                 (uint64_t)N * 0x165667B19E3779F9ull ^ (uint64_t)wtype;
+                 (uint64_t)N * 0x165667B19E3779F9ull ^ (uint64_t)wtype ^ ((uint64_t)packed << 7);
     for (int probe = 0; probe < CACHE_SLOTS; probe++) {
         gemm_entry *e = &d->cache[(h + (uint64_t)probe) % CACHE_SLOTS];
         if (!e->prim) {
-            CHECK(entry_create(d, e, M, K, N, wtype));
+            CHECK(entry_create(d, e, M, K, N, wtype, packed_md));
             *out = e;
             return MM_OK;
         }
-        if (e->M == M && e->K == K && e->N == N && e->wtype == wtype) {
+        if (e->M == M && e->K == K && e->N == N && e->wtype == wtype && e->packed == packed) {
             *out = e;
             return MM_OK;
         }
@@ -122,20 +141,68 @@ mm_status mm_dnnl_matmul(mm_dnnl *d, const mm_tensor *w, const float *x, float *
     if (w->dtype != MM_DTYPE_F32 && w->dtype != MM_DTYPE_BF16)
         return MM_ERROR(MM_ERR_UNSUPPORTED, "oneDNN matmul: weight dtype %s", mm_dtype_name(w->dtype));
     if (M <= 0) return MM_OK;
+    /* oneDNN plans its threading when a primitive is created: set the count first */
+    omp_set_num_threads(d->n_threads);
+    const mm_cpu_weight *cw = w->backend_data;
     gemm_entry *e = NULL;
-    CHECK(entry_get(d, M, K, N, w->dtype, &e));
+    CHECK(entry_get(d, M, K, N, w->dtype, cw ? cw->packed_desc : NULL, &e));
     const void *src = x;
     if (w->dtype == MM_DTYPE_BF16) {
         uint16_t *xb;
         CHECK(to_bf16(d, x, (size_t)(M * K), &xb));
         src = xb;
     }
-    omp_set_num_threads(d->n_threads);
     DNNL_CHECK(dnnl_memory_set_data_handle(e->src, (void *)src), "set src");
     DNNL_CHECK(dnnl_memory_set_data_handle(e->wei, w->data), "set weights");
     DNNL_CHECK(dnnl_memory_set_data_handle(e->dst, y), "set dst");
     dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, e->src}, {DNNL_ARG_WEIGHTS, e->wei}, {DNNL_ARG_DST, e->dst}};
     DNNL_CHECK(dnnl_primitive_execute(e->prim, d->stream, 3, args), "matmul execute");
     DNNL_CHECK(dnnl_stream_wait(d->stream), "stream wait");
+    return MM_OK;
+}
+
+mm_status mm_dnnl_pack(mm_dnnl *d, mm_dtype dt, int64_t N, int64_t K, const void *plain, void **packed, void **desc) {
+    if (dt != MM_DTYPE_F32 && dt != MM_DTYPE_BF16)
+        return MM_ERROR(MM_ERR_UNSUPPORTED, "oneDNN pack: dtype %s", mm_dtype_name(dt));
+    omp_set_num_threads(d->n_threads);
+    dnnl_primitive_desc_t pd;
+    CHECK(matmul_pd(d, 1, K, N, dt, NULL, &pd));
+    dnnl_memory_desc_t *md = malloc(sizeof *md);
+    if (!md) {
+        dnnl_primitive_desc_destroy(pd);
+        return MM_ERROR(MM_ERR_NOMEM, "pack desc");
+    }
+    *md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    dnnl_primitive_desc_destroy(pd);
+    size_t bytes = dnnl_memory_desc_get_size(md);
+    void *buf = NULL;
+    if (posix_memalign(&buf, 64, (bytes + 63) & ~(size_t)63) != 0) {
+        free(md);
+        return MM_ERROR(MM_ERR_NOMEM, "packed weight of %zu bytes", bytes);
+    }
+    dnnl_memory_desc_t plain_md;
+    dnnl_dims_t dims = {K, N};
+    dnnl_memory_t src = NULL, dst = NULL;
+    dnnl_primitive_desc_t rpd = NULL;
+    dnnl_primitive_t reorder = NULL;
+    dnnl_status_t s = dnnl_memory_desc_init_by_tag(&plain_md, 2, dims, dt == MM_DTYPE_BF16 ? dnnl_bf16 : dnnl_f32, dnnl_ba);
+    if (s == dnnl_success) s = dnnl_memory_create(&src, &plain_md, d->engine, (void *)plain);
+    if (s == dnnl_success) s = dnnl_memory_create(&dst, md, d->engine, buf);
+    if (s == dnnl_success) s = dnnl_reorder_primitive_desc_create(&rpd, &plain_md, d->engine, md, d->engine, NULL);
+    if (s == dnnl_success) s = dnnl_primitive_create(&reorder, rpd);
+    if (s == dnnl_success) {
+        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}};
+        s = dnnl_primitive_execute(reorder, d->stream, 2, args);
+    }
+    if (s == dnnl_success) s = dnnl_stream_wait(d->stream);
+    if (reorder) dnnl_primitive_destroy(reorder);
+    if (rpd) dnnl_primitive_desc_destroy(rpd);
+    if (src) dnnl_memory_destroy(src);
+    if (dst) dnnl_memory_destroy(dst);
+    if (s != dnnl_success) {
+        free(buf), free(md);
+        return MM_ERROR(MM_ERR_INTERNAL, "oneDNN weight reorder failed (status %d)", (int)s);
+    }
+    *packed = buf, *desc = md;
     return MM_OK;
 }

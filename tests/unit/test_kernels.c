@@ -50,7 +50,7 @@ static mm_tensor load_w(mm_backend *be, const mm_tensor *src) {
     mm_st_tensor st = {.name = "w", .file = "test", .dtype = src->dtype, .ndim = 2,
                        .shape = {src->shape[0], src->shape[1]}, .numel = src->shape[0] * src->shape[1], .data = src->data};
     mm_tensor out;
-    mm_status s = be->ops->weight_load(be, &st, 0, &out);
+    mm_status s = be->ops->weight_load(be, &st, MM_WEIGHT_MATMUL, &out);
     EXPECT(s == MM_OK, "weight_load: %s", mm_error_last());
     return out;
 }
