@@ -52,16 +52,20 @@ typedef struct {
 
 void mm_detok_init(mm_detok *d, int skip_special);
 /* Appends the bytes now complete to out (cap bytes; a token plus pending bytes never
- * exceeds the longest token + 8). Returns the number written, or -1 if cap is too small. */
+ * exceeds the longest token + 8; invalid sequences become U+FFFD, so up to 3x that).
+ * Returns the number written, or -1 (state unchanged) if cap is too small. */
 int mm_detok_push(mm_detok *d, const mm_tokenizer *tok, int32_t id, char *out, size_t cap);
 /* Flushes what is left at the end of a stream (invalid tails become U+FFFD). */
 int mm_detok_flush(mm_detok *d, char *out, size_t cap);
 
-/* ---- Chat template (MetaMorph's conv_llama_3) ----
- * "<|begin_of_text|>" then per message "<|start_header_id|>ROLE<|end_header_id|>\n"
- * + content + "<|eot_id|>", then "<|start_header_id|>assistant<|end_header_id|>\n"
- * when add_generation_prompt. Role and header tokens are inserted as ids; the message
- * text is encoded with allow_special=0 so user text cannot inject control tokens. */
+/* ---- Chat template (MetaMorph's conv_llama_3 + tokenizer_image_token) ----
+ * BOS (post-processor) + "<|begin_of_text|>" (so the ids start with BOS BOS, as in the
+ * reference), then per message "<|start_header_id|>ROLE<|end_header_id|>\n" + content +
+ * "<|eot_id|>" (empty content: the header alone), then
+ * "<|start_header_id|>assistant<|end_header_id|>\n" when add_generation_prompt. As in the
+ * reference, special-token strings inside content are recognised (allow_special=1):
+ * callers that must keep users from injecting control tokens reject them first.
+ * "<image>" is plain text; image embeddings go between the <image_start>/<image_end> ids. */
 typedef struct {
     const char *role;    /* "user", "assistant" or "system" */
     const char *content; /* UTF-8 text */
