@@ -6,8 +6,9 @@
  *
  * Shapes: M rows of activations; weights W are [N, K] (nn.Linear layout); heads are
  * laid out [M, n_heads, head_dim]. The paged KV cache of one layer is
- * [n_blocks, block_size, n_kv_heads, head_dim] for K and for V, and a row reads its
- * keys 0..n_keys-1 through its sequence's block table. */
+ * [n_blocks, n_kv_heads, block_size, head_dim] for K and for V (one head's keys of a
+ * block are contiguous, so a row streams them), and a row reads its keys
+ * 0..n_keys-1 through its sequence's block table. */
 #ifndef MM_BACKEND_H
 #define MM_BACKEND_H
 
@@ -73,7 +74,7 @@ typedef struct mm_backend_ops {
                       int32_t n_heads, int32_t head_dim);
     /* Writes k, v [M, n_kv_heads*head_dim] into the cache at slots[m] = block*block_size + offset. */
     mm_status (*kv_store)(mm_backend *be, float *k_cache, float *v_cache, const float *k, const float *v,
-                          const int32_t *slots, int64_t M, int64_t row_elems);
+                          const int32_t *slots, int64_t M, const mm_attn_shape *shape);
     /* out[M, n_heads, head_dim] = softmax(q k^T * scale) v over each row's keys, grouped-query:
      * head h reads kv head h / (n_heads / n_kv_heads). rows lives in host memory. */
     mm_status (*attention)(mm_backend *be, const float *q, const float *k_cache, const float *v_cache,

@@ -1,5 +1,5 @@
 /* Paged KV cache of the layers one process owns: per layer, K and V arrays of
- * [n_blocks, block_size, n_kv_heads, head_dim] f32 in backend memory, plus a free
+ * [n_blocks, n_kv_heads, block_size, head_dim] f32 in backend memory, plus a free
  * list of blocks and per-sequence block tables. (In the service the coordinator's
  * block manager decides block ids and every stage mirrors them; this allocator serves
  * single-process use: mm-run, tests and benchmarks.) */
@@ -13,7 +13,7 @@
 typedef struct {
     mm_backend *be;
     int32_t n_layers, n_blocks, block_size, n_kv_heads, head_dim;
-    float **k, **v;     /* [n_layers] -> [n_blocks, block_size, n_kv_heads, head_dim] */
+    float **k, **v;     /* [n_layers] -> [n_blocks, n_kv_heads, block_size, head_dim] */
     int32_t *free_ids;  /* [n_blocks] stack of free block ids */
     int32_t n_free;
 } mm_kv_cache;

@@ -270,7 +270,6 @@ static mm_status forward_layer(mm_llama *m, const mm_llama_layer *L, mm_kv_cache
     const mm_llama_config *c = &m->cfg;
     mm_llama_scratch *s = &m->scratch;
     int64_t M = b->n_rows;
-    int64_t kv_row = (int64_t)c->n_kv_heads * c->head_dim;
     /* attention block */
     CHECK(op->rmsnorm(be, x, L->input_layernorm.data, s->xn, M, c->dim, c->norm_eps));
     CHECK(op->matmul(be, &L->q_proj, s->xn, s->q, M));
@@ -278,8 +277,8 @@ static mm_status forward_layer(mm_llama *m, const mm_llama_layer *L, mm_kv_cache
     CHECK(op->matmul(be, &L->v_proj, s->xn, s->v, M));
     CHECK(op->rope(be, s->q, b->pos, m->inv_freq, M, c->n_heads, c->head_dim));
     CHECK(op->rope(be, s->k, b->pos, m->inv_freq, M, c->n_kv_heads, c->head_dim));
-    CHECK(op->kv_store(be, kv->k[kv_layer], kv->v[kv_layer], s->k, s->v, b->slots, M, kv_row));
     mm_attn_shape shape = {c->n_heads, c->n_kv_heads, c->head_dim, kv->block_size, 1.0f / sqrtf((float)c->head_dim)};
+    CHECK(op->kv_store(be, kv->k[kv_layer], kv->v[kv_layer], s->k, s->v, b->slots, M, &shape));
     CHECK(op->attention(be, s->q, kv->k[kv_layer], kv->v[kv_layer], b->attn, M, &shape, s->attn));
     CHECK(op->matmul(be, &L->o_proj, s->attn, s->out, M));
     CHECK(op->add(be, x, s->out, M * c->dim));

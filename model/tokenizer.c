@@ -1068,6 +1068,10 @@ mm_status mm_tokenizer_encode(const mm_tokenizer *tok, const char *text, size_t 
  * Decoding
  * ------------------------------------------------------------------------------------- */
 
+static long detok_emit(const unsigned char *s, size_t n, int final, char *out, size_t cap, size_t *m);
+
+/* Like transformers' decode: the tokens' bytes, then UTF-8 with invalid sequences
+ * replaced by U+FFFD (Python's errors="replace"), so the result is always valid. */
 mm_status mm_tokenizer_decode(const mm_tokenizer *tok, const int32_t *ids, size_t n, int skip_special, char **out,
                               size_t *out_len) {
     if (!tok || (!ids && n) || !out) return MM_ERROR(MM_ERR_INVALID, "mm_tokenizer_decode: NULL argument");
@@ -1079,14 +1083,20 @@ mm_status mm_tokenizer_decode(const mm_tokenizer *tok, const int32_t *ids, size_
                             ids[i], i, tok->n_vocab);
         if (!(skip_special && tok->special[ids[i]])) total += tok->bytes_len[ids[i]];
     }
-    char *s = malloc(total + 1);
-    CHECK(CHECK_ALLOC(s));
-    size_t m = 0;
+    unsigned char *raw = malloc(total + 1);
+    char *s = malloc(3 * total + 1); /* each invalid byte may become 3 bytes */
+    if (!raw || !s) {
+        free(raw), free(s);
+        return MM_ERROR(MM_ERR_NOMEM, "decode of %zu bytes", total);
+    }
+    size_t r = 0, m = 0;
     for (size_t i = 0; i < n; i++) {
         if (skip_special && tok->special[ids[i]]) continue;
-        memcpy(s + m, tok->bytes[ids[i]], tok->bytes_len[ids[i]]);
-        m += tok->bytes_len[ids[i]];
+        memcpy(raw + r, tok->bytes[ids[i]], tok->bytes_len[ids[i]]);
+        r += tok->bytes_len[ids[i]];
     }
+    detok_emit(raw, r, 1, s, 3 * total + 1, &m);
+    free(raw);
     s[m] = '\0';
     *out = s;
     if (out_len) *out_len = m;
@@ -1096,8 +1106,8 @@ mm_status mm_tokenizer_decode(const mm_tokenizer *tok, const int32_t *ids, size_
 /* Streaming: the output is always valid UTF-8. Complete characters pass through as they
  * are; an incomplete tail waits in d->pending (at most 3 bytes); a sequence that can never
  * become valid is replaced by U+FFFD (one per maximal subpart, like Python's
- * errors="replace"). For valid streams the concatenated output equals
- * mm_tokenizer_decode; invalid bytes make it up to 3x longer than the input. On -1
+ * errors="replace"). The concatenated output always equals mm_tokenizer_decode;
+ * invalid bytes make it up to 3x longer than the input. On -1
  * (cap too small) the state is unchanged, so the caller can retry with more room. */
 
 void mm_detok_init(mm_detok *d, int skip_special) {

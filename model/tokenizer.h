@@ -38,8 +38,9 @@ const char *mm_tokenizer_token_bytes(const mm_tokenizer *tok, int32_t id, size_t
 /* Is this id a special added token (skipped by skip_special_tokens decoding)? */
 int mm_tokenizer_is_special(const mm_tokenizer *tok, int32_t id);
 
-/* Decodes ids to a malloc'd NUL-terminated byte string (may hold invalid UTF-8 only if
- * the ids do). skip_special: drop special tokens like HF skip_special_tokens=True. */
+/* Decodes ids to a malloc'd NUL-terminated UTF-8 string, as transformers' decode does:
+ * byte sequences that are not valid UTF-8 become U+FFFD (Python's errors="replace").
+ * skip_special: drop special tokens like HF skip_special_tokens=True. */
 mm_status mm_tokenizer_decode(const mm_tokenizer *tok, const int32_t *ids, size_t n,
                               int skip_special, char **out, size_t *out_len);
 

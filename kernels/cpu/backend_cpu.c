@@ -87,10 +87,15 @@ static mm_status weight_load(mm_backend *be, const mm_st_tensor *src, mm_weight_
 }
 
 mm_status mm_cpu_kv_store(mm_backend *be, float *k_cache, float *v_cache, const float *k, const float *v,
-                          const int32_t *slots, int64_t M, int64_t row_elems) {
+                          const int32_t *slots, int64_t M, const mm_attn_shape *s) {
+    size_t bytes = (size_t)s->head_dim * sizeof(float);
     for (int64_t m = 0; m < M; m++) {
-        memcpy(k_cache + (int64_t)slots[m] * row_elems, k + m * row_elems, (size_t)row_elems * sizeof(float));
-        memcpy(v_cache + (int64_t)slots[m] * row_elems, v + m * row_elems, (size_t)row_elems * sizeof(float));
+        int32_t block = slots[m] / s->block_size, j = slots[m] % s->block_size;
+        for (int32_t h = 0; h < s->n_kv_heads; h++) {
+            int64_t dst = mm_kv_offset(&block, j, h, s), src = (m * s->n_kv_heads + h) * s->head_dim;
+            memcpy(k_cache + dst, k + src, bytes);
+            memcpy(v_cache + dst, v + src, bytes);
+        }
     }
     return MM_OK;
 }

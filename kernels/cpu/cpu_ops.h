@@ -17,7 +17,12 @@ void *mm_cpu_alloc(mm_backend *be, size_t bytes);
 void mm_cpu_dealloc(mm_backend *be, void *p);
 mm_status mm_cpu_copy(mm_backend *be, void *dst, const void *src, size_t bytes);
 mm_status mm_cpu_kv_store(mm_backend *be, float *k_cache, float *v_cache, const float *k, const float *v,
-                          const int32_t *slots, int64_t M, int64_t row_elems);
+                          const int32_t *slots, int64_t M, const mm_attn_shape *shape);
+/* Start of (key j, kv head h) in a [n_blocks, n_kv_heads, block_size, head_dim] cache. */
+static inline int64_t mm_kv_offset(const int32_t *block_table, int32_t j, int32_t h, const mm_attn_shape *s) {
+    return (((int64_t)block_table[j / s->block_size] * s->n_kv_heads + h) * s->block_size + j % s->block_size) *
+           s->head_dim;
+}
 mm_status mm_cpu_sample(mm_backend *be, const float *logits, int64_t M, int64_t V, const mm_sampling *params,
                         uint64_t *rng, int32_t *out);
 

@@ -12,7 +12,8 @@
 
 #define MM_VEC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
-MM_VEC_CLONES static float dot_f32(const float *a, const float *b, int32_t n) {
+/* Inlined into their (cloned) callers so each ISA level gets its own vector code. */
+static inline __attribute__((always_inline)) float dot_f32(const float *a, const float *b, int32_t n) {
     float acc[16] = {0};
     int32_t i = 0;
     for (; i + 16 <= n; i += 16)
@@ -23,9 +24,6 @@ MM_VEC_CLONES static float dot_f32(const float *a, const float *b, int32_t n) {
     return s;
 }
 
-MM_VEC_CLONES static void axpy_f32(float *y, float a, const float *x, int32_t n) {
-    for (int32_t i = 0; i < n; i++) y[i] += a * x[i];
-}
 
 mm_status mm_cpu_fast_embed(mm_backend *be, const mm_tensor *table, const int32_t *ids, int64_t M, float *y) {
     int64_t V = table->shape[0], D = table->shape[1];
@@ -40,12 +38,14 @@ mm_status mm_cpu_fast_matmul(mm_backend *be, const mm_tensor *w, const float *x,
     return mm_dnnl_matmul(mm_cpu_ctx(be)->dnnl, w, x, y, M);
 }
 
+MM_VEC_CLONES static float sum_squares(const float *x, int32_t n) { return dot_f32(x, x, n); }
+
 mm_status mm_cpu_fast_rmsnorm(mm_backend *be, const float *x, const float *w, float *y, int64_t M, int64_t D,
                               float eps) {
 #pragma omp parallel for num_threads(be->n_threads) schedule(static) if (M * D > 65536)
     for (int64_t m = 0; m < M; m++) {
         const float *xr = x + m * D;
-        float inv = 1.0f / sqrtf(dot_f32(xr, xr, (int32_t)D) / (float)D + eps);
+        float inv = 1.0f / sqrtf(sum_squares(xr, (int32_t)D) / (float)D + eps);
         float *yr = y + m * D;
         for (int64_t d = 0; d < D; d++) yr[d] = w[d] * (xr[d] * inv);
     }
@@ -75,15 +75,43 @@ mm_status mm_cpu_fast_rope(mm_backend *be, float *x, const int32_t *pos, const f
     return MM_OK;
 }
 
-/* One (row, head): scores over the row's keys, softmax, weighted sum of values. */
-static void attend_one(const float *qv, const float *k_cache, const float *v_cache, const mm_attn_row *row,
-                       int32_t kvh, const mm_attn_shape *s, float *scores, float *o) {
-    int32_t hd = s->head_dim, B = s->block_size, KVH = s->n_kv_heads, n = row->n_keys;
+/* q . k for four keys at once: four independent accumulator chains keep the FMA
+ * units busy where one short dot product would wait on its own latency. */
+static inline __attribute__((always_inline)) void dot4_f32(const float *q, const float *const k[4], int32_t n,
+                                                           float out[4]) {
+    float a0[16] = {0}, a1[16] = {0}, a2[16] = {0}, a3[16] = {0};
+    int32_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int l = 0; l < 16; l++) {
+            a0[l] += q[i + l] * k[0][i + l];
+            a1[l] += q[i + l] * k[1][i + l];
+            a2[l] += q[i + l] * k[2][i + l];
+            a3[l] += q[i + l] * k[3][i + l];
+        }
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (int l = 0; l < 16; l++) s0 += a0[l], s1 += a1[l], s2 += a2[l], s3 += a3[l];
+    for (; i < n; i++) s0 += q[i] * k[0][i], s1 += q[i] * k[1][i], s2 += q[i] * k[2][i], s3 += q[i] * k[3][i];
+    out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
+}
+
+/* One (row, head): scores over the row's keys, softmax, weighted sum of values. Keys go
+ * in groups of four (the tail group repeats its last key with weight 0); the order of
+ * every sum depends only on this row's key count, never on the batch. */
+MM_VEC_CLONES static void attend_one(const float *qv, const float *k_cache, const float *v_cache,
+                                     const mm_attn_row *row, int32_t kvh, const mm_attn_shape *s, float *scores,
+                                     float *o) {
+    int32_t hd = s->head_dim, n = row->n_keys;
+#define KV_AT(cache, j) ((cache) + mm_kv_offset(row->block_table, (j), kvh, s))
     float mx = -INFINITY;
-    for (int32_t j = 0; j < n; j++) {
-        int64_t slot = (int64_t)row->block_table[j / B] * B + j % B;
-        scores[j] = dot_f32(qv, k_cache + (slot * KVH + kvh) * hd, hd) * s->scale;
-        mx = scores[j] > mx ? scores[j] : mx;
+    for (int32_t j = 0; j < n; j += 4) {
+        const float *k[4];
+        for (int t = 0; t < 4; t++) k[t] = KV_AT(k_cache, j + t < n ? j + t : n - 1);
+        float d[4];
+        dot4_f32(qv, k, hd, d);
+        for (int t = 0; t < 4 && j + t < n; t++) {
+            scores[j + t] = d[t] * s->scale;
+            mx = scores[j + t] > mx ? scores[j + t] : mx;
+        }
     }
     float sum = 0.0f;
     for (int32_t j = 0; j < n; j++) {
@@ -92,10 +120,16 @@ static void attend_one(const float *qv, const float *k_cache, const float *v_cac
     }
     float inv = 1.0f / sum;
     memset(o, 0, (size_t)hd * sizeof(float));
-    for (int32_t j = 0; j < n; j++) {
-        int64_t slot = (int64_t)row->block_table[j / B] * B + j % B;
-        axpy_f32(o, scores[j] * inv, v_cache + (slot * KVH + kvh) * hd, hd);
+    for (int32_t j = 0; j < n; j += 4) {
+        const float *v[4];
+        float p[4];
+        for (int t = 0; t < 4; t++) {
+            v[t] = KV_AT(v_cache, j + t < n ? j + t : n - 1);
+            p[t] = j + t < n ? scores[j + t] * inv : 0.0f;
+        }
+        for (int32_t i = 0; i < hd; i++) o[i] += p[0] * v[0][i] + p[1] * v[1][i] + p[2] * v[2][i] + p[3] * v[3][i];
     }
+#undef KV_AT
 }
 
 mm_status mm_cpu_fast_attention(mm_backend *be, const float *q, const float *k_cache, const float *v_cache,

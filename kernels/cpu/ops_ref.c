@@ -75,7 +75,7 @@ mm_status mm_cpu_ref_rope(mm_backend *be, float *x, const int32_t *pos, const fl
 
 mm_status mm_cpu_ref_attention(mm_backend *be, const float *q, const float *k_cache, const float *v_cache,
                                const mm_attn_row *rows, int64_t M, const mm_attn_shape *s, float *out) {
-    int32_t H = s->n_heads, KVH = s->n_kv_heads, hd = s->head_dim, B = s->block_size;
+    int32_t H = s->n_heads, KVH = s->n_kv_heads, hd = s->head_dim;
     int32_t group = H / KVH;
     for (int64_t m = 0; m < M; m++) {
         int32_t n = rows[m].n_keys;
@@ -86,8 +86,7 @@ mm_status mm_cpu_ref_attention(mm_backend *be, const float *q, const float *k_ca
             int32_t kvh = h / group;
             float mx = -INFINITY;
             for (int32_t j = 0; j < n; j++) {
-                int64_t slot = (int64_t)rows[m].block_table[j / B] * B + j % B;
-                const float *kv = k_cache + (slot * KVH + kvh) * hd;
+                const float *kv = k_cache + mm_kv_offset(rows[m].block_table, j, kvh, s);
                 float dot = 0.0f;
                 for (int32_t d = 0; d < hd; d++) dot += qv[d] * kv[d];
                 scores[j] = dot * s->scale;
@@ -101,8 +100,7 @@ mm_status mm_cpu_ref_attention(mm_backend *be, const float *q, const float *k_ca
             float *o = out + (m * H + h) * hd;
             for (int32_t d = 0; d < hd; d++) o[d] = 0.0f;
             for (int32_t j = 0; j < n; j++) {
-                int64_t slot = (int64_t)rows[m].block_table[j / B] * B + j % B;
-                const float *vv = v_cache + (slot * KVH + kvh) * hd;
+                const float *vv = v_cache + mm_kv_offset(rows[m].block_table, j, kvh, s);
                 float p = scores[j] / sum;
                 for (int32_t d = 0; d < hd; d++) o[d] += p * vv[d];
             }

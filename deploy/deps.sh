@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the build and the tests need, only those missing
+# (idempotent, non-interactive). Sourced by quickstart.sh and test.sh.
+set -euo pipefail
+
+MM_DEBIAN_PACKAGES=(
+  build-essential cmake pkg-config   # toolchain
+  libdnnl-dev                        # oneDNN: CPU GEMM
+  libjansson-dev                     # JSON configs
+  libpcre2-dev                       # tokenizer pre-tokenizer regex
+)
+
+mm_install_deps() {
+  local missing=()
+  for p in "${MM_DEBIAN_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]} == 0)); then
+    echo "deps: all ${#MM_DEBIAN_PACKAGES[@]} packages present"
+    return 0
+  fi
+  echo "deps: installing ${missing[*]}"
+  local sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# Configures and builds into $1 (default build/) with the cores available.
+mm_build() {
+  local dir=${1:-build}
+  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo ${MM_CMAKE_ARGS:-}
+  cmake --build "$dir" -j "$(nproc)"
+}
