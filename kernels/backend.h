@@ -85,6 +85,21 @@ typedef struct mm_backend_ops {
     mm_status (*add)(mm_backend *be, float *y, const float *x, int64_t n);
     /* y = softmax(x) per row, x [M, N] (y may alias x) */
     mm_status (*softmax)(mm_backend *be, const float *x, float *y, int64_t M, int64_t N);
+    /* ---- encoder / decoder ops (SigLIP, adapter, UNet, VAE) ---- */
+    /* y[M, D] = (x - mean) / sqrt(var + eps) * w + b; w, b may be NULL (1, 0); y may alias x */
+    mm_status (*layernorm)(mm_backend *be, const float *x, const float *w, const float *b, float *y, int64_t M,
+                           int64_t D, float eps);
+    /* y[M, N] += bias[N] */
+    mm_status (*add_bias)(mm_backend *be, float *y, const float *bias, int64_t M, int64_t N);
+    /* x = gelu(x) in place: exact (erf) or the tanh approximation */
+    mm_status (*gelu)(mm_backend *be, float *x, int64_t n, int tanh_approx);
+    /* y[M, D] = x / max(||x||_2, eps) per row (torch.nn.functional.normalize); y may alias x */
+    mm_status (*l2norm)(mm_backend *be, const float *x, float *y, int64_t M, int64_t D, float eps);
+    /* Unmasked attention for `batch` independent problems: q [batch, Tq, H, hd],
+     * k and v [batch, Tk, H, hd], out [batch, Tq, H, hd]. */
+    mm_status (*attention_dense)(mm_backend *be, const float *q, const float *k, const float *v, int64_t batch,
+                                 int64_t Tq, int64_t Tk, int32_t n_heads, int32_t head_dim, float scale, float *out);
+
     /* Picks one id per row of logits [M, V]. rng: one 64-bit state per row (advanced). */
     mm_status (*sample)(mm_backend *be, const float *logits, int64_t M, int64_t V, const mm_sampling *params,
                         uint64_t *rng, int32_t *out);

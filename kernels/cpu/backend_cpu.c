@@ -118,7 +118,9 @@ static void cpu_free(mm_backend *be) {
         .weight_release = weight_release, .embed = prefix##_embed, .matmul = prefix##_matmul,      \
         .rmsnorm = prefix##_rmsnorm, .rope = prefix##_rope, .kv_store = mm_cpu_kv_store,           \
         .attention = prefix##_attention, .silu_mul = prefix##_silu_mul, .add = prefix##_add,       \
-        .softmax = prefix##_softmax, .sample = mm_cpu_sample,                                      \
+        .softmax = prefix##_softmax, .layernorm = prefix##_layernorm, .add_bias = prefix##_add_bias, \
+        .gelu = prefix##_gelu, .l2norm = prefix##_l2norm, .attention_dense = prefix##_attention_dense, \
+        .sample = mm_cpu_sample,                                                                   \
     }
 
 static const mm_backend_ops cpu_ref_ops = MM_CPU_OPS_TABLE(mm_cpu_ref, "cpu-ref");

@@ -37,7 +37,15 @@ mm_status mm_cpu_sample(mm_backend *be, const float *logits, int64_t M, int64_t 
                                  const mm_attn_row *rows, int64_t M, const mm_attn_shape *shape, float *out); \
     mm_status prefix##_silu_mul(mm_backend *be, float *gate, const float *up, int64_t n);          \
     mm_status prefix##_add(mm_backend *be, float *y, const float *x, int64_t n);                   \
-    mm_status prefix##_softmax(mm_backend *be, const float *x, float *y, int64_t M, int64_t N);
+    mm_status prefix##_softmax(mm_backend *be, const float *x, float *y, int64_t M, int64_t N);       \
+    mm_status prefix##_layernorm(mm_backend *be, const float *x, const float *w, const float *b, float *y, \
+                                 int64_t M, int64_t D, float eps);                                 \
+    mm_status prefix##_add_bias(mm_backend *be, float *y, const float *bias, int64_t M, int64_t N); \
+    mm_status prefix##_gelu(mm_backend *be, float *x, int64_t n, int tanh_approx);                 \
+    mm_status prefix##_l2norm(mm_backend *be, const float *x, float *y, int64_t M, int64_t D, float eps); \
+    mm_status prefix##_attention_dense(mm_backend *be, const float *q, const float *k, const float *v,      \
+                                       int64_t batch, int64_t Tq, int64_t Tk, int32_t n_heads,     \
+                                       int32_t head_dim, float scale, float *out);
 
 MM_CPU_DECLARE_OPS(mm_cpu_ref)
 MM_CPU_DECLARE_OPS(mm_cpu_fast)

@@ -177,3 +177,99 @@ mm_status mm_cpu_fast_softmax(mm_backend *be, const float *x, float *y, int64_t 
     }
     return MM_OK;
 }
+
+/* ---- encoder / decoder ops ---- */
+
+MM_VEC_CLONES static void layernorm_row(const float *x, const float *w, const float *b, float *y, int64_t D, float eps) {
+    float mean = 0.0f, var = 0.0f;
+    for (int64_t d = 0; d < D; d++) mean += x[d];
+    mean /= (float)D;
+    for (int64_t d = 0; d < D; d++) var += (x[d] - mean) * (x[d] - mean);
+    float inv = 1.0f / sqrtf(var / (float)D + eps);
+    for (int64_t d = 0; d < D; d++) y[d] = (x[d] - mean) * inv * (w ? w[d] : 1.0f) + (b ? b[d] : 0.0f);
+}
+
+mm_status mm_cpu_fast_layernorm(mm_backend *be, const float *x, const float *w, const float *b, float *y, int64_t M,
+                                int64_t D, float eps) {
+#pragma omp parallel for num_threads(be->n_threads) schedule(static) if (M * D > 65536)
+    for (int64_t m = 0; m < M; m++) layernorm_row(x + m * D, w, b, y + m * D, D, eps);
+    return MM_OK;
+}
+
+mm_status mm_cpu_fast_add_bias(mm_backend *be, float *y, const float *bias, int64_t M, int64_t N) {
+#pragma omp parallel for num_threads(be->n_threads) schedule(static) if (M * N > 65536)
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) y[m * N + n] += bias[n];
+    return MM_OK;
+}
+
+mm_status mm_cpu_fast_gelu(mm_backend *be, float *x, int64_t n, int tanh_approx) {
+#pragma omp parallel for num_threads(be->n_threads) schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        x[i] = tanh_approx ? 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)))
+                           : 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
+    }
+    return MM_OK;
+}
+
+mm_status mm_cpu_fast_l2norm(mm_backend *be, const float *x, float *y, int64_t M, int64_t D, float eps) {
+#pragma omp parallel for num_threads(be->n_threads) schedule(static) if (M * D > 65536)
+    for (int64_t m = 0; m < M; m++) {
+        float norm = sqrtf(sum_squares(x + m * D, (int32_t)D));
+        norm = norm > eps ? norm : eps;
+        for (int64_t d = 0; d < D; d++) y[m * D + d] = x[m * D + d] / norm;
+    }
+    return MM_OK;
+}
+
+/* Dense attention as two GEMMs per (problem, head) through oneDNN: S = Q K^T, row
+ * softmax, O = P V. Queries go in chunks of ATTN_CHUNK rows to bound the score matrix;
+ * GEMM rows do not depend on M, so chunking does not change results. */
+#define ATTN_CHUNK 256
+
+mm_status mm_cpu_fast_attention_dense(mm_backend *be, const float *q, const float *k, const float *v, int64_t batch,
+                                      int64_t Tq, int64_t Tk, int32_t H, int32_t hd, float scale, float *out) {
+    mm_dnnl *dnnl = mm_cpu_ctx(be)->dnnl;
+    int64_t chunk = Tq < ATTN_CHUNK ? Tq : ATTN_CHUNK;
+    /* scratch: kh [Tk, hd], vt [hd, Tk], qh [chunk, hd], s [chunk, Tk], oh [chunk, hd] */
+    size_t n_floats = (size_t)(2 * Tk * hd + 2 * chunk * hd + chunk * Tk);
+    float *buf;
+    CHECK(mm_cpu_scratch(be, n_floats * sizeof(float), (void **)&buf));
+    float *kh = buf, *vt = kh + Tk * hd, *qh = vt + Tk * hd, *sc = qh + chunk * hd, *oh = sc + chunk * Tk;
+    mm_tensor kw = {.dtype = MM_DTYPE_F32, .ndim = 2, .shape = {Tk, hd}, .data = kh};
+    mm_tensor vw = {.dtype = MM_DTYPE_F32, .ndim = 2, .shape = {hd, Tk}, .data = vt};
+    for (int64_t bt = 0; bt < batch; bt++) {
+        for (int32_t h = 0; h < H; h++) {
+            for (int64_t j = 0; j < Tk; j++) {
+                const float *kr = k + ((bt * Tk + j) * H + h) * hd, *vr = v + ((bt * Tk + j) * H + h) * hd;
+                memcpy(kh + j * hd, kr, (size_t)hd * sizeof(float));
+                for (int32_t d = 0; d < hd; d++) vt[d * Tk + j] = vr[d];
+            }
+            for (int64_t i0 = 0; i0 < Tq; i0 += chunk) {
+                int64_t n = Tq - i0 < chunk ? Tq - i0 : chunk;
+                for (int64_t i = 0; i < n; i++)
+                    memcpy(qh + i * hd, q + ((bt * Tq + i0 + i) * H + h) * hd, (size_t)hd * sizeof(float));
+                CHECK(mm_dnnl_matmul(dnnl, &kw, qh, sc, n));
+#pragma omp parallel for num_threads(be->n_threads) schedule(static) if (n * Tk > 65536)
+                for (int64_t i = 0; i < n; i++) {
+                    float *r = sc + i * Tk, mx = -INFINITY, sum = 0.0f;
+                    for (int64_t j = 0; j < Tk; j++) {
+                        r[j] *= scale;
+                        mx = r[j] > mx ? r[j] : mx;
+                    }
+                    for (int64_t j = 0; j < Tk; j++) {
+                        r[j] = expf(r[j] - mx);
+                        sum += r[j];
+                    }
+                    float inv = 1.0f / sum;
+                    for (int64_t j = 0; j < Tk; j++) r[j] *= inv;
+                }
+                CHECK(mm_dnnl_matmul(dnnl, &vw, sc, oh, n));
+                for (int64_t i = 0; i < n; i++)
+                    memcpy(out + ((bt * Tq + i0 + i) * H + h) * hd, oh + i * hd, (size_t)hd * sizeof(float));
+            }
+        }
+    }
+    return MM_OK;
+}

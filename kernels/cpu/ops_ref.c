@@ -132,3 +132,77 @@ mm_status mm_cpu_ref_softmax(mm_backend *be, const float *x, float *y, int64_t M
     }
     return MM_OK;
 }
+
+mm_status mm_cpu_ref_layernorm(mm_backend *be, const float *x, const float *w, const float *b, float *y, int64_t M,
+                               int64_t D, float eps) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *xr = x + m * D;
+        float mean = 0.0f, var = 0.0f;
+        for (int64_t d = 0; d < D; d++) mean += xr[d];
+        mean /= (float)D;
+        for (int64_t d = 0; d < D; d++) var += (xr[d] - mean) * (xr[d] - mean);
+        float inv = 1.0f / sqrtf(var / (float)D + eps);
+        for (int64_t d = 0; d < D; d++)
+            y[m * D + d] = (xr[d] - mean) * inv * (w ? w[d] : 1.0f) + (b ? b[d] : 0.0f);
+    }
+    return MM_OK;
+}
+
+mm_status mm_cpu_ref_add_bias(mm_backend *be, float *y, const float *bias, int64_t M, int64_t N) {
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) y[m * N + n] += bias[n];
+    return MM_OK;
+}
+
+mm_status mm_cpu_ref_gelu(mm_backend *be, float *x, int64_t n, int tanh_approx) {
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        x[i] = tanh_approx ? 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)))
+                           : 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
+    }
+    return MM_OK;
+}
+
+mm_status mm_cpu_ref_l2norm(mm_backend *be, const float *x, float *y, int64_t M, int64_t D, float eps) {
+    for (int64_t m = 0; m < M; m++) {
+        float ss = 0.0f;
+        for (int64_t d = 0; d < D; d++) ss += x[m * D + d] * x[m * D + d];
+        float norm = fmaxf(sqrtf(ss), eps);
+        for (int64_t d = 0; d < D; d++) y[m * D + d] = x[m * D + d] / norm;
+    }
+    return MM_OK;
+}
+
+mm_status mm_cpu_ref_attention_dense(mm_backend *be, const float *q, const float *k, const float *v, int64_t batch,
+                                     int64_t Tq, int64_t Tk, int32_t H, int32_t hd, float scale, float *out) {
+    float *scores = be->ops->alloc(be, (size_t)(Tk > 0 ? Tk : 1) * sizeof(float));
+    if (!scores) return MM_ERROR(MM_ERR_NOMEM, "attention scores [%lld]", (long long)Tk);
+    for (int64_t bt = 0; bt < batch; bt++) {
+        for (int64_t i = 0; i < Tq; i++) {
+            for (int32_t h = 0; h < H; h++) {
+                const float *qv = q + ((bt * Tq + i) * H + h) * hd;
+                float mx = -INFINITY, sum = 0.0f;
+                for (int64_t j = 0; j < Tk; j++) {
+                    const float *kv = k + ((bt * Tk + j) * H + h) * hd;
+                    float dot = 0.0f;
+                    for (int32_t d = 0; d < hd; d++) dot += qv[d] * kv[d];
+                    scores[j] = dot * scale;
+                    mx = fmaxf(mx, scores[j]);
+                }
+                for (int64_t j = 0; j < Tk; j++) {
+                    scores[j] = expf(scores[j] - mx);
+                    sum += scores[j];
+                }
+                float *o = out + ((bt * Tq + i) * H + h) * hd;
+                for (int32_t d = 0; d < hd; d++) o[d] = 0.0f;
+                for (int64_t j = 0; j < Tk; j++) {
+                    const float *vv = v + ((bt * Tk + j) * H + h) * hd;
+                    float p = scores[j] / sum;
+                    for (int32_t d = 0; d < hd; d++) o[d] += p * vv[d];
+                }
+            }
+        }
+    }
+    be->ops->dealloc(be, scores);
+    return MM_OK;
+}

@@ -247,6 +247,56 @@ static void test_sampling(void) {
     free(logits);
 }
 
+/* LayerNorm, bias, GELU (erf and tanh), L2 normalisation and dense attention. */
+static void test_encoder_ops(void) {
+    const int64_t M = 5, D = 1153;
+    float *x = rand_f32(M * D, 3.0f), *w = rand_f32(D, 1.0f), *b = rand_f32(D, 1.0f);
+    float *a = malloc(M * D * 4), *r = malloc(M * D * 4);
+    for (int affine = 0; affine < 2; affine++) {
+        fast_be->ops->layernorm(fast_be, x, affine ? w : NULL, affine ? b : NULL, a, M, D, 1e-6f);
+        ref_be->ops->layernorm(ref_be, x, affine ? w : NULL, affine ? b : NULL, r, M, D, 1e-6f);
+        EXPECT(nmse(a, r, M * D) < 1e-12, "layernorm (affine %d) nmse %g", affine, nmse(a, r, M * D));
+    }
+    for (int approx = 0; approx < 2; approx++) {
+        memcpy(a, x, M * D * 4), memcpy(r, x, M * D * 4);
+        fast_be->ops->gelu(fast_be, a, M * D, approx);
+        ref_be->ops->gelu(ref_be, r, M * D, approx);
+        EXPECT(nmse(a, r, M * D) < 1e-12, "gelu (tanh %d) nmse %g", approx, nmse(a, r, M * D));
+    }
+    float g = 1.0f;
+    ref_be->ops->gelu(ref_be, &g, 1, 0);
+    EXPECT(fabsf(g - 0.8413447f) < 1e-6f, "gelu(1) = %g", g); /* x * Phi(x) */
+    memcpy(a, x, M * D * 4), memcpy(r, x, M * D * 4);
+    fast_be->ops->add_bias(fast_be, a, b, M, D);
+    ref_be->ops->add_bias(ref_be, r, b, M, D);
+    EXPECT(memcmp(a, r, M * D * 4) == 0, "add_bias differs");
+    fast_be->ops->l2norm(fast_be, x, a, M, D, 1e-12f);
+    ref_be->ops->l2norm(ref_be, x, r, M, D, 1e-12f);
+    EXPECT(nmse(a, r, M * D) < 1e-12, "l2norm nmse %g", nmse(a, r, M * D));
+    double ss = 0;
+    for (int64_t d = 0; d < D; d++) ss += (double)a[d] * a[d];
+    EXPECT(fabs(ss - 1.0) < 1e-5, "l2norm row norm^2 %g", ss);
+    float zero[3] = {0, 0, 0};
+    fast_be->ops->l2norm(fast_be, zero, zero, 1, 3, 1e-12f);
+    EXPECT(zero[0] == 0 && zero[1] == 0, "l2norm of zero is not zero");
+    free(x), free(w), free(b), free(a), free(r);
+
+    /* dense attention: Tq != Tk, several problems, more queries than one chunk */
+    const int64_t B = 2, Tq = 300, Tk = 77;
+    const int32_t H = 3, hd = 40;
+    float *q = rand_f32(B * Tq * H * hd, 1.0f), *k = rand_f32(B * Tk * H * hd, 1.0f), *v = rand_f32(B * Tk * H * hd, 1.0f);
+    float *o = malloc(B * Tq * H * hd * 4), *orf = malloc(B * Tq * H * hd * 4), *one = malloc(H * hd * 4);
+    float scale = 1.0f / sqrtf((float)hd);
+    fast_be->ops->attention_dense(fast_be, q, k, v, B, Tq, Tk, H, hd, scale, o);
+    ref_be->ops->attention_dense(ref_be, q, k, v, B, Tq, Tk, H, hd, scale, orf);
+    EXPECT(nmse(o, orf, B * Tq * H * hd) < 1e-10, "attention_dense nmse %g", nmse(o, orf, B * Tq * H * hd));
+    /* the last query of the second problem alone gives the same bits */
+    fast1_be->ops->attention_dense(fast1_be, q + ((Tq + Tq - 1) * H) * hd, k + Tk * H * hd, v + Tk * H * hd, 1, 1, Tk,
+                                   H, hd, scale, one);
+    EXPECT(memcmp(one, o + ((Tq + Tq - 1) * H) * hd, H * hd * 4) == 0, "attention_dense row depends on the batch");
+    free(q), free(k), free(v), free(o), free(orf), free(one);
+}
+
 int main(void) {
     if (mm_backend_cpu_ref_init(&ref_be) != MM_OK || mm_backend_cpu_init(2, &fast_be) != MM_OK ||
         mm_backend_cpu_init(1, &fast1_be) != MM_OK) {
@@ -258,6 +308,7 @@ int main(void) {
     test_attention();
     test_matmul_invariance();
     test_sampling();
+    test_encoder_ops();
     mm_backend_free(ref_be), mm_backend_free(fast_be), mm_backend_free(fast1_be);
     return mm_test_finish("test_kernels");
 }
