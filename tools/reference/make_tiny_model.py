@@ -111,8 +111,12 @@ def main():
 
     gen = GenerationConfig(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id)
     gen.save_pretrained(LLM)
+    # a part is listed once its generator has written its directory
+    def part(name):
+        return name if os.path.isdir(os.path.join(ASSET, name)) else None
     refutil.write_json(os.path.join(ASSET, "metamorph.json"),
-                       {"format": "metamorph", "version": 1, "llm": "llm", "vision": None, "decoder": None})
+                       {"format": "metamorph", "version": 1, "llm": "llm", "vision": part("vision"),
+                        "decoder": part("decoder")})
 
     rows = []
     for c in cases:
