@@ -243,6 +243,20 @@ static void run_case(const model_case *c, const char *backend) {
         }
     }
     check_batched_prefill(m, &g, single);
+    if (!strcmp(backend, "cpu")) { /* one thread gives the same bits as two */
+        mm_backend *be1 = NULL;
+        mm_llama *m1 = NULL;
+        EXPECT(mm_backend_init("cpu", 1, &be1) == MM_OK, "%s", mm_error_last());
+        EXPECT(mm_llama_load(dir, be1, 0, -1, MM_LLAMA_EMBED | MM_LLAMA_HEAD, &m1) == MM_OK, "%s", mm_error_last());
+        if (m1) {
+            float *lg1 = prompt_logits(m1, g.prompts[3], g.prompt_len[3], g.prompt_len[3]);
+            EXPECT(memcmp(lg1, single[3], (size_t)g.prompt_len[3] * V * 4) == 0,
+                   "%s: logits with 1 thread differ from 2 threads", c->name);
+            free(lg1);
+        }
+        mm_llama_free(m1);
+        mm_backend_free(be1);
+    }
     char label[128];
     snprintf(label, sizeof label, "%s/%s", c->name, backend);
     check_greedy_batched(m, &g, label);

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# mm-mkmodel writes a sharded random checkpoint that mm-run loads and runs, in each
+# dtype; bad arguments are refused. Usage: test_mkmodel.sh MM_MKMODEL MM_RUN ASSETS_DIR
+set -u
+mkmodel=$1 run=$2 assets=$3
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+passed=0 failed=0
+check() { # check NAME CMD...
+  local name=$1; shift
+  if "$@" >"$tmp/out" 2>"$tmp/err"; then passed=$((passed + 1)); else
+    failed=$((failed + 1)); echo "FAIL: $name"; cat "$tmp/err"; fi
+}
+for dt in f32 bf16 f16; do
+  check "mkmodel $dt" "$mkmodel" --preset tiny --dtype "$dt" --vocab 1794 --shard-mb 1 \
+    --tokenizer "$assets/tiny/llm/tokenizer.json" --out "$tmp/$dt"
+  check "$dt has an index" test -f "$tmp/$dt/model.safetensors.index.json"
+  check "mm-run on $dt" bash -c "'$run' --model '$tmp/$dt' --prompt hello --max-tokens 5 --ids --threads 2 > '$tmp/ids'"
+  check "$dt gave 5 ids" bash -c "[ \$(wc -w < '$tmp/ids') -eq 5 ]"
+done
+check "f32 (1.5 MB) is in two 1 MB shards" test -f "$tmp/f32/model-00002-of-00002.safetensors"
+check "refuses an unknown preset" bash -c "! '$mkmodel' --preset nope --out '$tmp/x'"
+check "refuses an unknown dtype" bash -c "! '$mkmodel' --dtype f8 --out '$tmp/x'"
+check "mm-run refuses a missing model" bash -c "! '$run' --model '$tmp/none' --prompt hi 2>/dev/null"
+echo "test_mkmodel: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
