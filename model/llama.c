@@ -173,6 +173,8 @@ static void release_layer(mm_backend *be, mm_llama_layer *L) {
         if (all[i]->data) be->ops->weight_release(be, all[i]);
 }
 
+static void eval_buffers_free(mm_llama *m);
+
 static void scratch_free(mm_llama *m) {
     mm_llama_scratch *s = &m->scratch;
     float *all[] = {s->xn, s->q, s->k, s->v, s->attn, s->gate, s->up, s->out};
@@ -251,6 +253,7 @@ void mm_llama_free(mm_llama *m) {
     if (m->norm.data) m->be->ops->weight_release(m->be, &m->norm);
     if (m->lm_head.data) m->be->ops->weight_release(m->be, &m->lm_head);
     scratch_free(m);
+    eval_buffers_free(m);
     free(m->inv_freq);
     mm_safetensors_close(m->st);
     free(m);
@@ -314,6 +317,34 @@ mm_status mm_llama_head(mm_llama *m, const float *x, int64_t M, float *normed, f
 
 /* ---------------------------------------------------------------- whole model */
 
+static void eval_buffers_free(mm_llama *m) {
+    mm_llama_eval_buffers *e = &m->eval;
+    free(e->ids), free(e->pos), free(e->slots), free(e->attn), free(e->out_rows);
+    m->be->ops->dealloc(m->be, e->x), m->be->ops->dealloc(m->be, e->sel), m->be->ops->dealloc(m->be, e->logits);
+    memset(e, 0, sizeof *e);
+}
+
+static mm_status eval_buffers_reserve(mm_llama *m, int64_t rows, int64_t outs) {
+    mm_llama_eval_buffers *e = &m->eval;
+    if (rows <= e->rows_cap && outs <= e->outs_cap) return MM_OK;
+    rows = rows > e->rows_cap ? rows : e->rows_cap;
+    outs = outs > e->outs_cap ? outs : e->outs_cap;
+    eval_buffers_free(m);
+    mm_backend *be = m->be;
+    size_t r = (size_t)rows, o = (size_t)outs, dim = (size_t)m->cfg.dim;
+    e->ids = malloc(r * sizeof *e->ids), e->pos = malloc(r * sizeof *e->pos), e->slots = malloc(r * sizeof *e->slots);
+    e->attn = malloc(r * sizeof *e->attn), e->out_rows = malloc(o * sizeof *e->out_rows);
+    e->x = be->ops->alloc(be, r * dim * sizeof(float));
+    e->sel = be->ops->alloc(be, o * dim * sizeof(float));
+    e->logits = be->ops->alloc(be, o * (size_t)m->cfg.vocab_size * sizeof(float));
+    if (!e->ids || !e->pos || !e->slots || !e->attn || !e->out_rows || !e->x || !e->sel || !e->logits) {
+        eval_buffers_free(m);
+        return MM_ERROR(MM_ERR_NOMEM, "mm_llama_eval buffers for %lld rows", (long long)rows);
+    }
+    e->rows_cap = rows, e->outs_cap = outs;
+    return MM_OK;
+}
+
 mm_status mm_llama_eval(mm_llama *m, mm_kv_cache *kv, mm_llama_seq *const *seqs, const int32_t *const *tokens,
                         const int32_t *n_tokens, int n_seqs, int all_logits, float *logits) {
     if (!m->has_embed || !m->has_head || m->layer_begin != 0 || m->layer_end != m->cfg.n_layers)
@@ -329,40 +360,27 @@ mm_status mm_llama_eval(mm_llama *m, mm_kv_cache *kv, mm_llama_seq *const *seqs,
         M += n_tokens[i];
     }
     int64_t n_out = all_logits ? M : n_seqs;
-    mm_status s = MM_OK;
-    int32_t *ids = malloc((size_t)M * sizeof *ids), *pos = malloc((size_t)M * sizeof *pos);
-    int32_t *slots = malloc((size_t)M * sizeof *slots);
-    mm_attn_row *rows = malloc((size_t)M * sizeof *rows);
-    int64_t *out_rows = malloc((size_t)n_out * sizeof *out_rows);
-    float *x = be->ops->alloc(be, (size_t)M * c->dim * sizeof(float));
-    float *sel = be->ops->alloc(be, (size_t)n_out * c->dim * sizeof(float));
-    float *lg = be->ops->alloc(be, (size_t)n_out * c->vocab_size * sizeof(float));
-    if (!ids || !pos || !slots || !rows || !out_rows || !x || !sel || !lg) {
-        s = MM_ERROR(MM_ERR_NOMEM, "mm_llama_eval buffers for %lld rows", (long long)M);
-        goto out;
-    }
+    CHECK(eval_buffers_reserve(m, M, n_out));
+    mm_llama_eval_buffers *e = &m->eval;
     int64_t r = 0, o = 0;
     for (int i = 0; i < n_seqs; i++) {
         mm_kv_seq *q = &seqs[i]->kv;
         for (int32_t t = 0; t < n_tokens[i]; t++, r++) {
             int32_t p = q->n_tokens + t;
-            ids[r] = tokens[i][t];
-            pos[r] = p;
-            slots[r] = q->blocks[p / kv->block_size] * kv->block_size + p % kv->block_size;
-            rows[r] = (mm_attn_row){q->blocks, p + 1};
-            if (all_logits || t == n_tokens[i] - 1) out_rows[o++] = r;
+            e->ids[r] = tokens[i][t];
+            e->pos[r] = p;
+            e->slots[r] = q->blocks[p / kv->block_size] * kv->block_size + p % kv->block_size;
+            e->attn[r] = (mm_attn_row){q->blocks, p + 1};
+            if (all_logits || t == n_tokens[i] - 1) e->out_rows[o++] = r;
         }
     }
-    mm_llama_batch b = {M, pos, slots, rows};
-    CHECK_GOTO(mm_llama_embed(m, ids, M, x), s, out);
-    CHECK_GOTO(mm_llama_forward_layers(m, kv, &b, x), s, out);
+    mm_llama_batch b = {M, e->pos, e->slots, e->attn};
+    CHECK(mm_llama_embed(m, e->ids, M, e->x));
+    CHECK(mm_llama_forward_layers(m, kv, &b, e->x));
     for (int64_t i = 0; i < n_out; i++)
-        CHECK_GOTO(be->ops->copy(be, sel + i * c->dim, x + out_rows[i] * c->dim, (size_t)c->dim * sizeof(float)), s, out);
-    CHECK_GOTO(mm_llama_head(m, sel, n_out, sel, lg), s, out);
-    CHECK_GOTO(be->ops->download(be, logits, lg, (size_t)n_out * c->vocab_size * sizeof(float)), s, out);
+        CHECK(be->ops->copy(be, e->sel + i * c->dim, e->x + e->out_rows[i] * c->dim, (size_t)c->dim * sizeof(float)));
+    CHECK(mm_llama_head(m, e->sel, n_out, e->sel, e->logits));
+    CHECK(be->ops->download(be, logits, e->logits, (size_t)n_out * c->vocab_size * sizeof(float)));
     for (int i = 0; i < n_seqs; i++) seqs[i]->kv.n_tokens += n_tokens[i];
-out:
-    free(ids), free(pos), free(slots), free(rows), free(out_rows);
-    be->ops->dealloc(be, x), be->ops->dealloc(be, sel), be->ops->dealloc(be, lg);
-    return s;
+    return MM_OK;
 }

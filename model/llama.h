@@ -62,6 +62,18 @@ typedef struct {
     float *out;    /* [cap, dim] projection output before the residual add */
 } mm_llama_scratch;
 
+/* Buffers of mm_llama_eval, kept between calls (grow-only) so a decode step does not
+ * allocate. Host arrays describe rows; x, sel and logits live in backend memory. */
+typedef struct {
+    int64_t rows_cap, outs_cap;
+    int32_t *ids, *pos, *slots; /* [rows_cap] */
+    mm_attn_row *attn;          /* [rows_cap] */
+    int64_t *out_rows;          /* [outs_cap] */
+    float *x;                   /* [rows_cap, dim] */
+    float *sel;                 /* [outs_cap, dim] */
+    float *logits;              /* [outs_cap, vocab] */
+} mm_llama_eval_buffers;
+
 typedef struct {
     mm_llama_config cfg;
     mm_backend *be;
@@ -74,6 +86,7 @@ typedef struct {
     mm_tensor lm_head;                /* [vocab, dim]; aliases embed_tokens when tied */
     float *inv_freq;                  /* [head_dim/2] host, rope frequencies after scaling */
     mm_llama_scratch scratch;
+    mm_llama_eval_buffers eval;
 } mm_llama;
 
 /* Parses dir/config.json. */
