@@ -206,7 +206,9 @@ int main(int argc, char **argv) {
             runner r = {.m = m, .n = 64};
             r.seqs = calloc(64, sizeof *r.seqs);
             r.logits = malloc((size_t)64 * m->cfg.vocab_size * sizeof(float));
-            if (mm_kv_cache_init(be, m->cfg.n_layers, 64 * 4 + 32, 16, m->cfg.n_kv_heads, m->cfg.head_dim, &r.kv) != MM_OK) return 1;
+            if (mm_kv_cache_init_typed(be, m->cfg.n_layers, 64 * 4 + 32, 16, m->cfg.n_kv_heads, m->cfg.head_dim,
+                                       mm_llama_kv_dtype(m), &r.kv) != MM_OK)
+                return 1;
             double peak = gemm_peak(be, dts[d]);
             double prefill = bench_prefill(&r, 256);
             double decode[3];

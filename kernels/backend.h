@@ -29,7 +29,8 @@ typedef struct {
 
 typedef struct {
     int32_t n_heads, n_kv_heads, head_dim, block_size;
-    float scale; /* usually 1/sqrt(head_dim) */
+    float scale;      /* usually 1/sqrt(head_dim) */
+    mm_dtype kv_dtype; /* element type of the KV cache: F32, or BF16 (half the memory traffic) */
 } mm_attn_shape;
 
 /* Sampling parameters of one row. temperature 0 means greedy (argmax, lowest id wins ties). */
@@ -73,11 +74,11 @@ typedef struct mm_backend_ops {
     mm_status (*rope)(mm_backend *be, float *x, const int32_t *pos, const float *inv_freq, int64_t M,
                       int32_t n_heads, int32_t head_dim);
     /* Writes k, v [M, n_kv_heads*head_dim] into the cache at slots[m] = block*block_size + offset. */
-    mm_status (*kv_store)(mm_backend *be, float *k_cache, float *v_cache, const float *k, const float *v,
+    mm_status (*kv_store)(mm_backend *be, void *k_cache, void *v_cache, const float *k, const float *v,
                           const int32_t *slots, int64_t M, const mm_attn_shape *shape);
     /* out[M, n_heads, head_dim] = softmax(q k^T * scale) v over each row's keys, grouped-query:
      * head h reads kv head h / (n_heads / n_kv_heads). rows lives in host memory. */
-    mm_status (*attention)(mm_backend *be, const float *q, const float *k_cache, const float *v_cache,
+    mm_status (*attention)(mm_backend *be, const float *q, const void *k_cache, const void *v_cache,
                            const mm_attn_row *rows, int64_t M, const mm_attn_shape *shape, float *out);
     /* gate[M, N] = silu(gate) * up */
     mm_status (*silu_mul)(mm_backend *be, float *gate, const float *up, int64_t n);

@@ -10,6 +10,13 @@ int32_t mm_kv_cache_blocks_for(int32_t n_tokens, int32_t block_size) {
 
 mm_status mm_kv_cache_init(mm_backend *be, int32_t n_layers, int32_t n_blocks, int32_t block_size,
                            int32_t n_kv_heads, int32_t head_dim, mm_kv_cache **out) {
+    return mm_kv_cache_init_typed(be, n_layers, n_blocks, block_size, n_kv_heads, head_dim, MM_DTYPE_F32, out);
+}
+
+mm_status mm_kv_cache_init_typed(mm_backend *be, int32_t n_layers, int32_t n_blocks, int32_t block_size,
+                                 int32_t n_kv_heads, int32_t head_dim, mm_dtype dtype, mm_kv_cache **out) {
+    if (dtype != MM_DTYPE_F32 && dtype != MM_DTYPE_BF16)
+        return MM_ERROR(MM_ERR_UNSUPPORTED, "KV cache dtype %s (F32 or BF16)", mm_dtype_name(dtype));
     if (n_layers < 0 || n_blocks <= 0 || block_size <= 0 || n_kv_heads <= 0 || head_dim <= 0)
         return MM_ERROR(MM_ERR_INVALID, "KV cache: bad geometry (%d layers, %d blocks of %d)", n_layers,
                         n_blocks, block_size);
@@ -17,8 +24,9 @@ mm_status mm_kv_cache_init(mm_backend *be, int32_t n_layers, int32_t n_blocks, i
     CHECK(CHECK_ALLOC(c));
     c->be = be;
     c->n_layers = n_layers, c->n_blocks = n_blocks, c->block_size = block_size;
-    c->n_kv_heads = n_kv_heads, c->head_dim = head_dim;
-    size_t layer_bytes = (size_t)n_blocks * (size_t)block_size * (size_t)n_kv_heads * (size_t)head_dim * sizeof(float);
+    c->n_kv_heads = n_kv_heads, c->head_dim = head_dim, c->dtype = dtype;
+    size_t layer_bytes =
+        (size_t)n_blocks * (size_t)block_size * (size_t)n_kv_heads * (size_t)head_dim * mm_dtype_size(dtype);
     c->k = calloc((size_t)(n_layers ? n_layers : 1), sizeof *c->k);
     c->v = calloc((size_t)(n_layers ? n_layers : 1), sizeof *c->v);
     c->free_ids = malloc((size_t)n_blocks * sizeof *c->free_ids);

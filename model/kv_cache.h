@@ -13,7 +13,8 @@
 typedef struct {
     mm_backend *be;
     int32_t n_layers, n_blocks, block_size, n_kv_heads, head_dim;
-    float **k, **v;     /* [n_layers] -> [n_blocks, n_kv_heads, block_size, head_dim] */
+    mm_dtype dtype;     /* F32, or BF16 for bf16 checkpoints (as transformers keeps it) */
+    void **k, **v;      /* [n_layers] -> [n_blocks, n_kv_heads, block_size, head_dim] of dtype */
     int32_t *free_ids;  /* [n_blocks] stack of free block ids */
     int32_t n_free;
 } mm_kv_cache;
@@ -24,6 +25,9 @@ typedef struct {
     int32_t n_tokens;   /* tokens whose K/V are stored (the next position) */
 } mm_kv_seq;
 
+mm_status mm_kv_cache_init_typed(mm_backend *be, int32_t n_layers, int32_t n_blocks, int32_t block_size,
+                                 int32_t n_kv_heads, int32_t head_dim, mm_dtype dtype, mm_kv_cache **out);
+/* An f32 cache. */
 mm_status mm_kv_cache_init(mm_backend *be, int32_t n_layers, int32_t n_blocks, int32_t block_size,
                            int32_t n_kv_heads, int32_t head_dim, mm_kv_cache **out);
 void mm_kv_cache_free(mm_kv_cache *c);

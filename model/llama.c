@@ -130,6 +130,11 @@ void mm_llama_rope_inv_freq(const mm_llama_config *c, float *inv_freq) {
     }
 }
 
+mm_dtype mm_llama_kv_dtype(const mm_llama *m) {
+    if (m->layer_end > m->layer_begin) return m->layers[0].k_proj.dtype == MM_DTYPE_BF16 ? MM_DTYPE_BF16 : MM_DTYPE_F32;
+    return MM_DTYPE_F32;
+}
+
 int mm_llama_is_eos(const mm_llama_config *cfg, int32_t id) {
     for (int i = 0; i < cfg->n_eos; i++)
         if (cfg->eos_ids[i] == id) return 1;
@@ -280,7 +285,8 @@ static mm_status forward_layer(mm_llama *m, const mm_llama_layer *L, mm_kv_cache
     CHECK(op->matmul(be, &L->v_proj, s->xn, s->v, M));
     CHECK(op->rope(be, s->q, b->pos, m->inv_freq, M, c->n_heads, c->head_dim));
     CHECK(op->rope(be, s->k, b->pos, m->inv_freq, M, c->n_kv_heads, c->head_dim));
-    mm_attn_shape shape = {c->n_heads, c->n_kv_heads, c->head_dim, kv->block_size, 1.0f / sqrtf((float)c->head_dim)};
+    mm_attn_shape shape = {c->n_heads, c->n_kv_heads, c->head_dim, kv->block_size, 1.0f / sqrtf((float)c->head_dim),
+                           kv->dtype};
     CHECK(op->kv_store(be, kv->k[kv_layer], kv->v[kv_layer], s->k, s->v, b->slots, M, &shape));
     CHECK(op->attention(be, s->q, kv->k[kv_layer], kv->v[kv_layer], b->attn, M, &shape, s->attn));
     CHECK(op->matmul(be, &L->o_proj, s->attn, s->out, M));

@@ -130,6 +130,10 @@ typedef struct {
 mm_status mm_llama_eval(mm_llama *m, mm_kv_cache *kv, mm_llama_seq *const *seqs, const int32_t *const *tokens,
                         const int32_t *n_tokens, int n_seqs, int all_logits, float *logits);
 
+/* The KV cache dtype that matches the checkpoint: BF16 when its layer weights are bf16
+ * (transformers keeps K/V in the model dtype), F32 otherwise. */
+mm_dtype mm_llama_kv_dtype(const mm_llama *m);
+
 /* Is id one of the config's EOS ids? */
 int mm_llama_is_eos(const mm_llama_config *cfg, int32_t id);
 

@@ -133,8 +133,8 @@ static mm_status run(const run_args *a) {
         s = MM_ERROR(MM_ERR_INVALID, "prompt has %zu tokens, the context is %d", n_prompt, cfg->max_pos);
         goto out;
     }
-    CHECK_GOTO(mm_kv_cache_init(be, cfg->n_layers, mm_kv_cache_blocks_for(total, 16), 16, cfg->n_kv_heads,
-                                cfg->head_dim, &kv), s, out);
+    CHECK_GOTO(mm_kv_cache_init_typed(be, cfg->n_layers, mm_kv_cache_blocks_for(total, 16), 16, cfg->n_kv_heads,
+                                      cfg->head_dim, mm_llama_kv_dtype(m), &kv), s, out);
     logits = malloc((size_t)cfg->vocab_size * sizeof *logits);
     CHECK_GOTO(CHECK_ALLOC(logits), s, out);
 

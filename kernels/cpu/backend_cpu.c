@@ -86,15 +86,24 @@ static mm_status weight_load(mm_backend *be, const mm_st_tensor *src, mm_weight_
     return MM_OK;
 }
 
-mm_status mm_cpu_kv_store(mm_backend *be, float *k_cache, float *v_cache, const float *k, const float *v,
+/* Copies (f32 cache) or rounds to bf16 (bf16 cache) one head row of n values. */
+static void kv_put(void *cache, int64_t at, mm_dtype dt, const float *src, int32_t n) {
+    if (dt == MM_DTYPE_BF16)
+        for (int32_t i = 0; i < n; i++) ((uint16_t *)cache)[at + i] = mm_f32_to_bf16(src[i]);
+    else
+        memcpy((float *)cache + at, src, (size_t)n * sizeof(float));
+}
+
+mm_status mm_cpu_kv_store(mm_backend *be, void *k_cache, void *v_cache, const float *k, const float *v,
                           const int32_t *slots, int64_t M, const mm_attn_shape *s) {
-    size_t bytes = (size_t)s->head_dim * sizeof(float);
+    if (s->kv_dtype != MM_DTYPE_F32 && s->kv_dtype != MM_DTYPE_BF16)
+        return MM_ERROR(MM_ERR_UNSUPPORTED, "KV cache dtype %s", mm_dtype_name(s->kv_dtype));
     for (int64_t m = 0; m < M; m++) {
         int32_t block = slots[m] / s->block_size, j = slots[m] % s->block_size;
         for (int32_t h = 0; h < s->n_kv_heads; h++) {
             int64_t dst = mm_kv_offset(&block, j, h, s), src = (m * s->n_kv_heads + h) * s->head_dim;
-            memcpy(k_cache + dst, k + src, bytes);
-            memcpy(v_cache + dst, v + src, bytes);
+            kv_put(k_cache, dst, s->kv_dtype, k + src, s->head_dim);
+            kv_put(v_cache, dst, s->kv_dtype, v + src, s->head_dim);
         }
     }
     return MM_OK;

@@ -16,7 +16,7 @@ void mm_cpu_load_row(mm_dtype dt, const void *data, int64_t r, int64_t cols, flo
 void *mm_cpu_alloc(mm_backend *be, size_t bytes);
 void mm_cpu_dealloc(mm_backend *be, void *p);
 mm_status mm_cpu_copy(mm_backend *be, void *dst, const void *src, size_t bytes);
-mm_status mm_cpu_kv_store(mm_backend *be, float *k_cache, float *v_cache, const float *k, const float *v,
+mm_status mm_cpu_kv_store(mm_backend *be, void *k_cache, void *v_cache, const float *k, const float *v,
                           const int32_t *slots, int64_t M, const mm_attn_shape *shape);
 /* Start of (key j, kv head h) in a [n_blocks, n_kv_heads, block_size, head_dim] cache. */
 static inline int64_t mm_kv_offset(const int32_t *block_table, int32_t j, int32_t h, const mm_attn_shape *s) {
@@ -33,7 +33,7 @@ mm_status mm_cpu_sample(mm_backend *be, const float *logits, int64_t M, int64_t 
                                int64_t D, float eps);                                              \
     mm_status prefix##_rope(mm_backend *be, float *x, const int32_t *pos, const float *inv_freq, int64_t M, \
                             int32_t n_heads, int32_t head_dim);                                    \
-    mm_status prefix##_attention(mm_backend *be, const float *q, const float *k_cache, const float *v_cache, \
+    mm_status prefix##_attention(mm_backend *be, const float *q, const void *k_cache, const void *v_cache, \
                                  const mm_attn_row *rows, int64_t M, const mm_attn_shape *shape, float *out); \
     mm_status prefix##_silu_mul(mm_backend *be, float *gate, const float *up, int64_t n);          \
     mm_status prefix##_add(mm_backend *be, float *y, const float *x, int64_t n);                   \

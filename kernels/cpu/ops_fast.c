@@ -94,18 +94,39 @@ static inline __attribute__((always_inline)) void dot4_f32(const float *q, const
     out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
 }
 
+/* Pointers to four K or V head rows (keys j..j+3, the tail repeating key n-1) as f32:
+ * an f32 cache is read in place, a bf16 one is widened into tmp [4, head_dim]. */
+static inline __attribute__((always_inline)) void kv_rows4(const void *cache, const mm_attn_row *row, int32_t j,
+                                                           int32_t kvh, const mm_attn_shape *s, float *tmp,
+                                                           const float *out[4]) {
+    for (int t = 0; t < 4; t++) {
+        int32_t key = j + t < row->n_keys ? j + t : row->n_keys - 1;
+        int64_t at = mm_kv_offset(row->block_table, key, kvh, s);
+        if (s->kv_dtype == MM_DTYPE_F32) {
+            out[t] = (const float *)cache + at;
+        } else {
+            const uint16_t *src = (const uint16_t *)cache + at;
+            float *dst = tmp + t * s->head_dim;
+            for (int32_t i = 0; i < s->head_dim; i++) {
+                uint32_t u = (uint32_t)src[i] << 16;
+                memcpy(&dst[i], &u, 4);
+            }
+            out[t] = dst;
+        }
+    }
+}
+
 /* One (row, head): scores over the row's keys, softmax, weighted sum of values. Keys go
  * in groups of four (the tail group repeats its last key with weight 0); the order of
- * every sum depends only on this row's key count, never on the batch. */
-MM_VEC_CLONES static void attend_one(const float *qv, const float *k_cache, const float *v_cache,
+ * every sum depends only on this row's key count, never on the batch. tmp: [4, head_dim]. */
+MM_VEC_CLONES static void attend_one(const float *qv, const void *k_cache, const void *v_cache,
                                      const mm_attn_row *row, int32_t kvh, const mm_attn_shape *s, float *scores,
-                                     float *o) {
+                                     float *tmp, float *o) {
     int32_t hd = s->head_dim, n = row->n_keys;
-#define KV_AT(cache, j) ((cache) + mm_kv_offset(row->block_table, (j), kvh, s))
     float mx = -INFINITY;
     for (int32_t j = 0; j < n; j += 4) {
         const float *k[4];
-        for (int t = 0; t < 4; t++) k[t] = KV_AT(k_cache, j + t < n ? j + t : n - 1);
+        kv_rows4(k_cache, row, j, kvh, s, tmp, k);
         float d[4];
         dot4_f32(qv, k, hd, d);
         for (int t = 0; t < 4 && j + t < n; t++) {
@@ -122,29 +143,30 @@ MM_VEC_CLONES static void attend_one(const float *qv, const float *k_cache, cons
     memset(o, 0, (size_t)hd * sizeof(float));
     for (int32_t j = 0; j < n; j += 4) {
         const float *v[4];
+        kv_rows4(v_cache, row, j, kvh, s, tmp, v);
         float p[4];
-        for (int t = 0; t < 4; t++) {
-            v[t] = KV_AT(v_cache, j + t < n ? j + t : n - 1);
-            p[t] = j + t < n ? scores[j + t] * inv : 0.0f;
-        }
+        for (int t = 0; t < 4; t++) p[t] = j + t < n ? scores[j + t] * inv : 0.0f;
         for (int32_t i = 0; i < hd; i++) o[i] += p[0] * v[0][i] + p[1] * v[1][i] + p[2] * v[2][i] + p[3] * v[3][i];
     }
-#undef KV_AT
 }
 
-mm_status mm_cpu_fast_attention(mm_backend *be, const float *q, const float *k_cache, const float *v_cache,
+mm_status mm_cpu_fast_attention(mm_backend *be, const float *q, const void *k_cache, const void *v_cache,
                                 const mm_attn_row *rows, int64_t M, const mm_attn_shape *s, float *out) {
+    if (s->kv_dtype != MM_DTYPE_F32 && s->kv_dtype != MM_DTYPE_BF16)
+        return MM_ERROR(MM_ERR_UNSUPPORTED, "KV cache dtype %s", mm_dtype_name(s->kv_dtype));
     int32_t H = s->n_heads, group = s->n_heads / s->n_kv_heads;
     int32_t max_keys = 1;
     for (int64_t m = 0; m < M; m++) max_keys = rows[m].n_keys > max_keys ? rows[m].n_keys : max_keys;
-    float *scores;
-    CHECK(mm_cpu_scratch(be, (size_t)be->n_threads * (size_t)max_keys * sizeof(float), (void **)&scores));
+    size_t per_thread = (size_t)max_keys + 4 * (size_t)s->head_dim; /* scores + widened rows */
+    float *scratch;
+    CHECK(mm_cpu_scratch(be, (size_t)be->n_threads * per_thread * sizeof(float), (void **)&scratch));
 #pragma omp parallel for num_threads(be->n_threads) schedule(dynamic, 4) if (M * H > 1)
     for (int64_t mh = 0; mh < M * H; mh++) {
         int64_t m = mh / H;
         int32_t h = (int32_t)(mh % H);
-        float *sc = scores + (size_t)omp_get_thread_num() * (size_t)max_keys;
-        attend_one(q + mh * s->head_dim, k_cache, v_cache, &rows[m], h / group, s, sc, out + mh * s->head_dim);
+        float *sc = scratch + (size_t)omp_get_thread_num() * per_thread;
+        attend_one(q + mh * s->head_dim, k_cache, v_cache, &rows[m], h / group, s, sc, sc + max_keys,
+                   out + mh * s->head_dim);
     }
     return MM_OK;
 }

@@ -73,7 +73,7 @@ mm_status mm_cpu_ref_rope(mm_backend *be, float *x, const int32_t *pos, const fl
     return MM_OK;
 }
 
-mm_status mm_cpu_ref_attention(mm_backend *be, const float *q, const float *k_cache, const float *v_cache,
+mm_status mm_cpu_ref_attention(mm_backend *be, const float *q, const void *k_cache, const void *v_cache,
                                const mm_attn_row *rows, int64_t M, const mm_attn_shape *s, float *out) {
     int32_t H = s->n_heads, KVH = s->n_kv_heads, hd = s->head_dim;
     int32_t group = H / KVH;
@@ -86,9 +86,9 @@ mm_status mm_cpu_ref_attention(mm_backend *be, const float *q, const float *k_ca
             int32_t kvh = h / group;
             float mx = -INFINITY;
             for (int32_t j = 0; j < n; j++) {
-                const float *kv = k_cache + mm_kv_offset(rows[m].block_table, j, kvh, s);
+                int64_t at = mm_kv_offset(rows[m].block_table, j, kvh, s);
                 float dot = 0.0f;
-                for (int32_t d = 0; d < hd; d++) dot += qv[d] * kv[d];
+                for (int32_t d = 0; d < hd; d++) dot += qv[d] * mm_cpu_load_elem(s->kv_dtype, k_cache, at + d);
                 scores[j] = dot * s->scale;
                 if (scores[j] > mx) mx = scores[j];
             }
@@ -100,9 +100,9 @@ mm_status mm_cpu_ref_attention(mm_backend *be, const float *q, const float *k_ca
             float *o = out + (m * H + h) * hd;
             for (int32_t d = 0; d < hd; d++) o[d] = 0.0f;
             for (int32_t j = 0; j < n; j++) {
-                const float *vv = v_cache + mm_kv_offset(rows[m].block_table, j, kvh, s);
+                int64_t at = mm_kv_offset(rows[m].block_table, j, kvh, s);
                 float p = scores[j] / sum;
-                for (int32_t d = 0; d < hd; d++) o[d] += p * vv[d];
+                for (int32_t d = 0; d < hd; d++) o[d] += p * mm_cpu_load_elem(s->kv_dtype, v_cache, at + d);
             }
         }
         be->ops->dealloc(be, scores);

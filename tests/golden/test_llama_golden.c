@@ -19,6 +19,7 @@ typedef struct {
     int n_greedy;
     int greedy_prompt[8];
     int32_t *greedy[8];
+    double *gaps[8]; /* [greedy_len] top-1 minus top-2 logit at each greedy step */
     int greedy_len;
 } golden;
 
@@ -40,13 +41,17 @@ static int golden_load(const char *dir, golden *g) {
     }
     memset(g, 0, sizeof *g);
     json_t *prompts = json_object_get(root, "prompts"), *greedy = json_object_get(root, "greedy");
-    json_t *gidx = json_object_get(root, "greedy_prompt_indices");
+    json_t *gidx = json_object_get(root, "greedy_prompt_indices"), *gaps = json_object_get(root, "greedy_top2_gaps");
     g->n_prompts = (int)json_array_size(prompts);
     for (int i = 0; i < g->n_prompts; i++) g->prompts[i] = json_ids(json_array_get(prompts, (size_t)i), &g->prompt_len[i]);
     g->n_greedy = (int)json_array_size(greedy);
     for (int i = 0; i < g->n_greedy; i++) {
         g->greedy[i] = json_ids(json_array_get(greedy, (size_t)i), &g->greedy_len);
         g->greedy_prompt[i] = (int)json_integer_value(json_array_get(gidx, (size_t)i));
+        json_t *gi = json_array_get(gaps, (size_t)i);
+        g->gaps[i] = calloc((size_t)g->greedy_len, sizeof(double));
+        for (int t = 0; t < g->greedy_len && t < (int)json_array_size(gi); t++)
+            g->gaps[i][t] = json_number_value(json_array_get(gi, (size_t)t));
     }
     json_decref(root);
     return 0;
@@ -54,7 +59,7 @@ static int golden_load(const char *dir, golden *g) {
 
 static void golden_free(golden *g) {
     for (int i = 0; i < g->n_prompts; i++) free(g->prompts[i]);
-    for (int i = 0; i < g->n_greedy; i++) free(g->greedy[i]);
+    for (int i = 0; i < g->n_greedy; i++) free(g->greedy[i]), free(g->gaps[i]);
 }
 
 typedef struct {
@@ -63,9 +68,13 @@ typedef struct {
     int rounds_to_bf16;   /* on the fast backend, activations are rounded to bf16 */
 } model_case;
 
+/* KV cache dtype of the current case: the production choice (mm_llama_kv_dtype) on the
+ * fast backend; f32 on the reference backend, whose goldens are exact f32 arithmetic. */
+static mm_dtype kv_dtype = MM_DTYPE_F32;
+
 static mm_kv_cache *new_cache(mm_llama *m, int n_layers) {
     mm_kv_cache *kv = NULL;
-    mm_status s = mm_kv_cache_init(m->be, n_layers, 256, 16, m->cfg.n_kv_heads, m->cfg.head_dim, &kv);
+    mm_status s = mm_kv_cache_init_typed(m->be, n_layers, 256, 16, m->cfg.n_kv_heads, m->cfg.head_dim, kv_dtype, &kv);
     EXPECT(s == MM_OK, "kv cache: %s", mm_error_last());
     return kv;
 }
@@ -105,8 +114,11 @@ static int argmax(const float *x, int n) {
     return b;
 }
 
-/* Greedy continuation of several prompts decoded together in one batch. */
-static void check_greedy_batched(mm_llama *m, const golden *g, const char *label) {
+/* Greedy continuation of several prompts decoded together in one batch. With exact
+ * arithmetic (logit_error ~ 1e-5, far below every golden top-2 gap) the tokens must be
+ * identical. A lower-precision path (bf16) may diverge, but only at a step where the
+ * reference's own top-2 gap is within twice its logit error: a genuine near-tie. */
+static void check_greedy_batched(mm_llama *m, const golden *g, const char *label, float logit_error) {
     int B = g->n_greedy, V = m->cfg.vocab_size;
     mm_kv_cache *kv = new_cache(m, m->cfg.n_layers);
     mm_llama_seq seqs[8] = {{{0}}};
@@ -133,8 +145,13 @@ static void check_greedy_batched(mm_llama *m, const golden *g, const char *label
         int first_diff = -1;
         for (int i = 0; i < g->greedy_len && first_diff < 0; i++)
             if (out[b][i] != g->greedy[b][i]) first_diff = i;
-        EXPECT(first_diff < 0, "%s: greedy continuation %d differs at token %d (%d vs golden %d)", label, b, first_diff,
-               first_diff >= 0 ? out[b][first_diff] : 0, first_diff >= 0 ? g->greedy[b][first_diff] : 0);
+        double gap = first_diff >= 0 ? g->gaps[b][first_diff] : 0.0;
+        if (first_diff >= 0) printf("%s: continuation %d leaves the golden path at token %d (golden top-2 gap %.3g)\n",
+                                    label, b, first_diff, gap);
+        EXPECT(first_diff < 0 || gap < 2.0 * logit_error,
+               "%s: greedy continuation %d differs at token %d (%d vs golden %d) where the golden top-2 gap %.3g "
+               "exceeds twice the logit error %.3g", label, b, first_diff, first_diff >= 0 ? out[b][first_diff] : 0,
+               first_diff >= 0 ? g->greedy[b][first_diff] : 0, gap, logit_error);
         mm_kv_seq_release(kv, &seqs[b].kv);
     }
     free(lg);
@@ -217,7 +234,9 @@ static void run_case(const model_case *c, const char *backend) {
         EXPECT(mm_safetensors_open(path, &native) == MM_OK, "%s", mm_error_last());
     }
     if (!m || !st || (bf16_act && !native)) goto out;
+    kv_dtype = strcmp(backend, "cpu") ? MM_DTYPE_F32 : mm_llama_kv_dtype(m);
     float *single[8] = {0};
+    float worst = c->logits_bound; /* the error this path is allowed on logits */
     int V = m->cfg.vocab_size;
     for (int i = 0; i < g.n_prompts; i++) {
         int n = g.prompt_len[i];
@@ -226,10 +245,11 @@ static void run_case(const model_case *c, const char *backend) {
         if (!gold) continue;
         float err = mm_max_abs_diff(single[i], gold, (size_t)n * V), bound = c->logits_bound;
         if (bf16_act) {
-            /* bf16 activations: at least as close to exact arithmetic as transformers
-             * itself running this checkpoint in bf16 (logits_native) is. */
+            /* bf16 activations and KV cache: at least as close to exact arithmetic as
+             * transformers itself running this checkpoint in bf16 (logits_native) is. */
             const float *nat = golden_logits(native, i, n, V);
             bound = nat ? mm_max_abs_diff(nat, gold, (size_t)n * V) : 0.0f;
+            worst = bound > worst ? bound : worst;
         }
         printf("%-10s %-7s prompt %d (%3d tokens): max abs logit error %.3g (bound %.3g)\n", c->name, backend, i, n, err,
                bound);
@@ -259,7 +279,7 @@ static void run_case(const model_case *c, const char *backend) {
     }
     char label[128];
     snprintf(label, sizeof label, "%s/%s", c->name, backend);
-    check_greedy_batched(m, &g, label);
+    check_greedy_batched(m, &g, label, worst);
     check_stage_split(dir, be, &g, single[3]);
     for (int i = 0; i < g.n_prompts; i++) free(single[i]);
 out:

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_ops.h"
 #include "tests/testutil.h"
 
 static uint64_t rng_state = 12345;
@@ -124,22 +125,32 @@ static void test_elementwise(void) {
 
 /* Paged cache with scattered blocks; rows of several sequences with different lengths. */
 typedef struct {
-    float *k, *v;
+    void *k, *v; /* [n_blocks, KVH, B, hd] of shape.kv_dtype */
     int32_t tables[4][16];
     mm_attn_shape shape;
 } attn_fixture;
 
-static void attn_fixture_init(attn_fixture *f, int32_t H, int32_t KVH, int32_t hd, int32_t B, int32_t n_blocks) {
-    f->shape = (mm_attn_shape){H, KVH, hd, B, 1.0f / sqrtf((float)hd)};
-    f->k = rand_f32((int64_t)n_blocks * B * KVH * hd, 1.0f);
-    f->v = rand_f32((int64_t)n_blocks * B * KVH * hd, 1.0f);
+static void *rand_cache(int64_t n, mm_dtype dt) {
+    float *f = rand_f32(n, 1.0f);
+    if (dt == MM_DTYPE_F32) return f;
+    uint16_t *h = malloc((size_t)n * 2);
+    for (int64_t i = 0; i < n; i++) h[i] = mm_f32_to_bf16(f[i]);
+    free(f);
+    return h;
+}
+
+static void attn_fixture_init(attn_fixture *f, int32_t H, int32_t KVH, int32_t hd, int32_t B, int32_t n_blocks,
+                              mm_dtype dt) {
+    f->shape = (mm_attn_shape){H, KVH, hd, B, 1.0f / sqrtf((float)hd), dt};
+    f->k = rand_cache((int64_t)n_blocks * B * KVH * hd, dt);
+    f->v = rand_cache((int64_t)n_blocks * B * KVH * hd, dt);
     for (int s = 0; s < 4; s++)
         for (int i = 0; i < 16; i++) f->tables[s][i] = (i * 4 + s * 7 + i * i) % n_blocks; /* scattered */
 }
 
-static void test_attention(void) {
+static void test_attention(mm_dtype dt) {
     attn_fixture f;
-    attn_fixture_init(&f, 8, 2, 20, 16, 64);
+    attn_fixture_init(&f, 8, 2, 20, 16, 64, dt);
     const int64_t M = 9;
     mm_attn_row rows[9] = {{f.tables[0], 1},   {f.tables[0], 2},  {f.tables[1], 200}, {f.tables[2], 17},
                            {f.tables[3], 256}, {f.tables[1], 16}, {f.tables[2], 33},  {f.tables[3], 5},
@@ -148,14 +159,32 @@ static void test_attention(void) {
     float *q = rand_f32(qn, 1.0f), *a = calloc(qn, 4), *b = calloc(qn, 4), *c = calloc(qn, 4);
     fast_be->ops->attention(fast_be, q, f.k, f.v, rows, M, &f.shape, a);
     ref_be->ops->attention(ref_be, q, f.k, f.v, rows, M, &f.shape, b);
-    EXPECT(nmse(a, b, qn) < 1e-10, "attention nmse %g", nmse(a, b, qn));
+    EXPECT(nmse(a, b, qn) < 1e-10, "attention (%s cache) nmse %g", mm_dtype_name(dt), nmse(a, b, qn));
     /* batch invariance: each row alone, and with one thread, is bit-identical */
-    int same = 1;
-    for (int64_t m = 0; m < M; m++) {
+    for (int64_t m = 0; m < M; m++)
         fast1_be->ops->attention(fast1_be, q + m * 160, f.k, f.v, &rows[m], 1, &f.shape, c + m * 160);
+    EXPECT(memcmp(a, c, qn * 4) == 0, "attention (%s cache) rows differ when computed alone / single-threaded",
+           mm_dtype_name(dt));
+
+    /* kv_store puts each head row where mm_kv_offset says, rounded to the cache dtype */
+    const int64_t SM = 3;
+    int32_t slots[3] = {0, 17, 16 * 63 + 15}; /* block 0 row 0, block 1 row 1, last slot */
+    float *kr = rand_f32(SM * 2 * 20, 1.0f), *vr = rand_f32(SM * 2 * 20, 1.0f);
+    fast_be->ops->kv_store(fast_be, f.k, f.v, kr, vr, slots, SM, &f.shape);
+    int stored = 1;
+    for (int64_t m = 0; m < SM; m++) {
+        int32_t block = slots[m] / 16;
+        for (int32_t h = 0; h < 2; h++)
+            for (int32_t d = 0; d < 20; d++) {
+                int64_t at = mm_kv_offset(&block, slots[m] % 16, h, &f.shape) + d;
+                float want_k = kr[(m * 2 + h) * 20 + d], want_v = vr[(m * 2 + h) * 20 + d];
+                if (dt == MM_DTYPE_BF16)
+                    want_k = mm_bf16_to_f32(mm_f32_to_bf16(want_k)), want_v = mm_bf16_to_f32(mm_f32_to_bf16(want_v));
+                stored &= mm_cpu_load_elem(dt, f.k, at) == want_k && mm_cpu_load_elem(dt, f.v, at) == want_v;
+            }
     }
-    same = memcmp(a, c, qn * 4) == 0;
-    EXPECT(same, "attention rows differ when computed alone / single-threaded");
+    EXPECT(stored, "kv_store (%s) misplaced or misrounded a value", mm_dtype_name(dt));
+    free(kr), free(vr);
     free(q), free(a), free(b), free(c), free(f.k), free(f.v);
 }
 
@@ -305,7 +334,8 @@ int main(void) {
     }
     test_matmul();
     test_elementwise();
-    test_attention();
+    test_attention(MM_DTYPE_F32);
+    test_attention(MM_DTYPE_BF16);
     test_matmul_invariance();
     test_sampling();
     test_encoder_ops();

@@ -141,11 +141,12 @@ def build(name, c):
     seed = 1000 + c["seed"]
     for attempt in range(50):
         prompts = prompts_for(seed, vocab)
-        greedy, gaps = [], []
+        greedy, gaps, step_gaps = [], [], []
         for pi in GREEDY_PROMPTS:
             new, g, _ = refutil.greedy(ref32, prompts[pi], N_NEW)
             greedy.append(new)
             gaps += g
+            step_gaps.append([float(x) for x in g])
         if min(gaps) >= MIN_GAP:
             break
         print(f"    prompt seed {seed}: min gap {min(gaps):.3g} < {MIN_GAP}, trying another")
@@ -176,6 +177,9 @@ def build(name, c):
         "greedy_new_tokens": N_NEW,
         "greedy": greedy,
         "min_top2_gap": min(gaps),
+        # per greedy step: top-1 minus top-2 logit, so a lower-precision path may be
+        # judged (a divergence is legitimate only where this gap is within its error)
+        "greedy_top2_gaps": step_gaps,
         "prompt_seed": seed,
         "stored_dtype": str(c["dtype"]).replace("torch.", ""),
         "compute_dtype": "float32",
