@@ -5,12 +5,20 @@
 #ifndef MM_CPU_OPS_H
 #define MM_CPU_OPS_H
 
+#include <math.h>
+
 #include "kernels/backend.h"
 
 /* Element i of a float tensor of any float dtype, as f32. */
 float mm_cpu_load_elem(mm_dtype dt, const void *data, int64_t i);
 /* Row r of a [rows, cols] float tensor converted to f32 into out[cols]. */
 void mm_cpu_load_row(mm_dtype dt, const void *data, int64_t r, int64_t cols, float *out);
+
+/* GELU of one value: exact (x * Phi(x), erf) or the tanh approximation. */
+static inline float mm_gelu_scalar(float v, int tanh_approx) {
+    return tanh_approx ? 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)))
+                       : 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
+}
 
 /* shared by both CPU backends (host memory) */
 void *mm_cpu_alloc(mm_backend *be, size_t bytes);

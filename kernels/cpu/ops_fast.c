@@ -227,11 +227,7 @@ mm_status mm_cpu_fast_add_bias(mm_backend *be, float *y, const float *bias, int6
 
 mm_status mm_cpu_fast_gelu(mm_backend *be, float *x, int64_t n, int tanh_approx) {
 #pragma omp parallel for num_threads(be->n_threads) schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; i++) {
-        float v = x[i];
-        x[i] = tanh_approx ? 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)))
-                           : 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
-    }
+    for (int64_t i = 0; i < n; i++) x[i] = mm_gelu_scalar(x[i], tanh_approx);
     return MM_OK;
 }
 
