@@ -44,8 +44,12 @@ typedef struct {
 typedef enum {
     MM_WEIGHT_MATMUL = 0, /* the W of matmul; may be packed into a backend-private layout */
     MM_WEIGHT_TABLE,      /* rows are gathered (embedding); stays row-major */
-    MM_WEIGHT_VECTOR      /* a small vector (norm weight, bias); always f32 */
+    MM_WEIGHT_VECTOR,     /* a small vector (norm weight, bias); always f32 */
+    MM_WEIGHT_CONV        /* the W of conv2d, [OC, IC, k, k]; f32, may be packed */
 } mm_weight_use;
+
+/* Pointwise activations of the activation op. */
+typedef enum { MM_ACT_SILU = 0, MM_ACT_RELU } mm_activation;
 
 /* The ops every backend implements. Activation pointers are backend memory. */
 typedef struct mm_backend_ops {
@@ -100,6 +104,27 @@ typedef struct mm_backend_ops {
      * k and v [batch, Tk, H, hd], out [batch, Tq, H, hd]. */
     mm_status (*attention_dense)(mm_backend *be, const float *q, const float *k, const float *v, int64_t batch,
                                  int64_t Tq, int64_t Tk, int32_t n_heads, int32_t head_dim, float scale, float *out);
+
+    /* ---- diffusion decoder ops (UNet, VAE). Images are channels-last: [B, H, W, C],
+     * so a [B, H*W, C] feature map is also the token layout of the attention blocks. ---- */
+    /* y[B, Ho, Wo, OC] = conv(x[B, H, W, IC], w[OC, IC, k, k]) + bias[OC] (bias may be NULL),
+     * zero padding pad, stride s: Ho = (H + 2 pad - k) / s + 1. w from weight_load(MM_WEIGHT_CONV). */
+    mm_status (*conv2d)(mm_backend *be, const mm_tensor *w, const float *bias, const float *x, float *y, int64_t B,
+                        int64_t H, int64_t W, int32_t stride, int32_t pad);
+    /* y[B, HW, C] = (x - mean) / sqrt(var + eps) * w[C] + b[C], statistics per (b, group of C/groups
+     * channels) over HW; then SiLU when silu != 0. y may alias x. */
+    mm_status (*groupnorm)(mm_backend *be, const float *x, const float *w, const float *b, float *y, int64_t B,
+                           int64_t HW, int64_t C, int32_t groups, float eps, int silu);
+    /* y[B, 2H, 2W, C] = x[B, H, W, C] repeated 2x2 (nearest) */
+    mm_status (*upsample_nearest2x)(mm_backend *be, const float *x, float *y, int64_t B, int64_t H, int64_t W,
+                                    int64_t C);
+    /* x = act(x) in place (n elements) */
+    mm_status (*activation)(mm_backend *be, float *x, int64_t n, mm_activation act);
+    /* y[M, F] = x[M, :F] * gelu_erf(x[M, F:]), x [M, 2F] (diffusers GEGLU); y must not alias x */
+    mm_status (*geglu)(mm_backend *be, const float *x, float *y, int64_t M, int64_t F);
+    /* y[M, Na + Nb] = [a[M, Na] | b[M, Nb]] (channel concat of skip connections) */
+    mm_status (*concat_cols)(mm_backend *be, const float *a, const float *b, float *y, int64_t M, int64_t Na,
+                             int64_t Nb);
 
     /* Picks one id per row of logits [M, V]. rng: one 64-bit state per row (advanced). */
     mm_status (*sample)(mm_backend *be, const float *logits, int64_t M, int64_t V, const mm_sampling *params,

@@ -48,7 +48,7 @@ static mm_status weight_load(mm_backend *be, const mm_st_tensor *src, mm_weight_
     if (!mm_dtype_is_float(src->dtype))
         return MM_ERROR(MM_ERR_FORMAT, "%s: tensor '%s' has dtype %s, expected F32, F16 or BF16", src->file,
                         src->name, mm_dtype_name(src->dtype));
-    int want_ndim = use == MM_WEIGHT_VECTOR ? 1 : 2;
+    int want_ndim = use == MM_WEIGHT_VECTOR ? 1 : use == MM_WEIGHT_CONV ? 4 : 2;
     if (src->ndim != want_ndim)
         return MM_ERROR(MM_ERR_FORMAT, "%s: tensor '%s' has %d dims, expected %d", src->file, src->name, src->ndim, want_ndim);
     memset(out, 0, sizeof *out);
@@ -57,8 +57,10 @@ static mm_status weight_load(mm_backend *be, const mm_st_tensor *src, mm_weight_
     out->dtype = src->dtype;
     out->data = (void *)src->data;
     mm_dnnl *dnnl = mm_cpu_ctx(be)->dnnl;
-    int widen = src->dtype == MM_DTYPE_F16 || (use == MM_WEIGHT_VECTOR && src->dtype != MM_DTYPE_F32);
-    int pack = use == MM_WEIGHT_MATMUL && dnnl != NULL;
+    mm_dnnl_conv *conv = mm_cpu_ctx(be)->conv;
+    int widen = src->dtype == MM_DTYPE_F16 ||
+                ((use == MM_WEIGHT_VECTOR || use == MM_WEIGHT_CONV) && src->dtype != MM_DTYPE_F32);
+    int pack = (use == MM_WEIGHT_MATMUL && dnnl != NULL) || (use == MM_WEIGHT_CONV && conv != NULL);
     if (!widen && !pack) return MM_OK;
     mm_cpu_weight *cw = calloc(1, sizeof *cw);
     CHECK(CHECK_ALLOC(cw));
@@ -75,7 +77,9 @@ static mm_status weight_load(mm_backend *be, const mm_st_tensor *src, mm_weight_
     }
     if (pack) {
         void *packed = NULL;
-        mm_status s = mm_dnnl_pack(dnnl, out->dtype, out->shape[0], out->shape[1], out->data, &packed, &cw->packed_desc);
+        mm_status s = use == MM_WEIGHT_CONV
+                          ? mm_dnnl_conv_pack(conv, out->shape, out->data, &packed, &cw->packed_desc)
+                          : mm_dnnl_pack(dnnl, out->dtype, out->shape[0], out->shape[1], out->data, &packed, &cw->packed_desc);
         if (s != MM_OK) {
             weight_release(be, out);
             return s;
@@ -114,6 +118,7 @@ static void cpu_free(mm_backend *be) {
     mm_cpu_ctx_t *c = mm_cpu_ctx(be);
     if (c) {
         mm_dnnl_free(c->dnnl);
+        mm_dnnl_conv_free(c->conv);
         free(c->scratch);
         free(c);
     }
@@ -129,7 +134,9 @@ static void cpu_free(mm_backend *be) {
         .attention = prefix##_attention, .silu_mul = prefix##_silu_mul, .add = prefix##_add,       \
         .softmax = prefix##_softmax, .layernorm = prefix##_layernorm, .add_bias = prefix##_add_bias, \
         .gelu = prefix##_gelu, .l2norm = prefix##_l2norm, .attention_dense = prefix##_attention_dense, \
-        .sample = mm_cpu_sample,                                                                   \
+        .sample = mm_cpu_sample, .conv2d = prefix##_conv2d, .groupnorm = prefix##_groupnorm,        \
+        .upsample_nearest2x = prefix##_upsample_nearest2x, .activation = prefix##_activation,      \
+        .geglu = prefix##_geglu, .concat_cols = prefix##_concat_cols,                              \
     }
 
 static const mm_backend_ops cpu_ref_ops = MM_CPU_OPS_TABLE(mm_cpu_ref, "cpu-ref");
@@ -155,6 +162,7 @@ mm_status mm_backend_cpu_init(int n_threads, mm_backend **out) {
     mm_backend *be = NULL;
     CHECK(cpu_create(&cpu_fast_ops, n_threads, &be));
     mm_status s = mm_dnnl_init(n_threads, &mm_cpu_ctx(be)->dnnl);
+    if (s == MM_OK) s = mm_dnnl_conv_init(n_threads, &mm_cpu_ctx(be)->conv);
     if (s != MM_OK) {
         cpu_free(be);
         return s;

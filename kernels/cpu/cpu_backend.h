@@ -6,6 +6,7 @@
 
 typedef struct {
     mm_dnnl *dnnl;    /* NULL for the reference backend */
+    mm_dnnl_conv *conv; /* oneDNN convolutions; NULL for the reference backend */
     void *scratch;    /* grows on demand; valid until the next op */
     size_t scratch_cap;
 } mm_cpu_ctx_t;
@@ -15,7 +16,7 @@ static inline mm_cpu_ctx_t *mm_cpu_ctx(mm_backend *be) { return (mm_cpu_ctx_t *)
 /* backend_data of a weight the CPU backend converted or packed. */
 typedef struct {
     void *owned;        /* converted or packed data (NULL when data aliases the mapping) */
-    void *packed_desc;  /* oneDNN weights memory desc of a packed matmul weight, else NULL */
+    void *packed_desc;  /* oneDNN weights memory desc of a packed matmul/conv weight, else NULL */
 } mm_cpu_weight;
 
 /* A scratch buffer of at least `bytes`, owned by the backend. */

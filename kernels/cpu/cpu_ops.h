@@ -70,4 +70,33 @@ mm_status mm_dnnl_matmul(mm_dnnl *d, const mm_tensor *w, const float *x, float *
  * Sets *packed (malloc'd, 64-byte aligned) and *desc (malloc'd memory desc). */
 mm_status mm_dnnl_pack(mm_dnnl *d, mm_dtype dt, int64_t N, int64_t K, const void *plain, void **packed, void **desc);
 
+/* ---- diffusion decoder ops (ops_decoder_ref.c, ops_decoder_fast.c, conv_dnnl.c) ---- */
+#define MM_CPU_DECLARE_DECODER_OPS(prefix)                                                         \
+    mm_status prefix##_conv2d(mm_backend *be, const mm_tensor *w, const float *bias, const float *x, float *y, \
+                              int64_t B, int64_t H, int64_t W, int32_t stride, int32_t pad);        \
+    mm_status prefix##_groupnorm(mm_backend *be, const float *x, const float *w, const float *b, float *y, \
+                                 int64_t B, int64_t HW, int64_t C, int32_t groups, float eps, int silu); \
+    mm_status prefix##_upsample_nearest2x(mm_backend *be, const float *x, float *y, int64_t B, int64_t H, \
+                                          int64_t W, int64_t C);                                     \
+    mm_status prefix##_activation(mm_backend *be, float *x, int64_t n, mm_activation act);         \
+    mm_status prefix##_geglu(mm_backend *be, const float *x, float *y, int64_t M, int64_t F);       \
+    mm_status prefix##_concat_cols(mm_backend *be, const float *a, const float *b, float *y, int64_t M, \
+                                   int64_t Na, int64_t Nb);
+
+MM_CPU_DECLARE_DECODER_OPS(mm_cpu_ref)
+MM_CPU_DECLARE_DECODER_OPS(mm_cpu_fast)
+
+/* oneDNN convolution (conv_dnnl.c): channels-last f32 activations, primitives cached
+ * per shape. Not thread-safe: one caller at a time per context. */
+typedef struct mm_dnnl_conv mm_dnnl_conv;
+mm_status mm_dnnl_conv_init(int n_threads, mm_dnnl_conv **out);
+void mm_dnnl_conv_free(mm_dnnl_conv *c);
+/* As the conv2d op; w is plain [OC, IC, k, k] f32 or packed by mm_dnnl_conv_pack. */
+mm_status mm_dnnl_conv2d(mm_dnnl_conv *c, const mm_tensor *w, const float *bias, const float *x, float *y, int64_t B,
+                         int64_t H, int64_t W, int32_t stride, int32_t pad);
+/* Reorders a plain f32 [OC, IC, k, k] weight into the blocked layout oneDNN's direct
+ * convolution prefers (chosen for stride 1, pad k/2; the same jit kernels take it for
+ * stride 2). Sets *packed (64-byte aligned, free()) and *desc (malloc'd memory desc). */
+mm_status mm_dnnl_conv_pack(mm_dnnl_conv *c, const int64_t shape[4], const float *plain, void **packed, void **desc);
+
 #endif
