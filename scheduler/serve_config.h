@@ -1,0 +1,43 @@
+/* The service's tunables, declared in one place with their defaults (serve_config.c's
+ * table), read from one JSON config file that the coordinator and every stage load.
+ * Unknown keys are errors, so a typo never silently falls back to a default. */
+#ifndef MM_SERVE_CONFIG_H
+#define MM_SERVE_CONFIG_H
+
+#include <stdint.h>
+
+#include "common/status.h"
+
+#define MM_MAX_STAGES 64
+
+typedef struct {
+    char model[4096];          /* model root (metamorph.json) or an HF LLaMA directory */
+    char listen[256];          /* gRPC address, "host:port" */
+    char backend[32];          /* compute backend of the stages: "cpu", "cpu-ref", "cuda" */
+    int32_t threads;           /* backend threads per stage, 0 = all cores */
+    int32_t kv_blocks;         /* KV blocks per stage (each stage: its own layers) */
+    int32_t kv_block_size;     /* tokens per KV block */
+    int32_t max_batch_tokens;  /* per-step token budget (decodes + prefill chunks) */
+    int32_t max_batch_seqs;    /* sequences in one micro-batch at most */
+    int32_t max_queue;         /* waiting requests at most; more -> RESOURCE_EXHAUSTED */
+    int32_t max_new_tokens;    /* default when a request does not say */
+    int32_t max_images;        /* image parts per request at most */
+    int32_t max_receive_mb;    /* gRPC receive limit (images) */
+    int32_t max_stop_strings;  /* stop strings per request at most */
+    int32_t stage_timeout_ms;  /* a step in flight longer than this: pipeline down */
+    int32_t fail_exit_ms;      /* after the pipeline went down, serve NOT_SERVING this long, then exit */
+    int32_t stage_layers[MM_MAX_STAGES]; /* layers per stage; n_stage_layers == 0: even split */
+    int32_t n_stage_layers;
+} mm_serve_config;
+
+/* Defaults for everything. */
+void mm_serve_config_defaults(mm_serve_config *c);
+/* Defaults, then the keys of the JSON object in path (NULL: defaults only). */
+mm_status mm_serve_config_load(const char *path, mm_serve_config *c);
+/* Splits n_layers over n_stages: begin[k], end[k] for k in [0, n_stages). Uses
+ * c->stage_layers when given (must sum to n_layers), else an even split with the
+ * remainder on the first stages. */
+mm_status mm_serve_split_layers(const mm_serve_config *c, int32_t n_layers, int32_t n_stages, int32_t *begin,
+                                int32_t *end);
+
+#endif
