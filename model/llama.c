@@ -351,8 +351,12 @@ static mm_status eval_buffers_reserve(mm_llama *m, int64_t rows, int64_t outs) {
     return MM_OK;
 }
 
-mm_status mm_llama_eval(mm_llama *m, mm_kv_cache *kv, mm_llama_seq *const *seqs, const int32_t *const *tokens,
-                        const int32_t *n_tokens, int n_seqs, int all_logits, float *logits) {
+/* One batched step of whole-model evaluation, shared by mm_llama_eval (rows given as
+ * token ids) and mm_llama_eval_embeds (rows given as input embeddings): exactly one of
+ * tokens / embeds is non-NULL. normed and logits (host) may each be NULL. */
+static mm_status eval_step(mm_llama *m, mm_kv_cache *kv, mm_llama_seq *const *seqs, const int32_t *const *tokens,
+                           const float *embeds, const int32_t *n_tokens, int n_seqs, int all_logits, float *normed,
+                           float *logits) {
     if (!m->has_embed || !m->has_head || m->layer_begin != 0 || m->layer_end != m->cfg.n_layers)
         return MM_ERROR(MM_ERR_INVALID, "mm_llama_eval needs the whole model");
     mm_backend *be = m->be;
@@ -373,7 +377,7 @@ mm_status mm_llama_eval(mm_llama *m, mm_kv_cache *kv, mm_llama_seq *const *seqs,
         mm_kv_seq *q = &seqs[i]->kv;
         for (int32_t t = 0; t < n_tokens[i]; t++, r++) {
             int32_t p = q->n_tokens + t;
-            e->ids[r] = tokens[i][t];
+            if (tokens) e->ids[r] = tokens[i][t];
             e->pos[r] = p;
             e->slots[r] = q->blocks[p / kv->block_size] * kv->block_size + p % kv->block_size;
             e->attn[r] = (mm_attn_row){q->blocks, p + 1};
@@ -381,12 +385,24 @@ mm_status mm_llama_eval(mm_llama *m, mm_kv_cache *kv, mm_llama_seq *const *seqs,
         }
     }
     mm_llama_batch b = {M, e->pos, e->slots, e->attn};
-    CHECK(mm_llama_embed(m, e->ids, M, e->x));
+    if (tokens) CHECK(mm_llama_embed(m, e->ids, M, e->x));
+    else CHECK(be->ops->copy(be, e->x, embeds, (size_t)M * c->dim * sizeof(float)));
     CHECK(mm_llama_forward_layers(m, kv, &b, e->x));
     for (int64_t i = 0; i < n_out; i++)
         CHECK(be->ops->copy(be, e->sel + i * c->dim, e->x + e->out_rows[i] * c->dim, (size_t)c->dim * sizeof(float)));
-    CHECK(mm_llama_head(m, e->sel, n_out, e->sel, e->logits));
-    CHECK(be->ops->download(be, logits, e->logits, (size_t)n_out * c->vocab_size * sizeof(float)));
+    CHECK(mm_llama_head(m, e->sel, n_out, e->sel, logits ? e->logits : NULL));
+    if (normed) CHECK(be->ops->download(be, normed, e->sel, (size_t)n_out * c->dim * sizeof(float)));
+    if (logits) CHECK(be->ops->download(be, logits, e->logits, (size_t)n_out * c->vocab_size * sizeof(float)));
     for (int i = 0; i < n_seqs; i++) seqs[i]->kv.n_tokens += n_tokens[i];
     return MM_OK;
+}
+
+mm_status mm_llama_eval(mm_llama *m, mm_kv_cache *kv, mm_llama_seq *const *seqs, const int32_t *const *tokens,
+                        const int32_t *n_tokens, int n_seqs, int all_logits, float *logits) {
+    return eval_step(m, kv, seqs, tokens, NULL, n_tokens, n_seqs, all_logits, NULL, logits);
+}
+
+mm_status mm_llama_eval_embeds(mm_llama *m, mm_kv_cache *kv, mm_llama_seq *const *seqs, const float *x,
+                               const int32_t *n_tokens, int n_seqs, int all_logits, float *normed, float *logits) {
+    return eval_step(m, kv, seqs, NULL, x, n_tokens, n_seqs, all_logits, normed, logits);
 }

@@ -130,6 +130,14 @@ typedef struct {
 mm_status mm_llama_eval(mm_llama *m, mm_kv_cache *kv, mm_llama_seq *const *seqs, const int32_t *const *tokens,
                         const int32_t *n_tokens, int n_seqs, int all_logits, float *logits);
 
+/* The same step with the new rows' input embeddings given instead of token ids (the
+ * image rows of MetaMorph: projected visual tokens). x [sum n_tokens, dim] in backend
+ * memory, rows in sequence order. normed (host, may be NULL) gets the final-norm hidden
+ * state of the output rows [n_out, dim] (what MetaMorph's vision_head reads); logits
+ * (host, may be NULL) their logits [n_out, vocab]. n_out = n_seqs, or all rows. */
+mm_status mm_llama_eval_embeds(mm_llama *m, mm_kv_cache *kv, mm_llama_seq *const *seqs, const float *x,
+                               const int32_t *n_tokens, int n_seqs, int all_logits, float *normed, float *logits);
+
 /* The KV cache dtype that matches the checkpoint: BF16 when its layer weights are bf16
  * (transformers keeps K/V in the model dtype), F32 otherwise. */
 mm_dtype mm_llama_kv_dtype(const mm_llama *m);
