@@ -61,6 +61,7 @@ static int is_num(const json_t *v) { return json_is_number(v); }
 static int is_bool(const json_t *v) { return json_is_boolean(v); }
 static int is_str(const json_t *v) { return json_is_string(v); }
 static int is_int_or_list(const json_t *v) { return json_is_integer(v) || json_is_array(v); }
+static int is_num_or_list(const json_t *v) { return json_is_number(v) || json_is_array(v); }
 
 mm_status mm_json_int(const mm_json *obj, const char *file, const char *key, int64_t def,
                       int64_t *out) {
@@ -117,6 +118,25 @@ mm_status mm_json_int_list(const mm_json *obj, const char *file, const char *key
             return MM_ERROR(MM_ERR_FORMAT, "%s: key '%s': element %zu must be an integer", file,
                             key, i);
         vals[i] = (int64_t)json_integer_value(e);
+    }
+    *count = (int)n;
+    return MM_OK;
+}
+
+mm_status mm_json_num_list(const mm_json *obj, const char *file, const char *key, double *vals, int cap,
+                           int *count) {
+    const json_t *v;
+    *count = 0;
+    CHECK(json_member(obj, file, key, is_num_or_list, "a number or a list of numbers", &v));
+    if (!v) return MM_OK;
+    size_t n = json_is_array(v) ? json_array_size(v) : 1;
+    if (n > (size_t)(cap < 0 ? 0 : cap))
+        return MM_ERROR(MM_ERR_UNSUPPORTED, "%s: key '%s' has %zu values, at most %d supported", file, key, n, cap);
+    for (size_t i = 0; i < n; i++) {
+        const json_t *e = json_is_array(v) ? json_array_get(v, i) : v;
+        if (!json_is_number(e))
+            return MM_ERROR(MM_ERR_FORMAT, "%s: key '%s': element %zu must be a number", file, key, i);
+        vals[i] = json_number_value(e);
     }
     *count = (int)n;
     return MM_OK;

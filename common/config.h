@@ -28,5 +28,8 @@ mm_status mm_json_str(const mm_json *obj, const char *file, const char *key, con
 /* Reads an int or an array of ints (e.g. eos_token_id). Fills at most cap values. */
 mm_status mm_json_int_list(const mm_json *obj, const char *file, const char *key, int64_t *vals,
                            int cap, int *count);
+/* The same for numbers (e.g. image_mean: 0.5 or [0.5, 0.5, 0.5]). */
+mm_status mm_json_num_list(const mm_json *obj, const char *file, const char *key, double *vals, int cap,
+                           int *count);
 
 #endif

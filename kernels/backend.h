@@ -129,6 +129,18 @@ typedef struct mm_backend_ops {
     /* Picks one id per row of logits [M, V]. rng: one 64-bit state per row (advanced). */
     mm_status (*sample)(mm_backend *be, const float *logits, int64_t M, int64_t V, const mm_sampling *params,
                         uint64_t *rng, int32_t *out);
+
+    /* ---- vision encoder ops (SigLIP patch embedding, MetaMorph token reduction) ---- */
+    /* Patches of channels-first images as GEMM rows (patch conv = patchify + matmul):
+     * x [B, C, H, W] -> y [B, (H/p)*(W/p), C*p*p] (floor division), patch (i, j) in row-major grid order, each
+     * row flattened (c, ky, kx) like a Conv2d weight [OC, C, p, p]. As a stride-p conv without
+     * padding, a remainder of H or W smaller than p is ignored (384 / 14 -> 27 patches). */
+    mm_status (*patchify)(mm_backend *be, const float *x, float *y, int64_t B, int64_t C, int64_t H, int64_t W,
+                          int32_t p);
+    /* Bilinear resize with align_corners=False (torch F.interpolate): x [B, H, W, C] ->
+     * y [B, Ho, Wo, C], channels last (a [H*W, C] token grid). */
+    mm_status (*resize_bilinear)(mm_backend *be, const float *x, float *y, int64_t B, int64_t H, int64_t W,
+                                 int64_t C, int64_t Ho, int64_t Wo);
 } mm_backend_ops;
 
 struct mm_backend {

@@ -134,6 +134,7 @@ static void cpu_free(mm_backend *be) {
         .attention = prefix##_attention, .silu_mul = prefix##_silu_mul, .add = prefix##_add,       \
         .softmax = prefix##_softmax, .layernorm = prefix##_layernorm, .add_bias = prefix##_add_bias, \
         .gelu = prefix##_gelu, .l2norm = prefix##_l2norm, .attention_dense = prefix##_attention_dense, \
+        .patchify = prefix##_patchify, .resize_bilinear = prefix##_resize_bilinear,                \
         .sample = mm_cpu_sample, .conv2d = prefix##_conv2d, .groupnorm = prefix##_groupnorm,        \
         .upsample_nearest2x = prefix##_upsample_nearest2x, .activation = prefix##_activation,      \
         .geglu = prefix##_geglu, .concat_cols = prefix##_concat_cols,                              \

@@ -99,4 +99,17 @@ mm_status mm_dnnl_conv2d(mm_dnnl_conv *c, const mm_tensor *w, const float *bias,
  * stride 2). Sets *packed (64-byte aligned, free()) and *desc (malloc'd memory desc). */
 mm_status mm_dnnl_conv_pack(mm_dnnl_conv *c, const int64_t shape[4], const float *plain, void **packed, void **desc);
 
+/* ---- vision encoder ops (ops_vision_ref.c, ops_vision_fast.c) ---- */
+#define MM_CPU_DECLARE_VISION_OPS(prefix)                                                          \
+    mm_status prefix##_patchify(mm_backend *be, const float *x, float *y, int64_t B, int64_t C, int64_t H, \
+                                int64_t W, int32_t p);                                             \
+    mm_status prefix##_resize_bilinear(mm_backend *be, const float *x, float *y, int64_t B, int64_t H, \
+                                       int64_t W, int64_t C, int64_t Ho, int64_t Wo);
+
+MM_CPU_DECLARE_VISION_OPS(mm_cpu_ref)
+MM_CPU_DECLARE_VISION_OPS(mm_cpu_fast)
+/* Source taps and weight of output index dst for an in -> out bilinear resize
+ * (align_corners=False), shared by both implementations. */
+void mm_cpu_bilinear_taps(int64_t in, int64_t out, int64_t dst, int64_t *i0, int64_t *i1, float *lambda);
+
 #endif

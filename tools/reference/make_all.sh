@@ -34,5 +34,6 @@ fi
 
 "$PYTHON" "$here/make_tokenizer.py" "${real[@]}"
 "$PYTHON" "$here/make_llama_goldens.py"
+"$PYTHON" "$here/make_tiny_vision.py"   # before make_tiny_model.py, which reads its goldens
 "$PYTHON" "$here/make_tiny_model.py"
 echo "make_all: done"
