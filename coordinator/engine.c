@@ -1,0 +1,528 @@
+/* See engine.h. */
+#include "engine.h"
+
+#include <grpc/status.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zmq.h>
+
+#include "common/log.h"
+#include "messages.h"
+#include "proto/metamorph.pb-c.h"
+#include "scheduler/scheduler.h"
+#include "scheduler/step_plan.h"
+
+#define DETOK_CAP 16384
+#define IDLE_POLL_MS 20
+
+typedef struct {
+    mm_request *req;
+    mm_seq *seq;
+    mm_detok detok;
+    char *held;               /* text not yet sent: may be the start of a stop string */
+    size_t held_len, held_cap;
+    size_t max_stop_len;
+    int32_t n_generated, image_index;
+    double t_first_sched, t_first_token;
+} job;
+
+typedef struct {
+    mm_step *step;
+    double t_sent_ms;
+} in_flight;
+
+struct mm_engine {
+    mm_engine_params p;
+    mm_sched *sched;
+    void *requests, *replies;  /* PULL (bound), PUSH (bound) */
+    job **jobs;
+    int n_jobs, cap_jobs;
+    in_flight fifo[MM_MAX_STAGES];
+    int n_fifo;
+    int failed;
+    double failed_at_ms;
+    char detok_buf[DETOK_CAP];
+};
+
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+}
+
+int32_t mm_engine_max_context(const mm_serve_config *cfg, const mm_llama_config *llm) {
+    int64_t kv = (int64_t)cfg->kv_blocks * cfg->kv_block_size;
+    return kv < llm->max_pos ? (int32_t)kv : llm->max_pos;
+}
+
+/* ---------------------------------------------------------------- replies */
+
+static void send_reply(mm_engine *e, mm_reply *r) {
+    if (zmq_send(e->replies, &r, sizeof r, 0) != (int)sizeof r) {
+        LOG_ERROR("zmq_send reply: %s", zmq_strerror(zmq_errno()));
+        mm_reply_free(r);
+    }
+}
+
+static mm_reply *reply_new(mm_reply_type type, uint64_t call_id) {
+    mm_reply *r = calloc(1, sizeof *r);
+    if (r) r->type = type, r->call_id = call_id;
+    return r;
+}
+
+static void reply_error(mm_engine *e, uint64_t call_id, int code, const char *msg) {
+    mm_reply *r = reply_new(MM_REPLY_ERROR, call_id);
+    if (!r) return;
+    r->code = code;
+    snprintf(r->message, sizeof r->message, "%s", msg);
+    send_reply(e, r);
+}
+
+static void reply_delta(mm_engine *e, job *j, const char *text, size_t len, const int32_t *ids, int n_ids) {
+    if (len == 0 && n_ids == 0) return;
+    mm_reply *r = reply_new(MM_REPLY_DELTA, j->req->call_id);
+    if (!r) return;
+    r->text = malloc(len + 1);
+    r->ids = malloc((size_t)(n_ids ? n_ids : 1) * sizeof *ids);
+    if (!r->text || !r->ids) {
+        mm_reply_free(r);
+        return;
+    }
+    memcpy(r->text, text, len);
+    r->text[len] = 0;
+    r->text_len = len;
+    memcpy(r->ids, ids, (size_t)n_ids * sizeof *ids);
+    r->n_ids = n_ids;
+    send_reply(e, r);
+}
+
+/* ---------------------------------------------------------------- jobs */
+
+static job *job_find(mm_engine *e, uint64_t call_id, int *index) {
+    for (int i = 0; i < e->n_jobs; i++)
+        if (e->jobs[i]->req->call_id == call_id) {
+            if (index) *index = i;
+            return e->jobs[i];
+        }
+    return NULL;
+}
+
+/* Lets go of j: its sequence leaves the scheduler (blocks freed now or when its
+ * micro-batch returns). */
+static void job_drop(mm_engine *e, job *j) {
+    int i;
+    if (job_find(e, j->req->call_id, &i)) e->jobs[i] = e->jobs[--e->n_jobs];
+    if (j->seq) mm_sched_remove(e->sched, j->seq);
+    mm_request_free(j->req);
+    free(j->held);
+    free(j);
+}
+
+static void job_fail(mm_engine *e, job *j, int code, const char *msg) {
+    reply_error(e, j->req->call_id, code, msg);
+    job_drop(e, j);
+}
+
+static int held_append(job *j, const char *s, size_t n) {
+    if (j->held_len + n > j->held_cap) {
+        size_t cap = j->held_cap ? j->held_cap * 2 : 256;
+        while (cap < j->held_len + n) cap *= 2;
+        char *h = realloc(j->held, cap);
+        if (!h) return 0;
+        j->held = h, j->held_cap = cap;
+    }
+    memcpy(j->held + j->held_len, s, n);
+    j->held_len += n;
+    return 1;
+}
+
+/* Sends held[0, n) and keeps the rest. */
+static void held_emit(mm_engine *e, job *j, size_t n, const int32_t *ids, int n_ids) {
+    reply_delta(e, j, j->held, n, ids, n_ids);
+    memmove(j->held, j->held + n, j->held_len - n);
+    j->held_len -= n;
+}
+
+static const char *finish_name(mm_finish f) {
+    switch (f) {
+    case MM_FINISH_STOP: return "stop";
+    case MM_FINISH_LENGTH: return "length";
+    case MM_FINISH_STOP_STRING: return "stop_string";
+    default: return "removed";
+    }
+}
+
+static void job_complete(mm_engine *e, job *j) {
+    int w = mm_detok_flush(&j->detok, e->detok_buf, sizeof e->detok_buf);
+    if (w > 0) held_append(j, e->detok_buf, (size_t)w);
+    if (j->held_len) held_emit(e, j, j->held_len, NULL, 0);
+    mm_reply *r = reply_new(MM_REPLY_FINAL, j->req->call_id);
+    if (r) {
+        double t = now_ms();
+        snprintf(r->request_id, sizeof r->request_id, "%s", j->req->request_id);
+        r->finish_reason = finish_name(j->seq->finish);
+        r->prompt_tokens = j->req->n_prompt;
+        r->completion_tokens = j->n_generated;
+        r->images = j->seq->n_images;
+        r->queue_ms = j->t_first_sched - j->req->t_arrival_ms;
+        r->ttft_ms = j->t_first_token - j->req->t_arrival_ms;
+        r->total_ms = t - j->req->t_arrival_ms;
+        r->tokens_per_s = j->n_generated > 1 && t > j->t_first_token ? (j->n_generated - 1) / ((t - j->t_first_token) * 1e-3) : 0;
+        send_reply(e, r);
+    }
+    job_drop(e, j);
+}
+
+/* A new text token: detokenize, watch the stop strings, stream what is safe to send.
+ * Returns 0 when the job had to be dropped. */
+static int on_token(mm_engine *e, job *j, int32_t id) {
+    int eos = mm_llama_is_eos(e->p.llm, id);
+    if (!eos) {
+        int w = mm_detok_push(&j->detok, e->p.tok, id, e->detok_buf, sizeof e->detok_buf);
+        if (w > 0 && !held_append(j, e->detok_buf, (size_t)w)) {
+            job_fail(e, j, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+            return 0;
+        }
+    }
+    for (int k = 0; k < j->req->n_stop; k++) {
+        char *hit = memmem(j->held, j->held_len, j->req->stop[k], strlen(j->req->stop[k]));
+        if (hit) {
+            j->held_len = (size_t)(hit - j->held);
+            held_emit(e, j, j->held_len, &id, 1);
+            mm_sched_finish(e->sched, j->seq, MM_FINISH_STOP_STRING);
+            return 1;
+        }
+    }
+    /* hold back what could still grow into a stop string, cut at a UTF-8 boundary */
+    size_t keep = j->max_stop_len ? j->max_stop_len - 1 : 0;
+    size_t cut = j->held_len > keep ? j->held_len - keep : 0;
+    while (cut > 0 && cut < j->held_len && ((unsigned char)j->held[cut] & 0xC0) == 0x80) cut--;
+    held_emit(e, j, cut, &id, 1);
+    return 1;
+}
+
+static void on_visual(mm_engine *e, job *j) {
+    int32_t minus_one = -1;
+    reply_delta(e, j, "", 0, &minus_one, 1);
+    if (j->seq->image_left > 0) return;
+    /* the image is complete: its visual tokens are the last image_tokens rows */
+    const mm_sched_params *sp = mm_sched_get_params(e->sched);
+    mm_reply *r = reply_new(MM_REPLY_IMAGE_READY, j->req->call_id);
+    if (!r) return;
+    r->image_index = j->image_index - 1;
+    r->n_visual = sp->image_tokens, r->visual_dim = sp->visual_dim;
+    if (j->req->return_visual_tokens) {
+        size_t n = (size_t)sp->image_tokens * (size_t)sp->visual_dim;
+        r->visual = malloc(n * sizeof *r->visual);
+        if (r->visual)
+            memcpy(r->visual, j->seq->visual + (size_t)(j->seq->n_visual - sp->image_tokens) * (size_t)sp->visual_dim,
+                   n * sizeof *r->visual);
+    }
+    send_reply(e, r);
+}
+
+/* ---------------------------------------------------------------- pipeline */
+
+static void pipeline_failed(mm_engine *e, const char *why) {
+    if (e->failed) return;
+    e->failed = 1;
+    e->failed_at_ms = now_ms();
+    atomic_store(e->p.serving, 0);
+    LOG_ERROR("pipeline down: %s; failing %d requests, NOT_SERVING", why, e->n_jobs);
+    mm_sched_abort_in_flight(e->sched);
+    e->n_fifo = 0;
+    char msg[512];
+    snprintf(msg, sizeof msg, "pipeline stage unavailable: %s", why);
+    while (e->n_jobs > 0) job_fail(e, e->jobs[0], GRPC_STATUS_UNAVAILABLE, msg);
+}
+
+static mm_status process_result(mm_engine *e, Metamorph__Internal__StepResult *res) {
+    if (e->n_fifo == 0 || e->fifo[0].step->id != res->step_id)
+        return MM_ERROR(MM_ERR_INTERNAL, "result for step %llu, expected %lld", (unsigned long long)res->step_id,
+                        e->n_fifo ? (long long)e->fifo[0].step->id : -1LL);
+    mm_step *st = e->fifo[0].step;
+    memmove(e->fifo, e->fifo + 1, (size_t)(e->n_fifo - 1) * sizeof *e->fifo);
+    e->n_fifo--;
+    mm_seq_result *rs = calloc(res->n_seqs ? res->n_seqs : 1, sizeof *rs);
+    CHECK(CHECK_ALLOC(rs));
+    for (size_t i = 0; i < res->n_seqs; i++) {
+        const Metamorph__Internal__SeqResult *q = res->seqs[i];
+        rs[i] = (mm_seq_result){q->seq_id, q->token, q->n_visual ? q->visual : NULL, q->rng};
+    }
+    mm_status s = mm_sched_step_done(e->sched, st, rs, (int)res->n_seqs);
+    free(rs);
+    if (s != MM_OK) {
+        mm_sched_step_release(e->sched, st);
+        return s;
+    }
+    double t = now_ms();
+    for (int i = 0; i < st->n; i++) {
+        mm_step_entry *en = &st->e[i];
+        if (!en->seq) continue; /* removed while in flight */
+        job *j = en->seq->user;
+        if (en->produced) {
+            int32_t row = en->seq->tokens[en->seq->n_tokens - 1];
+            if (j->n_generated++ == 0) j->t_first_token = t;
+            if (row >= 0) {
+                if (!on_token(e, j, row)) continue;
+                if (row == e->p.image_start_id && en->seq->image_left > 0) {
+                    mm_reply *r = reply_new(MM_REPLY_IMAGE_STARTED, j->req->call_id);
+                    if (r) r->image_index = j->image_index++, send_reply(e, r);
+                }
+            } else {
+                on_visual(e, j);
+            }
+        }
+        if (en->seq->finish != MM_FINISH_NONE) job_complete(e, j);
+    }
+    mm_sched_step_release(e->sched, st);
+    return MM_OK;
+}
+
+static mm_status schedule(mm_engine *e) {
+    while (e->n_fifo < mm_driver_n_stages(e->p.drv)) {
+        mm_step *st;
+        CHECK(mm_sched_next_step(e->sched, &st));
+        if (!st) return MM_OK;
+        double t = now_ms();
+        for (int i = 0; i < st->n; i++) {
+            job *j = st->e[i].seq->user;
+            if (j->t_first_sched == 0) j->t_first_sched = t;
+        }
+        uint8_t *buf;
+        size_t len;
+        e->fifo[e->n_fifo++] = (in_flight){st, t};
+        CHECK(mm_step_plan_pack(e->sched, st, &buf, &len));
+        CHECK(mm_driver_send_plan(e->p.drv, buf, len));
+    }
+    return MM_OK;
+}
+
+/* ---------------------------------------------------------------- requests */
+
+static void send_info(mm_engine *e, uint64_t call_id) {
+    const mm_llama_config *lc = e->p.llm;
+    mm_sched_stats st;
+    mm_sched_get_stats(e->sched, &st);
+    Metamorph__V1__ModelInfo mi = METAMORPH__V1__MODEL_INFO__INIT;
+    mi.model = (char *)e->p.cfg->model;
+    mi.vocab_size = lc->vocab_size, mi.n_layers = lc->n_layers, mi.dim = lc->dim;
+    mi.max_context = mm_engine_max_context(e->p.cfg, lc);
+    mi.n_eos_ids = (size_t)lc->n_eos, mi.eos_ids = (int32_t *)lc->eos_ids;
+    mi.vision = 0;
+    mi.image_generation = mm_driver_has_vision_head(e->p.drv) && e->p.image_start_id >= 0;
+    int P = mm_driver_n_stages(e->p.drv);
+    Metamorph__V1__StageInfo si[MM_MAX_STAGES], *sp[MM_MAX_STAGES];
+    for (int k = 0; k < P; k++) {
+        const mm_stage_info *s = mm_driver_stage(e->p.drv, k);
+        metamorph__v1__stage_info__init(&si[k]);
+        si[k].rank = s->rank, si[k].host = (char *)s->host, si[k].pid = s->pid;
+        si[k].layer_begin = s->layer_begin, si[k].layer_end = s->layer_end;
+        si[k].busy_ms = s->busy_ms, si[k].steps = s->steps;
+        sp[k] = &si[k];
+    }
+    mi.n_stages = (size_t)P, mi.stages = sp;
+    mi.kv_block_size = e->p.cfg->kv_block_size;
+    mi.kv_blocks_total = st.kv_blocks_total, mi.kv_blocks_used = st.kv_blocks_used;
+    mi.requests_running = st.running, mi.requests_waiting = st.waiting;
+    mi.serving = atomic_load(e->p.serving);
+    mm_reply *r = reply_new(MM_REPLY_INFO, call_id);
+    if (!r) return;
+    r->n_bytes = metamorph__v1__model_info__get_packed_size(&mi);
+    r->bytes = malloc(r->n_bytes ? r->n_bytes : 1);
+    if (!r->bytes) {
+        mm_reply_free(r);
+        return;
+    }
+    metamorph__v1__model_info__pack(&mi, r->bytes);
+    send_reply(e, r);
+}
+
+static void submit(mm_engine *e, mm_request *req) {
+    char msg[512];
+    if (e->failed || *e->p.stop_flag) {
+        reply_error(e, req->call_id, GRPC_STATUS_UNAVAILABLE,
+                    e->failed ? "pipeline stage unavailable" : "the server is shutting down");
+        mm_request_free(req);
+        return;
+    }
+    if (!mm_sched_can_accept(e->sched)) {
+        snprintf(msg, sizeof msg, "the queue is full (%d requests waiting)", e->p.cfg->max_queue);
+        reply_error(e, req->call_id, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
+        mm_request_free(req);
+        return;
+    }
+    job *j = calloc(1, sizeof *j);
+    if (j && e->n_jobs == e->cap_jobs) {
+        int cap = e->cap_jobs ? e->cap_jobs * 2 : 64;
+        job **js = realloc(e->jobs, (size_t)cap * sizeof *js);
+        if (js) e->jobs = js, e->cap_jobs = cap;
+    }
+    if (!j || e->n_jobs == e->cap_jobs) {
+        free(j);
+        reply_error(e, req->call_id, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        mm_request_free(req);
+        return;
+    }
+    j->req = req;
+    mm_detok_init(&j->detok, 1);
+    for (int k = 0; k < req->n_stop; k++)
+        if (strlen(req->stop[k]) > j->max_stop_len) j->max_stop_len = strlen(req->stop[k]);
+    const mm_sched_params *sp = mm_sched_get_params(e->sched);
+    mm_status s = mm_sched_add(e->sched, req->call_id, req->prompt, req->n_prompt, req->visual, req->max_new_tokens,
+                               &req->sampling, req->seed, req->generate_image ? sp->image_tokens : 0, j, &j->seq);
+    if (s != MM_OK) {
+        reply_error(e, req->call_id, s == MM_ERR_INVALID ? GRPC_STATUS_INVALID_ARGUMENT : GRPC_STATUS_INTERNAL,
+                    mm_error_last());
+        mm_request_free(req);
+        free(j);
+        return;
+    }
+    e->jobs[e->n_jobs++] = j;
+}
+
+/* Drains the request socket; returns how many messages were handled. */
+static int take_messages(mm_engine *e) {
+    int n = 0;
+    for (;;) {
+        mm_msg m;
+        int got = zmq_recv(e->requests, &m, sizeof m, ZMQ_DONTWAIT);
+        if (got != (int)sizeof m) return n;
+        n++;
+        switch (m.type) {
+        case MM_MSG_SUBMIT: submit(e, m.req); break;
+        case MM_MSG_CANCEL: {
+            job *j = job_find(e, m.call_id, NULL);
+            if (j) job_drop(e, j); /* the client is gone: nobody to answer */
+            break;
+        }
+        case MM_MSG_INFO: send_info(e, m.call_id); break;
+        }
+    }
+}
+
+static void expire_deadlines(mm_engine *e) {
+    double t = now_ms();
+    for (int i = e->n_jobs - 1; i >= 0; i--) {
+        job *j = e->jobs[i];
+        if (j->req->deadline_ms > 0 && t >= j->req->deadline_ms)
+            job_fail(e, j, GRPC_STATUS_DEADLINE_EXCEEDED, "deadline exceeded");
+    }
+}
+
+/* ---------------------------------------------------------------- loop */
+
+mm_status mm_engine_init(const mm_engine_params *p, mm_engine **out) {
+    mm_engine *e = calloc(1, sizeof *e);
+    CHECK(CHECK_ALLOC(e));
+    e->p = *p;
+    const mm_serve_config *c = p->cfg;
+    mm_sched_params sp = {
+        .max_batch_tokens = c->max_batch_tokens, .max_batch_seqs = c->max_batch_seqs,
+        .max_in_flight = mm_driver_n_stages(p->drv), .max_waiting = c->max_queue, .kv_blocks = c->kv_blocks,
+        .kv_block_size = c->kv_block_size, .max_context = mm_engine_max_context(c, p->llm),
+        .image_start_id = mm_driver_has_vision_head(p->drv) ? p->image_start_id : -1, .image_tokens = 64,
+        .visual_dim = mm_driver_visual_dim(p->drv)};
+    sp.n_eos = p->llm->n_eos < MM_SCHED_MAX_EOS ? p->llm->n_eos : MM_SCHED_MAX_EOS;
+    memcpy(sp.eos_ids, p->llm->eos_ids, (size_t)sp.n_eos * sizeof *sp.eos_ids);
+    mm_status s = mm_sched_init(&sp, &e->sched);
+    if (s == MM_OK) {
+        e->requests = zmq_socket(p->zmq_ctx, ZMQ_PULL);
+        e->replies = zmq_socket(p->zmq_ctx, ZMQ_PUSH);
+        if (!e->requests || !e->replies || zmq_bind(e->requests, MM_ENDPOINT_REQUESTS) ||
+            zmq_bind(e->replies, MM_ENDPOINT_REPLIES))
+            s = MM_ERROR(MM_ERR_IO, "inproc sockets: %s", zmq_strerror(zmq_errno()));
+    }
+    if (s != MM_OK) {
+        mm_engine_free(e);
+        return s;
+    }
+    *out = e;
+    return MM_OK;
+}
+
+/* Drains the pipeline after a stop request: in-flight steps come back, then the
+ * stages are told to stop. */
+static void stop_pipeline(mm_engine *e) {
+    double t0 = now_ms();
+    while (e->n_fifo > 0 && now_ms() - t0 < 5000 && !*e->p.stage_failed) {
+        Metamorph__Internal__StepResult *res;
+        if (mm_driver_poll(e->p.drv, &res) != MM_OK) break;
+        if (!res) {
+            struct timespec t = {0, 200000};
+            nanosleep(&t, NULL);
+            continue;
+        }
+        if (res->error[0] || process_result(e, res) != MM_OK) e->n_fifo = 0;
+        metamorph__internal__step_result__free_unpacked(res, NULL);
+    }
+    mm_sched_abort_in_flight(e->sched);
+    e->n_fifo = 0;
+    if (mm_driver_shutdown(e->p.drv) != MM_OK) LOG_ERROR("stopping the stages: %s", mm_error_last());
+}
+
+int mm_engine_run(mm_engine *e) {
+    int spins = 0;
+    for (;;) {
+        int work = take_messages(e);
+        if (*e->p.stop_flag) {
+            LOG_INFO("stopping: failing %d requests", e->n_jobs);
+            while (e->n_jobs > 0) job_fail(e, e->jobs[0], GRPC_STATUS_UNAVAILABLE, "the server is shutting down");
+            atomic_store(e->p.serving, 0);
+            if (e->failed) return 1;
+            stop_pipeline(e);
+            return 0;
+        }
+        if (!e->failed) {
+            mm_status s = MM_OK;
+            for (;;) {
+                Metamorph__Internal__StepResult *res;
+                s = mm_driver_poll(e->p.drv, &res);
+                if (s != MM_OK || !res) break;
+                work++;
+                if (res->error[0]) {
+                    pipeline_failed(e, res->error);
+                } else {
+                    s = process_result(e, res);
+                }
+                metamorph__internal__step_result__free_unpacked(res, NULL);
+                if (s != MM_OK || e->failed) break;
+            }
+            if (s == MM_OK && !e->failed) s = schedule(e);
+            if (s != MM_OK) pipeline_failed(e, mm_error_last());
+            else if (*e->p.stage_failed) pipeline_failed(e, "a process of the MPI job died");
+            else if (e->n_fifo > 0 && now_ms() - e->fifo[0].t_sent_ms > e->p.cfg->stage_timeout_ms)
+                pipeline_failed(e, "a step took longer than stage_timeout_ms");
+        }
+        expire_deadlines(e);
+        if (e->failed && now_ms() - e->failed_at_ms >= e->p.cfg->fail_exit_ms) return 1;
+        if (work) {
+            spins = 0;
+            continue;
+        }
+        if (e->n_fifo > 0) { /* results due soon: short sleeps, no spinning */
+            struct timespec t = {0, spins++ < 50 ? 20000 : 100000};
+            nanosleep(&t, NULL);
+            continue;
+        }
+        zmq_pollitem_t it = {e->requests, 0, ZMQ_POLLIN, 0};
+        zmq_poll(&it, 1, e->n_jobs > 0 ? 1 : IDLE_POLL_MS);
+    }
+}
+
+void mm_engine_stop_replies(mm_engine *e) {
+    mm_reply *r = reply_new(MM_REPLY_STOP, 0);
+    if (r) send_reply(e, r);
+}
+
+void mm_engine_free(mm_engine *e) {
+    if (!e) return;
+    while (e->n_jobs > 0) job_drop(e, e->jobs[0]);
+    free(e->jobs);
+    mm_sched_free(e->sched);
+    if (e->requests) zmq_close(e->requests);
+    if (e->replies) zmq_close(e->replies);
+    free(e);
+}

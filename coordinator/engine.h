@@ -1,0 +1,43 @@
+/* The coordinator's scheduler thread: the one owner of request state. One loop over
+ * the inproc request socket, the pipeline (MPI results) and the clock; each turn it
+ * admits requests (bounded queue), forms micro-batches and sends their step plans,
+ * collects results, streams text back (detokenizing, watching stop strings), and
+ * expires deadlines and cancellations, freeing KV blocks. It must run on the thread
+ * that initialised MPI (FUNNELED). */
+#ifndef MM_COORD_ENGINE_H
+#define MM_COORD_ENGINE_H
+
+#include <signal.h>
+#include <stdatomic.h>
+
+#include "model/llama.h"
+#include "model/tokenizer.h"
+#include "mpi_driver.h"
+#include "scheduler/serve_config.h"
+
+typedef struct {
+    const mm_serve_config *cfg;
+    const mm_tokenizer *tok;
+    const mm_llama_config *llm;
+    mm_mpi_driver *drv;
+    void *zmq_ctx;
+    atomic_int *serving;
+    volatile sig_atomic_t *stop_flag;     /* SIGINT / SIGTERM */
+    volatile sig_atomic_t *stage_failed;  /* SIGUSR1: hydra says a process of the job died */
+    int32_t image_start_id;
+} mm_engine_params;
+
+typedef struct mm_engine mm_engine;
+
+/* Binds the inproc endpoints (before the gRPC threads connect). */
+mm_status mm_engine_init(const mm_engine_params *p, mm_engine **out);
+/* Runs until a stop is asked (returns 0 after a clean pipeline stop) or the pipeline
+ * has failed and fail_exit_ms has passed (returns 1). */
+int mm_engine_run(mm_engine *e);
+/* Tells the gRPC reply thread to end (call before mm_grpc_stop). */
+void mm_engine_stop_replies(mm_engine *e);
+void mm_engine_free(mm_engine *e);
+/* Tokens a sequence may hold: the model context and the KV cache. */
+int32_t mm_engine_max_context(const mm_serve_config *cfg, const mm_llama_config *llm);
+
+#endif

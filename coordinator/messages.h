@@ -1,0 +1,75 @@
+/* What the gRPC threads and the scheduler thread hand each other over inproc ZeroMQ
+ * sockets: one mm_msg (gRPC -> scheduler) or one mm_reply pointer (scheduler -> gRPC)
+ * per ZeroMQ message. Ownership of the pointed-to struct moves with the message. */
+#ifndef MM_COORD_MESSAGES_H
+#define MM_COORD_MESSAGES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/backend.h"
+
+#define MM_ENDPOINT_REQUESTS "inproc://mm-requests"
+#define MM_ENDPOINT_REPLIES "inproc://mm-replies"
+
+/* A validated, tokenized request. */
+typedef struct {
+    uint64_t call_id;
+    char request_id[129];
+    int stream;
+    int32_t *prompt;          /* [n_prompt] chat ids; -1 rows take visual vectors */
+    int32_t n_prompt;
+    float *visual;            /* [rows with -1, visual_dim] or NULL */
+    mm_sampling sampling;
+    uint64_t seed;
+    int32_t max_new_tokens;
+    char **stop;              /* [n_stop] stop strings */
+    int n_stop;
+    int generate_image;       /* the prompt ends with <image_start> */
+    int return_visual_tokens;
+    double t_arrival_ms;      /* monotonic clock */
+    double deadline_ms;       /* monotonic; 0 = none */
+} mm_request;
+
+void mm_request_free(mm_request *r);
+
+typedef enum { MM_MSG_SUBMIT = 1, MM_MSG_CANCEL, MM_MSG_INFO } mm_msg_type;
+
+typedef struct {
+    mm_msg_type type;
+    uint64_t call_id;
+    mm_request *req;          /* MM_MSG_SUBMIT */
+} mm_msg;
+
+typedef enum {
+    MM_REPLY_DELTA = 1,       /* text / token ids */
+    MM_REPLY_IMAGE_STARTED,
+    MM_REPLY_IMAGE_READY,     /* visual tokens of one generated image */
+    MM_REPLY_FINAL,           /* status OK, usage, timings */
+    MM_REPLY_ERROR,           /* status code + message */
+    MM_REPLY_INFO,            /* packed metamorph.v1.ModelInfo */
+    MM_REPLY_STOP,            /* the reply thread ends */
+} mm_reply_type;
+
+typedef struct {
+    mm_reply_type type;
+    uint64_t call_id;
+    char *text;               /* DELTA */
+    size_t text_len;
+    int32_t *ids;             /* DELTA: [n_ids] */
+    int n_ids;
+    float *visual;            /* IMAGE_READY: [n_visual, visual_dim] (NULL unless asked) */
+    int32_t n_visual, visual_dim, image_index;
+    const char *finish_reason; /* FINAL (static string) */
+    char request_id[129];     /* FINAL */
+    int32_t prompt_tokens, completion_tokens, images;
+    double queue_ms, ttft_ms, total_ms, tokens_per_s;
+    int code;                 /* ERROR: grpc_status_code */
+    char message[512];
+    uint8_t *bytes;           /* INFO */
+    size_t n_bytes;
+} mm_reply;
+
+void mm_reply_free(mm_reply *r);
+
+#endif

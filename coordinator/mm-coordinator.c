@@ -1,0 +1,129 @@
+/* mm-coordinator: MPI rank 0 of `mpiexec -n 1 mm-coordinator CFG : -n P mm-stage CFG`.
+ * Wiring only: loads the config and the tokenizer, waits for the stages, starts the
+ * gRPC threads, and runs the scheduler loop on the main thread (the MPI thread).
+ * SIGINT/SIGTERM stop it cleanly; SIGUSR1 (hydra: a process of the job died) takes
+ * the pipeline down: requests fail with UNAVAILABLE, health says NOT_SERVING, and
+ * after fail_exit_ms the whole job is aborted so that a supervisor restarts it. */
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "common/log.h"
+#include "engine.h"
+#include "grpc_server.h"
+#include "model/manifest.h"
+#include "worker/pipeline_mpi.h"
+
+static volatile sig_atomic_t g_stop, g_stage_failed;
+
+static void on_stop(int sig) { g_stop = 1; }
+static void on_stage_failed(int sig) { g_stage_failed = 1; }
+
+static void install(int sig, void (*fn)(int)) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = fn;
+    sigemptyset(&sa.sa_mask);
+    sigaction(sig, &sa, NULL); /* no SA_RESTART: waits return early */
+}
+
+typedef struct {
+    mm_serve_config cfg;
+    mm_model_paths paths;
+    mm_llama_config llm;
+    mm_tokenizer *tok;
+} coord_setup;
+
+static mm_status setup(const char *cfg_path, coord_setup *c) {
+    CHECK(mm_serve_config_load(cfg_path, &c->cfg));
+    CHECK(mm_model_paths_resolve(c->cfg.model, &c->paths));
+    CHECK(mm_llama_config_load(c->paths.llm, &c->llm));
+    char tok_path[4200];
+    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", c->paths.llm);
+    return mm_tokenizer_load(tok_path, &c->tok);
+}
+
+/* The threads that are not the MPI thread must not take the signals. */
+static void block_signals(int block) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGUSR1);
+    pthread_sigmask(block ? SIG_BLOCK : SIG_UNBLOCK, &set, NULL);
+}
+
+static int serve(coord_setup *c, mm_mpi_driver *drv) {
+    static atomic_int serving;
+    void *zctx = zmq_ctx_new();
+    mm_engine *eng = NULL;
+    mm_grpc_server *srv = NULL;
+    int rc = 1;
+    int32_t image_start = mm_tokenizer_token_id(c->tok, "<image_start>");
+    mm_engine_params ep = {&c->cfg, c->tok, &c->llm, drv, zctx, &serving, &g_stop, &g_stage_failed, image_start};
+    if (!zctx || mm_engine_init(&ep, &eng) != MM_OK) {
+        LOG_ERROR("scheduler: %s", zctx ? mm_error_last() : "zmq_ctx_new failed");
+        goto out;
+    }
+    mm_grpc_params gp = {
+        .listen = c->cfg.listen, .max_receive_bytes = c->cfg.max_receive_mb * (1 << 20), .zmq_ctx = zctx,
+        .limits = {.tok = c->tok, .max_context = mm_engine_max_context(&c->cfg, &c->llm), .vocab_size = c->llm.vocab_size,
+                   .max_new_tokens = c->cfg.max_new_tokens, .max_images = c->cfg.max_images,
+                   .max_stop_strings = c->cfg.max_stop_strings, .image_start_id = image_start,
+                   .vision_input = 0, .image_generation = mm_driver_has_vision_head(drv) && image_start >= 0},
+        .serving = &serving};
+    block_signals(1);
+    mm_status s = mm_grpc_start(&gp, &srv);
+    block_signals(0);
+    if (s != MM_OK) {
+        LOG_ERROR("gRPC: %s", mm_error_last());
+        mm_driver_shutdown(drv);
+        goto out;
+    }
+    atomic_store(&serving, 1);
+    LOG_INFO("serving %s on %s with %d stages", c->cfg.model, c->cfg.listen, mm_driver_n_stages(drv));
+    rc = mm_engine_run(eng);
+    mm_engine_stop_replies(eng);
+    mm_grpc_stop(srv);
+out:
+    mm_engine_free(eng);
+    if (zctx) zmq_ctx_term(zctx);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    int rank = -1, size = 0;
+    if (mm_mpi_init(&argc, &argv, &rank, &size) != MM_OK) {
+        fprintf(stderr, "mm-coordinator: %s\n", mm_error_last());
+        return 1;
+    }
+    install(SIGINT, on_stop);
+    install(SIGTERM, on_stop);
+    install(SIGUSR1, on_stage_failed);
+    signal(SIGPIPE, SIG_IGN);
+    if (argc != 2 || rank != 0) {
+        fprintf(stderr, "usage: mpiexec -n 1 mm-coordinator CFG : -n P mm-stage CFG\n");
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+    coord_setup c;
+    memset(&c, 0, sizeof c);
+    mm_mpi_driver *drv = NULL;
+    int rc = 1;
+    if (setup(argv[1], &c) != MM_OK || mm_driver_init(size - 1, &drv) != MM_OK) {
+        fprintf(stderr, "mm-coordinator: %s\n", mm_error_last());
+    } else if (mm_driver_hello(drv, &g_stop) != MM_OK) {
+        fprintf(stderr, "mm-coordinator: stages: %s\n", mm_error_last());
+    } else {
+        rc = serve(&c, drv);
+    }
+    mm_driver_free(drv);
+    mm_tokenizer_free(c.tok);
+    if (rc != 0) {
+        fprintf(stderr, "mm-coordinator: aborting the MPI job\n");
+        MPI_Abort(MPI_COMM_WORLD, rc); /* takes the stages down too; the supervisor restarts the job */
+    }
+    MPI_Finalize();
+    return 0;
+}

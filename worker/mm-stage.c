@@ -1,0 +1,160 @@
+/* mm-stage: MPI ranks 1..P of the LLM pipeline (`mpiexec -n 1 mm-coordinator CFG :
+ * -n P mm-stage CFG`). Loads only its slice of layers (rank 1 also the embedding,
+ * rank P also the final norm + lm_head), says hello to the coordinator, then runs the
+ * step plans it receives, in the order they arrive, until told to stop. Wiring only:
+ * the work of a step is stage.c's. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "model/manifest.h"
+#include "pipeline_mpi.h"
+#include "stage.h"
+
+#define STATS_EVERY_MS 250.0
+
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+}
+
+static mm_status send_packed_hello(const Metamorph__Internal__StageHello *h) {
+    size_t n = metamorph__internal__stage_hello__get_packed_size(h);
+    uint8_t *buf = malloc(n ? n : 1);
+    CHECK(CHECK_ALLOC(buf));
+    metamorph__internal__stage_hello__pack(h, buf);
+    mm_status s = mm_mpi_send_msg(0, MM_TAG_HELLO, buf, n);
+    free(buf);
+    return s;
+}
+
+static mm_status send_result(const Metamorph__Internal__StepResult *r) {
+    size_t n = metamorph__internal__step_result__get_packed_size(r);
+    uint8_t *buf = malloc(n ? n : 1);
+    CHECK(CHECK_ALLOC(buf));
+    metamorph__internal__step_result__pack(r, buf);
+    mm_status s = mm_mpi_send_msg(0, MM_TAG_RESULT, buf, n);
+    free(buf);
+    return s;
+}
+
+static mm_status send_stats(const mm_stage *st, int rank) {
+    Metamorph__Internal__StageStats m = METAMORPH__INTERNAL__STAGE_STATS__INIT;
+    m.rank = rank, m.busy_ms = st->busy_ms, m.steps = st->steps;
+    uint8_t buf[64];
+    size_t n = metamorph__internal__stage_stats__pack(&m, buf);
+    return mm_mpi_send_msg(0, MM_TAG_STATS, buf, n);
+}
+
+/* Loads this rank's slice. */
+static mm_status stage_load(const char *cfg_path, int rank, int size, mm_transport *tr, mm_stage **st,
+                            int32_t *a, int32_t *b) {
+    mm_serve_config cfg;
+    CHECK(mm_serve_config_load(cfg_path, &cfg));
+    mm_model_paths paths;
+    CHECK(mm_model_paths_resolve(cfg.model, &paths));
+    mm_llama_config lc;
+    CHECK(mm_llama_config_load(paths.llm, &lc));
+    int32_t P = size - 1, begin[MM_MAX_STAGES], end[MM_MAX_STAGES];
+    CHECK(mm_serve_split_layers(&cfg, lc.n_layers, P, begin, end));
+    *a = begin[rank - 1], *b = end[rank - 1];
+    return mm_stage_init(&cfg, *a, *b, rank == 1, rank == P, rank > 1 ? rank - 1 : -1, rank < P ? rank + 1 : -1, tr, st);
+}
+
+/* Runs plans until SHUTDOWN. A failed step is reported to rank 0 and ends the loop:
+ * the pipeline is out of step after it, so the coordinator takes it down. */
+static mm_status serve(mm_stage *st, int rank) {
+    double last_stats = now_ms();
+    for (;;) {
+        uint8_t *buf;
+        size_t len;
+        MPI_Status ms;
+        CHECK(mm_mpi_recv_msg(0, MPI_ANY_TAG, &buf, &len, &ms));
+        if (ms.MPI_TAG == MM_TAG_SHUTDOWN) {
+            free(buf);
+            return MM_OK;
+        }
+        if (ms.MPI_TAG != MM_TAG_PLAN) {
+            free(buf);
+            return MM_ERROR(MM_ERR_INTERNAL, "rank %d: unexpected tag %d from the coordinator", rank, ms.MPI_TAG);
+        }
+        Metamorph__Internal__StepPlan *plan = metamorph__internal__step_plan__unpack(NULL, len, buf);
+        free(buf);
+        if (!plan) return MM_ERROR(MM_ERR_FORMAT, "rank %d: undecodable step plan (%zu bytes)", rank, len);
+        Metamorph__Internal__StepResult res = METAMORPH__INTERNAL__STEP_RESULT__INIT;
+        mm_status s = mm_stage_run(st, plan, &res);
+        if (s != MM_OK) {
+            char msg[1024];
+            snprintf(msg, sizeof msg, "stage rank %d: %s", rank, mm_error_last());
+            LOG_ERROR("%s", msg);
+            mm_stage_result_free(&res);
+            Metamorph__Internal__StepResult err = METAMORPH__INTERNAL__STEP_RESULT__INIT;
+            err.step_id = plan->step_id;
+            err.error = msg;
+            metamorph__internal__step_plan__free_unpacked(plan, NULL);
+            CHECK(send_result(&err));
+            return s;
+        }
+        if (st->last) s = send_result(&res);
+        mm_stage_result_free(&res);
+        metamorph__internal__step_plan__free_unpacked(plan, NULL);
+        CHECK(s);
+        if (now_ms() - last_stats >= STATS_EVERY_MS) {
+            CHECK(send_stats(st, rank));
+            last_stats = now_ms();
+        }
+    }
+}
+
+int main(int argc, char **argv) {
+    int rank = -1, size = 0;
+    mm_status s = mm_mpi_init(&argc, &argv, &rank, &size);
+    if (s != MM_OK) {
+        fprintf(stderr, "mm-stage: %s\n", mm_error_last());
+        return 1;
+    }
+    /* mpiexec forwards SIGINT/SIGTERM to every rank: the coordinator answers them and
+     * stops the stages in order (SHUTDOWN); if it dies instead, hydra kills the job. */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
+    if (argc != 2 || rank < 1) {
+        fprintf(stderr, "usage: mpiexec -n 1 mm-coordinator CFG : -n P mm-stage CFG (rank %d)\n", rank);
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+    mm_transport *tr = NULL;
+    mm_stage *st = NULL;
+    int32_t a = 0, b = 0;
+    s = mm_transport_mpi_init(&tr);
+    if (s == MM_OK) s = stage_load(argv[1], rank, size, tr, &st, &a, &b);
+    Metamorph__Internal__StageHello h = METAMORPH__INTERNAL__STAGE_HELLO__INIT;
+    char host[256] = "";
+    gethostname(host, sizeof host - 1);
+    char err[1024] = "";
+    h.rank = rank, h.host = host, h.pid = (int32_t)getpid(), h.layer_begin = a, h.layer_end = b;
+    if (s != MM_OK) snprintf(err, sizeof err, "stage rank %d: %s", rank, mm_error_last());
+    h.error = err;
+    if (st) h.visual_dim = st->visual_dim, h.projector = st->first && st->visual_dim > 0,
+            h.vision_head = st->last && st->visual_dim > 0;
+    mm_status hs = send_packed_hello(&h);
+    if (s == MM_OK && hs == MM_OK) {
+        LOG_INFO("stage rank %d: layers [%d, %d)%s%s", rank, a, b, st->first ? " + embed" : "", st->last ? " + head" : "");
+        s = serve(st, rank);
+    } else {
+        /* the coordinator saw the error in the hello and stops the job */
+        uint8_t *buf;
+        size_t len;
+        MPI_Status ms;
+        if (hs == MM_OK && mm_mpi_recv_msg(0, MM_TAG_SHUTDOWN, &buf, &len, &ms) == MM_OK) free(buf);
+    }
+    int rc = s == MM_OK && hs == MM_OK ? 0 : 1;
+    if (rc) fprintf(stderr, "mm-stage rank %d: %s\n", rank, mm_error_last());
+    mm_stage_free(st);
+    mm_transport_free(tr);
+    MPI_Finalize();
+    return rc;
+}
