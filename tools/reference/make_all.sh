@@ -35,5 +35,6 @@ fi
 "$PYTHON" "$here/make_tokenizer.py" "${real[@]}"
 "$PYTHON" "$here/make_llama_goldens.py"
 "$PYTHON" "$here/make_tiny_vision.py"   # before make_tiny_model.py, which reads its goldens
+"$PYTHON" "$here/make_decoder_goldens.py" # before make_tiny_model.py, which lists assets/tiny/decoder
 "$PYTHON" "$here/make_tiny_model.py"
 echo "make_all: done"
