@@ -81,6 +81,18 @@ out:
     return s;
 }
 
+int mm_metamorph_is_checkpoint(const char *llm_dir) {
+    char file[4096];
+    snprintf(file, sizeof file, "%s/config.json", llm_dir);
+    mm_json *root;
+    if (mm_json_load(file, &root) != MM_OK) return 0;
+    const char *type = NULL;
+    int yes = mm_json_str(root, file, "model_type", "", &type) == MM_OK && !strcmp(type, "metamorph_llama");
+    mm_json_free(root);
+    mm_error_clear();
+    return yes;
+}
+
 mm_status mm_metamorph_load(const char *llm_dir, mm_llama *llm, const mm_tokenizer *tok, mm_metamorph **out) {
     mm_metamorph *mm = calloc(1, sizeof *mm);
     CHECK(CHECK_ALLOC(mm));

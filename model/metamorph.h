@@ -43,6 +43,8 @@ typedef struct {
     mm_metamorph_mlp vision_head;  /* vision_head: [dim] -> [mm_hidden] */
 } mm_metamorph;
 
+/* Is llm_dir/config.json a MetaMorph LLaMA (model_type metamorph_llama)? */
+int mm_metamorph_is_checkpoint(const char *llm_dir);
 /* llm_dir: the metamorph_llama checkpoint llm was loaded from. */
 mm_status mm_metamorph_load(const char *llm_dir, mm_llama *llm, const mm_tokenizer *tok, mm_metamorph **out);
 void mm_metamorph_free(mm_metamorph *mm);
