@@ -14,6 +14,7 @@
 #include "common/dtype.h"
 #include "common/safetensors.h"
 #include "model/llama.h"
+#include "tools/mkmodel.h"
 
 typedef struct {
     const char *name;
@@ -34,7 +35,7 @@ typedef struct {
     int is_norm;
 } tensor_spec;
 
-static uint64_t rng_next(uint64_t *s) {
+uint64_t rng_next(uint64_t *s) {
     uint64_t x = *s;
     x ^= x >> 12, x ^= x << 25, x ^= x >> 27;
     *s = x;
@@ -42,7 +43,7 @@ static uint64_t rng_next(uint64_t *s) {
 }
 
 /* Fills a tensor: norms are 1, matrices uniform in [-a, a] with a = sqrt(3)*0.02 (std 0.02). */
-static void fill(void *data, mm_dtype dt, int64_t n, int is_norm, uint64_t *rng) {
+void fill(void *data, mm_dtype dt, int64_t n, int is_norm, uint64_t *rng) {
     const float a = 0.0346410162f;
     for (int64_t i = 0; i < n; i++) {
         float v = is_norm ? 1.0f : ((float)(rng_next(rng) >> 40) / 16777216.0f * 2.0f - 1.0f) * a;
@@ -171,7 +172,7 @@ static int copy_file(const char *src, const char *dst) {
 }
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: mm-mkmodel --out DIR [--preset tiny|110m|llama3-8b] [--dtype f32|bf16|f16]\n"
+    fprintf(f, "usage: mm-mkmodel --out DIR [--preset tiny|110m|llama3-8b|siglip-so400m] [--dtype f32|bf16|f16]\n"
                "                  [--layers N] [--vocab N] [--seed S] [--shard-mb MB] [--tokenizer FILE]\n");
 }
 
@@ -198,6 +199,12 @@ int main(int argc, char **argv) {
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
+    }
+    if (!strcmp(preset_name, "siglip-so400m") && out) { /* vision tower: tools/mkmodel_siglip.c */
+        mm_dtype sdt = !strcmp(dtype, "f32") ? MM_DTYPE_F32 : !strcmp(dtype, "f16") ? MM_DTYPE_F16 : MM_DTYPE_BF16;
+        if ((mkdir(out, 0755) != 0 && errno != EEXIST) || mkmodel_siglip_write(out, sdt, layers, seed)) return 1;
+        fprintf(stderr, "mm-mkmodel: siglip-so400m (%s) written to %s\n", dtype, out);
+        return 0;
     }
     const preset *p = NULL;
     for (size_t i = 0; i < sizeof presets / sizeof *presets; i++)
