@@ -219,6 +219,8 @@ mm_status mm_image_decode(const void *data, size_t n, const mm_image_limits *lim
 mm_status mm_image_load(const char *path, const mm_image_limits *lim, mm_image *out) {
     mm_image_limits def = mm_image_limits_default();
     if (!lim) lim = &def;
+    if (!out || !path) return MM_ERROR(MM_ERR_INVALID, "mm_image_load: NULL argument");
+    memset(out, 0, sizeof *out); /* callers may free it whatever happens */
     FILE *f = fopen(path, "rb");
     if (!f) return MM_ERROR(MM_ERR_IO, "%s: %s", path, strerror(errno));
     uint8_t *buf = NULL;
@@ -241,7 +243,7 @@ mm_status mm_image_load(const char *path, const mm_image_limits *lim, mm_image *
         size_t r = fread(buf + n, 1, cap - n, f);
         n += r;
         if (r == 0) {
-            if (ferror(f)) rc = MM_ERROR(MM_ERR_IO, "%s: read error", path);
+            if (ferror(f)) rc = MM_ERROR(MM_ERR_IO, "%s: read error: %s", path, strerror(errno));
             break;
         }
     }

@@ -70,7 +70,14 @@ static void test_corrupt(void) {
     small = mm_image_limits_default();
     small.max_bytes = 1000;
     EXPECT(mm_image_load(mm_golden_path("vision/images/rgb_37x23.png"), &small, &img) == MM_ERR_INVALID, "byte limit");
-    EXPECT(mm_image_load("/nonexistent.png", NULL, &img) == MM_ERR_IO, "missing file");
+    /* failures leave an image that can be freed (regression: a directory passed to
+     * mm-run --image freed an uninitialised pointer) */
+    memset(&img, 0xAB, sizeof img);
+    EXPECT(mm_image_load("/nonexistent.png", NULL, &img) == MM_ERR_IO && img.rgb == NULL, "missing file");
+    mm_image_free(&img);
+    memset(&img, 0xAB, sizeof img);
+    EXPECT(mm_image_load(mm_golden_path("vision"), NULL, &img) == MM_ERR_IO && img.rgb == NULL, "a directory");
+    mm_image_free(&img);
     /* every prefix of a valid PNG and JPEG fails cleanly (no crash, no leak, no hang) */
     const char *files[] = {"vision/images/rgb_37x23.png", "vision/images/progressive_161x97.jpg"};
     for (int f = 0; f < 2; f++) {
