@@ -12,7 +12,7 @@
 
 void mm_decode_params_default(mm_decode_params *p) {
     memset(p, 0, sizeof *p);
-    p->steps = 50, p->guidance = 7.5f, p->sampler = MM_SAMPLER_PNDM, p->height = p->width = 512;
+    p->steps = 50, p->guidance = 7.5f, p->sampler = MM_SAMPLER_PNDM; /* size 0: the model's */
 }
 
 mm_status mm_decoder_load(const char *dir, mm_backend *be, mm_decoder **out) {
@@ -146,14 +146,24 @@ done:
     return s;
 }
 
+void mm_decoder_image_size(const mm_decoder *d, const mm_decode_params *p, int32_t *height, int32_t *width) {
+    int32_t def = d->unet->cfg.sample_size * d->vae_scale;
+    *height = p->height ? p->height : def;
+    *width = p->width ? p->width : def;
+}
+
 mm_status mm_decoder_generate(mm_decoder *d, const float *tokens, int64_t n, const mm_decode_params *p, uint8_t *rgb,
                               float *latents_out) {
     mm_backend *be = d->be;
     const mm_unet_config *uc = &d->unet->cfg;
     int64_t f = (int64_t)d->vae_scale << (uc->n_blocks - 1);
-    if (p->height <= 0 || p->width <= 0 || p->height % f || p->width % f)
-        return MM_ERROR(MM_ERR_INVALID, "image size %dx%d must be a positive multiple of %lld", p->height, p->width, (long long)f);
-    int64_t h = p->height / d->vae_scale, w = p->width / d->vae_scale, C = uc->in_channels;
+    int32_t H32, W32;
+    mm_decoder_image_size(d, p, &H32, &W32);
+    int64_t H = H32, W = W32;
+    if (H <= 0 || W <= 0 || H % f || W % f || H > 8192 || W > 8192)
+        return MM_ERROR(MM_ERR_INVALID, "image size %lldx%lld must be a positive multiple of %lld (at most 8192)",
+                        (long long)H, (long long)W, (long long)f);
+    int64_t h = H / d->vae_scale, w = W / d->vae_scale, C = uc->in_channels;
     int64_t D = d->adapter->cfg.input_dim, X = uc->cross_attention_dim;
     float *tok_be = be->ops->alloc(be, (size_t)(n > 0 ? n * D : 1) * sizeof(float));
     float *ctx = be->ops->alloc(be, (size_t)(MM_ADAPTER_CONTEXT_TOKENS * X) * sizeof(float));

@@ -28,18 +28,22 @@ typedef struct {
     float guidance;            /* <= 1: no guidance (one UNet row per call) */
     mm_sampler_kind sampler;
     uint64_t seed;             /* for mm_noise_normal when init_latents is NULL */
-    int32_t height, width;     /* pixels, multiples of vae_scale * 2^(UNet blocks - 1) */
+    int32_t height, width;     /* pixels, multiples of vae_scale * 2^(UNet blocks - 1); 0: the
+                                  UNet's sample_size * vae_scale (512 for SD 1.5), as diffusers */
     const float *init_latents; /* [1, C, h, w] NCHW host (e.g. the reference's noise) or NULL */
     /* called after each UNet call (i = 1..n) from the calling thread; may be NULL */
     void (*progress)(void *user, int i, int n);
     void *user;
 } mm_decode_params;
 
-/* Defaults: 50 steps, guidance 7.5, PNDM, seed 0, 512 x 512. */
+/* Defaults: 50 steps, guidance 7.5, PNDM, seed 0, the model's size. */
 void mm_decode_params_default(mm_decode_params *p);
 
 mm_status mm_decoder_load(const char *dir, mm_backend *be, mm_decoder **out);
 void mm_decoder_free(mm_decoder *d);
+
+/* Image size of p (its height/width, or the model's default when 0). */
+void mm_decoder_image_size(const mm_decoder *d, const mm_decode_params *p, int32_t *height, int32_t *width);
 
 /* tokens[n, input_dim] (host) -> rgb[height, width, 3] (host, may be NULL); latents_out
  * [1, C, h, w] NCHW host (may be NULL) receives the final latents before the VAE. */
