@@ -119,9 +119,12 @@ int main(int argc, char **argv) {
         return 1;
     }
     /* mpiexec forwards SIGINT/SIGTERM to every rank: the coordinator answers them and
-     * stops the stages in order (SHUTDOWN); if it dies instead, hydra kills the job. */
+     * stops the stages in order (SHUTDOWN); if it dies instead, hydra kills the job.
+     * SIGUSR1 is hydra's "a process died" notice (-disable-auto-cleanup): the
+     * coordinator acts on it; a stage dying of it would only race hydra's cleanup. */
     signal(SIGINT, SIG_IGN);
     signal(SIGTERM, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);
     if (argc != 2 || rank < 1) {
         fprintf(stderr, "usage: mpiexec -n 1 mm-coordinator CFG : -n P mm-stage CFG (rank %d)\n", rank);
         MPI_Abort(MPI_COMM_WORLD, 2);
@@ -144,15 +147,18 @@ int main(int argc, char **argv) {
     if (s == MM_OK && hs == MM_OK) {
         LOG_INFO("stage rank %d: layers [%d, %d)%s%s", rank, a, b, st->first ? " + embed" : "", st->last ? " + head" : "");
         s = serve(st, rank);
-    } else {
-        /* the coordinator saw the error in the hello and stops the job */
+    }
+    int rc = s == MM_OK && hs == MM_OK ? 0 : 1;
+    if (rc) {
+        /* The coordinator has the error (hello or step result) and either stops the
+         * stages or aborts the job. Finalizing on our own could involve a dead peer
+         * (MPI_Finalize synchronises through the process manager), so wait. */
+        fprintf(stderr, "mm-stage rank %d: %s\n", rank, mm_error_last());
         uint8_t *buf;
         size_t len;
         MPI_Status ms;
         if (hs == MM_OK && mm_mpi_recv_msg(0, MM_TAG_SHUTDOWN, &buf, &len, &ms) == MM_OK) free(buf);
     }
-    int rc = s == MM_OK && hs == MM_OK ? 0 : 1;
-    if (rc) fprintf(stderr, "mm-stage rank %d: %s\n", rank, mm_error_last());
     mm_stage_free(st);
     mm_transport_free(tr);
     MPI_Finalize();

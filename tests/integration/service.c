@@ -1,0 +1,190 @@
+/* See service.h. */
+#include "service.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "proto/health.pb-c.h"
+
+double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t n = sizeof a;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) || getsockname(fd, (struct sockaddr *)&a, &n)) return -1;
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+int svc_start(mm_service *s, const char *coordinator, const char *stage, int n_stages, const char *extra_json) {
+    memset(s, 0, sizeof *s);
+    snprintf(s->dir, sizeof s->dir, "/tmp/mm-itest-XXXXXX");
+    if (!mkdtemp(s->dir)) return -1;
+    int port = free_port();
+    snprintf(s->target, sizeof s->target, "127.0.0.1:%d", port);
+    char cfg[512], log[512];
+    snprintf(cfg, sizeof cfg, "%s/cfg.json", s->dir);
+    snprintf(log, sizeof log, "%s/service.log", s->dir);
+    FILE *f = fopen(cfg, "w");
+    if (!f) return -1;
+    fprintf(f, "{\"model\": \"%s/tiny\", \"listen\": \"%s\", \"threads\": 1%s%s}\n", getenv("MM_ASSETS_DIR"), s->target,
+            extra_json[0] ? ", " : "", extra_json);
+    fclose(f);
+    char np[16];
+    snprintf(np, sizeof np, "%d", n_stages);
+    s->pid = fork();
+    if (s->pid == 0) {
+        setpgid(0, 0);
+        if (!freopen(log, "w", stdout) || !freopen(log, "a", stderr)) _exit(127);
+        /* hydra: fork launcher on this host only */
+        execlp("mpiexec", "mpiexec", "-launcher", "fork", "-hosts", "localhost", "-disable-auto-cleanup", "-n", "1",
+               coordinator, cfg, ":", "-n", np, stage, cfg, (char *)NULL);
+        _exit(127);
+    }
+    setpgid(s->pid, s->pid);
+    if (mm_client_open(s->target, &s->cl) != MM_OK) return -1;
+    double t0 = now_s();
+    while (now_s() - t0 < 60) {
+        int st;
+        if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
+            fprintf(stderr, "service exited during start (see %s)\n", log);
+            s->pid = 0;
+            return -1;
+        }
+        if (svc_health(s) == 1) return 0;
+        usleep(50000);
+    }
+    fprintf(stderr, "service not SERVING after 60 s (see %s)\n", log);
+    return -1;
+}
+
+int svc_wait_exit(mm_service *s, double timeout_s) {
+    double t0 = now_s();
+    while (s->pid > 0 && now_s() - t0 < timeout_s) {
+        int st;
+        if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
+            s->pid = 0;
+            return st;
+        }
+        usleep(20000);
+    }
+    return -1;
+}
+
+int svc_stop(mm_service *s) {
+    int st = 0;
+    if (s->pid > 0) {
+        kill(s->pid, SIGTERM);
+        st = svc_wait_exit(s, 10);
+        if (st == -1 && s->pid > 0) {
+            fprintf(stderr, "service did not stop in 10 s: SIGKILL to its process group\n");
+            kill(-s->pid, SIGKILL);
+            waitpid(s->pid, &st, 0);
+            s->pid = 0;
+        }
+    }
+    mm_client_close(s->cl);
+    s->cl = NULL;
+    return st;
+}
+
+static int on_health(void *user, const uint8_t *d, size_t n) {
+    Grpc__Health__V1__HealthCheckResponse *r = grpc__health__v1__health_check_response__unpack(NULL, n, d);
+    if (r) *(int *)user = r->status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+    if (r) grpc__health__v1__health_check_response__free_unpacked(r, NULL);
+    return 0;
+}
+
+int svc_health(mm_service *s) {
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    uint8_t buf[64];
+    size_t len = grpc__health__v1__health_check_request__pack(&req, buf);
+    int serving = 0;
+    int code = mm_client_call(s->cl, "/grpc.health.v1.Health/Check", buf, len, 2, on_health, &serving, NULL, 0);
+    return code ? -code : serving;
+}
+
+static int on_info(void *user, const uint8_t *d, size_t n) {
+    *(Metamorph__V1__ModelInfo **)user = metamorph__v1__model_info__unpack(NULL, n, d);
+    return 0;
+}
+
+Metamorph__V1__ModelInfo *svc_info(mm_service *s) {
+    Metamorph__V1__ModelInfo *m = NULL;
+    int code = mm_client_call(s->cl, "/metamorph.v1.MetaMorph/GetModelInfo", "", 0, 5, on_info, &m, NULL, 0);
+    if (code && m) {
+        metamorph__v1__model_info__free_unpacked(m, NULL);
+        m = NULL;
+    }
+    return m;
+}
+
+static void add_ids(gen_result *g, const int32_t *ids, size_t n) {
+    for (size_t i = 0; i < n && g->n_ids < 4096; i++) g->ids[g->n_ids++] = ids[i];
+}
+
+static void add_text(gen_result *g, const char *t) {
+    size_t have = strlen(g->text);
+    snprintf(g->text + have, sizeof g->text - have, "%s", t);
+}
+
+static int on_gen(void *user, const uint8_t *d, size_t n) {
+    gen_result *g = user;
+    Metamorph__V1__GenerateResponse *r = metamorph__v1__generate_response__unpack(NULL, n, d);
+    if (!r) return 1;
+    add_ids(g, r->token_ids, r->n_token_ids);
+    add_text(g, r->text);
+    g->n_events++;
+    metamorph__v1__generate_response__free_unpacked(r, NULL);
+    return 0;
+}
+
+static int on_stream(void *user, const uint8_t *d, size_t n) {
+    gen_result *g = user;
+    Metamorph__V1__GenerateEvent *ev = metamorph__v1__generate_event__unpack(NULL, n, d);
+    if (!ev) return 1;
+    if (ev->event_case == METAMORPH__V1__GENERATE_EVENT__EVENT_DELTA) {
+        add_ids(g, ev->delta->token_ids, ev->delta->n_token_ids);
+        add_text(g, ev->delta->text);
+    }
+    g->n_events++;
+    metamorph__v1__generate_event__free_unpacked(ev, NULL);
+    return 0;
+}
+
+void svc_generate(mm_service *s, const char *prompt, int max_new, int stream, double timeout_s, gen_result *out) {
+    memset(out, 0, sizeof *out);
+    Metamorph__V1__ContentPart part = METAMORPH__V1__CONTENT_PART__INIT, *pp = &part;
+    part.kind_case = METAMORPH__V1__CONTENT_PART__KIND_TEXT;
+    part.text = (char *)prompt;
+    Metamorph__V1__ChatMessage m = METAMORPH__V1__CHAT_MESSAGE__INIT, *mp = &m;
+    m.role = (char *)"user", m.n_parts = 1, m.parts = &pp;
+    Metamorph__V1__SamplingParams sp = METAMORPH__V1__SAMPLING_PARAMS__INIT;
+    sp.max_new_tokens = max_new;
+    Metamorph__V1__GenerateRequest req = METAMORPH__V1__GENERATE_REQUEST__INIT;
+    req.n_messages = 1, req.messages = &mp, req.sampling = &sp;
+    size_t len = metamorph__v1__generate_request__get_packed_size(&req);
+    uint8_t *buf = malloc(len);
+    metamorph__v1__generate_request__pack(&req, buf);
+    out->code = mm_client_call(s->cl, stream ? "/metamorph.v1.MetaMorph/GenerateStream" : "/metamorph.v1.MetaMorph/Generate",
+                               buf, len, timeout_s, stream ? on_stream : on_gen, out, out->msg, sizeof out->msg);
+    free(buf);
+}
+
+int svc_raw(mm_service *s, const char *method, const void *req, size_t len, char *msg, size_t cap) {
+    return mm_client_call(s->cl, method, req, len, 10, NULL, NULL, msg, cap);
+}

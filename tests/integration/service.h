@@ -1,0 +1,49 @@
+/* Test helpers that start and stop the whole service on loopback (mpiexec with
+ * hydra's fork launcher on localhost, a free port, a temporary config file) and make
+ * the calls the integration tests need through tools/mm_client. */
+#ifndef MM_TEST_SERVICE_H
+#define MM_TEST_SERVICE_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "proto/metamorph.pb-c.h"
+#include "tools/mm_client.h"
+
+typedef struct {
+    pid_t pid;           /* mpiexec (leader of its own process group) */
+    char target[64];     /* 127.0.0.1:PORT */
+    char dir[256];       /* temporary directory: cfg.json, service.log */
+    mm_client *cl;
+} mm_service;
+
+/* argv of the test: COORDINATOR STAGE ... ; extra_json: more config keys ("" or
+ * "\"kv_blocks\": 40, ..."). Waits until health says SERVING. Returns 0 on success. */
+int svc_start(mm_service *s, const char *coordinator, const char *stage, int n_stages, const char *extra_json);
+/* SIGTERM, then waits (SIGKILL to the group after 10 s). Returns the exit status. */
+int svc_stop(mm_service *s);
+/* Waits for mpiexec to exit by itself, up to timeout_s: its status, or -1. */
+int svc_wait_exit(mm_service *s, double timeout_s);
+
+/* Health: 1 SERVING, 0 NOT_SERVING, -code on RPC error. */
+int svc_health(mm_service *s);
+/* GetModelInfo (caller frees with metamorph__v1__model_info__free_unpacked), NULL on error. */
+Metamorph__V1__ModelInfo *svc_info(mm_service *s);
+
+typedef struct {
+    int code;
+    char msg[512];
+    int32_t ids[4096];
+    int n_ids;
+    char text[65536];
+    int n_events;
+} gen_result;
+
+/* One user message; stream chooses GenerateStream. */
+void svc_generate(mm_service *s, const char *prompt, int max_new, int stream, double timeout_s, gen_result *out);
+/* Raw call with request bytes (for malformed input tests). */
+int svc_raw(mm_service *s, const char *method, const void *req, size_t len, char *msg, size_t cap);
+
+double now_s(void);
+
+#endif

@@ -1,0 +1,342 @@
+/* Integration tests of the whole service on loopback, each starting and stopping its
+ * own `mpiexec mm-coordinator : mm-stage x P` job:
+ *   test_service greedy P   COORD STAGE MM_RUN  greedy output == mm-run --ids (unary + stream)
+ *   test_service concurrent COORD STAGE         32 concurrent requests == each one alone; KV back to 0
+ *   test_service errors     COORD STAGE         every validation rule, malformed/unknown/oversized,
+ *                                               queue full, 1 ms deadline, client cancel
+ *   test_service kill       COORD STAGE         a killed stage: UNAVAILABLE fast, NOT_SERVING, job exits
+ *   test_service python     COORD STAGE SCRIPT  the Python grpcio client as an independent client */
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "service.h"
+#include "tests/testutil.h"
+
+static const char *PROMPTS[] = {"Describe a cat.", "Hi", "Write a long story about the sea and the mountains, please.",
+                                "What is 2 + 2?", "Tell me about pipelines"};
+#define N_PROMPTS (int)(sizeof PROMPTS / sizeof PROMPTS[0])
+
+/* Greedy ids from mm-run for the same prompt and budget. */
+static int mm_run_ids(const char *mm_run, const char *prompt, int max_new, int32_t *ids) {
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "'%s' --model '%s/tiny' --prompt '%s' --max-tokens %d --ids --threads 1 2>/dev/null", mm_run,
+             getenv("MM_ASSETS_DIR"), prompt, max_new);
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    int n = 0;
+    while (n < 4096 && fscanf(p, "%d", &ids[n]) == 1) n++;
+    pclose(p);
+    return n;
+}
+
+static int test_greedy(int P, const char *coord, const char *stage, const char *mm_run) {
+    mm_service s;
+    EXPECT(svc_start(&s, coord, stage, P, "\"max_batch_tokens\": 16") == 0, "start with %d stages", P);
+    for (int i = 0; i < N_PROMPTS && s.cl; i++) {
+        int32_t want[4096];
+        int n = mm_run_ids(mm_run, PROMPTS[i], 40, want);
+        static gen_result g, gs;
+        svc_generate(&s, PROMPTS[i], 40, 0, 30, &g);
+        svc_generate(&s, PROMPTS[i], 40, 1, 30, &gs);
+        EXPECT(g.code == 0 && gs.code == 0, "prompt %d: %s / %s", i, g.msg, gs.msg);
+        EXPECT(n > 0 && g.n_ids == n && !memcmp(g.ids, want, sizeof(int32_t) * (size_t)n),
+               "P=%d prompt %d: service ids (%d) differ from mm-run (%d)", P, i, g.n_ids, n);
+        EXPECT(gs.n_ids == n && !memcmp(gs.ids, want, sizeof(int32_t) * (size_t)n) && !strcmp(g.text, gs.text),
+               "P=%d prompt %d: stream differs from mm-run / unary", P, i);
+    }
+    Metamorph__V1__ModelInfo *m = svc_info(&s);
+    EXPECT(m && (int)m->n_stages == P && m->kv_blocks_used == 0, "info: %d stages, %d blocks used",
+           m ? (int)m->n_stages : -1, m ? m->kv_blocks_used : -1);
+    if (m) metamorph__v1__model_info__free_unpacked(m, NULL);
+    int st = svc_stop(&s);
+    EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 0, "clean stop on SIGTERM (status %d)", st);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- concurrency */
+
+#define N_CONC 32
+typedef struct {
+    mm_service *s;
+    int i;
+    gen_result *r;
+} conc_arg;
+
+static char conc_prompts[N_CONC][256];
+static int conc_max_new(int i) { return 8 + (i * 7) % 40; }
+
+static void *conc_main(void *p) {
+    conc_arg *a = p;
+    svc_generate(a->s, conc_prompts[a->i], conc_max_new(a->i), a->i % 2, 60, a->r);
+    return NULL;
+}
+
+static int test_concurrent(const char *coord, const char *stage) {
+    mm_service s;
+    /* 48 blocks (768 tokens) for 32 sequences of up to ~110 tokens: preemption happens */
+    EXPECT(svc_start(&s, coord, stage, 2, "\"kv_blocks\": 48, \"max_batch_tokens\": 64") == 0, "start");
+    static gen_result solo[N_CONC], conc[N_CONC];
+    for (int i = 0; i < N_CONC; i++) {
+        int o = snprintf(conc_prompts[i], sizeof conc_prompts[i], "Request %d:", i);
+        for (int w = 0; w < i % 9; w++) o += snprintf(conc_prompts[i] + o, sizeof conc_prompts[i] - (size_t)o, " %s", PROMPTS[w % N_PROMPTS]);
+    }
+    for (int i = 0; i < N_CONC; i++) svc_generate(&s, conc_prompts[i], conc_max_new(i), 0, 60, &solo[i]);
+    pthread_t th[N_CONC];
+    conc_arg args[N_CONC];
+    double t0 = now_s();
+    for (int i = 0; i < N_CONC; i++) {
+        args[i] = (conc_arg){&s, i, &conc[i]};
+        pthread_create(&th[i], NULL, conc_main, &args[i]);
+    }
+    for (int i = 0; i < N_CONC; i++) pthread_join(th[i], NULL);
+    fprintf(stderr, "32 concurrent requests: %.2f s\n", now_s() - t0);
+    for (int i = 0; i < N_CONC; i++) {
+        EXPECT(solo[i].code == 0 && conc[i].code == 0, "request %d: %s / %s", i, solo[i].msg, conc[i].msg);
+        EXPECT(solo[i].n_ids > 0 && solo[i].n_ids == conc[i].n_ids &&
+                   !memcmp(solo[i].ids, conc[i].ids, sizeof(int32_t) * (size_t)solo[i].n_ids),
+               "request %d: concurrent output differs from solo", i);
+    }
+    Metamorph__V1__ModelInfo *m = svc_info(&s);
+    EXPECT(m && m->kv_blocks_used == 0 && m->requests_running == 0 && m->requests_waiting == 0,
+           "after: %d blocks used, %d running, %d waiting", m ? m->kv_blocks_used : -1, m ? m->requests_running : -1,
+           m ? m->requests_waiting : -1);
+    if (m) metamorph__v1__model_info__free_unpacked(m, NULL);
+    svc_stop(&s);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- errors */
+
+typedef struct {
+    const char *name;
+    int code;
+    const char *needle;  /* part of the expected message */
+} expect_err;
+
+static uint8_t *pack_req(Metamorph__V1__GenerateRequest *r, size_t *len) {
+    *len = metamorph__v1__generate_request__get_packed_size(r);
+    uint8_t *b = malloc(*len ? *len : 1);
+    metamorph__v1__generate_request__pack(r, b);
+    return b;
+}
+
+static void check_call(mm_service *s, const char *what, const char *method, const void *buf, size_t len, int code,
+                       const char *needle) {
+    char msg[512] = "";
+    int got = svc_raw(s, method, buf, len, msg, sizeof msg);
+    EXPECT(got == code && (!needle || strstr(msg, needle)), "%s: got %s \"%s\", want %s \"%s\"", what,
+           mm_grpc_code_name(got), msg, mm_grpc_code_name(code), needle ? needle : "");
+    EXPECT(svc_health(s) == 1, "%s: healthy after", what);
+}
+
+static void check_blocks_free(mm_service *s, const char *what) {
+    double t0 = now_s();
+    int used = -1, running = -1;
+    while (now_s() - t0 < 5) {
+        Metamorph__V1__ModelInfo *m = svc_info(s);
+        if (m) used = m->kv_blocks_used, running = m->requests_running + m->requests_waiting;
+        if (m) metamorph__v1__model_info__free_unpacked(m, NULL);
+        if (used == 0 && running == 0) break;
+        usleep(20000);
+    }
+    EXPECT(used == 0 && running == 0, "%s: %d blocks, %d requests left", what, used, running);
+}
+
+static int cancel_after_two(void *user, const uint8_t *d, size_t n) { return ++*(int *)user >= 2; }
+
+typedef struct {
+    mm_service *s;
+    gen_result r;
+} q_arg;
+
+static void *queue_main(void *p) {
+    q_arg *a = p;
+    svc_generate(a->s, "Write a long story about the sea and the mountains, please.", 300, 0, 60, &a->r);
+    return NULL;
+}
+
+static int test_errors(const char *coord, const char *stage) {
+    mm_service s;
+    EXPECT(svc_start(&s, coord, stage, 2,
+                     "\"kv_blocks\": 32, \"max_receive_mb\": 1, \"max_images\": 1, \"max_stop_strings\": 2, "
+                     "\"max_queue\": 2, \"max_batch_seqs\": 2") == 0,
+           "start");
+    const char *GEN = "/metamorph.v1.MetaMorph/Generate";
+    check_call(&s, "malformed protobuf", GEN, "\xff\xff\xff\x01\x02", 5, 3, "malformed");
+    check_call(&s, "unknown method", "/metamorph.v1.MetaMorph/Nope", "", 0, 12, "unknown method");
+    check_call(&s, "empty conversation", GEN, "", 0, 3, "conversation is empty");
+
+    Metamorph__V1__ContentPart part = METAMORPH__V1__CONTENT_PART__INIT, img = METAMORPH__V1__CONTENT_PART__INIT;
+    part.kind_case = METAMORPH__V1__CONTENT_PART__KIND_TEXT, part.text = (char *)"Hello";
+    img.kind_case = METAMORPH__V1__CONTENT_PART__KIND_IMAGE;
+    uint8_t png[8] = {0x89, 'P', 'N', 'G', 13, 10, 26, 10};
+    img.image.data = png, img.image.len = sizeof png;
+    Metamorph__V1__ContentPart *parts[3] = {&part, &img, &img};
+    Metamorph__V1__ChatMessage m = METAMORPH__V1__CHAT_MESSAGE__INIT, *mp = &m;
+    m.role = (char *)"user", m.n_parts = 1, m.parts = parts;
+    Metamorph__V1__SamplingParams sp = METAMORPH__V1__SAMPLING_PARAMS__INIT;
+    Metamorph__V1__ImageParams ip = METAMORPH__V1__IMAGE_PARAMS__INIT;
+    Metamorph__V1__GenerateRequest r = METAMORPH__V1__GENERATE_REQUEST__INIT;
+    r.n_messages = 1, r.messages = &mp, r.sampling = &sp, r.image = &ip;
+    size_t len;
+    uint8_t *b;
+#define CASE(what, setup, undo, code, needle)                                                      \
+    do {                                                                                           \
+        setup;                                                                                     \
+        b = pack_req(&r, &len);                                                                    \
+        check_call(&s, what, GEN, b, len, code, needle);                                           \
+        free(b);                                                                                   \
+        undo;                                                                                      \
+    } while (0)
+    CASE("unknown role", m.role = (char *)"robot", m.role = (char *)"user", 3, "unknown role");
+    CASE("temperature", sp.temperature = -1, sp.temperature = 0, 3, "temperature");
+    CASE("top_p", sp.top_p = 1.5f, sp.top_p = 0, 3, "top_p");
+    CASE("top_k", sp.top_k = -3, sp.top_k = 0, 3, "top_k");
+    CASE("max_new_tokens", sp.max_new_tokens = 1 << 30, sp.max_new_tokens = 0, 3, "max_new_tokens");
+    char *stops[3] = {"a", "b", "c"};
+    CASE("too many stop strings", (sp.stop = stops, sp.n_stop = 3), sp.n_stop = 0, 3, "stop strings");
+    CASE("image steps", ip.steps = -1, ip.steps = 0, 3, "image.steps");
+    CASE("too many images", m.n_parts = 3, m.n_parts = 1, 3, "images");
+    CASE("image without encoder", m.n_parts = 2, m.n_parts = 1, 12, "vision encoder");
+    CASE("generate_image without vision head", r.generate_image = 1, r.generate_image = 0, 12, "vision head");
+    char *longp = malloc(40000);
+    for (int i = 0; i < 39999; i++) longp[i] = "abc de"[i % 6];
+    longp[39999] = 0;
+    CASE("prompt longer than the context", part.text = longp, part.text = (char *)"Hello", 3, "context");
+    free(longp);
+    uint8_t *big = calloc(1, 2 << 20);
+    img.image.data = big, img.image.len = 2 << 20;
+    CASE("oversized message", m.n_parts = 2, m.n_parts = 1, 8, NULL);
+    free(big);
+
+    /* 1 ms deadline: DEADLINE_EXCEEDED, and nothing left behind */
+    static gen_result g;
+    svc_generate(&s, "Write a long story about the sea and the mountains, please.", 500, 0, 0.001, &g);
+    EXPECT(g.code == 4, "1 ms deadline: %s %s", mm_grpc_code_name(g.code), g.msg);
+    check_blocks_free(&s, "after the deadline");
+    /* a deadline that expires mid-generation */
+    svc_generate(&s, "Write a long story about the sea and the mountains, please.", 400, 1, 0.05, &g);
+    EXPECT(g.code == 4, "50 ms deadline: %s %s", mm_grpc_code_name(g.code), g.msg);
+    check_blocks_free(&s, "after the mid-stream deadline");
+    /* the client cancels a stream after two events */
+    int seen = 0;
+    b = pack_req(&r, &len);
+    sp.max_new_tokens = 400;
+    free(b);
+    b = pack_req(&r, &len);
+    int code = mm_client_call(s.cl, "/metamorph.v1.MetaMorph/GenerateStream", b, len, 30, cancel_after_two, &seen, NULL, 0);
+    free(b);
+    sp.max_new_tokens = 0;
+    EXPECT(code == 1 && seen == 2, "client cancel: %s after %d events", mm_grpc_code_name(code), seen);
+    check_blocks_free(&s, "after the client cancelled");
+    /* queue full: 2 running + 2 waiting at most */
+    enum { NQ = 10 };
+    static q_arg qa[NQ];
+    pthread_t th[NQ];
+    for (int i = 0; i < NQ; i++) qa[i].s = &s, pthread_create(&th[i], NULL, queue_main, &qa[i]);
+    int n_ok = 0, n_full = 0;
+    for (int i = 0; i < NQ; i++) {
+        pthread_join(th[i], NULL);
+        n_ok += qa[i].r.code == 0;
+        n_full += qa[i].r.code == 8 && strstr(qa[i].r.msg, "queue is full");
+    }
+    EXPECT(n_ok >= 2 && n_full >= 1 && n_ok + n_full == NQ, "queue: %d ok, %d RESOURCE_EXHAUSTED", n_ok, n_full);
+    check_blocks_free(&s, "after the queue test");
+    EXPECT(svc_health(&s) == 1, "healthy at the end");
+    svc_stop(&s);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- a stage dies */
+
+typedef struct {
+    pid_t victim;
+    int events;
+} kill_arg;
+
+static int kill_on_first(void *user, const uint8_t *d, size_t n) {
+    kill_arg *k = user;
+    if (k->events++ == 0) kill(k->victim, SIGKILL);
+    return 0;
+}
+
+static int hydra_crashed(const mm_service *s) {
+    char path[512], line[1024];
+    snprintf(path, sizeof path, "%s/service.log", s->dir);
+    FILE *f = fopen(path, "r");
+    int hit = 0;
+    while (f && fgets(line, sizeof line, f)) hit |= strstr(line, "unable to forward PMI response") != NULL;
+    if (f) fclose(f);
+    return hit;
+}
+
+static int test_kill(const char *coord, const char *stage) {
+    mm_service s;
+    EXPECT(svc_start(&s, coord, stage, 2, "\"fail_exit_ms\": 3000") == 0, "start");
+    Metamorph__V1__ModelInfo *m = svc_info(&s);
+    EXPECT(m && m->n_stages == 2, "info");
+    if (!m) return 0;
+    kill_arg k = {m->stages[1]->pid, 0};
+    metamorph__v1__model_info__free_unpacked(m, NULL);
+    Metamorph__V1__ContentPart part = METAMORPH__V1__CONTENT_PART__INIT, *pp = &part;
+    part.kind_case = METAMORPH__V1__CONTENT_PART__KIND_TEXT, part.text = (char *)"Tell me everything.";
+    Metamorph__V1__ChatMessage msg = METAMORPH__V1__CHAT_MESSAGE__INIT, *mp = &msg;
+    msg.role = (char *)"user", msg.n_parts = 1, msg.parts = &pp;
+    Metamorph__V1__SamplingParams sp = METAMORPH__V1__SAMPLING_PARAMS__INIT;
+    sp.max_new_tokens = 2000;
+    Metamorph__V1__GenerateRequest r = METAMORPH__V1__GENERATE_REQUEST__INIT;
+    r.n_messages = 1, r.messages = &mp, r.sampling = &sp;
+    size_t len;
+    uint8_t *b = pack_req(&r, &len);
+    double t0 = now_s();
+    char err[512] = "";
+    int code = mm_client_call(s.cl, "/metamorph.v1.MetaMorph/GenerateStream", b, len, 30, kill_on_first, &k, err, sizeof err);
+    double dt = now_s() - t0;
+    free(b);
+    EXPECT(code == 14 && dt < 5, "in-flight request: %s \"%s\" after %.2f s", mm_grpc_code_name(code), err, dt);
+    int h = svc_health(&s);
+    if (h != 0 && hydra_crashed(&s)) {
+        /* MPICH 4.0.2 hydra: with -disable-auto-cleanup its proxy sometimes dies writing
+         * to the dead rank's PMI socket and takes the job down with it; clients then
+         * see UNAVAILABLE from the connection instead of NOT_SERVING. Known, not ours. */
+        fprintf(stderr, "note: hydra proxy crashed after the kill (MPICH race); health = %d\n", h);
+    } else {
+        EXPECT(h == 0, "health NOT_SERVING after a stage died (got %d)", h);
+        static gen_result g;
+        svc_generate(&s, "Hi", 4, 0, 5, &g);
+        EXPECT(g.code == 14, "new request: %s", mm_grpc_code_name(g.code));
+    }
+    int st = svc_wait_exit(&s, 15);
+    EXPECT(st != -1 && !(WIFEXITED(st) && WEXITSTATUS(st) == 0), "the job exits with failure (status %d)", st);
+    svc_stop(&s);
+    return 0;
+}
+
+static int test_python(const char *coord, const char *stage, const char *script) {
+    mm_service s;
+    EXPECT(svc_start(&s, coord, stage, 2, "") == 0, "start");
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 '%s' %s '%s' '%s'", script, s.target, getenv("MM_SOURCE_DIR"), s.dir);
+    int rc = system(cmd);
+    EXPECT(rc == 0, "python client: %s exited %d", script, rc);
+    svc_stop(&s);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    signal(SIGPIPE, SIG_IGN);
+    if (argc >= 5 && !strcmp(argv[1], "greedy")) test_greedy(atoi(argv[2]), argv[3], argv[4], argv[5]);
+    else if (argc >= 4 && !strcmp(argv[1], "concurrent")) test_concurrent(argv[2], argv[3]);
+    else if (argc >= 4 && !strcmp(argv[1], "errors")) test_errors(argv[2], argv[3]);
+    else if (argc >= 4 && !strcmp(argv[1], "kill")) test_kill(argv[2], argv[3]);
+    else if (argc >= 5 && !strcmp(argv[1], "python")) test_python(argv[2], argv[3], argv[4]);
+    else {
+        fprintf(stderr, "usage: test_service greedy|concurrent|errors|kill|python ...\n");
+        return 2;
+    }
+    return mm_test_finish(argv[1]);
+}

@@ -1,0 +1,127 @@
+/* See mm_client.h. Batches: the sends plus RECV_INITIAL_METADATA, then one
+ * RECV_MESSAGE at a time until the stream ends, then RECV_STATUS_ON_CLIENT. */
+#include "mm_client.h"
+
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/time.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct mm_client {
+    grpc_channel *ch;
+};
+
+mm_status mm_client_open(const char *target, mm_client **out) {
+    mm_client *c = calloc(1, sizeof *c);
+    CHECK(CHECK_ALLOC(c));
+    grpc_init();
+    grpc_arg arg = {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, .value.integer = 1 << 30};
+    grpc_channel_args args = {1, &arg};
+    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    c->ch = grpc_channel_create(target, creds, &args);
+    grpc_channel_credentials_release(creds);
+    if (!c->ch) {
+        free(c);
+        grpc_shutdown();
+        return MM_ERROR(MM_ERR_IO, "cannot create a channel to %s", target);
+    }
+    *out = c;
+    return MM_OK;
+}
+
+void mm_client_close(mm_client *c) {
+    if (!c) return;
+    grpc_channel_destroy(c->ch);
+    free(c);
+    grpc_shutdown();
+}
+
+static int run_batch(grpc_call *call, grpc_completion_queue *cq, const grpc_op *ops, size_t n) {
+    int tag;
+    if (grpc_call_start_batch(call, ops, n, &tag, NULL) != GRPC_CALL_OK) return 0;
+    grpc_event ev = grpc_completion_queue_pluck(cq, &tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    return ev.type == GRPC_OP_COMPLETE && ev.success;
+}
+
+int mm_client_call(mm_client *c, const char *method, const void *req, size_t len, double timeout_s,
+                   mm_client_on_msg on_msg, void *user, char *msg, size_t cap) {
+    grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
+    gpr_timespec deadline = timeout_s > 0 ? gpr_time_add(gpr_now(GPR_CLOCK_REALTIME),
+                                                         gpr_time_from_micros((int64_t)(timeout_s * 1e6), GPR_TIMESPAN))
+                                          : gpr_inf_future(GPR_CLOCK_REALTIME);
+    grpc_slice method_slice = grpc_slice_from_copied_string(method);
+    grpc_call *call = grpc_channel_create_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, method_slice, NULL, deadline, NULL);
+    grpc_slice_unref(method_slice);
+    grpc_slice req_slice = grpc_slice_from_copied_buffer(req, len);
+    grpc_byte_buffer *req_bb = grpc_raw_byte_buffer_create(&req_slice, 1);
+    grpc_slice_unref(req_slice);
+    grpc_metadata_array initial_md, trailing_md;
+    grpc_metadata_array_init(&initial_md);
+    grpc_metadata_array_init(&trailing_md);
+    grpc_op ops[4];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = req_bb;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &initial_md;
+    int alive = run_batch(call, cq, ops, 4);
+    while (alive) {
+        grpc_byte_buffer *bb = NULL;
+        grpc_op op;
+        memset(&op, 0, sizeof op);
+        op.op = GRPC_OP_RECV_MESSAGE;
+        op.data.recv_message.recv_message = &bb;
+        if (!run_batch(call, cq, &op, 1) || !bb) break;
+        grpc_byte_buffer_reader rd;
+        int stop = 0;
+        if (grpc_byte_buffer_reader_init(&rd, bb)) {
+            grpc_slice sl = grpc_byte_buffer_reader_readall(&rd);
+            grpc_byte_buffer_reader_destroy(&rd);
+            if (on_msg) stop = on_msg(user, GRPC_SLICE_START_PTR(sl), GRPC_SLICE_LENGTH(sl));
+            grpc_slice_unref(sl);
+        }
+        grpc_byte_buffer_destroy(bb);
+        if (stop) {
+            grpc_call_cancel(call, NULL);
+            break;
+        }
+    }
+    grpc_status_code status = GRPC_STATUS_UNKNOWN;
+    grpc_slice details = grpc_empty_slice();
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    op.data.recv_status_on_client.trailing_metadata = &trailing_md;
+    op.data.recv_status_on_client.status = &status;
+    op.data.recv_status_on_client.status_details = &details;
+    if (!run_batch(call, cq, &op, 1)) status = GRPC_STATUS_UNKNOWN;
+    if (msg && cap) {
+        size_t n = GRPC_SLICE_LENGTH(details);
+        if (n >= cap) n = cap - 1;
+        memcpy(msg, GRPC_SLICE_START_PTR(details), n);
+        msg[n] = 0;
+    }
+    grpc_slice_unref(details);
+    grpc_metadata_array_destroy(&initial_md);
+    grpc_metadata_array_destroy(&trailing_md);
+    grpc_byte_buffer_destroy(req_bb);
+    grpc_call_unref(call);
+    grpc_completion_queue_shutdown(cq);
+    while (grpc_completion_queue_pluck(cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type != GRPC_QUEUE_SHUTDOWN) {
+    }
+    grpc_completion_queue_destroy(cq);
+    return (int)status;
+}
+
+const char *mm_grpc_code_name(int code) {
+    static const char *names[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+                                  "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+                                  "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+                                  "UNAUTHENTICATED"};
+    return code >= 0 && code < (int)(sizeof names / sizeof names[0]) ? names[code] : "?";
+}

@@ -1,0 +1,267 @@
+/* mmctl: command-line client of the MetaMorph service.
+ *   mmctl [--server ADDR] generate --prompt TEXT [--image FILE ...] [--stream] [--out DIR] ...
+ *   mmctl [--server ADDR] health
+ *   mmctl [--server ADDR] info
+ * The exit code is the gRPC status code (0 OK, 3 INVALID_ARGUMENT, 4 DEADLINE_EXCEEDED,
+ * 8 RESOURCE_EXHAUSTED, 14 UNAVAILABLE, ...); 64 for a usage error; health exits 0 only
+ * when SERVING (else 14). Errors print "mmctl: CODE_NAME: message" on stderr. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "proto/health.pb-c.h"
+#include "proto/metamorph.pb-c.h"
+#include "tools/mm_client.h"
+
+#define EXIT_USAGE 64
+#define MAX_IMAGES 16
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: mmctl [--server HOST:PORT] [--timeout S] COMMAND [options]\n"
+            "commands:\n"
+            "  generate --prompt TEXT [--image FILE]... [--stream] [--out DIR] [--max-tokens N]\n"
+            "           [--temperature T] [--top-p P] [--top-k K] [--seed S] [--stop STR]...\n"
+            "           [--generate-image] [--visual-tokens] [--ids] [--request-id ID]\n"
+            "  health   exit 0 when SERVING, 14 otherwise\n"
+            "  info     model, stages and live KV/queue figures\n"
+            "The exit code is the gRPC status code of the call.\n");
+}
+
+static int fail(int code, const char *msg) {
+    fprintf(stderr, "mmctl: %s: %s\n", mm_grpc_code_name(code), msg);
+    return code;
+}
+
+static int read_file(const char *path, uint8_t **data, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    *data = malloc(n > 0 ? (size_t)n : 1);
+    *len = *data && n >= 0 ? fread(*data, 1, (size_t)n, f) : 0;
+    fclose(f);
+    return *data && (long)*len == n ? 0 : -1;
+}
+
+/* Writes image i of a response into dir: PNG bytes and/or raw visual tokens (f32). */
+static void save_image(const char *dir, int i, const Metamorph__V1__GeneratedImage *im) {
+    if (!dir) return;
+    char path[4200];
+    mkdir(dir, 0755);
+    if (im->png.len) {
+        snprintf(path, sizeof path, "%s/image_%d.png", dir, i);
+        FILE *f = fopen(path, "wb");
+        if (f) fwrite(im->png.data, 1, im->png.len, f), fclose(f);
+    }
+    if (im->n_visual_tokens) {
+        snprintf(path, sizeof path, "%s/image_%d.visual_f32", dir, i);
+        FILE *f = fopen(path, "wb");
+        if (f) fwrite(im->visual_tokens, sizeof(float), im->n_visual_tokens, f), fclose(f);
+    }
+    fprintf(stderr, "mmctl: image %d: %d visual tokens%s\n", i, im->n_tokens, im->png.len ? ", PNG written" : "");
+}
+
+typedef struct {
+    int ids, n_images;
+    const char *out;
+} gen_state;
+
+static void print_ids(const int32_t *ids, size_t n, int *first) {
+    for (size_t i = 0; i < n; i++) printf(*first ? "%d" : " %d", ids[i]), *first = 0;
+}
+
+static int first_id = 1;
+
+static int on_unary(void *user, const uint8_t *d, size_t n) {
+    gen_state *g = user;
+    Metamorph__V1__GenerateResponse *r = metamorph__v1__generate_response__unpack(NULL, n, d);
+    if (!r) return 1;
+    if (g->ids) print_ids(r->token_ids, r->n_token_ids, &first_id);
+    else fputs(r->text, stdout);
+    printf("\n");
+    for (size_t i = 0; i < r->n_images; i++) save_image(g->out, (int)i, r->images[i]);
+    fprintf(stderr, "mmctl: %s, %d prompt + %d completion tokens, ttft %.1f ms, %.1f tokens/s\n", r->finish_reason,
+            r->usage ? r->usage->prompt_tokens : 0, r->usage ? r->usage->completion_tokens : 0,
+            r->timings ? r->timings->ttft_ms : 0, r->timings ? r->timings->tokens_per_s : 0);
+    metamorph__v1__generate_response__free_unpacked(r, NULL);
+    return 0;
+}
+
+static int on_event(void *user, const uint8_t *d, size_t n) {
+    gen_state *g = user;
+    Metamorph__V1__GenerateEvent *ev = metamorph__v1__generate_event__unpack(NULL, n, d);
+    if (!ev) return 1;
+    switch (ev->event_case) {
+    case METAMORPH__V1__GENERATE_EVENT__EVENT_DELTA:
+        if (g->ids) print_ids(ev->delta->token_ids, ev->delta->n_token_ids, &first_id);
+        else fputs(ev->delta->text, stdout);
+        fflush(stdout);
+        break;
+    case METAMORPH__V1__GENERATE_EVENT__EVENT_IMAGE_STARTED: fprintf(stderr, "mmctl: [image %d started]\n", ev->image_started->index); break;
+    case METAMORPH__V1__GENERATE_EVENT__EVENT_IMAGE_READY: save_image(g->out, g->n_images++, ev->image_ready); break;
+    case METAMORPH__V1__GENERATE_EVENT__EVENT_FINAL: {
+        const Metamorph__V1__GenerateResponse *r = ev->final;
+        printf("\n");
+        fprintf(stderr, "mmctl: %s, %d prompt + %d completion tokens, ttft %.1f ms, %.1f tokens/s\n", r->finish_reason,
+                r->usage ? r->usage->prompt_tokens : 0, r->usage ? r->usage->completion_tokens : 0,
+                r->timings ? r->timings->ttft_ms : 0, r->timings ? r->timings->tokens_per_s : 0);
+        break;
+    }
+    default: break;
+    }
+    metamorph__v1__generate_event__free_unpacked(ev, NULL);
+    return 0;
+}
+
+static int cmd_generate(mm_client *cl, double timeout, int argc, char **argv) {
+    static const struct option opts[] = {
+        {"prompt", required_argument, 0, 'p'},      {"image", required_argument, 0, 'i'},
+        {"stream", no_argument, 0, 's'},            {"out", required_argument, 0, 'o'},
+        {"max-tokens", required_argument, 0, 'n'},  {"temperature", required_argument, 0, 't'},
+        {"top-p", required_argument, 0, 'P'},       {"top-k", required_argument, 0, 'k'},
+        {"seed", required_argument, 0, 'S'},        {"stop", required_argument, 0, 'x'},
+        {"generate-image", no_argument, 0, 'g'},    {"visual-tokens", no_argument, 0, 'v'},
+        {"ids", no_argument, 0, 'I'},               {"request-id", required_argument, 0, 'r'},
+        {0, 0, 0, 0}};
+    Metamorph__V1__SamplingParams sp = METAMORPH__V1__SAMPLING_PARAMS__INIT;
+    Metamorph__V1__ImageParams ip = METAMORPH__V1__IMAGE_PARAMS__INIT;
+    Metamorph__V1__GenerateRequest req = METAMORPH__V1__GENERATE_REQUEST__INIT;
+    const char *prompt = NULL, *images[MAX_IMAGES];
+    char *stops[16];
+    int n_images = 0, stream = 0;
+    gen_state g = {0};
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'p': prompt = optarg; break;
+        case 'i': if (n_images == MAX_IMAGES) return fail(3, "too many --image"); images[n_images++] = optarg; break;
+        case 's': stream = 1; break;
+        case 'o': g.out = optarg; break;
+        case 'n': sp.max_new_tokens = atoi(optarg); break;
+        case 't': sp.temperature = strtof(optarg, NULL); break;
+        case 'P': sp.top_p = strtof(optarg, NULL); break;
+        case 'k': sp.top_k = atoi(optarg); break;
+        case 'S': sp.seed = strtoull(optarg, NULL, 10); break;
+        case 'x': if (sp.n_stop == 16) return fail(3, "too many --stop"); stops[sp.n_stop++] = optarg; break;
+        case 'g': req.generate_image = 1; break;
+        case 'v': ip.return_visual_tokens = 1; break;
+        case 'I': g.ids = 1; break;
+        case 'r': req.request_id = optarg; break;
+        default: usage(stderr); return EXIT_USAGE;
+        }
+    }
+    if (!prompt) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    sp.stop = stops;
+    Metamorph__V1__ContentPart parts[MAX_IMAGES + 1], *pp[MAX_IMAGES + 1];
+    uint8_t *datas[MAX_IMAGES] = {0};
+    for (int i = 0; i < n_images; i++) {
+        size_t len;
+        if (read_file(images[i], &datas[i], &len)) {
+            fprintf(stderr, "mmctl: cannot read %s: %s\n", images[i], strerror(errno));
+            return EXIT_USAGE;
+        }
+        metamorph__v1__content_part__init(&parts[i]);
+        parts[i].kind_case = METAMORPH__V1__CONTENT_PART__KIND_IMAGE;
+        parts[i].image.data = datas[i], parts[i].image.len = len;
+        pp[i] = &parts[i];
+    }
+    metamorph__v1__content_part__init(&parts[n_images]);
+    parts[n_images].kind_case = METAMORPH__V1__CONTENT_PART__KIND_TEXT;
+    parts[n_images].text = (char *)prompt;
+    pp[n_images] = &parts[n_images];
+    Metamorph__V1__ChatMessage msg = METAMORPH__V1__CHAT_MESSAGE__INIT, *msgs[1] = {&msg};
+    msg.role = (char *)"user";
+    msg.n_parts = (size_t)n_images + 1, msg.parts = pp;
+    req.n_messages = 1, req.messages = msgs;
+    req.sampling = &sp, req.image = &ip;
+    size_t len = metamorph__v1__generate_request__get_packed_size(&req);
+    uint8_t *buf = malloc(len ? len : 1);
+    metamorph__v1__generate_request__pack(&req, buf);
+    char err[512];
+    int code = mm_client_call(cl, stream ? "/metamorph.v1.MetaMorph/GenerateStream" : "/metamorph.v1.MetaMorph/Generate",
+                              buf, len, timeout, stream ? on_event : on_unary, &g, err, sizeof err);
+    free(buf);
+    for (int i = 0; i < n_images; i++) free(datas[i]);
+    return code ? fail(code, err) : 0;
+}
+
+static int on_health(void *user, const uint8_t *d, size_t n) {
+    Grpc__Health__V1__HealthCheckResponse *r = grpc__health__v1__health_check_response__unpack(NULL, n, d);
+    if (!r) return 1;
+    *(int *)user = r->status;
+    grpc__health__v1__health_check_response__free_unpacked(r, NULL);
+    return 0;
+}
+
+static int cmd_health(mm_client *cl, double timeout) {
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    uint8_t buf[64];
+    size_t len = grpc__health__v1__health_check_request__pack(&req, buf);
+    int status = 0;
+    char err[512];
+    int code = mm_client_call(cl, "/grpc.health.v1.Health/Check", buf, len, timeout, on_health, &status, err, sizeof err);
+    if (code) return fail(code, err);
+    int serving = status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+    printf("%s\n", serving ? "SERVING" : "NOT_SERVING");
+    return serving ? 0 : 14;
+}
+
+static int on_info(void *user, const uint8_t *d, size_t n) {
+    Metamorph__V1__ModelInfo *m = metamorph__v1__model_info__unpack(NULL, n, d);
+    if (!m) return 1;
+    printf("{\"model\": \"%s\", \"vocab_size\": %d, \"n_layers\": %d, \"dim\": %d, \"max_context\": %d, "
+           "\"vision\": %s, \"image_generation\": %s, \"serving\": %s,\n \"kv_block_size\": %d, \"kv_blocks_total\": %d, "
+           "\"kv_blocks_used\": %d, \"requests_running\": %d, \"requests_waiting\": %d,\n \"stages\": [",
+           m->model, m->vocab_size, m->n_layers, m->dim, m->max_context, m->vision ? "true" : "false",
+           m->image_generation ? "true" : "false", m->serving ? "true" : "false", m->kv_block_size, m->kv_blocks_total,
+           m->kv_blocks_used, m->requests_running, m->requests_waiting);
+    for (size_t i = 0; i < m->n_stages; i++) {
+        const Metamorph__V1__StageInfo *s = m->stages[i];
+        printf("%s\n  {\"rank\": %d, \"host\": \"%s\", \"pid\": %d, \"layers\": [%d, %d], \"busy_ms\": %.1f, \"steps\": %llu}",
+               i ? "," : "", s->rank, s->host, s->pid, s->layer_begin, s->layer_end, s->busy_ms, (unsigned long long)s->steps);
+    }
+    printf("]}\n");
+    metamorph__v1__model_info__free_unpacked(m, NULL);
+    return 0;
+}
+
+static int cmd_info(mm_client *cl, double timeout) {
+    char err[512];
+    int code = mm_client_call(cl, "/metamorph.v1.MetaMorph/GetModelInfo", "", 0, timeout, on_info, NULL, err, sizeof err);
+    return code ? fail(code, err) : 0;
+}
+
+int main(int argc, char **argv) {
+    const char *server = "127.0.0.1:50051";
+    double timeout = 0;
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (!strcmp(argv[i], "--server") && i + 1 < argc) server = argv[++i];
+        else if (!strcmp(argv[i], "--timeout") && i + 1 < argc) timeout = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--help")) return usage(stdout), 0;
+        else return usage(stderr), EXIT_USAGE;
+    }
+    if (i >= argc) return usage(stderr), EXIT_USAGE;
+    const char *cmd = argv[i];
+    mm_client *cl;
+    if (mm_client_open(server, &cl) != MM_OK) return fail(14, mm_error_last());
+    int rc;
+    if (!strcmp(cmd, "generate")) rc = cmd_generate(cl, timeout, argc - i, argv + i);
+    else if (!strcmp(cmd, "health")) rc = cmd_health(cl, timeout > 0 ? timeout : 5);
+    else if (!strcmp(cmd, "info")) rc = cmd_info(cl, timeout > 0 ? timeout : 5);
+    else {
+        usage(stderr);
+        rc = EXIT_USAGE;
+    }
+    mm_client_close(cl);
+    return rc;
+}
