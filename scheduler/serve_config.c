@@ -27,6 +27,8 @@ static const int_tunable INT_TUNABLES[] = {
     T(max_stop_strings, 8, 0, 64),
     T(stage_timeout_ms, 60000, 100, 1 << 30),
     T(fail_exit_ms, 2000, 0, 1 << 30),
+    T(stages, 1, 1, MM_MAX_STAGES),
+    T(restart_delay_ms, 1000, 0, 1 << 30),
 };
 #undef T
 
@@ -40,6 +42,7 @@ static const str_tunable STR_TUNABLES[] = {
     {"model", offsetof(mm_serve_config, model), sizeof(((mm_serve_config *)0)->model), "assets/tiny"},
     {"listen", offsetof(mm_serve_config, listen), sizeof(((mm_serve_config *)0)->listen), "127.0.0.1:50051"},
     {"backend", offsetof(mm_serve_config, backend), sizeof(((mm_serve_config *)0)->backend), "cpu"},
+    {"hostfile", offsetof(mm_serve_config, hostfile), sizeof(((mm_serve_config *)0)->hostfile), ""},
 };
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))

@@ -14,6 +14,7 @@ typedef struct {
     char model[4096];          /* model root (metamorph.json) or an HF LLaMA directory */
     char listen[256];          /* gRPC address, "host:port" */
     char backend[32];          /* compute backend of the stages: "cpu", "cpu-ref", "cuda" */
+    char hostfile[1024];       /* deploy/launch.sh: MPICH hostfile, "" = this host only */
     int32_t threads;           /* backend threads per stage, 0 = all cores */
     int32_t kv_blocks;         /* KV blocks per stage (each stage: its own layers) */
     int32_t kv_block_size;     /* tokens per KV block */
@@ -26,6 +27,8 @@ typedef struct {
     int32_t max_stop_strings;  /* stop strings per request at most */
     int32_t stage_timeout_ms;  /* a step in flight longer than this: pipeline down */
     int32_t fail_exit_ms;      /* after the pipeline went down, serve NOT_SERVING this long, then exit */
+    int32_t stages;            /* P for deploy/launch.sh (the MPI job size decides at run time) */
+    int32_t restart_delay_ms;  /* deploy/launch.sh: pause before restarting a dead job */
     int32_t stage_layers[MM_MAX_STAGES]; /* layers per stage; n_stage_layers == 0: even split */
     int32_t n_stage_layers;
 } mm_serve_config;

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# deploy/launch.sh: starts the service from a config, restarts the job after a stage is
+# killed, and stops cleanly on SIGTERM. Args: BUILD_DIR SOURCE_DIR.
+set -uo pipefail
+build=$1 src=$2
+mmctl=$build/tools/mmctl
+dir=$(mktemp -d /tmp/mm-launch-XXXXXX)
+port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$dir/cfg.json" <<JSON
+{"model": "$src/assets/tiny", "listen": "127.0.0.1:$port", "threads": 1, "stages": 2,
+ "fail_exit_ms": 500, "restart_delay_ms": 200}
+JSON
+MM_BIN_DIR=$build setsid "$src/deploy/launch.sh" "$dir/cfg.json" > "$dir/launch.log" 2>&1 &
+lpid=$!
+fail() { echo "FAIL: $*"; cat "$dir/launch.log"; kill -TERM $lpid 2>/dev/null; sleep 3; kill -KILL -$lpid 2>/dev/null; exit 1; }
+wait_serving() {
+  for _ in $(seq 1 200); do
+    "$mmctl" --server 127.0.0.1:$port health >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  return 1
+}
+wait_serving || fail "not SERVING after start"
+"$mmctl" --server 127.0.0.1:$port generate --prompt hi --max-tokens 4 >/dev/null || fail "generate"
+victim=$("$mmctl" --server 127.0.0.1:$port info | sed -n 's/.*"rank": 2, .*"pid": \([0-9]*\).*/\1/p')
+[[ -n $victim ]] || fail "no stage pid in info"
+kill -KILL "$victim"
+sleep 1
+wait_serving || fail "not SERVING again after the stage was killed"
+grep -q "start #2" "$dir/launch.log" || fail "no restart in the log"
+"$mmctl" --server 127.0.0.1:$port generate --prompt hi --max-tokens 4 >/dev/null || fail "generate after restart"
+kill -TERM $lpid
+for _ in $(seq 1 100); do kill -0 $lpid 2>/dev/null || break; sleep 0.1; done
+kill -0 $lpid 2>/dev/null && fail "launch.sh still running 10 s after SIGTERM"
+wait $lpid; rc=$?
+[[ $rc == 0 ]] || fail "launch.sh exit $rc"
+grep -q "stopped" "$dir/launch.log" || fail "no clean stop"
+echo "test_launch: start, restart after a killed stage, clean stop: OK"
+rm -rf "$dir"
