@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/runtime.h"
 #include "kernels/backend.h"
 #include "model/llama.h"
 
@@ -164,6 +165,7 @@ static int ensure_model(const char *dir, const char *dtype) {
 }
 
 int main(int argc, char **argv) {
+    mm_runtime_init(argv); /* before any OpenMP region: see common/runtime.h */
     const char *workdir = NULL;
     int quick = 0;
     static const struct option opts[] = {{"workdir", required_argument, 0, 'w'}, {"quick", no_argument, 0, 'q'}, {0, 0, 0, 0}};

@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/runtime.h"
 #include "model/siglip.h"
 
 #ifndef MM_MKMODEL_PATH
@@ -81,6 +82,7 @@ static double bench_encode(mm_siglip *m, int B, float *pixels, float *tokens) {
 }
 
 int main(int argc, char **argv) {
+    mm_runtime_init(argv); /* before any OpenMP region: see common/runtime.h */
     const char *workdir = NULL;
     int batch = 2, with_f32 = 0, layers = 0;
     static const struct option opts[] = {{"workdir", required_argument, 0, 'w'}, {"batch", required_argument, 0, 'b'},

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <zmq.h>
 
+#include "common/runtime.h"
 #include "common/log.h"
 #include "engine.h"
 #include "grpc_server.h"
@@ -94,6 +95,7 @@ out:
 }
 
 int main(int argc, char **argv) {
+    mm_runtime_init(argv); /* before any OpenMP region: see common/runtime.h */
     int rank = -1, size = 0;
     if (mm_mpi_init(&argc, &argv, &rank, &size) != MM_OK) {
         fprintf(stderr, "mm-coordinator: %s\n", mm_error_last());

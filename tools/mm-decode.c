@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/runtime.h"
 #include "common/png_encode.h"
 #include "model/decoder.h"
 #include "model/manifest.h"
@@ -63,6 +64,7 @@ static mm_status decoder_dir(const char *dir, char *out, size_t cap) {
 }
 
 int main(int argc, char **argv) {
+    mm_runtime_init(argv); /* before any OpenMP region: see common/runtime.h */
     const char *model = NULL, *tokens_path = NULL, *out = NULL, *backend = "cpu";
     int threads = 0;
     mm_decode_params p;

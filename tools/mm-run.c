@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/runtime.h"
 #include "common/log.h"
 #include "kernels/backend.h"
 #include "model/llama.h"
@@ -318,6 +319,7 @@ out:
 }
 
 int main(int argc, char **argv) {
+    mm_runtime_init(argv); /* before any OpenMP region: see common/runtime.h */
     run_args a;
     if (parse_args(argc, argv, &a) != 0) return 2;
     mm_status s = run(&a);

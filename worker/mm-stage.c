@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/runtime.h"
 #include "common/log.h"
 #include "model/manifest.h"
 #include "pipeline_mpi.h"
@@ -112,6 +113,7 @@ static mm_status serve(mm_stage *st, int rank) {
 }
 
 int main(int argc, char **argv) {
+    mm_runtime_init(argv); /* before any OpenMP region: see common/runtime.h */
     int rank = -1, size = 0;
     mm_status s = mm_mpi_init(&argc, &argv, &rank, &size);
     if (s != MM_OK) {

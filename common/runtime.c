@@ -1,0 +1,16 @@
+/* See runtime.h. */
+#include "runtime.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+
+void mm_runtime_init(char **argv) {
+    if (getenv("OMP_WAIT_POLICY")) return;
+    if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
+    execv("/proc/self/exe", argv);
+    LOG_WARN("could not re-execute with OMP_WAIT_POLICY=PASSIVE (%s); OpenMP threads will spin", strerror(errno));
+}
