@@ -54,7 +54,7 @@ static void mlp_release(mm_backend *be, mm_metamorph_mlp *mlp) {
     }
 }
 
-static mm_status config_load(const char *dir, mm_metamorph *mm, int *proj_depth, int *head_depth) {
+static mm_status config_load(const char *dir, mm_metamorph_config *cfg, int *proj_depth, int *head_depth) {
     char file[4096];
     snprintf(file, sizeof file, "%s/config.json", dir);
     mm_json *root;
@@ -64,7 +64,7 @@ static mm_status config_load(const char *dir, mm_metamorph *mm, int *proj_depth,
     const char *ptype, *htype;
     CHECK_GOTO(mm_json_int(root, file, "mm_hidden_size", -1, &mm_hidden), s, out);
     CHECK_GOTO(mm_json_int(root, file, "num_image_tokens", 64, &n_tok), s, out);
-    CHECK_GOTO(mm_json_bool(root, file, "normalize_vision", 1, &mm->cfg.normalize_vision), s, out);
+    CHECK_GOTO(mm_json_bool(root, file, "normalize_vision", 1, &cfg->normalize_vision), s, out);
     CHECK_GOTO(mm_json_str(root, file, "mm_projector_type", "linear", &ptype), s, out);
     CHECK_GOTO(mm_json_str(root, file, "vision_head_type", "", &htype), s, out);
     if (mm_hidden <= 0 || n_tok <= 0 || n_tok > 4096) {
@@ -72,7 +72,7 @@ static mm_status config_load(const char *dir, mm_metamorph *mm, int *proj_depth,
                      "is this a metamorph_llama checkpoint?", file, (long long)mm_hidden, (long long)n_tok);
         goto out;
     }
-    mm->cfg.mm_hidden = (int32_t)mm_hidden, mm->cfg.n_image_tokens = (int32_t)n_tok;
+    cfg->mm_hidden = (int32_t)mm_hidden, cfg->n_image_tokens = (int32_t)n_tok;
     CHECK_GOTO(projector_depth(file, ptype, proj_depth), s, out);
     /* the reference's vision heads: "mlp" 2 Linears, "mlp2x_gelu" 3, else one Linear */
     *head_depth = !strcmp(htype, "mlp") ? 2 : !strcmp(htype, "mlp2x_gelu") ? 3 : 1;
@@ -93,19 +93,30 @@ int mm_metamorph_is_checkpoint(const char *llm_dir) {
     return yes;
 }
 
+/* config.json's fields (+ the two MLP depths) and the tokenizer's image ids. */
+static mm_status config_and_ids_load(const char *llm_dir, const mm_tokenizer *tok, mm_metamorph_config *cfg,
+                                     int *proj_depth, int *head_depth) {
+    CHECK(config_load(llm_dir, cfg, proj_depth, head_depth));
+    cfg->image_start_id = mm_tokenizer_token_id(tok, "<image_start>");
+    cfg->image_end_id = mm_tokenizer_token_id(tok, "<image_end>");
+    if (cfg->image_start_id < 0 || cfg->image_end_id < 0)
+        return MM_ERROR(MM_ERR_FORMAT, "%s: the tokenizer has no <image_start>/<image_end> tokens", llm_dir);
+    return MM_OK;
+}
+
+mm_status mm_metamorph_config_load(const char *llm_dir, const mm_tokenizer *tok, mm_metamorph_config *cfg) {
+    int proj_depth, head_depth;
+    memset(cfg, 0, sizeof *cfg);
+    return config_and_ids_load(llm_dir, tok, cfg, &proj_depth, &head_depth);
+}
+
 mm_status mm_metamorph_load(const char *llm_dir, mm_llama *llm, const mm_tokenizer *tok, mm_metamorph **out) {
     mm_metamorph *mm = calloc(1, sizeof *mm);
     CHECK(CHECK_ALLOC(mm));
     mm->llm = llm;
     mm_status s;
     int proj_depth = 0, head_depth = 0;
-    CHECK_GOTO(config_load(llm_dir, mm, &proj_depth, &head_depth), s, fail);
-    mm->cfg.image_start_id = mm_tokenizer_token_id(tok, "<image_start>");
-    mm->cfg.image_end_id = mm_tokenizer_token_id(tok, "<image_end>");
-    if (mm->cfg.image_start_id < 0 || mm->cfg.image_end_id < 0) {
-        s = MM_ERROR(MM_ERR_FORMAT, "%s: the tokenizer has no <image_start>/<image_end> tokens", llm_dir);
-        goto fail;
-    }
+    CHECK_GOTO(config_and_ids_load(llm_dir, tok, &mm->cfg, &proj_depth, &head_depth), s, fail);
     CHECK_GOTO(mm_safetensors_open(llm_dir, &mm->st), s, fail);
     CHECK_GOTO(mlp_load(mm, "model.mm_projector", proj_depth, mm->cfg.mm_hidden, llm->cfg.dim, &mm->mm_projector), s, fail);
     CHECK_GOTO(mlp_load(mm, "vision_head", head_depth, llm->cfg.dim, mm->cfg.mm_hidden, &mm->vision_head), s, fail);
@@ -163,20 +174,64 @@ mm_status mm_metamorph_predict(mm_metamorph *mm, const float *h, int64_t M, floa
 
 /* ---------------------------------------------------------------- prompts */
 
-mm_status mm_metamorph_mark_images(const mm_metamorph *mm, const int32_t *ids, size_t n, int32_t **out,
-                                   size_t *n_out, int *n_images) {
+static mm_status mark_images(int32_t start_id, int32_t end_id, const int32_t *ids, size_t n, int32_t **out,
+                             size_t *n_out, int *n_images) {
     int k = 0;
-    for (size_t i = 0; i + 1 < n; i++) k += ids[i] == mm->cfg.image_start_id && ids[i + 1] == mm->cfg.image_end_id;
+    for (size_t i = 0; i + 1 < n; i++) k += ids[i] == start_id && ids[i + 1] == end_id;
     int32_t *o = malloc((n + (size_t)k + 1) * sizeof *o);
     CHECK(CHECK_ALLOC(o));
     size_t j = 0;
     for (size_t i = 0; i < n; i++) {
         o[j++] = ids[i];
-        if (i + 1 < n && ids[i] == mm->cfg.image_start_id && ids[i + 1] == mm->cfg.image_end_id)
-            o[j++] = MM_IMAGE_TOKEN_INDEX;
+        if (i + 1 < n && ids[i] == start_id && ids[i + 1] == end_id) o[j++] = MM_IMAGE_TOKEN_INDEX;
     }
     *out = o, *n_out = j, *n_images = k;
     return MM_OK;
+}
+
+mm_status mm_metamorph_mark_images(const mm_metamorph *mm, const int32_t *ids, size_t n, int32_t **out,
+                                   size_t *n_out, int *n_images) {
+    return mark_images(mm->cfg.image_start_id, mm->cfg.image_end_id, ids, n, out, n_out, n_images);
+}
+
+mm_status mm_metamorph_render_content(const mm_content_part *parts, size_t n, char **out) {
+    static const char pair[] = "<image_start><image_end>";
+    size_t len = 1;
+    for (size_t i = 0; i < n; i++) len += parts[i].is_image ? sizeof pair : strlen(parts[i].text);
+    char *c = malloc(len);
+    CHECK(CHECK_ALLOC(c));
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *t = parts[i].is_image ? pair : parts[i].text;
+        size_t k = strlen(t);
+        memcpy(c + o, t, k), o += k;
+        if (parts[i].is_image && (i + 1 == n || !parts[i + 1].is_image)) c[o++] = '\n'; /* end of a run */
+    }
+    c[o] = 0;
+    *out = c;
+    return MM_OK;
+}
+
+mm_status mm_metamorph_prompt_encode(const mm_tokenizer *tok, const mm_chat_message *msgs, size_t n_msgs,
+                                     int generate_image, int32_t **ids, size_t *n_ids, int *n_images) {
+    int32_t start_id = mm_tokenizer_token_id(tok, "<image_start>"), end_id = mm_tokenizer_token_id(tok, "<image_end>");
+    if (generate_image && start_id < 0) return MM_ERROR(MM_ERR_UNSUPPORTED, "the tokenizer has no <image_start> token");
+    int32_t *chat = NULL;
+    size_t n = 0;
+    CHECK(mm_chat_encode(tok, msgs, n_msgs, 1, &chat, &n));
+    if (generate_image) {
+        int32_t *g = realloc(chat, (n + 1) * sizeof *g);
+        if (!g) {
+            free(chat);
+            return MM_ERROR(MM_ERR_NOMEM, "prompt ids");
+        }
+        chat = g, chat[n++] = start_id;
+    }
+    mm_status s = MM_OK;
+    if (start_id >= 0 && end_id >= 0) s = mark_images(start_id, end_id, chat, n, ids, n_ids, n_images);
+    else *ids = chat, chat = NULL, *n_ids = n, *n_images = 0; /* a plain LLaMA: nothing to mark */
+    free(chat);
+    return s;
 }
 
 /* x[rows, dim] (backend) = the prompt's embeddings, each image placeholder expanded to

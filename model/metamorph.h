@@ -45,6 +45,9 @@ typedef struct {
 
 /* Is llm_dir/config.json a MetaMorph LLaMA (model_type metamorph_llama)? */
 int mm_metamorph_is_checkpoint(const char *llm_dir);
+/* config.json's MetaMorph fields and the tokenizer's image ids, without the weights
+ * (the coordinator needs n_image_tokens and the ids, not the projector). */
+mm_status mm_metamorph_config_load(const char *llm_dir, const mm_tokenizer *tok, mm_metamorph_config *cfg);
 /* llm_dir: the metamorph_llama checkpoint llm was loaded from. */
 mm_status mm_metamorph_load(const char *llm_dir, mm_llama *llm, const mm_tokenizer *tok, mm_metamorph **out);
 void mm_metamorph_free(mm_metamorph *mm);
@@ -53,6 +56,27 @@ void mm_metamorph_free(mm_metamorph *mm);
 mm_status mm_metamorph_project(mm_metamorph *mm, const float *z, int64_t M, float *e);
 /* z[M, mm_hidden] = L2norm(vision_head(h[M, dim])) (h: final-norm hidden states); backend memory. */
 mm_status mm_metamorph_predict(mm_metamorph *mm, const float *h, int64_t M, float *z);
+
+/* One part of a message's content: text, or an image (whose pixels travel apart). */
+typedef struct {
+    int is_image;
+    const char *text; /* !is_image */
+} mm_content_part;
+
+/* A message's content as inference/demo.py lays it out: text parts as they are, each
+ * run of image parts as one "<image_start><image_end>" per image followed by "\n" (so
+ * images-then-text gives the demo's "<image_start><image><image_end>\n" + text).
+ * *out is malloc'd. */
+mm_status mm_metamorph_render_content(const mm_content_part *parts, size_t n, char **out);
+
+/* Prompt ids of a conversation whose contents were rendered by
+ * mm_metamorph_render_content: the chat template with the assistant header, then
+ * <image_start> when generate_image (a request for an image), then the reference's
+ * MM_IMAGE_TOKEN_INDEX between every <image_start>, <image_end> pair (*n_images of
+ * them). Only the tokenizer is needed. mm-run and the coordinator both build prompts
+ * here, so the service sees exactly mm-run's ids. *ids is malloc'd. */
+mm_status mm_metamorph_prompt_encode(const mm_tokenizer *tok, const mm_chat_message *msgs, size_t n_msgs,
+                                     int generate_image, int32_t **ids, size_t *n_ids, int *n_images);
 
 /* Chat ids (mm_chat_encode of content rendered with "<image_start><image_end>" per image)
  * -> the reference's ids: MM_IMAGE_TOKEN_INDEX inserted between every adjacent

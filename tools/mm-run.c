@@ -111,28 +111,21 @@ static double now_s(void) {
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
+/* Prompt ids: the chat template (images, then the text, as inference/demo.py lays them
+ * out; placeholders marked) or, with --raw, BOS + the text. *n_images: placeholders. */
 static mm_status encode_prompt(const mm_tokenizer *tok, const mm_llama_config *cfg, const run_args *a, int32_t **ids,
-                               size_t *n) {
+                               size_t *n, int *n_images) {
+    *n_images = 0;
     if (!a->raw) {
-        /* inference/demo.py: "<image_start><image><image_end>" per image, "\n", the text;
-         * the <image> placeholders are inserted by mm_metamorph_mark_images */
-        static const char pair[] = "<image_start><image_end>";
-        size_t len = strlen(a->prompt) + (size_t)a->n_images * (sizeof pair - 1) + 2;
-        char *content = malloc(len);
-        CHECK(CHECK_ALLOC(content));
-        content[0] = 0;
-        for (int i = 0; i < a->n_images; i++) strcat(content, pair);
-        if (a->n_images) strcat(content, "\n");
-        strcat(content, a->prompt);
+        mm_content_part parts[MAX_IMAGES + 1];
+        for (int i = 0; i < a->n_images; i++) parts[i] = (mm_content_part){1, NULL};
+        parts[a->n_images] = (mm_content_part){0, a->prompt};
+        char *content;
+        CHECK(mm_metamorph_render_content(parts, (size_t)a->n_images + 1, &content));
         mm_chat_message msg = {"user", content};
-        mm_status s = mm_chat_encode(tok, &msg, 1, 1, ids, n);
+        mm_status s = mm_metamorph_prompt_encode(tok, &msg, 1, a->generate_image, ids, n, n_images);
         free(content);
-        if (s != MM_OK || !a->generate_image) return s;
-        int32_t *g = realloc(*ids, (*n + 1) * sizeof **ids);
-        if (!g) return MM_ERROR(MM_ERR_NOMEM, "prompt ids");
-        *ids = g;
-        (*ids)[(*n)++] = mm_tokenizer_token_id(tok, "<image_start>");
-        return MM_OK;
+        return s;
     }
     int32_t *body;
     size_t nb;
@@ -230,11 +223,11 @@ static mm_status run(const run_args *a) {
     mm_llama *m = NULL;
     mm_metamorph *mm = NULL;
     mm_kv_cache *kv = NULL;
-    int32_t *prompt = NULL, *marked = NULL;
+    int32_t *prompt = NULL;
     float *logits = NULL, *images = NULL;
     mm_llama_seq seq = {0};
     mm_metamorph_output gen_out = {0};
-    size_t n_prompt = 0, n_marked = 0;
+    size_t n_prompt = 0;
     int64_t rows = 0;
     CHECK_GOTO(mm_backend_init(a->backend, a->threads, &be), s, out);
     CHECK_GOTO(mm_tokenizer_load(tok_path, &tok), s, out);
@@ -248,13 +241,10 @@ static mm_status run(const run_args *a) {
     if (is_mm) CHECK_GOTO(mm_metamorph_load(paths.llm, m, tok, &mm), s, out);
     mm_sampler sampler;
     CHECK_GOTO(mm_sampler_init(&sampler, a->temperature, a->top_p, a->top_k, a->seed), s, out);
-    CHECK_GOTO(encode_prompt(tok, cfg, a, &prompt, &n_prompt), s, out);
     int n_marked_images = 0;
-    if (mm) {
-        CHECK_GOTO(mm_metamorph_mark_images(mm, prompt, n_prompt, &marked, &n_marked, &n_marked_images), s, out);
-        CHECK_GOTO(encode_images(a, paths.vision, be, mm, &images), s, out);
-    }
-    rows = (int64_t)n_prompt + (int64_t)n_marked_images * (mm ? mm->cfg.n_image_tokens - 2 : 0);
+    CHECK_GOTO(encode_prompt(tok, cfg, a, &prompt, &n_prompt, &n_marked_images), s, out);
+    if (mm) CHECK_GOTO(encode_images(a, paths.vision, be, mm, &images), s, out);
+    rows = (int64_t)n_prompt + (int64_t)n_marked_images * (mm ? mm->cfg.n_image_tokens - 1 : 0);
     int32_t total = (int32_t)(rows + a->max_tokens > cfg->max_pos ? cfg->max_pos : rows + a->max_tokens);
     if (rows >= cfg->max_pos) {
         s = MM_ERROR(MM_ERR_INVALID, "prompt has %lld rows, the context is %d", (long long)rows, cfg->max_pos);
@@ -271,7 +261,7 @@ static mm_status run(const run_args *a) {
     if (mm) {
         /* MetaMorph generation: text, and image mode after <image_start> */
         mm_metamorph_gen g = {&sampler, a->max_tokens, print_token, print_image, &pr};
-        CHECK_GOTO(mm_metamorph_generate(mm, kv, &seq, marked, n_marked, images, a->n_images, &g, &gen_out), s, out);
+        CHECK_GOTO(mm_metamorph_generate(mm, kv, &seq, prompt, n_prompt, images, a->n_images, &g, &gen_out), s, out);
         t1 = t0; /* prompt and decode are not timed apart here */
         rows = gen_out.n_prompt;
         if (a->visual_out)
@@ -309,7 +299,7 @@ static mm_status run(const run_args *a) {
 out:
     if (kv) mm_kv_seq_release(kv, &seq.kv);
     mm_metamorph_output_free(&gen_out);
-    free(logits), free(prompt), free(marked), free(images);
+    free(logits), free(prompt), free(images);
     mm_kv_cache_free(kv);
     mm_metamorph_free(mm);
     mm_llama_free(m);
