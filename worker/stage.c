@@ -1,6 +1,8 @@
-/* See stage.h. The maths is model/llama.c's; this file lays the plan's rows out for it. */
+/* See stage.h. The maths is model/llama.c's and model/metamorph.c's; this file lays the
+ * plan's rows out for them. */
 #include "stage.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -11,6 +13,24 @@ static double now_ms(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+}
+
+/* The MetaMorph heads (both, on the first and on the last stage: they are small) and
+ * the buffers of MM_STAGE_VISUAL_CHUNK visual rows. */
+static mm_status metamorph_load(mm_stage *st, const char *llm_dir) {
+    char tok_path[4200];
+    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", llm_dir);
+    mm_tokenizer *tok = NULL;
+    CHECK(mm_tokenizer_load(tok_path, &tok)); /* only for the image ids mm_metamorph_load checks */
+    mm_status s = mm_metamorph_load(llm_dir, st->llm, tok, &st->mm);
+    mm_tokenizer_free(tok);
+    CHECK(s);
+    st->visual_dim = st->mm->cfg.mm_hidden;
+    const size_t n = MM_STAGE_VISUAL_CHUNK;
+    st->z = st->be->ops->alloc(st->be, n * (size_t)st->visual_dim * sizeof(float));
+    st->e = st->be->ops->alloc(st->be, n * (size_t)st->llm->cfg.dim * sizeof(float));
+    if (!st->z || !st->e) return MM_ERROR(MM_ERR_NOMEM, "visual row buffers");
+    return MM_OK;
 }
 
 mm_status mm_stage_init(const mm_serve_config *cfg, int32_t layer_begin, int32_t layer_end, int first, int last,
@@ -27,6 +47,7 @@ mm_status mm_stage_init(const mm_serve_config *cfg, int32_t layer_begin, int32_t
     const mm_llama_config *c = &st->llm->cfg;
     CHECK_GOTO(mm_kv_cache_init(st->be, layer_end - layer_begin, cfg->kv_blocks, cfg->kv_block_size, c->n_kv_heads,
                                 c->head_dim, &st->kv), s, fail);
+    if ((first || last) && mm_metamorph_is_checkpoint(paths.llm)) CHECK_GOTO(metamorph_load(st, paths.llm), s, fail);
     *out = st;
     return MM_OK;
 fail:
@@ -47,6 +68,8 @@ static void free_buffers(mm_stage *st) {
 void mm_stage_free(mm_stage *st) {
     if (!st) return;
     free_buffers(st);
+    if (st->be) st->be->ops->dealloc(st->be, st->z), st->be->ops->dealloc(st->be, st->e);
+    mm_metamorph_free(st->mm);
     mm_kv_cache_free(st->kv);
     mm_llama_free(st->llm);
     mm_backend_free(st->be);
@@ -101,6 +124,12 @@ static mm_status layout_rows(mm_stage *st, const Metamorph__Internal__StepPlan *
         if (q->n_rows < 1 || (size_t)q->n_rows != q->n_tokens || q->pos < 0)
             return MM_ERROR(MM_ERR_INVALID, "step %llu: sequence %llu has %d rows, %zu tokens, pos %d",
                             (unsigned long long)plan->step_id, (unsigned long long)q->seq_id, q->n_rows, q->n_tokens, q->pos);
+        size_t n_vis = 0;
+        for (int32_t t = 0; t < q->n_rows; t++) n_vis += q->tokens[t] < 0;
+        if (st->first && q->n_visual != n_vis * (size_t)st->visual_dim)
+            return MM_ERROR(MM_ERR_INVALID, "step %llu: sequence %llu has %zu visual rows and %zu visual floats (dim %d)",
+                            (unsigned long long)plan->step_id, (unsigned long long)q->seq_id, n_vis, q->n_visual,
+                            st->visual_dim);
         M += q->n_rows;
     }
     CHECK(reserve_rows(st, M));
@@ -127,64 +156,114 @@ static mm_status layout_rows(mm_stage *st, const Metamorph__Internal__StepPlan *
     return MM_OK;
 }
 
-/* Stage 1: token rows through embed_tokens; visual rows through mm_projector. */
+/* Stage 1: token rows through embed_tokens; visual rows (token -1) through
+ * mm_projector, MM_STAGE_VISUAL_CHUNK at a time, each output row put in its place. */
 static mm_status embed_rows(mm_stage *st, const Metamorph__Internal__StepPlan *plan, int64_t M) {
-    int has_visual = 0;
+    const int64_t dim = st->llm->cfg.dim, D = st->visual_dim;
+    int64_t n_vis = 0;
     for (int64_t r = 0; r < M; r++)
         if (st->ids[r] < 0) {
-            has_visual = 1;
+            n_vis++;
             st->ids[r] = 0; /* embedded, then overwritten below */
         } else if (st->ids[r] >= st->llm->cfg.vocab_size) {
             return MM_ERROR(MM_ERR_INVALID, "token id %d outside the vocabulary of %d", st->ids[r], st->llm->cfg.vocab_size);
         }
     CHECK(mm_llama_embed(st->llm, st->ids, M, st->x));
-    if (has_visual)
-        return MM_ERROR(MM_ERR_UNSUPPORTED, "step %llu has visual input rows: mm_projector (model/metamorph) is not "
-                        "part of this build yet", (unsigned long long)plan->step_id);
+    if (n_vis == 0) return MM_OK;
+    if (!st->mm)
+        return MM_ERROR(MM_ERR_UNSUPPORTED, "step %llu has visual input rows but the model has no mm_projector",
+                        (unsigned long long)plan->step_id);
+    mm_backend *be = st->be;
+    int64_t dest[MM_STAGE_VISUAL_CHUNK]; /* rows of x the chunk's projections go to */
+    int n = 0, r = 0;
+    for (size_t i = 0; i < plan->n_seqs; i++) {
+        const Metamorph__Internal__SeqStep *q = plan->seqs[i];
+        size_t k = 0; /* q's visual vectors, in row order */
+        for (int32_t t = 0; t < q->n_rows; t++, r++) {
+            if (q->tokens[t] >= 0) continue;
+            CHECK(be->ops->upload(be, st->z + n * D, q->visual + k++ * (size_t)D, (size_t)D * sizeof(float)));
+            dest[n++] = r;
+            if (--n_vis > 0 && n < MM_STAGE_VISUAL_CHUNK) continue;
+            CHECK(mm_metamorph_project(st->mm, st->z, n, st->e));
+            for (int j = 0; j < n; j++)
+                CHECK(be->ops->copy(be, st->x + dest[j] * dim, st->e + (int64_t)j * dim, (size_t)dim * sizeof(float)));
+            n = 0;
+        }
+    }
     return MM_OK;
 }
 
-/* Stage P: final norm + lm_head on the rows that want a token, then each sequence's
- * own sampler (parameters and rng state travel in the plan and back). */
+/* Stage P: the final norm on the last row of every sequence that wants an output; then
+ * lm_head + each sequence's own sampler (parameters and rng state travel in the plan
+ * and back) for token outputs, and vision_head + L2 norm for visual outputs (image
+ * mode: the 1152-d vector goes back to the coordinator, which feeds it in next). */
 static mm_status finish_rows(mm_stage *st, const Metamorph__Internal__StepPlan *plan,
                              Metamorph__Internal__StepResult *res) {
     const mm_llama_config *c = &st->llm->cfg;
     mm_backend *be = st->be;
-    int64_t n_out = 0, r = 0;
-    for (size_t i = 0; i < plan->n_seqs; i++) n_out += plan->seqs[i]->output != METAMORPH__INTERNAL__OUTPUT_KIND__OUTPUT_NONE;
-    if (n_out == 0) return MM_OK;
-    CHECK(reserve_outputs(st, n_out));
-    res->seqs = calloc((size_t)n_out, sizeof *res->seqs);
-    CHECK(CHECK_ALLOC(res->seqs));
-    int64_t o = 0;
+    const int64_t dim = c->dim, D = st->visual_dim;
+    int64_t n_tok = 0, n_vis = 0, r = 0;
     for (size_t i = 0; i < plan->n_seqs; i++) {
+        Metamorph__Internal__OutputKind k = plan->seqs[i]->output;
+        if (k == METAMORPH__INTERNAL__OUTPUT_KIND__OUTPUT_TOKEN) n_tok++;
+        else if (k == METAMORPH__INTERNAL__OUTPUT_KIND__OUTPUT_VISUAL) n_vis++;
+        else if (k != METAMORPH__INTERNAL__OUTPUT_KIND__OUTPUT_NONE)
+            return MM_ERROR(MM_ERR_INVALID, "sequence %llu: unknown output kind %d", (unsigned long long)plan->seqs[i]->seq_id, k);
+    }
+    if (n_tok + n_vis == 0) return MM_OK;
+    if (n_vis && !st->mm)
+        return MM_ERROR(MM_ERR_UNSUPPORTED, "step %llu asks for visual tokens but the model has no vision_head",
+                        (unsigned long long)plan->step_id);
+    CHECK(reserve_outputs(st, n_tok + n_vis));
+    res->seqs = calloc((size_t)(n_tok + n_vis), sizeof *res->seqs);
+    float **vis_out = calloc((size_t)(n_vis ? n_vis : 1), sizeof *vis_out); /* [n_vis] host rows of the results */
+    mm_status s = res->seqs && vis_out ? MM_OK : MM_ERROR(MM_ERR_NOMEM, "step results");
+    /* selected rows: token outputs in sel[0, n_tok), visual outputs in sel[n_tok, n_tok + n_vis) */
+    int64_t ot = 0, ov = 0;
+    for (size_t i = 0; s == MM_OK && i < plan->n_seqs; i++) {
         const Metamorph__Internal__SeqStep *q = plan->seqs[i];
         r += q->n_rows;
         if (q->output == METAMORPH__INTERNAL__OUTPUT_KIND__OUTPUT_NONE) continue;
-        if (q->output != METAMORPH__INTERNAL__OUTPUT_KIND__OUTPUT_TOKEN)
-            return MM_ERROR(MM_ERR_UNSUPPORTED, "sequence %llu wants a visual token: the vision head (model/metamorph) "
-                            "is not part of this build yet", (unsigned long long)q->seq_id);
-        CHECK(be->ops->copy(be, st->sel + o * c->dim, st->x + (r - 1) * c->dim, (size_t)c->dim * sizeof(float)));
-        st->samp[o] = (mm_sampling){q->temperature, q->top_p, q->top_k};
-        st->rng[o] = q->rng;
-        o++;
-    }
-    CHECK(mm_llama_head(st->llm, st->sel, n_out, st->sel, st->logits));
-    CHECK(be->ops->sample(be, st->logits, n_out, c->vocab_size, st->samp, st->rng, st->picked));
-    o = 0;
-    for (size_t i = 0; i < plan->n_seqs; i++) {
-        const Metamorph__Internal__SeqStep *q = plan->seqs[i];
-        if (q->output == METAMORPH__INTERNAL__OUTPUT_KIND__OUTPUT_NONE) continue;
+        int visual = q->output == METAMORPH__INTERNAL__OUTPUT_KIND__OUTPUT_VISUAL;
+        int64_t o = visual ? n_tok + ov : ot;
+        s = be->ops->copy(be, st->sel + o * dim, st->x + (r - 1) * dim, (size_t)dim * sizeof(float));
         Metamorph__Internal__SeqResult *sr = malloc(sizeof *sr);
-        CHECK(CHECK_ALLOC(sr));
+        if (s == MM_OK && !sr) s = MM_ERROR(MM_ERR_NOMEM, "step result");
+        if (s != MM_OK) {
+            free(sr);
+            break;
+        }
         metamorph__internal__seq_result__init(sr);
         sr->seq_id = q->seq_id;
-        sr->token = st->picked[o];
-        sr->rng = st->rng[o];
+        sr->rng = q->rng; /* a visual output does not sample: the state is unchanged */
         res->seqs[res->n_seqs++] = sr;
-        o++;
+        if (visual) {
+            sr->visual = malloc((size_t)D * sizeof(float));
+            if (!sr->visual) s = MM_ERROR(MM_ERR_NOMEM, "visual result");
+            sr->n_visual = (size_t)D;
+            vis_out[ov++] = sr->visual;
+        } else {
+            st->samp[ot] = (mm_sampling){q->temperature, q->top_p, q->top_k};
+            st->rng[ot] = q->rng;
+            st->picked[ot] = -1;
+            ot++;
+        }
     }
-    return MM_OK;
+    if (s == MM_OK && n_tok) s = mm_llama_head(st->llm, st->sel, n_tok, st->sel, st->logits);
+    if (s == MM_OK && n_tok) s = be->ops->sample(be, st->logits, n_tok, c->vocab_size, st->samp, st->rng, st->picked);
+    if (s == MM_OK && n_vis) s = mm_llama_head(st->llm, st->sel + n_tok * dim, n_vis, st->sel + n_tok * dim, NULL);
+    for (int64_t v = 0; s == MM_OK && v < n_vis; v += MM_STAGE_VISUAL_CHUNK) {
+        int64_t n = n_vis - v < MM_STAGE_VISUAL_CHUNK ? n_vis - v : MM_STAGE_VISUAL_CHUNK;
+        s = mm_metamorph_predict(st->mm, st->sel + (n_tok + v) * dim, n, st->z);
+        for (int64_t j = 0; s == MM_OK && j < n; j++)
+            s = be->ops->download(be, vis_out[v + j], st->z + j * D, (size_t)D * sizeof(float));
+    }
+    /* sampled ids and rng states back into the results, in plan order */
+    ot = 0;
+    for (size_t i = 0; s == MM_OK && i < res->n_seqs; i++)
+        if (!res->seqs[i]->visual) res->seqs[i]->token = st->picked[ot], res->seqs[i]->rng = st->rng[ot], ot++;
+    free(vis_out);
+    return s;
 }
 
 mm_status mm_stage_run(mm_stage *st, const Metamorph__Internal__StepPlan *plan, Metamorph__Internal__StepResult *res) {

@@ -1,6 +1,7 @@
-/* One pipeline stage's work for one step plan: stage 1 embeds the input rows, every
- * stage runs its own layers with the plan's block tables over its own KV cache, stage
- * P takes the final norm + lm_head and samples (or, in image mode, the vision head).
+/* One pipeline stage's work for one step plan: stage 1 embeds the input rows (token
+ * ids through embed_tokens, visual rows through mm_projector), every stage runs its own
+ * layers with the plan's block tables over its own KV cache, stage P takes the final
+ * norm + lm_head and samples, or, for rows in image mode, the vision head + L2 norm.
  * Activations come from and go to the neighbours through an mm_transport. It holds no
  * request state: everything it needs is in the plan, so every stage stays in step. */
 #ifndef MM_STAGE_H
@@ -9,9 +10,14 @@
 #include <stdint.h>
 
 #include "model/llama.h"
+#include "model/metamorph.h"
 #include "proto/internal.pb-c.h"
 #include "scheduler/serve_config.h"
 #include "transport.h"
+
+/* Visual rows are projected / predicted this many at a time (one image's worth): row
+ * results are batch-invariant up to 256 rows, so the chunking never changes a bit. */
+#define MM_STAGE_VISUAL_CHUNK 64
 
 typedef struct {
     mm_backend *be;
@@ -20,7 +26,10 @@ typedef struct {
     int first, last;
     int prev, next;     /* transport peers (ranks), -1 at the ends */
     mm_transport *tr;
-    int32_t visual_dim; /* 0: no mm_projector / vision_head in this build */
+    mm_metamorph *mm;   /* mm_projector + vision_head (first / last stage of a MetaMorph model), else NULL */
+    int32_t visual_dim; /* mm_hidden_size; 0 without mm */
+    float *z;           /* [MM_STAGE_VISUAL_CHUNK, visual_dim] backend: visual rows in, or predicted out */
+    float *e;           /* [MM_STAGE_VISUAL_CHUNK, dim] backend: projected visual rows */
     /* per-step buffers, grown on demand */
     int64_t cap;
     float *x;           /* [cap, dim] backend memory */

@@ -202,7 +202,6 @@ static int test_errors(const char *coord, const char *stage) {
     CASE("image steps", ip.steps = -1, ip.steps = 0, 3, "image.steps");
     CASE("too many images", m.n_parts = 3, m.n_parts = 1, 3, "images");
     CASE("image without encoder", m.n_parts = 2, m.n_parts = 1, 12, "vision encoder");
-    CASE("generate_image without vision head", r.generate_image = 1, r.generate_image = 0, 12, "vision head");
     char *longp = malloc(40000);
     for (int i = 0; i < 39999; i++) longp[i] = "abc de"[i % 6];
     longp[39999] = 0;
