@@ -10,6 +10,7 @@
 
 #include "common/log.h"
 #include "messages.h"
+#include "model/metamorph.h"
 #include "proto/metamorph.pb-c.h"
 #include "scheduler/scheduler.h"
 #include "scheduler/step_plan.h"
@@ -26,6 +27,8 @@ typedef struct {
     size_t max_stop_len;
     int32_t n_generated, image_index;
     double t_first_sched, t_first_token;
+    uint64_t enc_base;        /* encode jobs enc_base + k for image k of the prompt */
+    int encodes_left;         /* > 0: waiting for the encoder, not in the scheduler yet */
 } job;
 
 typedef struct {
@@ -43,6 +46,8 @@ struct mm_engine {
     int n_fifo;
     int failed;
     double failed_at_ms;
+    uint64_t next_enc;        /* encode job ids */
+    int n_encoding;           /* jobs waiting for the encoder (they count against max_queue) */
     char detok_buf[DETOK_CAP];
 };
 
@@ -114,6 +119,10 @@ static job *job_find(mm_engine *e, uint64_t call_id, int *index) {
 static void job_drop(mm_engine *e, job *j) {
     int i;
     if (job_find(e, j->req->call_id, &i)) e->jobs[i] = e->jobs[--e->n_jobs];
+    if (j->encodes_left > 0) { /* its encode jobs are of no use any more */
+        for (int k = 0; k < j->req->n_images; k++) e->p.encoder->ops->cancel(e->p.encoder, j->enc_base + (uint64_t)k);
+        e->n_encoding--;
+    }
     if (j->seq) mm_sched_remove(e->sched, j->seq);
     mm_request_free(j->req);
     free(j->held);
@@ -163,7 +172,7 @@ static void job_complete(mm_engine *e, job *j) {
         double t = now_ms();
         snprintf(r->request_id, sizeof r->request_id, "%s", j->req->request_id);
         r->finish_reason = finish_name(j->seq->finish);
-        r->prompt_tokens = j->req->n_prompt;
+        r->prompt_tokens = j->req->n_rows;
         r->completion_tokens = j->n_generated;
         r->images = j->seq->n_images;
         r->queue_ms = j->t_first_sched - j->req->t_arrival_ms;
@@ -265,15 +274,15 @@ static mm_status process_result(mm_engine *e, Metamorph__Internal__StepResult *r
         if (en->produced) {
             int32_t row = en->seq->tokens[en->seq->n_tokens - 1];
             if (j->n_generated++ == 0) j->t_first_token = t;
-            if (row >= 0) {
-                if (!on_token(e, j, row)) continue;
-                if (row == e->p.image_start_id && en->seq->image_left > 0) {
-                    mm_reply *r = reply_new(MM_REPLY_IMAGE_STARTED, j->req->call_id);
-                    if (r) r->image_index = j->image_index++, send_reply(e, r);
-                }
-            } else {
-                on_visual(e, j);
+            if (row >= 0 && !on_token(e, j, row)) continue;
+            /* a new image: after a sampled <image_start>, or at the first visual token of
+             * a request that asked for an image outright */
+            while (j->image_index < en->seq->n_images) {
+                mm_reply *r = reply_new(MM_REPLY_IMAGE_STARTED, j->req->call_id);
+                if (r) r->image_index = j->image_index, send_reply(e, r);
+                j->image_index++;
             }
+            if (row < 0) on_visual(e, j);
         }
         if (en->seq->finish != MM_FINISH_NONE) job_complete(e, j);
     }
@@ -311,7 +320,7 @@ static void send_info(mm_engine *e, uint64_t call_id) {
     mi.vocab_size = lc->vocab_size, mi.n_layers = lc->n_layers, mi.dim = lc->dim;
     mi.max_context = mm_engine_max_context(e->p.cfg, lc);
     mi.n_eos_ids = (size_t)lc->n_eos, mi.eos_ids = (int32_t *)lc->eos_ids;
-    mi.vision = 0;
+    mi.vision = e->p.encoder && mm_driver_has_projector(e->p.drv);
     mi.image_generation = mm_driver_has_vision_head(e->p.drv) && e->p.image_start_id >= 0;
     int P = mm_driver_n_stages(e->p.drv);
     Metamorph__V1__StageInfo si[MM_MAX_STAGES], *sp[MM_MAX_STAGES];
@@ -340,6 +349,93 @@ static void send_info(mm_engine *e, uint64_t call_id) {
     send_reply(e, r);
 }
 
+/* Prompt rows of j's request: each image placeholder becomes image_tokens visual rows
+ * (-1, their vectors in req->visual, in order); then the request enters the scheduler. */
+static void job_admit(mm_engine *e, job *j) {
+    mm_request *req = j->req;
+    const mm_sched_params *sp = mm_sched_get_params(e->sched);
+    int32_t *rows = malloc((size_t)(req->n_rows ? req->n_rows : 1) * sizeof *rows);
+    if (!rows) {
+        job_fail(e, j, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    int32_t n = 0;
+    for (int32_t i = 0; i < req->n_prompt && n < req->n_rows; i++)
+        if (req->prompt[i] == MM_IMAGE_TOKEN_INDEX)
+            for (int32_t t = 0; t < sp->image_tokens && n < req->n_rows; t++) rows[n++] = -1;
+        else
+            rows[n++] = req->prompt[i];
+    mm_status s = n == req->n_rows ? MM_OK : MM_ERROR(MM_ERR_INTERNAL, "prompt rows %d != %d", n, req->n_rows);
+    if (s == MM_OK)
+        s = mm_sched_add(e->sched, req->call_id, rows, n, req->visual, req->max_new_tokens, &req->sampling, req->seed,
+                         req->generate_image ? sp->image_tokens : 0, j, &j->seq);
+    free(rows);
+    if (s != MM_OK)
+        job_fail(e, j, s == MM_ERR_INVALID ? GRPC_STATUS_INVALID_ARGUMENT : GRPC_STATUS_INTERNAL, mm_error_last());
+}
+
+/* Sends j's images to the encoder; j enters the scheduler when all are back. */
+static void job_encode(mm_engine *e, job *j) {
+    mm_request *req = j->req;
+    mm_encoder *enc = e->p.encoder;
+    req->visual = malloc((size_t)req->n_images * (size_t)enc->n_tokens * (size_t)enc->dim * sizeof *req->visual);
+    if (!req->visual) {
+        job_fail(e, j, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    j->enc_base = e->next_enc;
+    e->next_enc += (uint64_t)req->n_images;
+    j->encodes_left = req->n_images;
+    e->n_encoding++;
+    for (int k = 0; k < req->n_images; k++) {
+        if (enc->ops->submit(enc, j->enc_base + (uint64_t)k, req->image_data[k], req->image_len[k]) != MM_OK) {
+            job_fail(e, j, GRPC_STATUS_RESOURCE_EXHAUSTED, mm_error_last());
+            return;
+        }
+        free(req->image_data[k]);
+        req->image_data[k] = NULL;
+    }
+}
+
+/* Takes the encoder's results: visual tokens go into their request; a refused image
+ * fails its request with INVALID_ARGUMENT naming the part. Returns how many came. */
+static int take_encodes(mm_engine *e) {
+    mm_encoder *enc = e->p.encoder;
+    if (!enc) return 0;
+    int n = 0;
+    mm_encode_result res;
+    while (enc->ops->poll(enc, &res)) {
+        n++;
+        job *j = NULL;
+        for (int i = 0; i < e->n_jobs && !j; i++) {
+            job *c = e->jobs[i];
+            if (c->encodes_left > 0 && res.job_id >= c->enc_base && res.job_id < c->enc_base + (uint64_t)c->req->n_images)
+                j = c;
+        }
+        if (!j) { /* late: its request is gone */
+            free(res.tokens);
+            continue;
+        }
+        int k = (int)(res.job_id - j->enc_base);
+        if (res.status != MM_OK) {
+            char msg[512];
+            int bad_input = res.status == MM_ERR_FORMAT || res.status == MM_ERR_INVALID || res.status == MM_ERR_UNSUPPORTED;
+            snprintf(msg, sizeof msg, "%s.image: %s%s", j->req->image_where[k],
+                     bad_input ? "cannot use this image: " : "encoder failed: ", res.error);
+            job_fail(e, j, bad_input ? GRPC_STATUS_INVALID_ARGUMENT : GRPC_STATUS_INTERNAL, msg);
+            continue;
+        }
+        size_t T_D = (size_t)enc->n_tokens * (size_t)enc->dim;
+        memcpy(j->req->visual + (size_t)k * T_D, res.tokens, T_D * sizeof *res.tokens);
+        free(res.tokens);
+        if (--j->encodes_left == 0) {
+            e->n_encoding--;
+            job_admit(e, j);
+        }
+    }
+    return n;
+}
+
 static void submit(mm_engine *e, mm_request *req) {
     char msg[512];
     if (e->failed || *e->p.stop_flag) {
@@ -348,9 +444,16 @@ static void submit(mm_engine *e, mm_request *req) {
         mm_request_free(req);
         return;
     }
-    if (!mm_sched_can_accept(e->sched)) {
+    mm_sched_stats st;
+    mm_sched_get_stats(e->sched, &st);
+    if (!mm_sched_can_accept(e->sched) || st.waiting + e->n_encoding >= e->p.cfg->max_queue) {
         snprintf(msg, sizeof msg, "the queue is full (%d requests waiting)", e->p.cfg->max_queue);
         reply_error(e, req->call_id, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
+        mm_request_free(req);
+        return;
+    }
+    if (req->n_images > 0 && !e->p.encoder) { /* validation rules this out; never crash on it */
+        reply_error(e, req->call_id, GRPC_STATUS_UNIMPLEMENTED, "this server has no vision encoder");
         mm_request_free(req);
         return;
     }
@@ -370,17 +473,9 @@ static void submit(mm_engine *e, mm_request *req) {
     mm_detok_init(&j->detok, 1);
     for (int k = 0; k < req->n_stop; k++)
         if (strlen(req->stop[k]) > j->max_stop_len) j->max_stop_len = strlen(req->stop[k]);
-    const mm_sched_params *sp = mm_sched_get_params(e->sched);
-    mm_status s = mm_sched_add(e->sched, req->call_id, req->prompt, req->n_prompt, req->visual, req->max_new_tokens,
-                               &req->sampling, req->seed, req->generate_image ? sp->image_tokens : 0, j, &j->seq);
-    if (s != MM_OK) {
-        reply_error(e, req->call_id, s == MM_ERR_INVALID ? GRPC_STATUS_INVALID_ARGUMENT : GRPC_STATUS_INTERNAL,
-                    mm_error_last());
-        mm_request_free(req);
-        free(j);
-        return;
-    }
     e->jobs[e->n_jobs++] = j;
+    if (req->n_images > 0) job_encode(e, j);
+    else job_admit(e, j);
 }
 
 /* Drains the request socket; returns how many messages were handled. */
@@ -423,7 +518,7 @@ mm_status mm_engine_init(const mm_engine_params *p, mm_engine **out) {
         .max_batch_tokens = c->max_batch_tokens, .max_batch_seqs = c->max_batch_seqs,
         .max_in_flight = mm_driver_n_stages(p->drv), .max_waiting = c->max_queue, .kv_blocks = c->kv_blocks,
         .kv_block_size = c->kv_block_size, .max_context = mm_engine_max_context(c, p->llm),
-        .image_start_id = mm_driver_has_vision_head(p->drv) ? p->image_start_id : -1, .image_tokens = 64,
+        .image_start_id = mm_driver_has_vision_head(p->drv) ? p->image_start_id : -1, .image_tokens = p->image_tokens,
         .visual_dim = mm_driver_visual_dim(p->drv)};
     sp.n_eos = p->llm->n_eos < MM_SCHED_MAX_EOS ? p->llm->n_eos : MM_SCHED_MAX_EOS;
     memcpy(sp.eos_ids, p->llm->eos_ids, (size_t)sp.n_eos * sizeof *sp.eos_ids);
@@ -466,7 +561,7 @@ static void stop_pipeline(mm_engine *e) {
 int mm_engine_run(mm_engine *e) {
     int spins = 0;
     for (;;) {
-        int work = take_messages(e);
+        int work = take_messages(e) + take_encodes(e);
         if (*e->p.stop_flag) {
             LOG_INFO("stopping: failing %d requests", e->n_jobs);
             while (e->n_jobs > 0) job_fail(e, e->jobs[0], GRPC_STATUS_UNAVAILABLE, "the server is shutting down");

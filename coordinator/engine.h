@@ -1,6 +1,7 @@
 /* The coordinator's scheduler thread: the one owner of request state. One loop over
  * the inproc request socket, the pipeline (MPI results) and the clock; each turn it
- * admits requests (bounded queue), forms micro-batches and sends their step plans,
+ * admits requests (bounded queue; requests with images first have them encoded, then
+ * enter the scheduler), forms micro-batches and sends their step plans,
  * collects results, streams text back (detokenizing, watching stop strings), and
  * expires deadlines and cancellations, freeing KV blocks. It must run on the thread
  * that initialised MPI (FUNNELED). */
@@ -10,6 +11,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 
+#include "encoder.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
 #include "mpi_driver.h"
@@ -25,6 +27,8 @@ typedef struct {
     volatile sig_atomic_t *stop_flag;     /* SIGINT / SIGTERM */
     volatile sig_atomic_t *stage_failed;  /* SIGUSR1: hydra says a process of the job died */
     int32_t image_start_id;
+    int32_t image_tokens;                 /* visual tokens per image (num_image_tokens) */
+    mm_encoder *encoder;                  /* image parts -> visual tokens; NULL: no vision input */
 } mm_engine_params;
 
 typedef struct mm_engine mm_engine;

@@ -68,6 +68,8 @@ struct call_ctx {
     size_t text_len, text_cap;
     int32_t *ids;
     size_t n_ids, cap_ids;
+    Metamorph__V1__GeneratedImage **images; /* [n_images] (visual_tokens malloc'd) */
+    size_t n_images;
     op_tag t_new, t_recv, t_close, t_send;
     call_ctx *next_in_bucket;
 };
@@ -144,6 +146,8 @@ static void ctx_destroy(call_ctx *c) {
     if (c->call) grpc_call_unref(c->call);
     free(c->text);
     free(c->ids);
+    for (size_t i = 0; i < c->n_images; i++) free(c->images[i]->visual_tokens), free(c->images[i]);
+    free(c->images);
     free(c);
 }
 
@@ -493,10 +497,24 @@ static void deliver(mm_grpc_server *s, call_ctx *c, mm_reply *r) {
         return;
     }
     case MM_REPLY_IMAGE_READY: {
-        if (!stream) return; /* unary: images are not collected until the decoder pool exists */
+        /* png stays empty: pixels come from the decoder pool, which does not exist yet */
         Metamorph__V1__GeneratedImage im = METAMORPH__V1__GENERATED_IMAGE__INIT;
         im.n_tokens = r->n_visual, im.dim = r->visual_dim;
         if (r->visual) im.n_visual_tokens = (size_t)r->n_visual * (size_t)r->visual_dim, im.visual_tokens = r->visual;
+        if (!stream) { /* unary: kept for the response; the tokens move out of the reply */
+            Metamorph__V1__GeneratedImage *keep = malloc(sizeof *keep);
+            Metamorph__V1__GeneratedImage **grown = realloc(c->images, (c->n_images + 1) * sizeof *grown);
+            if (grown) c->images = grown;
+            if (!keep || !grown) {
+                free(keep);
+                call_fail(s, c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+                return;
+            }
+            *keep = im;
+            r->visual = NULL;
+            c->images[c->n_images++] = keep;
+            return;
+        }
         ev.event_case = METAMORPH__V1__GENERATE_EVENT__EVENT_IMAGE_READY, ev.image_ready = &im;
         call_send(s, c, pack_event(&ev), 0, GRPC_STATUS_OK, NULL);
         return;
@@ -513,6 +531,7 @@ static void deliver(mm_grpc_server *s, call_ctx *c, mm_reply *r) {
         } else {
             resp.text = c->text ? c->text : (char *)"";
             resp.n_token_ids = c->n_ids, resp.token_ids = c->ids;
+            resp.n_images = c->n_images, resp.images = c->images;
             size_t n = metamorph__v1__generate_response__get_packed_size(&resp);
             uint8_t *buf = malloc(n ? n : 1);
             if (!buf) {

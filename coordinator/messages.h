@@ -17,9 +17,14 @@ typedef struct {
     uint64_t call_id;
     char request_id[129];
     int stream;
-    int32_t *prompt;          /* [n_prompt] chat ids; -1 rows take visual vectors */
+    int32_t *prompt;          /* [n_prompt] chat ids, one MM_IMAGE_TOKEN_INDEX per image */
     int32_t n_prompt;
-    float *visual;            /* [rows with -1, visual_dim] or NULL */
+    int32_t n_rows;           /* prompt rows once each image is n_image_tokens visual rows */
+    int n_images;             /* image parts, in prompt order */
+    uint8_t **image_data;     /* [n_images] PNG/JPEG bytes, freed once encoded */
+    size_t *image_len;        /* [n_images] */
+    char (*image_where)[64];  /* [n_images] "messages[i].parts[j]", for error messages */
+    float *visual;            /* [n_images, n_image_tokens, visual_dim] once encoded, or NULL */
     mm_sampling sampling;
     uint64_t seed;
     int32_t max_new_tokens;

@@ -1,6 +1,7 @@
 /* mm-coordinator: MPI rank 0 of `mpiexec -n 1 mm-coordinator CFG : -n P mm-stage CFG`.
- * Wiring only: loads the config and the tokenizer, waits for the stages, starts the
- * gRPC threads, and runs the scheduler loop on the main thread (the MPI thread).
+ * Wiring only: loads the config and the tokenizer (and, for a MetaMorph model with a
+ * vision part, the in-process vision encoder), waits for the stages, starts the gRPC
+ * threads, and runs the scheduler loop on the main thread (the MPI thread).
  * SIGINT/SIGTERM stop it cleanly; SIGUSR1 (hydra: a process of the job died) takes
  * the pipeline down: requests fail with UNAVAILABLE, health says NOT_SERVING, and
  * after fail_exit_ms the whole job is aborted so that a supervisor restarts it. */
@@ -11,10 +12,12 @@
 #include <zmq.h>
 
 #include "common/runtime.h"
+#include "common/image.h"
 #include "common/log.h"
 #include "engine.h"
 #include "grpc_server.h"
 #include "model/manifest.h"
+#include "model/metamorph.h"
 #include "worker/pipeline_mpi.h"
 
 static volatile sig_atomic_t g_stop, g_stage_failed;
@@ -35,6 +38,8 @@ typedef struct {
     mm_model_paths paths;
     mm_llama_config llm;
     mm_tokenizer *tok;
+    mm_metamorph_config mm;     /* n_image_tokens = 0: not a MetaMorph model */
+    mm_encoder *encoder;        /* NULL: no vision input */
 } coord_setup;
 
 static mm_status setup(const char *cfg_path, coord_setup *c) {
@@ -43,7 +48,18 @@ static mm_status setup(const char *cfg_path, coord_setup *c) {
     CHECK(mm_llama_config_load(c->paths.llm, &c->llm));
     char tok_path[4200];
     snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", c->paths.llm);
-    return mm_tokenizer_load(tok_path, &c->tok);
+    CHECK(mm_tokenizer_load(tok_path, &c->tok));
+    if (!mm_metamorph_is_checkpoint(c->paths.llm)) return MM_OK;
+    CHECK(mm_metamorph_config_load(c->paths.llm, c->tok, &c->mm));
+    if (!c->paths.vision[0]) return MM_OK;
+    /* until the encoder pool exists (DESIGN section 2), SigLIP runs here */
+    mm_encoder_local_params ep = {c->paths.vision, c->cfg.backend, c->cfg.threads, c->mm.n_image_tokens,
+                                  (size_t)c->cfg.max_receive_mb << 20, MM_IMAGE_DEFAULT_MAX_SIDE};
+    CHECK(mm_encoder_local_init(&ep, &c->encoder));
+    if (c->encoder->dim != c->mm.mm_hidden)
+        return MM_ERROR(MM_ERR_FORMAT, "%s: SigLIP hidden size %d != mm_hidden_size %d", c->paths.vision, c->encoder->dim,
+                        c->mm.mm_hidden);
+    return MM_OK;
 }
 
 /* The threads that are not the MPI thread must not take the signals. */
@@ -63,7 +79,11 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
     mm_grpc_server *srv = NULL;
     int rc = 1;
     int32_t image_start = mm_tokenizer_token_id(c->tok, "<image_start>");
-    mm_engine_params ep = {&c->cfg, c->tok, &c->llm, drv, zctx, &serving, &g_stop, &g_stage_failed, image_start};
+    /* images in need the encoder and stage 1's projector, of the same width */
+    int vision_input = c->encoder && mm_driver_has_projector(drv) && mm_driver_visual_dim(drv) == c->encoder->dim;
+    if (c->encoder && !vision_input) LOG_ERROR("image inputs off: the first stage has no mm_projector of width %d", c->encoder->dim);
+    mm_engine_params ep = {&c->cfg, c->tok, &c->llm, drv, zctx, &serving, &g_stop, &g_stage_failed, image_start,
+                           c->mm.n_image_tokens, vision_input ? c->encoder : NULL};
     if (!zctx || mm_engine_init(&ep, &eng) != MM_OK) {
         LOG_ERROR("scheduler: %s", zctx ? mm_error_last() : "zmq_ctx_new failed");
         goto out;
@@ -73,7 +93,7 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
         .limits = {.tok = c->tok, .max_context = mm_engine_max_context(&c->cfg, &c->llm), .vocab_size = c->llm.vocab_size,
                    .max_new_tokens = c->cfg.max_new_tokens, .max_images = c->cfg.max_images,
                    .max_stop_strings = c->cfg.max_stop_strings, .image_start_id = image_start,
-                   .vision_input = 0, .image_generation = mm_driver_has_vision_head(drv) && image_start >= 0},
+                   .n_image_tokens = c->mm.n_image_tokens, .vision_input = vision_input, .image_generation = mm_driver_has_vision_head(drv) && image_start >= 0},
         .serving = &serving};
     block_signals(1);
     mm_status s = mm_grpc_start(&gp, &srv);
@@ -121,6 +141,7 @@ int main(int argc, char **argv) {
         rc = serve(&c, drv);
     }
     mm_driver_free(drv);
+    if (c.encoder) c.encoder->ops->free(c.encoder);
     mm_tokenizer_free(c.tok);
     if (rc != 0) {
         fprintf(stderr, "mm-coordinator: aborting the MPI job\n");

@@ -5,9 +5,12 @@
 #include <grpc/status.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "model/metamorph.h"
 
 #define MAX_STOP_BYTES 128
 #define MAX_TEXT_BYTES (16u << 20)
@@ -76,13 +79,39 @@ static int check_image_params(const Metamorph__V1__ImageParams *ip, mm_request *
     return 0;
 }
 
-/* Chat messages -> ids. Image parts are counted here; their visual tokens need the
- * encoder, which this server does not have yet. */
+/* Copies the image parts' bytes into r, in prompt order (the scheduler thread sends
+ * them to the encoder; the decoded request is freed before that). */
+static int take_images(const Metamorph__V1__GenerateRequest *g, mm_request *r, int n_images, char *msg, size_t cap) {
+    r->image_data = calloc((size_t)n_images, sizeof *r->image_data);
+    r->image_len = calloc((size_t)n_images, sizeof *r->image_len);
+    r->image_where = calloc((size_t)n_images, sizeof *r->image_where);
+    if (!r->image_data || !r->image_len || !r->image_where)
+        return fail(GRPC_STATUS_RESOURCE_EXHAUSTED, msg, cap, "out of memory");
+    r->n_images = n_images;
+    int k = 0;
+    for (size_t i = 0; i < g->n_messages; i++)
+        for (size_t j = 0; j < g->messages[i]->n_parts; j++) {
+            const Metamorph__V1__ContentPart *p = g->messages[i]->parts[j];
+            if (p->kind_case != METAMORPH__V1__CONTENT_PART__KIND_IMAGE) continue;
+            r->image_data[k] = malloc(p->image.len);
+            if (!r->image_data[k]) return fail(GRPC_STATUS_RESOURCE_EXHAUSTED, msg, cap, "out of memory");
+            memcpy(r->image_data[k], p->image.data, p->image.len);
+            r->image_len[k] = p->image.len;
+            snprintf(r->image_where[k], sizeof r->image_where[k], "messages[%zu].parts[%zu]", i, j);
+            k++;
+        }
+    return 0;
+}
+
+/* Chat messages -> prompt ids, built by model/metamorph.c exactly as mm-run builds
+ * them (each run of images "<image_start><image_end>"... + "\n", placeholders marked),
+ * and the image parts' bytes, which the scheduler thread has encoded. */
 static int encode_chat(const Metamorph__V1__GenerateRequest *g, const mm_limits *lim, mm_request *r, char *msg,
                        size_t cap) {
     if (g->n_messages == 0) return fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "messages: the conversation is empty");
     mm_chat_message *cm = calloc(g->n_messages, sizeof *cm);
     char **texts = calloc(g->n_messages, sizeof *texts);
+    mm_content_part *parts = NULL;
     int code = 0;
     size_t n_images = 0, total = 0;
     if (!cm || !texts) {
@@ -96,40 +125,38 @@ static int encode_chat(const Metamorph__V1__GenerateRequest *g, const mm_limits 
                         "messages[%zu].role: unknown role \"%.32s\" (user, assistant or system)", i, m->role);
             break;
         }
-        size_t len = 0;
+        free(parts);
+        parts = calloc(m->n_parts ? m->n_parts : 1, sizeof *parts);
+        if (!parts) {
+            code = fail(GRPC_STATUS_RESOURCE_EXHAUSTED, msg, cap, "out of memory");
+            break;
+        }
         for (size_t j = 0; j < m->n_parts; j++) {
             const Metamorph__V1__ContentPart *p = m->parts[j];
-            if (p->kind_case == METAMORPH__V1__CONTENT_PART__KIND_TEXT) len += strlen(p->text);
-            else if (p->kind_case == METAMORPH__V1__CONTENT_PART__KIND_IMAGE) {
+            if (p->kind_case == METAMORPH__V1__CONTENT_PART__KIND_TEXT) {
+                total += strlen(p->text);
+                parts[j] = (mm_content_part){0, p->text};
+            } else if (p->kind_case == METAMORPH__V1__CONTENT_PART__KIND_IMAGE) {
                 if (p->image.len == 0) {
                     code = fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "messages[%zu].parts[%zu].image is empty", i, j);
                     break;
                 }
+                parts[j] = (mm_content_part){1, NULL};
                 n_images++;
             } else {
                 code = fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "messages[%zu].parts[%zu]: neither text nor image", i, j);
                 break;
             }
         }
-        total += len;
         if (code) break;
         if (total > MAX_TEXT_BYTES) {
             code = fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "messages: more than %u bytes of text", MAX_TEXT_BYTES);
             break;
         }
-        texts[i] = malloc(len + 1);
-        if (!texts[i]) {
+        if (mm_metamorph_render_content(parts, m->n_parts, &texts[i]) != MM_OK) {
             code = fail(GRPC_STATUS_RESOURCE_EXHAUSTED, msg, cap, "out of memory");
             break;
         }
-        size_t o = 0;
-        for (size_t j = 0; j < m->n_parts; j++)
-            if (m->parts[j]->kind_case == METAMORPH__V1__CONTENT_PART__KIND_TEXT) {
-                size_t n = strlen(m->parts[j]->text);
-                memcpy(texts[i] + o, m->parts[j]->text, n);
-                o += n;
-            }
-        texts[i][o] = 0;
         cm[i] = (mm_chat_message){m->role, texts[i]};
     }
     if (!code && n_images > (size_t)lim->max_images)
@@ -143,31 +170,34 @@ static int encode_chat(const Metamorph__V1__GenerateRequest *g, const mm_limits 
     if (code) goto out;
     int32_t *ids = NULL;
     size_t n = 0;
-    if (mm_chat_encode(lim->tok, cm, g->n_messages, 1, &ids, &n) != MM_OK) {
+    int n_marked = 0;
+    if (mm_metamorph_prompt_encode(lim->tok, cm, g->n_messages, g->generate_image, &ids, &n, &n_marked) != MM_OK) {
         code = fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "messages: %s", mm_error_last());
         goto out;
     }
-    if (g->generate_image) {
-        int32_t *grown = realloc(ids, (n + 1) * sizeof *ids);
-        if (!grown) {
-            free(ids);
-            code = fail(GRPC_STATUS_RESOURCE_EXHAUSTED, msg, cap, "out of memory");
-            goto out;
-        }
-        ids = grown;
-        ids[n++] = lim->image_start_id;
-        r->generate_image = 1;
-    }
     r->prompt = ids;
     r->n_prompt = (int32_t)n;
-    if ((int64_t)n >= lim->max_context)
-        code = fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "the prompt has %zu tokens, the context holds %d", n,
-                    lim->max_context);
+    r->generate_image = g->generate_image;
+    if ((size_t)n_marked != n_images) {
+        code = fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap,
+                    "messages: the text holds <image_start><image_end> markers (%d markers for %zu image parts); "
+                    "send images as image parts", n_marked, n_images);
+        goto out;
+    }
+    int64_t rows = (int64_t)n + (int64_t)n_images * (lim->n_image_tokens - 1);
+    r->n_rows = rows < INT32_MAX ? (int32_t)rows : INT32_MAX;
+    if (rows >= lim->max_context) {
+        code = fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "the prompt has %lld tokens (%zu images of %d), the context holds %d",
+                    (long long)rows, n_images, lim->n_image_tokens, lim->max_context);
+        goto out;
+    }
+    if (n_images) code = take_images(g, r, (int)n_images, msg, cap);
 out:
     if (texts)
         for (size_t i = 0; i < g->n_messages; i++) free(texts[i]);
     free(texts);
     free(cm);
+    free(parts);
     return code;
 }
 

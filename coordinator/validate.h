@@ -16,6 +16,7 @@ typedef struct {
     int32_t vocab_size;
     int32_t max_new_tokens;   /* default */
     int32_t max_images;
+    int32_t n_image_tokens;   /* prompt rows per image (num_image_tokens) */
     int32_t max_stop_strings;
     int32_t image_start_id;   /* -1 if the tokenizer has none */
     int vision_input;         /* an encoder can turn image parts into visual tokens */

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "common/safetensors.h"
 #include "proto/health.pb-c.h"
 #include "proto/metamorph.pb-c.h"
 #include "tools/mm_client.h"
@@ -26,6 +27,11 @@ static void usage(FILE *f) {
             "  generate --prompt TEXT [--image FILE]... [--stream] [--out DIR] [--max-tokens N]\n"
             "           [--temperature T] [--top-p P] [--top-k K] [--seed S] [--stop STR]...\n"
             "           [--generate-image] [--visual-tokens] [--ids] [--request-id ID]\n"
+            "           --image FILE     a PNG/JPEG before the prompt text (repeatable)\n"
+            "           --generate-image the answer starts with <image_start> (ask for an image)\n"
+            "           --out DIR        write each generated image's visual tokens as\n"
+            "                            DIR/image_K.safetensors (\"image.K\": [64, D] f32, as mm-run\n"
+            "                            --visual-tokens-out; mm-decode --tokens reads it)\n"
             "  health   exit 0 when SERVING, 14 otherwise\n"
             "  info     model, stages and live KV/queue figures\n"
             "The exit code is the gRPC status code of the call.\n");
@@ -48,7 +54,9 @@ static int read_file(const char *path, uint8_t **data, size_t *len) {
     return *data && (long)*len == n ? 0 : -1;
 }
 
-/* Writes image i of a response into dir: PNG bytes and/or raw visual tokens (f32). */
+/* Writes image i of a response into dir: its PNG bytes (once a decoder pool serves
+ * them) and its visual tokens as image_i.safetensors, tensor "image.i" [n_tokens, dim]
+ * f32: the layout of mm-run --visual-tokens-out, readable by mm-decode --tokens. */
 static void save_image(const char *dir, int i, const Metamorph__V1__GeneratedImage *im) {
     if (!dir) return;
     char path[4200];
@@ -56,14 +64,21 @@ static void save_image(const char *dir, int i, const Metamorph__V1__GeneratedIma
     if (im->png.len) {
         snprintf(path, sizeof path, "%s/image_%d.png", dir, i);
         FILE *f = fopen(path, "wb");
-        if (f) fwrite(im->png.data, 1, im->png.len, f), fclose(f);
+        if (!f || fwrite(im->png.data, 1, im->png.len, f) != im->png.len) fprintf(stderr, "mmctl: cannot write %s\n", path);
+        if (f) fclose(f);
     }
     if (im->n_visual_tokens) {
-        snprintf(path, sizeof path, "%s/image_%d.visual_f32", dir, i);
-        FILE *f = fopen(path, "wb");
-        if (f) fwrite(im->visual_tokens, sizeof(float), im->n_visual_tokens, f), fclose(f);
+        char name[32];
+        snprintf(path, sizeof path, "%s/image_%d.safetensors", dir, i);
+        snprintf(name, sizeof name, "image.%d", i);
+        mm_st_write_tensor t = {name, MM_DTYPE_F32, 2, {im->n_tokens, im->dim}, im->visual_tokens};
+        if ((size_t)im->n_tokens * (size_t)im->dim != im->n_visual_tokens)
+            fprintf(stderr, "mmctl: image %d: %zu floats for %d x %d tokens\n", i, im->n_visual_tokens, im->n_tokens, im->dim);
+        else if (mm_safetensors_write(path, &t, 1) != MM_OK)
+            fprintf(stderr, "mmctl: %s\n", mm_error_last());
     }
-    fprintf(stderr, "mmctl: image %d: %d visual tokens%s\n", i, im->n_tokens, im->png.len ? ", PNG written" : "");
+    fprintf(stderr, "mmctl: image %d: %d visual tokens%s%s\n", i, im->n_tokens,
+            im->n_visual_tokens ? " written" : "", im->png.len ? ", PNG written" : " (no PNG: no decoder pool yet)");
 }
 
 typedef struct {
@@ -142,7 +157,7 @@ static int cmd_generate(mm_client *cl, double timeout, int argc, char **argv) {
         case 'p': prompt = optarg; break;
         case 'i': if (n_images == MAX_IMAGES) return fail(3, "too many --image"); images[n_images++] = optarg; break;
         case 's': stream = 1; break;
-        case 'o': g.out = optarg; break;
+        case 'o': g.out = optarg, ip.return_visual_tokens = 1; break;
         case 'n': sp.max_new_tokens = atoi(optarg); break;
         case 't': sp.temperature = strtof(optarg, NULL); break;
         case 'P': sp.top_p = strtof(optarg, NULL); break;

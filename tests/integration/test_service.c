@@ -201,7 +201,7 @@ static int test_errors(const char *coord, const char *stage) {
     CASE("too many stop strings", (sp.stop = stops, sp.n_stop = 3), sp.n_stop = 0, 3, "stop strings");
     CASE("image steps", ip.steps = -1, ip.steps = 0, 3, "image.steps");
     CASE("too many images", m.n_parts = 3, m.n_parts = 1, 3, "images");
-    CASE("image without encoder", m.n_parts = 2, m.n_parts = 1, 12, "vision encoder");
+    CASE("undecodable image", m.n_parts = 2, m.n_parts = 1, 3, "parts[1].image: cannot use this image");
     char *longp = malloc(40000);
     for (int i = 0; i < 39999; i++) longp[i] = "abc de"[i % 6];
     longp[39999] = 0;

@@ -1,0 +1,54 @@
+/* The coordinator's view of the vision encoder: image bytes in (PNG/JPEG, untrusted),
+ * visual tokens out ([n_tokens, dim] L2-normalised SigLIP space), asynchronously, by
+ * job id. The scheduler thread submits and polls; it never waits on an encode. Today
+ * encoder_local.c runs SigLIP in-process on its own thread; the encoder pool (ZeroMQ
+ * ROUTER to mm-encoder workers, DESIGN section 2) implements the same table. Jobs are
+ * idempotent and a result for a job nobody waits for any more is simply dropped. */
+#ifndef MM_COORD_ENCODER_H
+#define MM_COORD_ENCODER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/status.h"
+
+typedef struct {
+    uint64_t job_id;
+    mm_status status;  /* MM_OK, or why: FORMAT/INVALID/UNSUPPORTED = the image is refused */
+    char error[384];   /* when status != MM_OK */
+    float *tokens;     /* [n_tokens, dim] malloc'd, owned by the receiver (NULL on error) */
+} mm_encode_result;
+
+typedef struct mm_encoder mm_encoder;
+
+typedef struct {
+    /* Queues one image; data is copied. */
+    mm_status (*submit)(mm_encoder *enc, uint64_t job_id, const uint8_t *data, size_t len);
+    /* 1 and *out when a result is ready, 0 when none is. Never blocks. */
+    int (*poll)(mm_encoder *enc, mm_encode_result *out);
+    /* Forgets a job (its request is gone): dropped if not started, its result discarded. */
+    void (*cancel)(mm_encoder *enc, uint64_t job_id);
+    void (*free)(mm_encoder *enc);
+} mm_encoder_ops;
+
+struct mm_encoder {
+    const mm_encoder_ops *ops;
+    int32_t n_tokens; /* visual tokens per image (num_image_tokens, 64) */
+    int32_t dim;      /* width of a visual token (SigLIP hidden, 1152) */
+};
+
+/* In-process SigLIP on a thread of its own (its own backend with `threads` threads):
+ * decode (limits lim: sizes checked before any pixel buffer), preprocess, encode,
+ * reduce to n_tokens, L2 norm. */
+typedef struct {
+    const char *vision_dir;  /* HF SigLIP directory */
+    const char *backend;     /* "cpu", ... */
+    int threads;
+    int32_t n_tokens;
+    size_t max_bytes;        /* encoded bytes per image */
+    int32_t max_side;        /* pixels per side */
+} mm_encoder_local_params;
+
+mm_status mm_encoder_local_init(const mm_encoder_local_params *p, mm_encoder **out);
+
+#endif
