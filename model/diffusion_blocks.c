@@ -354,16 +354,17 @@ mm_status mm_dn_transformer_forward(mm_arena *a, const mm_dn_transformer *t, con
     CHECK_GOTO(mm_arena_floats(a, M * C, &n), s, done);
     CHECK_GOTO(mm_arena_floats(a, M * D, &h), s, done);
     CHECK_GOTO(be->ops->groupnorm(be, x, vec(&t->norm.w), vec(&t->norm.b), n, B, HW, C, t->groups, 1e-6f, 0), s, done);
-    /* a 1x1 convolution on a channels-last map is the same as a linear layer on its pixels */
+    /* 1x1 convolutions: the map is passed as B images of HW x 1 pixels (the same maths);
+     * passing every pixel as its own 1x1 image makes oneDNN pick a far slower kernel */
     if (t->use_linear_projection)
         CHECK_GOTO(mm_dn_linear_forward(be, &t->proj_in_lin, n, h, M), s, done);
     else
-        CHECK_GOTO(mm_dn_conv_forward(be, &t->proj_in_conv, n, h, M, 1, 1, 1, 0), s, done);
+        CHECK_GOTO(mm_dn_conv_forward(be, &t->proj_in_conv, n, h, B, HW, 1, 1, 0), s, done);
     for (int32_t l = 0; l < t->n_layers; l++) CHECK_GOTO(basic_block_forward(a, &t->blocks[l], h, ctx, B, HW, T, D), s, done);
     if (t->use_linear_projection)
         CHECK_GOTO(mm_dn_linear_forward(be, &t->proj_out_lin, h, out, M), s, done);
     else
-        CHECK_GOTO(mm_dn_conv_forward(be, &t->proj_out_conv, h, out, M, 1, 1, 1, 0), s, done);
+        CHECK_GOTO(mm_dn_conv_forward(be, &t->proj_out_conv, h, out, B, HW, 1, 1, 0), s, done);
     CHECK_GOTO(be->ops->add(be, out, x, M * C), s, done);
 done:
     mm_arena_release(a, mark);
