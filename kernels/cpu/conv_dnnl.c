@@ -19,6 +19,11 @@ typedef struct {
     int has_bias, packed;
     dnnl_primitive_t prim;
     dnnl_memory_t src, wei, bias, dst;
+    /* when the primitive wants another weight layout than the one given (shape-dependent
+     * kernel choice), each call reorders the weights into wbuf first */
+    dnnl_primitive_t reorder;
+    dnnl_memory_t wsrc;
+    void *wbuf;
 } conv_entry;
 
 struct mm_dnnl_conv {
@@ -58,6 +63,9 @@ void mm_dnnl_conv_free(mm_dnnl_conv *c) {
         dnnl_memory_destroy(e->wei);
         if (e->bias) dnnl_memory_destroy(e->bias);
         dnnl_memory_destroy(e->dst);
+        if (e->reorder) dnnl_primitive_destroy(e->reorder);
+        if (e->wsrc) dnnl_memory_destroy(e->wsrc);
+        free(e->wbuf);
     }
     if (c->stream) dnnl_stream_destroy(c->stream);
     if (c->engine) dnnl_engine_destroy(c->engine);
@@ -90,10 +98,12 @@ static mm_status entry_create(mm_dnnl_conv *c, conv_entry *e, const conv_entry *
     dnnl_dims_t wei_dims = {key->OC, key->IC, key->k, key->k};
     DNNL_TRY(dnnl_memory_desc_init_by_tag(&plain_md, 4, wei_dims, dnnl_f32, dnnl_oihw), "conv weights desc");
     dnnl_primitive_desc_t pd;
-    CHECK(conv_pd(c, key->B, key->H, key->W, key->IC, key->OC, key->k, key->stride, key->pad, key->has_bias,
-                  packed_md ? packed_md : &plain_md, &pd));
+    /* weights "any": oneDNN picks its fastest kernel for this shape; forcing the packed
+     * layout instead can select a reference kernel (measured 0.4 GFLOP/s) */
+    CHECK(conv_pd(c, key->B, key->H, key->W, key->IC, key->OC, key->k, key->stride, key->pad, key->has_bias, NULL, &pd));
+    const dnnl_memory_desc_t *given = packed_md ? packed_md : &plain_md;
     *e = *key;
-    e->prim = NULL, e->src = e->wei = e->bias = e->dst = NULL;
+    e->prim = NULL, e->src = e->wei = e->bias = e->dst = NULL, e->reorder = NULL, e->wsrc = NULL, e->wbuf = NULL;
     dnnl_status_t s = dnnl_primitive_create(&e->prim, pd);
     if (s == dnnl_success)
         s = dnnl_memory_create(&e->src, dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0), c->engine, DNNL_MEMORY_NONE);
@@ -105,6 +115,17 @@ static mm_status entry_create(mm_dnnl_conv *c, conv_entry *e, const conv_entry *
                                DNNL_MEMORY_NONE);
     if (s == dnnl_success)
         s = dnnl_memory_create(&e->dst, dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0), c->engine, DNNL_MEMORY_NONE);
+    const dnnl_memory_desc_t *want = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    if (s == dnnl_success && !dnnl_memory_desc_equal(want, given)) {
+        dnnl_primitive_desc_t rpd = NULL;
+        size_t bytes = dnnl_memory_desc_get_size(want);
+        if (posix_memalign(&e->wbuf, 64, (bytes + 63) & ~(size_t)63) != 0) e->wbuf = NULL, s = dnnl_out_of_memory;
+        if (s == dnnl_success) s = dnnl_memory_create(&e->wsrc, given, c->engine, DNNL_MEMORY_NONE);
+        if (s == dnnl_success) s = dnnl_reorder_primitive_desc_create(&rpd, given, c->engine, want, c->engine, NULL);
+        if (s == dnnl_success) s = dnnl_primitive_create(&e->reorder, rpd);
+        if (rpd) dnnl_primitive_desc_destroy(rpd);
+        if (s == dnnl_success) s = dnnl_memory_set_data_handle(e->wei, e->wbuf);
+    }
     dnnl_primitive_desc_destroy(pd);
     if (s != dnnl_success) {
         if (e->prim) dnnl_primitive_destroy(e->prim);
@@ -112,6 +133,9 @@ static mm_status entry_create(mm_dnnl_conv *c, conv_entry *e, const conv_entry *
         if (e->wei) dnnl_memory_destroy(e->wei);
         if (e->bias) dnnl_memory_destroy(e->bias);
         if (e->dst) dnnl_memory_destroy(e->dst);
+        if (e->reorder) dnnl_primitive_destroy(e->reorder);
+        if (e->wsrc) dnnl_memory_destroy(e->wsrc);
+        free(e->wbuf);
         memset(e, 0, sizeof *e);
         return MM_ERROR(MM_ERR_INTERNAL, "oneDNN convolution primitive and memories failed (status %d)", (int)s);
     }
@@ -156,7 +180,13 @@ mm_status mm_dnnl_conv2d(mm_dnnl_conv *c, const mm_tensor *w, const float *bias,
     conv_entry *e = NULL;
     CHECK(entry_get(c, &key, packed_md, &e));
     DNNL_TRY(dnnl_memory_set_data_handle(e->src, (void *)x), "set conv src");
-    DNNL_TRY(dnnl_memory_set_data_handle(e->wei, w->data), "set conv weights");
+    if (e->reorder) {
+        DNNL_TRY(dnnl_memory_set_data_handle(e->wsrc, w->data), "set conv weights");
+        dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, e->wsrc}, {DNNL_ARG_TO, e->wei}};
+        DNNL_TRY(dnnl_primitive_execute(e->reorder, c->stream, 2, rargs), "conv weight reorder");
+    } else {
+        DNNL_TRY(dnnl_memory_set_data_handle(e->wei, w->data), "set conv weights");
+    }
     DNNL_TRY(dnnl_memory_set_data_handle(e->dst, y), "set conv dst");
     dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, e->src}, {DNNL_ARG_WEIGHTS, e->wei}, {DNNL_ARG_DST, e->dst}};
     int n_args = 3;
