@@ -12,6 +12,7 @@
 
 #include "common/runtime.h"
 #include "common/log.h"
+#include "kernels/cuda/backend_cuda.h"
 #include "model/manifest.h"
 #include "pipeline_mpi.h"
 #include "stage.h"
@@ -52,11 +53,28 @@ static mm_status send_stats(const mm_stage *st, int rank) {
     return mm_mpi_send_msg(0, MM_TAG_STATS, buf, n);
 }
 
-/* Loads this rank's slice. */
-static mm_status stage_load(const char *cfg_path, int rank, int size, mm_transport *tr, mm_stage **st,
-                            int32_t *a, int32_t *b) {
+/* The activation transport for the stages' backend: NCCL between GPUs (one per rank,
+ * picked by the local rank; cfg->backend becomes "cuda:N"), MPI for CPU stages. */
+static mm_status transport_open(mm_serve_config *cfg, int rank, int size, mm_transport **tr) {
+    if (strncmp(cfg->backend, "cuda", 4) != 0) return mm_transport_mpi_init(tr);
+#ifdef MM_HAVE_NCCL
+    int n = mm_cuda_device_count();
+    if (n == 0) return MM_ERROR(MM_ERR_UNSUPPORTED, "stage rank %d: backend cuda but no GPU", rank);
+    int dev = mm_local_rank(rank) % n;
+    snprintf(cfg->backend, sizeof cfg->backend, "cuda:%d", dev);
+    return mm_transport_nccl_init(rank, size, dev, tr);
+#else
+    return MM_ERROR(MM_ERR_UNSUPPORTED, "backend cuda: this mm-stage was built without CUDA + NCCL");
+#endif
+}
+
+/* Loads this rank's slice; backend (NULL: the config's) overrides the config. */
+static mm_status stage_load(const char *cfg_path, const char *backend, int rank, int size, mm_transport **tr,
+                            mm_stage **st, int32_t *a, int32_t *b) {
     mm_serve_config cfg;
     CHECK(mm_serve_config_load(cfg_path, &cfg));
+    if (backend) snprintf(cfg.backend, sizeof cfg.backend, "%s", backend);
+    CHECK(transport_open(&cfg, rank, size, tr));
     mm_model_paths paths;
     CHECK(mm_model_paths_resolve(cfg.model, &paths));
     mm_llama_config lc;
@@ -64,7 +82,11 @@ static mm_status stage_load(const char *cfg_path, int rank, int size, mm_transpo
     int32_t P = size - 1, begin[MM_MAX_STAGES], end[MM_MAX_STAGES];
     CHECK(mm_serve_split_layers(&cfg, lc.n_layers, P, begin, end));
     *a = begin[rank - 1], *b = end[rank - 1];
-    return mm_stage_init(&cfg, *a, *b, rank == 1, rank == P, rank > 1 ? rank - 1 : -1, rank < P ? rank + 1 : -1, tr, st);
+    CHECK(mm_stage_init(&cfg, *a, *b, rank == 1, rank == P, rank > 1 ? rank - 1 : -1, rank < P ? rank + 1 : -1, *tr, st));
+#ifdef MM_HAVE_NCCL
+    mm_transport_nccl_bind_stream(*tr, mm_backend_cuda_stream((*st)->be));
+#endif
+    return MM_OK;
 }
 
 /* Runs plans until SHUTDOWN. A failed step is reported to rank 0 and ends the loop:
@@ -127,15 +149,17 @@ int main(int argc, char **argv) {
     signal(SIGINT, SIG_IGN);
     signal(SIGTERM, SIG_IGN);
     signal(SIGUSR1, SIG_IGN);
+    const char *backend = NULL; /* --backend cuda|cpu overrides the config's */
+    if (argc == 4 && !strcmp(argv[1], "--backend")) backend = argv[2], argv[1] = argv[3], argc = 2;
     if (argc != 2 || rank < 1) {
-        fprintf(stderr, "usage: mpiexec -n 1 mm-coordinator CFG : -n P mm-stage CFG (rank %d)\n", rank);
+        fprintf(stderr, "usage: mpiexec -n 1 mm-coordinator CFG : -n P mm-stage [--backend cuda|cpu] CFG (rank %d)\n",
+                rank);
         MPI_Abort(MPI_COMM_WORLD, 2);
     }
     mm_transport *tr = NULL;
     mm_stage *st = NULL;
     int32_t a = 0, b = 0;
-    s = mm_transport_mpi_init(&tr);
-    if (s == MM_OK) s = stage_load(argv[1], rank, size, tr, &st, &a, &b);
+    s = stage_load(argv[1], backend, rank, size, &tr, &st, &a, &b);
     Metamorph__Internal__StageHello h = METAMORPH__INTERNAL__STAGE_HELLO__INIT;
     char host[256] = "";
     gethostname(host, sizeof host - 1);

@@ -25,6 +25,13 @@ struct mm_transport {
 
 /* MPI point-to-point on MPI_COMM_WORLD (host memory), peers are world ranks. */
 mm_status mm_transport_mpi_init(mm_transport **out);
+/* NCCL between the stage ranks 1..size-1 on GPU `device` (device memory; builds with
+ * CUDA and NCCL, MM_HAVE_NCCL). Collective over the stages: every stage calls it. */
+mm_status mm_transport_nccl_init(int rank, int size, int device, mm_transport **out);
+/* Orders transfers after the kernels of the stage's compute stream (a cudaStream_t). */
+void mm_transport_nccl_bind_stream(mm_transport *t, void *compute_stream);
+/* This process's rank on its node (MPICH, Open MPI, Slurm env), else world_rank. */
+int mm_local_rank(int world_rank);
 void mm_transport_free(mm_transport *t);
 
 #endif
