@@ -40,6 +40,12 @@ mm_status mm_backend_cuda_mem(struct mm_backend *be, mm_cuda_mem *out);
 mm_status mm_cuda_plan_kv_blocks(struct mm_backend *be, double fraction, size_t reserve, size_t block_bytes,
                                  int32_t min_blocks, int32_t *n_blocks);
 
+/* ---- benchmark baselines (probe.cu) ---- */
+/* Device-to-device copy of `bytes`: (read + written) bytes per second, in GB/s. */
+mm_status mm_backend_cuda_probe_copy(struct mm_backend *be, size_t bytes, double *gbs);
+/* cuBLAS bf16 x bf16 -> f32 GEMM of M x N x K (the matmul op's layout), TFLOP/s. */
+mm_status mm_backend_cuda_probe_gemm(struct mm_backend *be, int64_t M, int64_t N, int64_t K, double *tflops);
+
 #ifdef __cplusplus
 }
 #endif

@@ -19,3 +19,11 @@ mm_status mm_cuda_plan_kv_blocks(struct mm_backend *be, double fraction, size_t 
                                  int32_t min_blocks, int32_t *n_blocks) {
     return MM_ERROR(MM_ERR_UNSUPPORTED, "this build has no CUDA backend");
 }
+
+mm_status mm_backend_cuda_probe_copy(struct mm_backend *be, size_t bytes, double *gbs) {
+    return MM_ERROR(MM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+}
+
+mm_status mm_backend_cuda_probe_gemm(struct mm_backend *be, int64_t M, int64_t N, int64_t K, double *tflops) {
+    return MM_ERROR(MM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+}
