@@ -9,8 +9,8 @@
 #include "log.h"
 
 void mm_runtime_init(char **argv) {
-    if (getenv("OMP_WAIT_POLICY")) return;
-    if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
+    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
+    if (setenv("GOMP_SPINCOUNT", "2000", 1) != 0) return;
     execv("/proc/self/exe", argv);
-    LOG_WARN("could not re-execute with OMP_WAIT_POLICY=PASSIVE (%s); OpenMP threads will spin", strerror(errno));
+    LOG_WARN("could not re-execute with GOMP_SPINCOUNT=2000 (%s); OpenMP threads will spin", strerror(errno));
 }

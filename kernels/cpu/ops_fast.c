@@ -150,25 +150,82 @@ MM_VEC_CLONES static void attend_one(const float *qv, const void *k_cache, const
     }
 }
 
+/* Rows of one sequence that share a bf16 cache within a step (a prefill chunk) would each
+ * widen the same keys again; such a run gets its keys widened once into an f32 copy laid
+ * out as one block [n_kv_heads, n_keys, head_dim]. The f32 values are exactly those the
+ * per-row path computes, and the order of every sum is unchanged, so the results are
+ * bit-identical either way (batch invariance holds). */
+typedef struct {
+    const void *k, *v;     /* caches this row reads */
+    mm_attn_row row;       /* its block table and key count in them */
+    mm_attn_shape shape;   /* their geometry and dtype */
+} attn_source;
+
+static const int32_t single_block[1] = {0};
+
+static mm_status plan_sources(mm_backend *be, const void *k_cache, const void *v_cache, const mm_attn_row *rows,
+                              int64_t M, const mm_attn_shape *s, attn_source *src, float *widened) {
+    int32_t KVH = s->n_kv_heads, hd = s->head_dim;
+    for (int64_t m = 0, off = 0; m < M;) {
+        int64_t end = m + 1;
+        int32_t n = rows[m].n_keys;
+        while (end < M && rows[end].block_table == rows[m].block_table) n = rows[end].n_keys > n ? rows[end].n_keys : n, end++;
+        if (s->kv_dtype != MM_DTYPE_BF16 || end - m < 2) {
+            for (; m < end; m++) src[m] = (attn_source){k_cache, v_cache, rows[m], *s};
+            continue;
+        }
+        float *wk = widened + off, *wv = wk + (size_t)KVH * n * hd;
+        off += 2 * (int64_t)KVH * n * hd;
+#pragma omp parallel for num_threads(be->n_threads) schedule(static) if ((int64_t)KVH * n * hd > 65536)
+        for (int64_t hj = 0; hj < (int64_t)KVH * n; hj++) {
+            int32_t h = (int32_t)(hj / n), j = (int32_t)(hj % n);
+            int64_t at = mm_kv_offset(rows[m].block_table, j, h, s);
+            for (int32_t d = 0; d < hd; d++) {
+                wk[hj * hd + d] = mm_bf16_to_f32(((const uint16_t *)k_cache)[at + d]);
+                wv[hj * hd + d] = mm_bf16_to_f32(((const uint16_t *)v_cache)[at + d]);
+            }
+        }
+        mm_attn_shape ws = *s;
+        ws.block_size = n, ws.kv_dtype = MM_DTYPE_F32;
+        for (; m < end; m++) src[m] = (attn_source){wk, wv, {single_block, rows[m].n_keys}, ws};
+    }
+    return MM_OK;
+}
+
 mm_status mm_cpu_fast_attention(mm_backend *be, const float *q, const void *k_cache, const void *v_cache,
                                 const mm_attn_row *rows, int64_t M, const mm_attn_shape *s, float *out) {
     if (s->kv_dtype != MM_DTYPE_F32 && s->kv_dtype != MM_DTYPE_BF16)
         return MM_ERROR(MM_ERR_UNSUPPORTED, "KV cache dtype %s", mm_dtype_name(s->kv_dtype));
     int32_t H = s->n_heads, group = s->n_heads / s->n_kv_heads;
     int32_t max_keys = 1;
-    for (int64_t m = 0; m < M; m++) max_keys = rows[m].n_keys > max_keys ? rows[m].n_keys : max_keys;
+    int64_t widen_floats = 0; /* what plan_sources widens: runs of >= 2 rows on a bf16 cache */
+    for (int64_t m = 0; m < M;) {
+        int64_t end = m + 1;
+        int32_t n = rows[m].n_keys;
+        while (end < M && rows[end].block_table == rows[m].block_table) n = rows[end].n_keys > n ? rows[end].n_keys : n, end++;
+        max_keys = n > max_keys ? n : max_keys;
+        if (s->kv_dtype == MM_DTYPE_BF16 && end - m >= 2) widen_floats += 2 * (int64_t)s->n_kv_heads * n * s->head_dim;
+        m = end;
+    }
     size_t per_thread = (size_t)max_keys + 4 * (size_t)s->head_dim; /* scores + widened rows */
     float *scratch;
-    CHECK(mm_cpu_scratch(be, (size_t)be->n_threads * per_thread * sizeof(float), (void **)&scratch));
+    CHECK(mm_cpu_scratch(be, ((size_t)be->n_threads * per_thread + (size_t)widen_floats) * sizeof(float),
+                         (void **)&scratch));
+    attn_source *src = malloc((size_t)(M > 0 ? M : 1) * sizeof *src);
+    CHECK(CHECK_ALLOC(src));
+    mm_status st = plan_sources(be, k_cache, v_cache, rows, M, s, src, scratch + (size_t)be->n_threads * per_thread);
+    if (st == MM_OK) {
 #pragma omp parallel for num_threads(be->n_threads) schedule(dynamic, 4) if (M * H > 1)
-    for (int64_t mh = 0; mh < M * H; mh++) {
-        int64_t m = mh / H;
-        int32_t h = (int32_t)(mh % H);
-        float *sc = scratch + (size_t)omp_get_thread_num() * per_thread;
-        attend_one(q + mh * s->head_dim, k_cache, v_cache, &rows[m], h / group, s, sc, sc + max_keys,
-                   out + mh * s->head_dim);
+        for (int64_t mh = 0; mh < M * H; mh++) {
+            int64_t m = mh / H;
+            int32_t h = (int32_t)(mh % H);
+            float *sc = scratch + (size_t)omp_get_thread_num() * per_thread;
+            attend_one(q + mh * s->head_dim, src[m].k, src[m].v, &src[m].row, h / group, &src[m].shape, sc,
+                       sc + max_keys, out + mh * s->head_dim);
+        }
     }
-    return MM_OK;
+    free(src);
+    return st;
 }
 
 mm_status mm_cpu_fast_silu_mul(mm_backend *be, float *gate, const float *up, int64_t n) {
