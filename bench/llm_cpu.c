@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench/bench_util.h"
 #include "common/runtime.h"
 #include "kernels/backend.h"
 #include "model/llama.h"
@@ -24,21 +25,6 @@
 
 #define REPEATS 5
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 /* Sum of n floats with 64 independent vector lanes, so loads, not adds, are the limit. */
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -61,16 +47,16 @@ static double read_bandwidth(int threads) {
     double t[REPEATS];
     volatile float sink = 0;
     for (int r = 0; r < REPEATS; r++) {
-        double t0 = now_s();
+        double t0 = mm_bench_now();
         float total = 0;
         size_t chunk = n / (size_t)threads;
 #pragma omp parallel for num_threads(threads) reduction(+ : total)
         for (int th = 0; th < threads; th++) total += sum_stream(buf + (size_t)th * chunk, chunk);
         sink += total;
-        t[r] = (double)(n * sizeof *buf) / (now_s() - t0) * 1e-9;
+        t[r] = (double)(n * sizeof *buf) / (mm_bench_now() - t0) * 1e-9;
     }
     free(buf);
-    return median(t, REPEATS);
+    return mm_bench_median(t, REPEATS);
 }
 
 /* GEMM peak of this backend: a large matmul in the model's weight dtype, GFLOP/s. */
@@ -83,12 +69,12 @@ static double gemm_peak(mm_backend *be, mm_dtype dt) {
     double t[REPEATS];
     be->ops->matmul(be, &w, x, y, M); /* warm-up: primitive creation */
     for (int r = 0; r < REPEATS; r++) {
-        double t0 = now_s();
+        double t0 = mm_bench_now();
         be->ops->matmul(be, &w, x, y, M);
-        t[r] = 2.0 * M * K * N / (now_s() - t0) * 1e-9;
+        t[r] = 2.0 * M * K * N / (mm_bench_now() - t0) * 1e-9;
     }
     free(w.data), free(x), free(y);
-    return median(t, REPEATS);
+    return mm_bench_median(t, REPEATS);
 }
 
 typedef struct {
@@ -112,13 +98,13 @@ static double bench_prefill(runner *r, int T) {
         mm_llama_seq *s = &r->seqs[0];
         const int32_t *tp[1] = {toks};
         int32_t cnt[1] = {T};
-        double t0 = now_s();
+        double t0 = mm_bench_now();
         if (mm_llama_eval(r->m, r->kv, &s, tp, cnt, 1, 0, r->logits) != MM_OK) fprintf(stderr, "%s\n", mm_error_last());
-        t[rep] = T / (now_s() - t0);
+        t[rep] = T / (mm_bench_now() - t0);
         runner_reset(r);
     }
     free(toks);
-    return median(t, REPEATS);
+    return mm_bench_median(t, REPEATS);
 }
 
 /* B sequences, each prefilled with 32 tokens, then `steps` batched decode steps: tokens/s. */
@@ -135,13 +121,13 @@ static double bench_decode(runner *r, int B, int steps) {
         }
         mm_llama_eval(r->m, r->kv, ptrs, tp, cnt, B, 0, r->logits);
         for (int b = 0; b < B; b++) tp[b] = &next[b], cnt[b] = 1;
-        double t0 = now_s();
+        double t0 = mm_bench_now();
         for (int s = 0; s < steps; s++)
             if (mm_llama_eval(r->m, r->kv, ptrs, tp, cnt, B, 0, r->logits) != MM_OK) fprintf(stderr, "%s\n", mm_error_last());
-        t[rep] = (double)B * steps / (now_s() - t0);
+        t[rep] = (double)B * steps / (mm_bench_now() - t0);
         runner_reset(r);
     }
-    return median(t, REPEATS);
+    return mm_bench_median(t, REPEATS);
 }
 
 /* Bytes read per decode step at batch 1: every weight matrix once (+ one embedding row). */

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench/bench_util.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/backend_cuda.h"
 #include "model/llama.h"
@@ -26,21 +27,6 @@
 #define REPEATS 5
 #define KV_FRACTION 0.9 /* of the memory left after the weights */
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 #define DIE(...)                                                                                   \
     do {                                                                                           \
@@ -99,12 +85,12 @@ static double bench_prefill(runner *r, int T) {
     int32_t n[1] = {T};
     step(r, 1, n), reset(r); /* warm-up: scratch, cuBLAS heuristics */
     for (int rep = 0; rep < REPEATS; rep++) {
-        double t0 = now_s();
+        double t0 = mm_bench_now();
         step(r, 1, n); /* ends with the sampled id on the host: synchronous */
-        t[rep] = T / (now_s() - t0);
+        t[rep] = T / (mm_bench_now() - t0);
         reset(r);
     }
-    return median(t, REPEATS);
+    return mm_bench_median(t, REPEATS);
 }
 
 /* B sequences prefilled with 32 tokens, then `steps` decode steps: tokens/s. */
@@ -116,12 +102,12 @@ static double bench_decode(runner *r, int B, int steps) {
         step(r, B, n);
         for (int b = 0; b < B; b++) n[b] = 1;
         step(r, B, n); /* warm-up of the decode shapes */
-        double t0 = now_s();
+        double t0 = mm_bench_now();
         for (int s = 0; s < steps; s++) step(r, B, n);
-        t[rep] = (double)B * steps / (now_s() - t0);
+        t[rep] = (double)B * steps / (mm_bench_now() - t0);
         reset(r);
     }
-    return median(t, REPEATS);
+    return mm_bench_median(t, REPEATS);
 }
 
 static double weight_bytes(const mm_llama_config *c) { /* read per decode step at batch 1 (bf16) */
@@ -169,10 +155,10 @@ int main(int argc, char **argv) {
     double copy_gbs = 0, gemm_tflops = 0;
     if (mm_backend_cuda_probe_copy(be, (size_t)2 << 30, &copy_gbs) != MM_OK) DIE("copy probe");
     if (mm_backend_cuda_probe_gemm(be, 8192, 8192, 8192, &gemm_tflops) != MM_OK) DIE("gemm probe");
-    double t0 = now_s();
+    double t0 = mm_bench_now();
     runner r = {.be = be, .max_seqs = 256, .cap = 2048};
     if (mm_llama_load(dir, be, 0, -1, MM_LLAMA_EMBED | MM_LLAMA_HEAD, &r.m) != MM_OK) DIE("load %s", dir);
-    double load_s = now_s() - t0;
+    double load_s = mm_bench_now() - t0;
     const mm_llama_config *c = &r.m->cfg;
     r.x = be->ops->alloc(be, (size_t)r.cap * c->dim * 4);
     r.sel = be->ops->alloc(be, (size_t)r.max_seqs * c->dim * 4);

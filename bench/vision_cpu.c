@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench/bench_util.h"
 #include "common/runtime.h"
 #include "model/siglip.h"
 
@@ -21,21 +22,6 @@
 
 #define REPEATS 3
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 /* Multiply-adds x2 of one image through the encoder (patch GEMM, QKVO, attention, MLP). */
 static double flops_per_image(const mm_siglip_config *c) {
@@ -56,14 +42,14 @@ static double gemm_peak(mm_backend *be, mm_dtype dt) {
     if (wd && x && y && be->ops->weight_load(be, &st, MM_WEIGHT_MATMUL, &w) == MM_OK) {
         be->ops->matmul(be, &w, x, y, M);
         for (int r = 0; r < REPEATS; r++) {
-            double t0 = now_s();
+            double t0 = mm_bench_now();
             be->ops->matmul(be, &w, x, y, M);
-            t[r] = 2.0 * M * K * N / (now_s() - t0) * 1e-9;
+            t[r] = 2.0 * M * K * N / (mm_bench_now() - t0) * 1e-9;
         }
         be->ops->weight_release(be, &w);
     }
     free(wd), free(x), free(y);
-    return median(t, REPEATS);
+    return mm_bench_median(t, REPEATS);
 }
 
 /* images/s for batches of B images (median of REPEATS after one warm-up) */
@@ -74,11 +60,11 @@ static double bench_encode(mm_siglip *m, int B, float *pixels, float *tokens) {
         return 0;
     }
     for (int r = 0; r < REPEATS; r++) {
-        double t0 = now_s();
+        double t0 = mm_bench_now();
         mm_siglip_encode(m, pixels, B, 64, NULL, tokens);
-        t[r] = B / (now_s() - t0);
+        t[r] = B / (mm_bench_now() - t0);
     }
-    return median(t, REPEATS);
+    return mm_bench_median(t, REPEATS);
 }
 
 int main(int argc, char **argv) {
