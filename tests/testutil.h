@@ -3,6 +3,7 @@
 #ifndef MM_TESTUTIL_H
 #define MM_TESTUTIL_H
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -26,6 +27,9 @@ int mm_test_finish(const char *name);
  * rotating buffer; the env vars are set by ctest. */
 const char *mm_golden_path(const char *rel);
 const char *mm_asset_path(const char *rel);
+/* Normalised MSE sum (a-ref)^2 / sum ref^2, in double; +inf on any non-finite value
+ * (op tests in the manner of llama.cpp's test-backend-ops). */
+double mm_nmse(const float *a, const float *ref, int64_t n);
 /* Max |a-b| over n floats. */
 float mm_max_abs_diff(const float *a, const float *b, size_t n);
 

@@ -37,22 +37,12 @@ static float *host(const float *d, int64_t n) {
     return h;
 }
 
-/* normalised MSE of got against want; NaN when got has a non-finite value */
-static double nmse(const float *got, const float *want, int64_t n) {
-    double num = 0.0, den = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        if (!isfinite(got[i])) return NAN;
-        double d = (double)got[i] - want[i];
-        num += d * d, den += (double)want[i] * want[i];
-    }
-    return den > 0.0 ? num / den : num;
-}
-
+/* got (device) against want by normalised MSE; a non-finite value makes it infinite */
 static void check(const char *op, const char *shape, const float *got_dev, const float *want, int64_t n, double bound) {
     float *got = host(got_dev, n);
-    double e = nmse(got, want, n);
+    double e = mm_nmse(got, want, n);
     printf("%-18s %-34s NMSE %.3g (bound %.1g)\n", op, shape, e, bound);
-    EXPECT(e <= bound, "%s %s: NMSE %g > %g (NaN: non-finite output)", op, shape, e, bound);
+    EXPECT(e <= bound, "%s %s: NMSE %g > %g (inf: non-finite output)", op, shape, e, bound);
     free(got);
 }
 

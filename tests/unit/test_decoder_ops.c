@@ -20,15 +20,6 @@ static float *rand_f32(int64_t n, float scale) {
 }
 
 /* sum (a-b)^2 / sum b^2; +inf on any non-finite value */
-static double nmse(const float *a, const float *ref, int64_t n) {
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < n; i++) {
-        if (!isfinite(a[i]) || !isfinite(ref[i])) return INFINITY;
-        num += ((double)a[i] - ref[i]) * ((double)a[i] - ref[i]);
-        den += (double)ref[i] * ref[i];
-    }
-    return den > 0 ? num / den : num;
-}
 
 /* A conv weight [OC, IC, k, k] in dtype dt (data malloc'd) as a safetensors tensor. */
 static mm_st_tensor conv_weight(mm_dtype dt, int64_t OC, int64_t IC, int64_t k) {
@@ -70,7 +61,7 @@ static void test_conv2d(void) {
                 EXPECT(fast_be->ops->conv2d(fast_be, &wf, bp, x, yf, B, H, W, s, p) == MM_OK, "conv2d: %s", mm_error_last());
                 EXPECT(ref_be->ops->conv2d(ref_be, &wr, bp, x, yr, B, H, W, s, p) == MM_OK, "conv2d ref: %s", mm_error_last());
                 EXPECT(fast1_be->ops->conv2d(fast1_be, &w1, bp, x, y1, B, H, W, s, p) == MM_OK, "conv2d: %s", mm_error_last());
-                double e = nmse(yf, yr, ny);
+                double e = mm_nmse(yf, yr, ny);
                 EXPECT(e < 1e-11, "conv2d %s case %zu bias %d nmse %g", mm_dtype_name(dts[d]), i, with_bias, e);
                 EXPECT(memcmp(yf, y1, (size_t)ny * 4) == 0, "conv2d case %zu differs between 1 and 2 threads", i);
             }
@@ -105,7 +96,7 @@ static void test_groupnorm(void) {
             EXPECT(fast_be->ops->groupnorm(fast_be, x, w, b, yf, B, HW, C, G, 1e-5f, silu) == MM_OK, "%s", mm_error_last());
             ref_be->ops->groupnorm(ref_be, x, w, b, yr, B, HW, C, G, 1e-5f, silu);
             fast1_be->ops->groupnorm(fast1_be, x, w, b, y1, B, HW, C, G, 1e-5f, silu);
-            double e = nmse(yf, yr, n);
+            double e = mm_nmse(yf, yr, n);
             EXPECT(e < 1e-11, "groupnorm case %zu silu %d nmse %g", i, silu, e);
             EXPECT(memcmp(yf, y1, (size_t)n * 4) == 0, "groupnorm case %zu differs between 1 and 2 threads", i);
         }
@@ -136,7 +127,7 @@ static void test_elementwise(void) {
         memcpy(af, a, N * 4), memcpy(ar, a, N * 4);
         EXPECT(fast_be->ops->activation(fast_be, af, N, acts[i]) == MM_OK, "activation");
         ref_be->ops->activation(ref_be, ar, N, acts[i]);
-        double e = nmse(af, ar, N);
+        double e = mm_nmse(af, ar, N);
         EXPECT(e < 1e-13, "activation %d nmse %g", i, e);
         float mx = 0;
         for (int64_t j = 0; j < N; j++) mx = fmaxf(mx, fabsf(af[j] - ar[j]) / fmaxf(1.0f, fabsf(ar[j])));
@@ -148,7 +139,7 @@ static void test_elementwise(void) {
     float *g = rand_f32(M * 2 * F, 3.0f), *gf = malloc(M * F * 4), *gr = malloc(M * F * 4);
     fast_be->ops->geglu(fast_be, g, gf, M, F);
     ref_be->ops->geglu(ref_be, g, gr, M, F);
-    EXPECT(nmse(gf, gr, M * F) < 1e-13, "geglu nmse %g", nmse(gf, gr, M * F));
+    EXPECT(mm_nmse(gf, gr, M * F) < 1e-13, "geglu nmse %g", mm_nmse(gf, gr, M * F));
     float two[2] = {2.0f, 1.0f}, out;
     ref_be->ops->geglu(ref_be, two, &out, 1, 1);
     EXPECT(fabsf(out - 2.0f * 0.8413447f) < 1e-6f, "geglu(2, 1) = %g", out);

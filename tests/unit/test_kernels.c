@@ -33,16 +33,6 @@ static mm_tensor rand_weight(mm_dtype dt, int64_t rows, int64_t cols, float scal
     return t;
 }
 
-/* Normalised MSE: sum (a-b)^2 / sum b^2; +inf on any non-finite value. */
-static double nmse(const float *a, const float *ref, int64_t n) {
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < n; i++) {
-        if (!isfinite(a[i]) || !isfinite(ref[i])) return INFINITY;
-        num += ((double)a[i] - ref[i]) * ((double)a[i] - ref[i]);
-        den += (double)ref[i] * ref[i];
-    }
-    return den > 0 ? num / den : num;
-}
 
 static mm_backend *ref_be, *fast_be, *fast1_be;
 
@@ -69,7 +59,7 @@ static void test_matmul(void) {
             ref_be->ops->matmul(ref_be, &wr, x, yr, M);
             /* bf16 weights run with bf16-rounded activations: relative error ~2^-9 per term */
             double bound = dts[d] == MM_DTYPE_BF16 ? 1e-4 : 1e-10;
-            double e = nmse(y, yr, M * N);
+            double e = mm_nmse(y, yr, M * N);
             EXPECT(e < bound, "matmul %s M=%lld K=%lld N=%lld nmse %g", mm_dtype_name(dts[d]), (long long)M,
                    (long long)K, (long long)N, e);
             fast_be->ops->weight_release(fast_be, &wf);
@@ -84,17 +74,17 @@ static void test_elementwise(void) {
     float *x = rand_f32(M * D, 2.0f), *w = rand_f32(D, 1.0f), *a = calloc(M * D, 4), *b = calloc(M * D, 4);
     fast_be->ops->rmsnorm(fast_be, x, w, a, M, D, 1e-5f);
     ref_be->ops->rmsnorm(ref_be, x, w, b, M, D, 1e-5f);
-    EXPECT(nmse(a, b, M * D) < 1e-12, "rmsnorm nmse %g", nmse(a, b, M * D));
+    EXPECT(mm_nmse(a, b, M * D) < 1e-12, "rmsnorm nmse %g", mm_nmse(a, b, M * D));
 
     float *g1 = rand_f32(M * D, 4.0f), *up = rand_f32(M * D, 1.0f), *g2 = malloc(M * D * 4);
     memcpy(g2, g1, M * D * 4);
     fast_be->ops->silu_mul(fast_be, g1, up, M * D);
     ref_be->ops->silu_mul(ref_be, g2, up, M * D);
-    EXPECT(nmse(g1, g2, M * D) < 1e-12, "silu_mul nmse %g", nmse(g1, g2, M * D));
+    EXPECT(mm_nmse(g1, g2, M * D) < 1e-12, "silu_mul nmse %g", mm_nmse(g1, g2, M * D));
 
     fast_be->ops->softmax(fast_be, x, a, M, D);
     ref_be->ops->softmax(ref_be, x, b, M, D);
-    EXPECT(nmse(a, b, M * D) < 1e-12, "softmax nmse %g", nmse(a, b, M * D));
+    EXPECT(mm_nmse(a, b, M * D) < 1e-12, "softmax nmse %g", mm_nmse(a, b, M * D));
 
     memcpy(a, x, M * D * 4), memcpy(b, x, M * D * 4);
     fast_be->ops->add(fast_be, a, w, D);
@@ -159,7 +149,7 @@ static void test_attention(mm_dtype dt) {
     float *q = rand_f32(qn, 1.0f), *a = calloc(qn, 4), *b = calloc(qn, 4), *c = calloc(qn, 4);
     fast_be->ops->attention(fast_be, q, f.k, f.v, rows, M, &f.shape, a);
     ref_be->ops->attention(ref_be, q, f.k, f.v, rows, M, &f.shape, b);
-    EXPECT(nmse(a, b, qn) < 1e-10, "attention (%s cache) nmse %g", mm_dtype_name(dt), nmse(a, b, qn));
+    EXPECT(mm_nmse(a, b, qn) < 1e-10, "attention (%s cache) nmse %g", mm_dtype_name(dt), mm_nmse(a, b, qn));
     /* batch invariance: each row alone, and with one thread, is bit-identical */
     for (int64_t m = 0; m < M; m++)
         fast1_be->ops->attention(fast1_be, q + m * 160, f.k, f.v, &rows[m], 1, &f.shape, c + m * 160);
@@ -284,13 +274,13 @@ static void test_encoder_ops(void) {
     for (int affine = 0; affine < 2; affine++) {
         fast_be->ops->layernorm(fast_be, x, affine ? w : NULL, affine ? b : NULL, a, M, D, 1e-6f);
         ref_be->ops->layernorm(ref_be, x, affine ? w : NULL, affine ? b : NULL, r, M, D, 1e-6f);
-        EXPECT(nmse(a, r, M * D) < 1e-12, "layernorm (affine %d) nmse %g", affine, nmse(a, r, M * D));
+        EXPECT(mm_nmse(a, r, M * D) < 1e-12, "layernorm (affine %d) nmse %g", affine, mm_nmse(a, r, M * D));
     }
     for (int approx = 0; approx < 2; approx++) {
         memcpy(a, x, M * D * 4), memcpy(r, x, M * D * 4);
         fast_be->ops->gelu(fast_be, a, M * D, approx);
         ref_be->ops->gelu(ref_be, r, M * D, approx);
-        EXPECT(nmse(a, r, M * D) < 1e-12, "gelu (tanh %d) nmse %g", approx, nmse(a, r, M * D));
+        EXPECT(mm_nmse(a, r, M * D) < 1e-12, "gelu (tanh %d) nmse %g", approx, mm_nmse(a, r, M * D));
     }
     float g = 1.0f;
     ref_be->ops->gelu(ref_be, &g, 1, 0);
@@ -301,7 +291,7 @@ static void test_encoder_ops(void) {
     EXPECT(memcmp(a, r, M * D * 4) == 0, "add_bias differs");
     fast_be->ops->l2norm(fast_be, x, a, M, D, 1e-12f);
     ref_be->ops->l2norm(ref_be, x, r, M, D, 1e-12f);
-    EXPECT(nmse(a, r, M * D) < 1e-12, "l2norm nmse %g", nmse(a, r, M * D));
+    EXPECT(mm_nmse(a, r, M * D) < 1e-12, "l2norm nmse %g", mm_nmse(a, r, M * D));
     double ss = 0;
     for (int64_t d = 0; d < D; d++) ss += (double)a[d] * a[d];
     EXPECT(fabs(ss - 1.0) < 1e-5, "l2norm row norm^2 %g", ss);
@@ -318,7 +308,7 @@ static void test_encoder_ops(void) {
     float scale = 1.0f / sqrtf((float)hd);
     fast_be->ops->attention_dense(fast_be, q, k, v, B, Tq, Tk, H, hd, scale, o);
     ref_be->ops->attention_dense(ref_be, q, k, v, B, Tq, Tk, H, hd, scale, orf);
-    EXPECT(nmse(o, orf, B * Tq * H * hd) < 1e-10, "attention_dense nmse %g", nmse(o, orf, B * Tq * H * hd));
+    EXPECT(mm_nmse(o, orf, B * Tq * H * hd) < 1e-10, "attention_dense nmse %g", mm_nmse(o, orf, B * Tq * H * hd));
     /* the last query of the second problem alone gives the same bits */
     fast1_be->ops->attention_dense(fast1_be, q + ((Tq + Tq - 1) * H) * hd, k + Tk * H * hd, v + Tk * H * hd, 1, 1, Tk,
                                    H, hd, scale, one);

@@ -16,15 +16,6 @@ static float *rand_f32(int64_t n) {
     return p;
 }
 
-static double nmse(const float *a, const float *ref, int64_t n) {
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < n; i++) {
-        if (!isfinite(a[i]) || !isfinite(ref[i])) return INFINITY;
-        num += ((double)a[i] - ref[i]) * ((double)a[i] - ref[i]);
-        den += (double)ref[i] * ref[i];
-    }
-    return den > 0 ? num / den : num;
-}
 
 static void test_patchify(mm_backend *ref, mm_backend *fast, mm_backend *fast1) {
     const int64_t shapes[][4] = {{1, 3, 28, 42}, {3, 3, 126, 126}, {2, 1, 10, 15}, {1, 3, 384, 384}};
@@ -36,8 +27,8 @@ static void test_patchify(mm_backend *ref, mm_backend *fast, mm_backend *fast1) 
         float *x = rand_f32(n), *a = malloc((size_t)no * 4), *r = malloc((size_t)no * 4), *one = malloc((size_t)no * 4);
         EXPECT(ref->ops->patchify(ref, x, r, B, C, H, W, p) == MM_OK, "%s", mm_error_last());
         EXPECT(fast->ops->patchify(fast, x, a, B, C, H, W, p) == MM_OK, "%s", mm_error_last());
-        EXPECT(nmse(a, r, no) == 0.0, "patchify %lldx%lldx%lldx%lld p%d nmse %g", (long long)B, (long long)C,
-               (long long)H, (long long)W, p, nmse(a, r, no));
+        EXPECT(mm_nmse(a, r, no) == 0.0, "patchify %lldx%lldx%lldx%lld p%d nmse %g", (long long)B, (long long)C,
+               (long long)H, (long long)W, p, mm_nmse(a, r, no));
         /* the last image alone, one thread: the same rows */
         int64_t per = C * H * W, per_o = no / B;
         EXPECT(fast1->ops->patchify(fast1, x + (B - 1) * per, one, 1, C, H, W, p) == MM_OK, "%s", mm_error_last());
@@ -60,12 +51,12 @@ static void test_resize(mm_backend *ref, mm_backend *fast, mm_backend *fast1) {
         float *x = rand_f32(n), *a = malloc((size_t)no * 4), *r = malloc((size_t)no * 4), *one = malloc((size_t)no * 4);
         EXPECT(ref->ops->resize_bilinear(ref, x, r, B, H, W, C, Ho, Wo) == MM_OK, "%s", mm_error_last());
         EXPECT(fast->ops->resize_bilinear(fast, x, a, B, H, W, C, Ho, Wo) == MM_OK, "%s", mm_error_last());
-        EXPECT(nmse(a, r, no) < 1e-12, "resize %lldx%lld->%lldx%lld C%lld nmse %g", (long long)H, (long long)W,
-               (long long)Ho, (long long)Wo, (long long)C, nmse(a, r, no));
+        EXPECT(mm_nmse(a, r, no) < 1e-12, "resize %lldx%lld->%lldx%lld C%lld nmse %g", (long long)H, (long long)W,
+               (long long)Ho, (long long)Wo, (long long)C, mm_nmse(a, r, no));
         int64_t per = H * W * C, per_o = Ho * Wo * C;
         EXPECT(fast1->ops->resize_bilinear(fast1, x + (B - 1) * per, one, 1, H, W, C, Ho, Wo) == MM_OK, "%s", mm_error_last());
         EXPECT(!memcmp(one, a + (B - 1) * per_o, (size_t)per_o * 4), "resize batch invariance");
-        if (H == Ho && W == Wo) EXPECT(nmse(r, x, n) == 0.0, "same-size resize is the identity");
+        if (H == Ho && W == Wo) EXPECT(mm_nmse(r, x, n) == 0.0, "same-size resize is the identity");
         free(x), free(a), free(r), free(one);
     }
     /* torch: F.interpolate(arange(9.).view(1,1,1,9), size=(1,8), mode='bilinear',
