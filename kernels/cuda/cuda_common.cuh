@@ -1,5 +1,5 @@
 /* Internal to kernels/cuda: the CUDA backend's private context, the error macros every
- * CUDA/cuBLAS call goes through (file:line in the message, never exit()), and the two
+ * CUDA/cuBLAS call goes through (file:line in the message, never calls exit), and the two
  * helpers ops share: a growable device scratch and a ring that uploads small host-side
  * row metadata (token ids, positions, KV slots, block tables) in stream order.
  * Must not hold model knowledge: ops only. */
