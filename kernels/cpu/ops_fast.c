@@ -75,60 +75,60 @@ mm_status mm_cpu_fast_rope(mm_backend *be, float *x, const int32_t *pos, const f
     return MM_OK;
 }
 
+/* Element i of a K or V head row, widened to f32 in a register (bf16 is the top half of
+ * an f32, so the widening is exact). bf16 is a compile-time constant in each caller. */
+static inline __attribute__((always_inline)) float kv_elem(const void *row, int bf16, int32_t i) {
+    if (!bf16) return ((const float *)row)[i];
+    uint32_t u = (uint32_t)((const uint16_t *)row)[i] << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Start of the head row of key j (the tail of a group of four repeats key n-1). */
+static inline __attribute__((always_inline)) const void *kv_row(const void *cache, int bf16, const mm_attn_row *row,
+                                                                int32_t j, int32_t kvh, const mm_attn_shape *s) {
+    int64_t at = mm_kv_offset(row->block_table, j < row->n_keys ? j : row->n_keys - 1, kvh, s);
+    return bf16 ? (const void *)((const uint16_t *)cache + at) : (const void *)((const float *)cache + at);
+}
+
 /* q . k for four keys at once: four independent accumulator chains keep the FMA
  * units busy where one short dot product would wait on its own latency. */
-static inline __attribute__((always_inline)) void dot4_f32(const float *q, const float *const k[4], int32_t n,
-                                                           float out[4]) {
+static inline __attribute__((always_inline)) void dot4(const float *q, const void *const k[4], int bf16, int32_t n,
+                                                       float out[4]) {
     float a0[16] = {0}, a1[16] = {0}, a2[16] = {0}, a3[16] = {0};
     int32_t i = 0;
     for (; i + 16 <= n; i += 16)
         for (int l = 0; l < 16; l++) {
-            a0[l] += q[i + l] * k[0][i + l];
-            a1[l] += q[i + l] * k[1][i + l];
-            a2[l] += q[i + l] * k[2][i + l];
-            a3[l] += q[i + l] * k[3][i + l];
+            a0[l] += q[i + l] * kv_elem(k[0], bf16, i + l);
+            a1[l] += q[i + l] * kv_elem(k[1], bf16, i + l);
+            a2[l] += q[i + l] * kv_elem(k[2], bf16, i + l);
+            a3[l] += q[i + l] * kv_elem(k[3], bf16, i + l);
         }
     float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     for (int l = 0; l < 16; l++) s0 += a0[l], s1 += a1[l], s2 += a2[l], s3 += a3[l];
-    for (; i < n; i++) s0 += q[i] * k[0][i], s1 += q[i] * k[1][i], s2 += q[i] * k[2][i], s3 += q[i] * k[3][i];
-    out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
-}
-
-/* Pointers to four K or V head rows (keys j..j+3, the tail repeating key n-1) as f32:
- * an f32 cache is read in place, a bf16 one is widened into tmp [4, head_dim]. */
-static inline __attribute__((always_inline)) void kv_rows4(const void *cache, const mm_attn_row *row, int32_t j,
-                                                           int32_t kvh, const mm_attn_shape *s, float *tmp,
-                                                           const float *out[4]) {
-    for (int t = 0; t < 4; t++) {
-        int32_t key = j + t < row->n_keys ? j + t : row->n_keys - 1;
-        int64_t at = mm_kv_offset(row->block_table, key, kvh, s);
-        if (s->kv_dtype == MM_DTYPE_F32) {
-            out[t] = (const float *)cache + at;
-        } else {
-            const uint16_t *src = (const uint16_t *)cache + at;
-            float *dst = tmp + t * s->head_dim;
-            for (int32_t i = 0; i < s->head_dim; i++) {
-                uint32_t u = (uint32_t)src[i] << 16;
-                memcpy(&dst[i], &u, 4);
-            }
-            out[t] = dst;
-        }
+    for (; i < n; i++) {
+        s0 += q[i] * kv_elem(k[0], bf16, i), s1 += q[i] * kv_elem(k[1], bf16, i);
+        s2 += q[i] * kv_elem(k[2], bf16, i), s3 += q[i] * kv_elem(k[3], bf16, i);
     }
+    out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
 }
 
 /* One (row, head): scores over the row's keys, softmax, weighted sum of values. Keys go
  * in groups of four (the tail group repeats its last key with weight 0); the order of
- * every sum depends only on this row's key count, never on the batch. tmp: [4, head_dim]. */
-MM_VEC_CLONES static void attend_one(const float *qv, const void *k_cache, const void *v_cache,
-                                     const mm_attn_row *row, int32_t kvh, const mm_attn_shape *s, float *scores,
-                                     float *tmp, float *o) {
+ * every sum depends only on this row's key count, never on the batch or the cache dtype
+ * path (bf16 values widen exactly). */
+static inline __attribute__((always_inline)) void attend_body(const float *qv, const void *k_cache,
+                                                              const void *v_cache, int bf16, const mm_attn_row *row,
+                                                              int32_t kvh, const mm_attn_shape *s, float *scores,
+                                                              float *o) {
     int32_t hd = s->head_dim, n = row->n_keys;
     float mx = -INFINITY;
     for (int32_t j = 0; j < n; j += 4) {
-        const float *k[4];
-        kv_rows4(k_cache, row, j, kvh, s, tmp, k);
+        const void *k[4];
+        for (int t = 0; t < 4; t++) k[t] = kv_row(k_cache, bf16, row, j + t, kvh, s);
         float d[4];
-        dot4_f32(qv, k, hd, d);
+        dot4(qv, k, bf16, hd, d);
         for (int t = 0; t < 4 && j + t < n; t++) {
             scores[j + t] = d[t] * s->scale;
             mx = scores[j + t] > mx ? scores[j + t] : mx;
@@ -142,12 +142,25 @@ MM_VEC_CLONES static void attend_one(const float *qv, const void *k_cache, const
     float inv = 1.0f / sum;
     memset(o, 0, (size_t)hd * sizeof(float));
     for (int32_t j = 0; j < n; j += 4) {
-        const float *v[4];
-        kv_rows4(v_cache, row, j, kvh, s, tmp, v);
+        const void *v[4];
         float p[4];
-        for (int t = 0; t < 4; t++) p[t] = j + t < n ? scores[j + t] * inv : 0.0f;
-        for (int32_t i = 0; i < hd; i++) o[i] += p[0] * v[0][i] + p[1] * v[1][i] + p[2] * v[2][i] + p[3] * v[3][i];
+        for (int t = 0; t < 4; t++) {
+            v[t] = kv_row(v_cache, bf16, row, j + t, kvh, s);
+            p[t] = j + t < n ? scores[j + t] * inv : 0.0f;
+        }
+        for (int32_t i = 0; i < hd; i++)
+            o[i] += p[0] * kv_elem(v[0], bf16, i) + p[1] * kv_elem(v[1], bf16, i) + p[2] * kv_elem(v[2], bf16, i) +
+                    p[3] * kv_elem(v[3], bf16, i);
     }
+}
+
+MM_VEC_CLONES static void attend_one(const float *qv, const void *k_cache, const void *v_cache,
+                                     const mm_attn_row *row, int32_t kvh, const mm_attn_shape *s, float *scores,
+                                     float *o) {
+    if (s->kv_dtype == MM_DTYPE_BF16)
+        attend_body(qv, k_cache, v_cache, 1, row, kvh, s, scores, o);
+    else
+        attend_body(qv, k_cache, v_cache, 0, row, kvh, s, scores, o);
 }
 
 /* Rows of one sequence that share a bf16 cache within a step (a prefill chunk) would each
@@ -207,7 +220,7 @@ mm_status mm_cpu_fast_attention(mm_backend *be, const float *q, const void *k_ca
         if (s->kv_dtype == MM_DTYPE_BF16 && end - m >= 2) widen_floats += 2 * (int64_t)s->n_kv_heads * n * s->head_dim;
         m = end;
     }
-    size_t per_thread = (size_t)max_keys + 4 * (size_t)s->head_dim; /* scores + widened rows */
+    size_t per_thread = (size_t)max_keys; /* scores */
     float *scratch;
     CHECK(mm_cpu_scratch(be, ((size_t)be->n_threads * per_thread + (size_t)widen_floats) * sizeof(float),
                          (void **)&scratch));
@@ -221,7 +234,7 @@ mm_status mm_cpu_fast_attention(mm_backend *be, const float *q, const void *k_ca
             int32_t h = (int32_t)(mh % H);
             float *sc = scratch + (size_t)omp_get_thread_num() * per_thread;
             attend_one(q + mh * s->head_dim, src[m].k, src[m].v, &src[m].row, h / group, &src[m].shape, sc,
-                       sc + max_keys, out + mh * s->head_dim);
+                       out + mh * s->head_dim);
         }
     }
     free(src);
