@@ -141,3 +141,14 @@ mm_status mm_json_num_list(const mm_json *obj, const char *file, const char *key
     *count = (int)n;
     return MM_OK;
 }
+
+mm_status mm_json_load_parsed(const char *dir, const char *name, mm_json_parse_fn parse, void *out) {
+    char file[4096];
+    if ((size_t)snprintf(file, sizeof file, "%s/%s", dir, name) >= sizeof file)
+        return MM_ERROR(MM_ERR_INVALID, "%s/%s: path too long", dir, name);
+    mm_json *root;
+    CHECK(mm_json_load(file, &root));
+    mm_status s = parse(root, file, out);
+    mm_json_free(root);
+    return s;
+}

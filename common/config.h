@@ -14,6 +14,11 @@ typedef struct mm_json mm_json; /* an opaque jansson json_t */
 mm_status mm_json_load(const char *path, mm_json **out);
 void mm_json_free(mm_json *j);
 
+/* Loads DIR/NAME, runs parse(root, file, out) on it and frees the document: the shape of
+ * every "read this part's config.json into a struct" function. */
+typedef mm_status (*mm_json_parse_fn)(const mm_json *root, const char *file, void *out);
+mm_status mm_json_load_parsed(const char *dir, const char *name, mm_json_parse_fn parse, void *out);
+
 /* Object member lookup (NULL if absent or j is not an object). */
 mm_json *mm_json_get(const mm_json *j, const char *key);
 

@@ -5,7 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static mm_status config_parse(const mm_json *root, const char *file, mm_adapter_config *c) {
+static mm_status config_parse(const mm_json *root, const char *file, void *cfg) {
+    mm_adapter_config *c = cfg;
     int64_t in, hid, out, layers;
     const char *mode;
     CHECK(mm_json_str(root, file, "mode", "mlp", &mode));
@@ -22,13 +23,7 @@ static mm_status config_parse(const mm_json *root, const char *file, mm_adapter_
 }
 
 mm_status mm_adapter_config_load(const char *dir, mm_adapter_config *cfg) {
-    char file[4096];
-    snprintf(file, sizeof file, "%s/config.json", dir);
-    mm_json *root;
-    CHECK(mm_json_load(file, &root));
-    mm_status s = config_parse(root, file, cfg);
-    mm_json_free(root);
-    return s;
+    return mm_json_load_parsed(dir, "config.json", config_parse, cfg);
 }
 
 mm_status mm_adapter_load(const char *dir, mm_backend *be, mm_adapter **out) {

@@ -25,7 +25,8 @@ mm_status mm_diffusers_weights_path(const char *dir, char *path, size_t cap) {
     return MM_ERROR(MM_ERR_NOT_FOUND, "%s: no diffusion_pytorch_model[.fp16].safetensors[.index.json]", dir);
 }
 
-static mm_status config_parse(const mm_json *root, const char *file, mm_unet_config *c) {
+static mm_status config_parse(const mm_json *root, const char *file, void *cfg) {
+    mm_unet_config *c = cfg;
     memset(c, 0, sizeof *c);
     const char *cls;
     CHECK(mm_json_str(root, file, "_class_name", "UNet2DConditionModel", &cls));
@@ -109,13 +110,7 @@ static mm_status config_parse(const mm_json *root, const char *file, mm_unet_con
 }
 
 mm_status mm_unet_config_load(const char *dir, mm_unet_config *cfg) {
-    char file[4096];
-    snprintf(file, sizeof file, "%s/config.json", dir);
-    mm_json *root;
-    CHECK(mm_json_load(file, &root));
-    mm_status s = config_parse(root, file, cfg);
-    mm_json_free(root);
-    return s;
+    return mm_json_load_parsed(dir, "config.json", config_parse, cfg);
 }
 
 /* ---------------------------------------------------------------- loading */

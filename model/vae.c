@@ -12,7 +12,8 @@
 
 #define VAE_EPS 1e-6f
 
-static mm_status config_parse(const mm_json *root, const char *file, mm_vae_config *c) {
+static mm_status config_parse(const mm_json *root, const char *file, void *cfg) {
+    mm_vae_config *c = cfg;
     memset(c, 0, sizeof *c);
     const char *cls;
     CHECK(mm_json_str(root, file, "_class_name", "AutoencoderKL", &cls));
@@ -52,13 +53,7 @@ static mm_status config_parse(const mm_json *root, const char *file, mm_vae_conf
 }
 
 mm_status mm_vae_config_load(const char *dir, mm_vae_config *cfg) {
-    char file[4096];
-    snprintf(file, sizeof file, "%s/config.json", dir);
-    mm_json *root;
-    CHECK(mm_json_load(file, &root));
-    mm_status s = config_parse(root, file, cfg);
-    mm_json_free(root);
-    return s;
+    return mm_json_load_parsed(dir, "config.json", config_parse, cfg);
 }
 
 static mm_status load_all(mm_vae *v) {
