@@ -2,6 +2,8 @@
 #include "testutil.h"
 
 #include <math.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <string.h>
 
 int mm_test_passed, mm_test_failed;
@@ -40,4 +42,52 @@ double mm_nmse(const float *a, const float *ref, int64_t n) {
         den += (double)ref[i] * ref[i];
     }
     return den > 0 ? num / den : num;
+}
+
+char *mm_test_run_capture(char *const argv[]) {
+    int fd[2];
+    if (pipe(fd)) return NULL;
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fd[0]), close(fd[1]);
+        return NULL;
+    }
+    if (pid == 0) {
+        dup2(fd[1], 1);
+        close(fd[0]), close(fd[1]);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(fd[1]);
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    ssize_t r = 1;
+    while (buf && r > 0) {
+        if (n + 1 == cap) { /* grow, so a chatty child never blocks on a full pipe */
+            char *g = realloc(buf, cap * 2);
+            if (!g) free(buf);
+            buf = g, cap *= 2;
+            if (!buf) break;
+        }
+        r = read(fd[0], buf + n, cap - n - 1);
+        if (r > 0) n += (size_t)r;
+    }
+    close(fd[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (!buf) return NULL;
+    buf[n] = 0;
+    if (!WIFEXITED(status) || WEXITSTATUS(status)) {
+        fprintf(stderr, "%s exited with status %d\n", argv[0], status);
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+int mm_test_ids_equal(const json_t *want, const int32_t *got, size_t n) {
+    if (json_array_size(want) != n) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (json_integer_value(json_array_get(want, i)) != got[i]) return 0;
+    return 1;
 }

@@ -3,6 +3,7 @@
 #ifndef MM_TESTUTIL_H
 #define MM_TESTUTIL_H
 
+#include <jansson.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,11 @@ const char *mm_asset_path(const char *rel);
 /* Normalised MSE sum (a-ref)^2 / sum ref^2, in double; +inf on any non-finite value
  * (op tests in the manner of llama.cpp's test-backend-ops). */
 double mm_nmse(const float *a, const float *ref, int64_t n);
+/* Runs argv[0] with argv (no shell) and returns its whole stdout (malloc'd), or NULL
+ * when it could not run or exited non-zero (the status goes to stderr). */
+char *mm_test_run_capture(char *const argv[]);
+/* Does the JSON array of integers `want` equal got[0..n)? */
+int mm_test_ids_equal(const json_t *want, const int32_t *got, size_t n);
 /* Max |a-b| over n floats. */
 float mm_max_abs_diff(const float *a, const float *b, size_t n);
 

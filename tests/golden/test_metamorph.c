@@ -30,36 +30,6 @@ static const float *tensor(mm_safetensors *st, const char *key, int64_t numel) {
     return t && t->numel == numel ? t->data : NULL;
 }
 
-static int ids_equal(json_t *want, const int32_t *got, size_t n) {
-    if (json_array_size(want) != n) return 0;
-    for (size_t i = 0; i < n; i++)
-        if (json_integer_value(json_array_get(want, i)) != got[i]) return 0;
-    return 1;
-}
-
-static char *run_capture(char *const argv[]) {
-    int fd[2];
-    if (pipe(fd)) return NULL;
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fd[1], 1);
-        close(fd[0]), close(fd[1]);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    close(fd[1]);
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    ssize_t r;
-    while ((r = read(fd[0], buf + n, cap - n - 1)) > 0) n += (size_t)r;
-    buf[n] = 0;
-    close(fd[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    if (!WIFEXITED(status) || WEXITSTATUS(status)) free(buf), buf = NULL;
-    return buf;
-}
-
 static void check_line(const char *mm_run, json_t *row, int lineno) {
     const int64_t T = mm->cfg.n_image_tokens, D = mm->cfg.mm_hidden, S = sig->cfg.image_size;
     json_t *msg = json_array_get(json_object_get(row, "messages"), 0), *content = json_object_get(msg, "content");
@@ -84,7 +54,7 @@ static void check_line(const char *mm_run, json_t *row, int lineno) {
     int want_image = json_object_get(row, "assistant_prefix") != NULL;
     if (want_image) ids = realloc(ids, (n + 1) * sizeof *ids), ids[n++] = mm->cfg.image_start_id;
     EXPECT(mm_metamorph_mark_images(mm, ids, n, &marked, &nm, &n_marked) == MM_OK, "%s", mm_error_last());
-    EXPECT(n_marked == n_img && ids_equal(json_object_get(row, "prompt_ids"), marked, nm),
+    EXPECT(n_marked == n_img && mm_test_ids_equal(json_object_get(row, "prompt_ids"), marked, nm),
            "line %d: prompt ids differ from the reference's", lineno);
     /* visual tokens of the prompt images, through the whole encoder path */
     float *pix = malloc((size_t)(n_img ? n_img : 1) * 3 * S * S * sizeof(float));
@@ -109,7 +79,7 @@ static void check_line(const char *mm_run, json_t *row, int lineno) {
     mm_llama_seq seq = {0};
     mm_metamorph_output o;
     EXPECT(mm_metamorph_generate(mm, kv, &seq, marked, nm, toks, n_img, &g, &o) == MM_OK, "%s", mm_error_last());
-    EXPECT(ids_equal(json_object_get(row, "greedy_ids"), o.ids, o.n_ids), "line %d: greedy ids differ", lineno);
+    EXPECT(mm_test_ids_equal(json_object_get(row, "greedy_ids"), o.ids, o.n_ids), "line %d: greedy ids differ", lineno);
     EXPECT(o.n_positions == json_integer_value(json_object_get(row, "n_positions")) &&
                o.n_images == json_integer_value(json_object_get(row, "n_images")),
            "line %d: %d positions, %d images", lineno, o.n_positions, o.n_images);
@@ -139,12 +109,12 @@ static void check_line(const char *mm_run, json_t *row, int lineno) {
     }
     if (want_image) argv[a++] = "--generate-image";
     argv[a] = NULL;
-    char *out = run_capture(argv);
+    char *out = mm_test_run_capture(argv);
     EXPECT(out != NULL, "line %d: mm-run failed", lineno);
     int32_t got[256];
     size_t ng = 0;
     for (char *p = out ? strtok(out, " \n") : NULL; p && ng < 256; p = strtok(NULL, " \n")) got[ng++] = (int32_t)atoi(p);
-    EXPECT(ids_equal(json_object_get(row, "greedy_ids"), got, ng), "line %d: mm-run ids differ", lineno);
+    EXPECT(mm_test_ids_equal(json_object_get(row, "greedy_ids"), got, ng), "line %d: mm-run ids differ", lineno);
     mm_safetensors *vt = NULL;
     EXPECT(mm_safetensors_open(out_path, &vt) == MM_OK && (int)mm_safetensors_count(vt) == o.n_images,
            "line %d: --visual-tokens-out: %s", lineno, mm_error_last());

@@ -12,41 +12,6 @@
 #include "model/tokenizer.h"
 #include "tests/testutil.h"
 
-/* Runs argv, returns its stdout (malloc'd) or NULL. */
-static char *run_capture(char *const argv[]) {
-    int fd[2];
-    if (pipe(fd)) return NULL;
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fd[1], 1);
-        close(fd[0]), close(fd[1]);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    close(fd[1]);
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    ssize_t r;
-    while ((r = read(fd[0], buf + n, cap - n - 1)) > 0) n += (size_t)r;
-    buf[n] = 0;
-    close(fd[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    if (!WIFEXITED(status) || WEXITSTATUS(status)) {
-        fprintf(stderr, "%s exited with status %d\n", argv[0], status);
-        free(buf);
-        return NULL;
-    }
-    return buf;
-}
-
-static int ids_equal(json_t *want, const int32_t *got, size_t n) {
-    if (json_array_size(want) != n) return 0;
-    for (size_t i = 0; i < n; i++)
-        if (json_integer_value(json_array_get(want, i)) != got[i]) return 0;
-    return 1;
-}
-
 static mm_llama *model;
 
 /* decoded text, skipping special tokens like transformers' decode(skip_special_tokens=True) */
@@ -113,13 +78,13 @@ static void check_line(const char *mm_run, const mm_tokenizer *tok, json_t *line
         n = nb + 1;
         free(body);
     }
-    EXPECT(ids && ids_equal(want_prompt, ids, n), "line %d: prompt ids differ from transformers'", lineno);
+    EXPECT(ids && mm_test_ids_equal(want_prompt, ids, n), "line %d: prompt ids differ from transformers'", lineno);
     int32_t gen[128];
     size_t max_new = (size_t)json_integer_value(json_object_get(line, "max_new_tokens"));
     EXPECT(json_integer_value(json_object_get(line, "n_images")) == 0 && max_new <= 128,
            "line %d: text-only lines expected (images are test_metamorph's)", lineno);
     size_t ng = greedy(ids, n, gen, json_array_size(want_gen));
-    EXPECT(ids_equal(want_gen, gen, ng), "line %d: library greedy ids differ from transformers'", lineno);
+    EXPECT(mm_test_ids_equal(want_gen, gen, ng), "line %d: library greedy ids differ from transformers'", lineno);
     free(ids);
     check_text(tok, gen, ng, json_object_get(line, "text"), lineno);
     if (!prompt) return;
@@ -128,12 +93,12 @@ static void check_line(const char *mm_run, const mm_tokenizer *tok, json_t *line
     snprintf(max_arg, sizeof max_arg, "%zu", max_new);
     char *argv[] = {(char *)mm_run, "--model", (char *)mm_asset_path("tiny"), "--prompt", (char *)prompt,
                     "--max-tokens", max_arg, "--ids", "--threads", "2", msgs ? NULL : "--raw", NULL};
-    char *out = run_capture(argv);
+    char *out = mm_test_run_capture(argv);
     EXPECT(out != NULL, "line %d: mm-run failed", lineno);
     if (!out) return;
     ng = 0;
     for (char *p = strtok(out, " \n"); p && ng < 128; p = strtok(NULL, " \n")) gen[ng++] = (int32_t)atoi(p);
-    EXPECT(ids_equal(want_gen, gen, ng), "line %d: mm-run greedy ids differ from transformers' (%zu ids)", lineno, ng);
+    EXPECT(mm_test_ids_equal(want_gen, gen, ng), "line %d: mm-run greedy ids differ from transformers' (%zu ids)", lineno, ng);
     free(out);
 }
 
