@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cpu_backend.h"
+#include "dnnl_util.h"
 
 #define CONV_CACHE_SLOTS 256
 
@@ -33,21 +34,14 @@ struct mm_dnnl_conv {
     conv_entry cache[CONV_CACHE_SLOTS];
 };
 
-#define DNNL_TRY(call, what)                                                                       \
-    do {                                                                                           \
-        dnnl_status_t dnnl_s_ = (call);                                                            \
-        if (dnnl_s_ != dnnl_success)                                                               \
-            return MM_ERROR(MM_ERR_INTERNAL, "oneDNN %s failed (status %d)", what, (int)dnnl_s_);  \
-    } while (0)
-
 mm_status mm_dnnl_conv_init(int n_threads, mm_dnnl_conv **out) {
     mm_dnnl_conv *c = calloc(1, sizeof *c);
     CHECK(CHECK_ALLOC(c));
     c->n_threads = n_threads;
-    if (dnnl_engine_create(&c->engine, dnnl_cpu, 0) != dnnl_success ||
-        dnnl_stream_create(&c->stream, c->engine, dnnl_stream_default_flags) != dnnl_success) {
+    mm_status s = mm_dnnl_cpu_engine(&c->engine, &c->stream);
+    if (s != MM_OK) {
         mm_dnnl_conv_free(c);
-        return MM_ERROR(MM_ERR_INTERNAL, "oneDNN CPU engine creation failed (convolution)");
+        return s;
     }
     *out = c;
     return MM_OK;
@@ -79,24 +73,24 @@ static mm_status conv_pd(mm_dnnl_conv *c, int64_t B, int64_t H, int64_t W, int64
     int64_t Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
     dnnl_memory_desc_t src_md, any_md, bias_md, dst_md;
     dnnl_dims_t src_dims = {B, IC, H, W}, wei_dims = {OC, IC, k, k}, bias_dims = {OC}, dst_dims = {B, OC, Ho, Wo};
-    DNNL_TRY(dnnl_memory_desc_init_by_tag(&src_md, 4, src_dims, dnnl_f32, dnnl_nhwc), "conv src desc");
-    DNNL_TRY(dnnl_memory_desc_init_by_tag(&any_md, 4, wei_dims, dnnl_f32, dnnl_format_tag_any), "conv weights desc");
-    DNNL_TRY(dnnl_memory_desc_init_by_tag(&bias_md, 1, bias_dims, dnnl_f32, dnnl_a), "conv bias desc");
-    DNNL_TRY(dnnl_memory_desc_init_by_tag(&dst_md, 4, dst_dims, dnnl_f32, dnnl_nhwc), "conv dst desc");
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&src_md, 4, src_dims, dnnl_f32, dnnl_nhwc), "conv src desc");
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&any_md, 4, wei_dims, dnnl_f32, dnnl_format_tag_any), "conv weights desc");
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&bias_md, 1, bias_dims, dnnl_f32, dnnl_a), "conv bias desc");
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&dst_md, 4, dst_dims, dnnl_f32, dnnl_nhwc), "conv dst desc");
     dnnl_dims_t strides = {stride, stride}, padding = {pad, pad};
     dnnl_convolution_desc_t desc;
-    DNNL_TRY(dnnl_convolution_forward_desc_init(&desc, dnnl_forward_inference, dnnl_convolution_direct, &src_md,
+    DNNL_CHECK(dnnl_convolution_forward_desc_init(&desc, dnnl_forward_inference, dnnl_convolution_direct, &src_md,
                                                 wei_md ? wei_md : &any_md, has_bias ? &bias_md : NULL, &dst_md,
                                                 strides, padding, padding),
              "convolution desc");
-    DNNL_TRY(dnnl_primitive_desc_create(pd, &desc, NULL, c->engine, NULL), "convolution primitive desc");
+    DNNL_CHECK(dnnl_primitive_desc_create(pd, &desc, NULL, c->engine, NULL), "convolution primitive desc");
     return MM_OK;
 }
 
 static mm_status entry_create(mm_dnnl_conv *c, conv_entry *e, const conv_entry *key, const dnnl_memory_desc_t *packed_md) {
     dnnl_memory_desc_t plain_md;
     dnnl_dims_t wei_dims = {key->OC, key->IC, key->k, key->k};
-    DNNL_TRY(dnnl_memory_desc_init_by_tag(&plain_md, 4, wei_dims, dnnl_f32, dnnl_oihw), "conv weights desc");
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&plain_md, 4, wei_dims, dnnl_f32, dnnl_oihw), "conv weights desc");
     dnnl_primitive_desc_t pd;
     /* weights "any": oneDNN picks its fastest kernel for this shape; forcing the packed
      * layout instead can select a reference kernel (measured 0.4 GFLOP/s) */
@@ -179,23 +173,23 @@ mm_status mm_dnnl_conv2d(mm_dnnl_conv *c, const mm_tensor *w, const float *bias,
                       .stride = stride, .pad = pad, .has_bias = bias != NULL, .packed = packed_md != NULL};
     conv_entry *e = NULL;
     CHECK(entry_get(c, &key, packed_md, &e));
-    DNNL_TRY(dnnl_memory_set_data_handle(e->src, (void *)x), "set conv src");
+    DNNL_CHECK(dnnl_memory_set_data_handle(e->src, (void *)x), "set conv src");
     if (e->reorder) {
-        DNNL_TRY(dnnl_memory_set_data_handle(e->wsrc, w->data), "set conv weights");
+        DNNL_CHECK(dnnl_memory_set_data_handle(e->wsrc, w->data), "set conv weights");
         dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, e->wsrc}, {DNNL_ARG_TO, e->wei}};
-        DNNL_TRY(dnnl_primitive_execute(e->reorder, c->stream, 2, rargs), "conv weight reorder");
+        DNNL_CHECK(dnnl_primitive_execute(e->reorder, c->stream, 2, rargs), "conv weight reorder");
     } else {
-        DNNL_TRY(dnnl_memory_set_data_handle(e->wei, w->data), "set conv weights");
+        DNNL_CHECK(dnnl_memory_set_data_handle(e->wei, w->data), "set conv weights");
     }
-    DNNL_TRY(dnnl_memory_set_data_handle(e->dst, y), "set conv dst");
+    DNNL_CHECK(dnnl_memory_set_data_handle(e->dst, y), "set conv dst");
     dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, e->src}, {DNNL_ARG_WEIGHTS, e->wei}, {DNNL_ARG_DST, e->dst}};
     int n_args = 3;
     if (bias) {
-        DNNL_TRY(dnnl_memory_set_data_handle(e->bias, (void *)bias), "set conv bias");
+        DNNL_CHECK(dnnl_memory_set_data_handle(e->bias, (void *)bias), "set conv bias");
         args[n_args++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, e->bias};
     }
-    DNNL_TRY(dnnl_primitive_execute(e->prim, c->stream, n_args, args), "convolution execute");
-    DNNL_TRY(dnnl_stream_wait(c->stream), "stream wait");
+    DNNL_CHECK(dnnl_primitive_execute(e->prim, c->stream, n_args, args), "convolution execute");
+    DNNL_CHECK(dnnl_stream_wait(c->stream), "stream wait");
     return MM_OK;
 }
 

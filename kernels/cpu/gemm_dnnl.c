@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cpu_backend.h"
+#include "dnnl_util.h"
 
 #define CACHE_SLOTS 512
 
@@ -30,21 +31,14 @@ struct mm_dnnl {
     size_t xbf16_cap;
 };
 
-#define DNNL_CHECK(call, what)                                                                     \
-    do {                                                                                           \
-        dnnl_status_t dnnl_s_ = (call);                                                            \
-        if (dnnl_s_ != dnnl_success)                                                               \
-            return MM_ERROR(MM_ERR_INTERNAL, "oneDNN %s failed (status %d)", what, (int)dnnl_s_);  \
-    } while (0)
-
 mm_status mm_dnnl_init(int n_threads, mm_dnnl **out) {
     mm_dnnl *d = calloc(1, sizeof *d);
     CHECK(CHECK_ALLOC(d));
     d->n_threads = n_threads;
-    if (dnnl_engine_create(&d->engine, dnnl_cpu, 0) != dnnl_success ||
-        dnnl_stream_create(&d->stream, d->engine, dnnl_stream_default_flags) != dnnl_success) {
+    mm_status s = mm_dnnl_cpu_engine(&d->engine, &d->stream);
+    if (s != MM_OK) {
         mm_dnnl_free(d);
-        return MM_ERROR(MM_ERR_INTERNAL, "oneDNN CPU engine creation failed");
+        return s;
     }
     *out = d;
     return MM_OK;
