@@ -25,22 +25,13 @@ static double now_ms(void) {
     return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
 }
 
-static mm_status send_packed_hello(const Metamorph__Internal__StageHello *h) {
-    size_t n = metamorph__internal__stage_hello__get_packed_size(h);
+/* Packs any protobuf-c message and sends it to the coordinator (rank 0) under tag. */
+static mm_status send_packed(const ProtobufCMessage *msg, int tag) {
+    size_t n = protobuf_c_message_get_packed_size(msg);
     uint8_t *buf = malloc(n ? n : 1);
     CHECK(CHECK_ALLOC(buf));
-    metamorph__internal__stage_hello__pack(h, buf);
-    mm_status s = mm_mpi_send_msg(0, MM_TAG_HELLO, buf, n);
-    free(buf);
-    return s;
-}
-
-static mm_status send_result(const Metamorph__Internal__StepResult *r) {
-    size_t n = metamorph__internal__step_result__get_packed_size(r);
-    uint8_t *buf = malloc(n ? n : 1);
-    CHECK(CHECK_ALLOC(buf));
-    metamorph__internal__step_result__pack(r, buf);
-    mm_status s = mm_mpi_send_msg(0, MM_TAG_RESULT, buf, n);
+    protobuf_c_message_pack(msg, buf);
+    mm_status s = mm_mpi_send_msg(0, tag, buf, n);
     free(buf);
     return s;
 }
@@ -120,10 +111,10 @@ static mm_status serve(mm_stage *st, int rank) {
             err.step_id = plan->step_id;
             err.error = msg;
             metamorph__internal__step_plan__free_unpacked(plan, NULL);
-            CHECK(send_result(&err));
+            CHECK(send_packed(&err.base, MM_TAG_RESULT));
             return s;
         }
-        if (st->last) s = send_result(&res);
+        if (st->last) s = send_packed(&res.base, MM_TAG_RESULT);
         mm_stage_result_free(&res);
         metamorph__internal__step_plan__free_unpacked(plan, NULL);
         CHECK(s);
@@ -169,7 +160,7 @@ int main(int argc, char **argv) {
     h.error = err;
     if (st) h.visual_dim = st->visual_dim, h.projector = st->first && st->visual_dim > 0,
             h.vision_head = st->last && st->visual_dim > 0;
-    mm_status hs = send_packed_hello(&h);
+    mm_status hs = send_packed(&h.base, MM_TAG_HELLO);
     if (s == MM_OK && hs == MM_OK) {
         LOG_INFO("stage rank %d: layers [%d, %d)%s%s", rank, a, b, st->first ? " + embed" : "", st->last ? " + head" : "");
         s = serve(st, rank);
