@@ -29,6 +29,12 @@ static const int_tunable INT_TUNABLES[] = {
     T(fail_exit_ms, 2000, 0, 1 << 30),
     T(stages, 1, 1, MM_MAX_STAGES),
     T(restart_delay_ms, 1000, 0, 1 << 30),
+    T(pool_heartbeat_ms, 500, 10, 60000),
+    T(pool_liveness, 4, 2, 1000),
+    T(pool_job_timeout_ms, 600000, 100, 1 << 30),
+    T(pool_max_message_mb, 64, 1, 2047),
+    T(embed_cache_mb, 256, 0, 1 << 20),
+    T(image_steps, 50, 1, 1000),
 };
 #undef T
 
@@ -43,6 +49,8 @@ static const str_tunable STR_TUNABLES[] = {
     {"listen", offsetof(mm_serve_config, listen), sizeof(((mm_serve_config *)0)->listen), "127.0.0.1:50051"},
     {"backend", offsetof(mm_serve_config, backend), sizeof(((mm_serve_config *)0)->backend), "cpu"},
     {"hostfile", offsetof(mm_serve_config, hostfile), sizeof(((mm_serve_config *)0)->hostfile), ""},
+    {"encode_bind", offsetof(mm_serve_config, encode_bind), sizeof(((mm_serve_config *)0)->encode_bind), "tcp://127.0.0.1:50052"},
+    {"decode_bind", offsetof(mm_serve_config, decode_bind), sizeof(((mm_serve_config *)0)->decode_bind), "tcp://127.0.0.1:50053"},
 };
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))

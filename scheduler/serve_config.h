@@ -29,6 +29,14 @@ typedef struct {
     int32_t fail_exit_ms;      /* after the pipeline went down, serve NOT_SERVING this long, then exit */
     int32_t stages;            /* P for deploy/launch.sh (the MPI job size decides at run time) */
     int32_t restart_delay_ms;  /* deploy/launch.sh: pause before restarting a dead job */
+    char encode_bind[256];     /* encoder pool ROUTER endpoint ("tcp://*:50052" for other hosts), "" = none */
+    char decode_bind[256];     /* decoder pool ROUTER endpoint, "" = none */
+    int32_t pool_heartbeat_ms; /* heartbeat period, both ways */
+    int32_t pool_liveness;     /* heartbeats missed before a worker (or the coordinator) counts as dead */
+    int32_t pool_job_timeout_ms; /* a job unanswered this long on a live worker is sent elsewhere */
+    int32_t pool_max_message_mb; /* largest pool message (an image, its tokens, a PNG) */
+    int32_t embed_cache_mb;    /* visual tokens of recently seen images (LRU by image hash), 0 = off */
+    int32_t image_steps;       /* diffusion steps when a request does not say */
     int32_t stage_layers[MM_MAX_STAGES]; /* layers per stage; n_stage_layers == 0: even split */
     int32_t n_stage_layers;
 } mm_serve_config;
