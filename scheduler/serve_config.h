@@ -29,7 +29,7 @@ typedef struct {
     int32_t fail_exit_ms;      /* after the pipeline went down, serve NOT_SERVING this long, then exit */
     int32_t stages;            /* P for deploy/launch.sh (the MPI job size decides at run time) */
     int32_t restart_delay_ms;  /* deploy/launch.sh: pause before restarting a dead job */
-    char encode_bind[256];     /* encoder pool ROUTER endpoint ("tcp://*:50052" for other hosts), "" = none */
+    char encode_bind[256];     /* encoder pool ROUTER endpoint (tcp://0.0.0.0:50052 for other hosts), "" = none */
     char decode_bind[256];     /* decoder pool ROUTER endpoint, "" = none */
     int32_t pool_heartbeat_ms; /* heartbeat period, both ways */
     int32_t pool_liveness;     /* heartbeats missed before a worker (or the coordinator) counts as dead */
