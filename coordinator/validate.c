@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/diffusion_sched.h"
 #include "model/metamorph.h"
 
 #define MAX_STOP_BYTES 128
@@ -71,10 +72,12 @@ static int check_image_params(const Metamorph__V1__ImageParams *ip, mm_request *
         return fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "image.steps must be in [0, 1000] (got %d)", ip->steps);
     if (!isfinite(ip->guidance) || ip->guidance < 0 || ip->guidance > 100)
         return fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "image.guidance must be in [0, 100] (got %g)", ip->guidance);
-    if (ip->sampler[0] && strcmp(ip->sampler, "pndm") && strcmp(ip->sampler, "ddim") &&
-        strcmp(ip->sampler, "euler"))
-        return fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "image.sampler \"%.32s\" is not one of pndm, ddim, euler",
+    mm_sampler_kind kind;
+    if (ip->sampler[0] && mm_sampler_parse(ip->sampler, &kind) != 0)
+        return fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "image.sampler \"%.32s\" is not one of pndm, ddim, dpmpp2m",
                     ip->sampler);
+    r->image_steps = ip->steps, r->image_guidance = ip->guidance, r->image_seed = ip->seed;
+    snprintf(r->image_sampler, sizeof r->image_sampler, "%s", ip->sampler);
     r->return_visual_tokens = ip->return_visual_tokens;
     return 0;
 }

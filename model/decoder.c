@@ -28,9 +28,9 @@ mm_status mm_decoder_load(const char *dir, mm_backend *be, mm_decoder **out) {
     snprintf(sub, sizeof sub, "%s/vae", dir);
     CHECK_GOTO(mm_vae_load(sub, be, &d->vae), s, fail);
     snprintf(d->scheduler_dir, sizeof d->scheduler_dir, "%s/scheduler", dir);
-    mm_sched *probe;
-    CHECK_GOTO(mm_sched_create(d->scheduler_dir, MM_SAMPLER_PNDM, 1, 1, &probe), s, fail); /* validate early */
-    mm_sched_free(probe);
+    mm_diffusion_sched *probe;
+    CHECK_GOTO(mm_diffusion_sched_create(d->scheduler_dir, MM_SAMPLER_PNDM, 1, 1, &probe), s, fail); /* validate early */
+    mm_diffusion_sched_free(probe);
     const mm_unet_config *uc = &d->unet->cfg;
     if (d->adapter->cfg.output_dim != uc->cross_attention_dim || d->vae->cfg.latent_channels != uc->in_channels ||
         uc->out_channels != uc->in_channels) {
@@ -73,10 +73,10 @@ mm_status mm_decoder_sample(mm_decoder *d, const float *ctx, const mm_decode_par
     int64_t C = uc->in_channels, hw = h * w, n = C * hw, T = MM_ADAPTER_CONTEXT_TOKENS, X = uc->cross_attention_dim;
     int cfg_on = p->guidance > 1.0f; /* diffusers: do_classifier_free_guidance = guidance_scale > 1 */
     int64_t B = cfg_on ? 2 : 1;
-    mm_sched *sched = NULL;
+    mm_diffusion_sched *sched = NULL;
     float *x_host = NULL, *eps_host = NULL, *x_be = NULL, *eps_be = NULL, *ctx2 = NULL;
     mm_status s;
-    CHECK_GOTO(mm_sched_create(d->scheduler_dir, p->sampler, p->steps, n, &sched), s, done);
+    CHECK_GOTO(mm_diffusion_sched_create(d->scheduler_dir, p->sampler, p->steps, n, &sched), s, done);
     x_host = malloc((size_t)n * sizeof(float));         /* [h*w, C] current latents */
     eps_host = malloc((size_t)(B * n) * sizeof(float)); /* [B, h*w, C] */
     x_be = be->ops->alloc(be, (size_t)(B * n) * sizeof(float));
@@ -95,22 +95,22 @@ mm_status mm_decoder_sample(mm_decoder *d, const float *ctx, const mm_decode_par
     }
     CHECK_GOTO(be->ops->copy(be, ctx2 + (B - 1) * T * X, ctx, (size_t)(T * X) * sizeof(float)), s, done);
     nchw_to_nhwc(latents, x_host, C, hw); /* init_noise_sigma is 1 for all three samplers */
-    int len = mm_sched_len(sched);
+    int len = mm_diffusion_sched_len(sched);
     for (int i = 0; i < len; i++) {
         float t[2];
-        t[0] = t[1] = (float)mm_sched_timestep(sched, i);
+        t[0] = t[1] = (float)mm_diffusion_sched_timestep(sched, i);
         for (int64_t b = 0; b < B; b++)
             CHECK_GOTO(be->ops->upload(be, x_be + b * n, x_host, (size_t)n * sizeof(float)), s, done);
         CHECK_GOTO(mm_unet_forward(d->unet, x_be, t, ctx2, B, h, w, T, eps_be), s, done);
         CHECK_GOTO(be->ops->download(be, eps_host, eps_be, (size_t)(B * n) * sizeof(float)), s, done);
         if (cfg_on) /* eps = uncond + g (cond - uncond), in f32 as the pipeline does */
             for (int64_t k = 0; k < n; k++) eps_host[k] = eps_host[k] + p->guidance * (eps_host[n + k] - eps_host[k]);
-        CHECK_GOTO(mm_sched_step(sched, eps_host, x_host), s, done);
+        CHECK_GOTO(mm_diffusion_sched_step(sched, eps_host, x_host), s, done);
         if (p->progress) p->progress(p->user, i + 1, len);
     }
     nhwc_to_nchw(x_host, latents, C, hw);
 done:
-    mm_sched_free(sched);
+    mm_diffusion_sched_free(sched);
     free(x_host), free(eps_host);
     be->ops->dealloc(be, x_be), be->ops->dealloc(be, eps_be), be->ops->dealloc(be, ctx2);
     return s;

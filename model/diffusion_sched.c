@@ -26,7 +26,7 @@ typedef struct {
     int lower_order_final, euler_at_final;
 } sched_config;
 
-struct mm_sched {
+struct mm_diffusion_sched {
     mm_sampler_kind kind;
     sched_config cfg;
     int64_t n; /* latent elements */
@@ -144,7 +144,7 @@ static double np_linspace(double stop, int64_t num, int64_t i) {
     return i == num - 1 ? stop : (double)i * (stop / (double)(num - 1));
 }
 
-static mm_status make_timesteps(mm_sched *s) {
+static mm_status make_timesteps(mm_diffusion_sched *s) {
     const sched_config *c = &s->cfg;
     int64_t N = c->num_train_timesteps, n = s->n_steps;
     const char *sp = c->timestep_spacing;
@@ -202,14 +202,14 @@ static mm_status make_timesteps(mm_sched *s) {
     return MM_OK;
 }
 
-mm_status mm_sched_create(const char *dir, mm_sampler_kind kind, int n_steps, int64_t n_elems, mm_sched **out) {
+mm_status mm_diffusion_sched_create(const char *dir, mm_sampler_kind kind, int n_steps, int64_t n_elems, mm_diffusion_sched **out) {
     if (n_steps < 1 || n_steps > 1000 || n_elems <= 0)
         return MM_ERROR(MM_ERR_INVALID, "scheduler: %d steps (1..1000), %lld elements", n_steps, (long long)n_elems);
     char file[4096];
     snprintf(file, sizeof file, "%s/scheduler_config.json", dir);
     mm_json *root;
     CHECK(mm_json_load(file, &root));
-    mm_sched *s = calloc(1, sizeof *s);
+    mm_diffusion_sched *s = calloc(1, sizeof *s);
     mm_status st = CHECK_ALLOC(s);
     if (st != MM_OK) {
         mm_json_free(root);
@@ -262,14 +262,14 @@ mm_status mm_sched_create(const char *dir, mm_sampler_kind kind, int n_steps, in
         }
     }
     if (st != MM_OK) {
-        mm_sched_free(s);
+        mm_diffusion_sched_free(s);
         return st;
     }
     *out = s;
     return MM_OK;
 }
 
-void mm_sched_free(mm_sched *s) {
+void mm_diffusion_sched_free(mm_diffusion_sched *s) {
     if (!s) return;
     free(s->alphas_cumprod);
     free(s->timesteps);
@@ -282,15 +282,15 @@ void mm_sched_free(mm_sched *s) {
     free(s);
 }
 
-int mm_sched_len(const mm_sched *s) { return s->len; }
-int64_t mm_sched_timestep(const mm_sched *s, int i) { return i >= 0 && i < s->len ? s->timesteps[i] : -1; }
+int mm_diffusion_sched_len(const mm_diffusion_sched *s) { return s->len; }
+int64_t mm_diffusion_sched_timestep(const mm_diffusion_sched *s, int i) { return i >= 0 && i < s->len ? s->timesteps[i] : -1; }
 
 /* ---------------------------------------------------------------- steps */
 
-static double alpha_at(const mm_sched *s, int64_t t) { return t >= 0 ? s->alphas_cumprod[t] : s->final_alpha_cumprod; }
+static double alpha_at(const mm_diffusion_sched *s, int64_t t) { return t >= 0 ? s->alphas_cumprod[t] : s->final_alpha_cumprod; }
 
 /* PNDM's _get_prev_sample (formula (9) of the PNDM paper) from t to prev. */
-static void pndm_prev(const mm_sched *s, const float *sample, int64_t t, int64_t prev, const float *eps, float *out) {
+static void pndm_prev(const mm_diffusion_sched *s, const float *sample, int64_t t, int64_t prev, const float *eps, float *out) {
     double at = alpha_at(s, t), ap = alpha_at(s, prev), bt = 1.0 - at, bp = 1.0 - ap;
     double sample_coeff = sqrt(ap / at);
     double denom = at * sqrt(bp) + sqrt(at * bt * ap);
@@ -298,7 +298,7 @@ static void pndm_prev(const mm_sched *s, const float *sample, int64_t t, int64_t
     for (int64_t i = 0; i < s->n; i++) out[i] = (float)(sample_coeff * sample[i] - ec * eps[i]);
 }
 
-static void pndm_step(mm_sched *s, const float *eps, float *sample) {
+static void pndm_step(mm_diffusion_sched *s, const float *eps, float *sample) {
     int64_t ratio = s->cfg.num_train_timesteps / s->n_steps;
     int64_t t = s->timesteps[s->counter], prev = t - ratio;
     int64_t n = s->n;
@@ -334,7 +334,7 @@ static void pndm_step(mm_sched *s, const float *eps, float *sample) {
     pndm_prev(s, src, t, prev, comb, sample);
 }
 
-static void ddim_step(mm_sched *s, const float *eps, float *sample) {
+static void ddim_step(mm_diffusion_sched *s, const float *eps, float *sample) {
     int64_t t = s->timesteps[s->counter], prev = t - s->cfg.num_train_timesteps / s->n_steps;
     double at = alpha_at(s, t), ap = alpha_at(s, prev), bt = 1.0 - at;
     double r = s->cfg.clip_sample_range;
@@ -350,7 +350,7 @@ static void sigma_to_alpha_sigma(double sigma, double *alpha_t, double *sigma_t)
     *sigma_t = sigma * *alpha_t;
 }
 
-static void dpm_step(mm_sched *s, const float *eps, float *sample) {
+static void dpm_step(mm_diffusion_sched *s, const float *eps, float *sample) {
     int i = s->counter, last = s->len - 1;
     int64_t n = s->n;
     int lower_final = i == last && (s->cfg.euler_at_final || (s->cfg.lower_order_final && s->len < 15) ||
@@ -389,7 +389,7 @@ static void dpm_step(mm_sched *s, const float *eps, float *sample) {
     if (s->lower_order_nums < s->cfg.solver_order) s->lower_order_nums++;
 }
 
-mm_status mm_sched_step(mm_sched *s, const float *eps, float *sample) {
+mm_status mm_diffusion_sched_step(mm_diffusion_sched *s, const float *eps, float *sample) {
     if (s->counter >= s->len) return MM_ERROR(MM_ERR_INVALID, "scheduler: step %d past the last of %d", s->counter, s->len);
     switch (s->kind) {
     case MM_SAMPLER_PNDM: pndm_step(s, eps, sample); break;

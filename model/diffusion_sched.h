@@ -20,17 +20,17 @@ typedef enum { MM_SAMPLER_PNDM = 0, MM_SAMPLER_DDIM, MM_SAMPLER_DPMPP2M } mm_sam
 int mm_sampler_parse(const char *name, mm_sampler_kind *out);
 const char *mm_sampler_name(mm_sampler_kind k);
 
-typedef struct mm_sched mm_sched;
+typedef struct mm_diffusion_sched mm_diffusion_sched;
 
 /* dir: the scheduler/ folder; n_steps inference steps; n_elems: latent size (elements). */
-mm_status mm_sched_create(const char *dir, mm_sampler_kind kind, int n_steps, int64_t n_elems, mm_sched **out);
-void mm_sched_free(mm_sched *s);
+mm_status mm_diffusion_sched_create(const char *dir, mm_sampler_kind kind, int n_steps, int64_t n_elems, mm_diffusion_sched **out);
+void mm_diffusion_sched_free(mm_diffusion_sched *s);
 
 /* The model is called once per entry of the timestep list (PNDM repeats one timestep). */
-int mm_sched_len(const mm_sched *s);
-int64_t mm_sched_timestep(const mm_sched *s, int i);
+int mm_diffusion_sched_len(const mm_diffusion_sched *s);
+int64_t mm_diffusion_sched_timestep(const mm_diffusion_sched *s, int i);
 /* Advances sample[n_elems] in place by one call's model output eps[n_elems]. */
-mm_status mm_sched_step(mm_sched *s, const float *eps, float *sample);
+mm_status mm_diffusion_sched_step(mm_diffusion_sched *s, const float *eps, float *sample);
 
 /* Standard normal noise: uniforms from mm_rng_seed(seed) / mm_rng_uniform (kernels/
  * backend.h), taken in pairs (u1, u2) with u1 -> 1 - u1 in (0, 1], then Box-Muller:

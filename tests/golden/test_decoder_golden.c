@@ -96,15 +96,15 @@ static void test_timesteps(void) {
             }
             mm_sampler_kind k;
             EXPECT(mm_sampler_parse(name, &k) == 0, "sampler name %s", name);
-            mm_sched *s = NULL;
-            EXPECT(mm_sched_create(mm_asset_path("tiny/decoder/scheduler"), k, steps, 4, &s) == MM_OK, "%s", mm_error_last());
+            mm_diffusion_sched *s = NULL;
+            EXPECT(mm_diffusion_sched_create(mm_asset_path("tiny/decoder/scheduler"), k, steps, 4, &s) == MM_OK, "%s", mm_error_last());
             if (!s) continue;
-            int ok = mm_sched_len(s) == (int)json_array_size(list);
-            for (int i = 0; ok && i < mm_sched_len(s); i++)
-                ok = mm_sched_timestep(s, i) == json_integer_value(json_array_get(list, (size_t)i));
+            int ok = mm_diffusion_sched_len(s) == (int)json_array_size(list);
+            for (int i = 0; ok && i < mm_diffusion_sched_len(s); i++)
+                ok = mm_diffusion_sched_timestep(s, i) == json_integer_value(json_array_get(list, (size_t)i));
             EXPECT(ok, "%s with %d steps: timesteps differ from diffusers'", name, steps);
             checked++;
-            mm_sched_free(s);
+            mm_diffusion_sched_free(s);
         }
     }
     EXPECT(checked == 9, "checked %d timestep lists", checked);
