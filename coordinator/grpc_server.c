@@ -68,7 +68,7 @@ struct call_ctx {
     size_t text_len, text_cap;
     int32_t *ids;
     size_t n_ids, cap_ids;
-    Metamorph__V1__GeneratedImage **images; /* [n_images] (visual_tokens malloc'd) */
+    Metamorph__V1__GeneratedImage **images; /* [n_images] (visual_tokens and png.data malloc'd) */
     size_t n_images;
     op_tag t_new, t_recv, t_close, t_send;
     call_ctx *next_in_bucket;
@@ -146,7 +146,7 @@ static void ctx_destroy(call_ctx *c) {
     if (c->call) grpc_call_unref(c->call);
     free(c->text);
     free(c->ids);
-    for (size_t i = 0; i < c->n_images; i++) free(c->images[i]->visual_tokens), free(c->images[i]);
+    for (size_t i = 0; i < c->n_images; i++) free(c->images[i]->visual_tokens), free(c->images[i]->png.data), free(c->images[i]);
     free(c->images);
     free(c);
 }
@@ -497,9 +497,10 @@ static void deliver(mm_grpc_server *s, call_ctx *c, mm_reply *r) {
         return;
     }
     case MM_REPLY_IMAGE_READY: {
-        /* png stays empty: pixels come from the decoder pool, which does not exist yet */
+        /* png empty when no decoder pool serves this model */
         Metamorph__V1__GeneratedImage im = METAMORPH__V1__GENERATED_IMAGE__INIT;
         im.n_tokens = r->n_visual, im.dim = r->visual_dim;
+        if (r->png) im.png.data = r->png, im.png.len = r->n_png;
         if (r->visual) im.n_visual_tokens = (size_t)r->n_visual * (size_t)r->visual_dim, im.visual_tokens = r->visual;
         if (!stream) { /* unary: kept for the response; the tokens move out of the reply */
             Metamorph__V1__GeneratedImage *keep = malloc(sizeof *keep);
@@ -511,7 +512,7 @@ static void deliver(mm_grpc_server *s, call_ctx *c, mm_reply *r) {
                 return;
             }
             *keep = im;
-            r->visual = NULL;
+            r->visual = NULL, r->png = NULL;
             c->images[c->n_images++] = keep;
             return;
         }

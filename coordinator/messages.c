@@ -19,6 +19,7 @@ void mm_reply_free(mm_reply *r) {
     free(r->text);
     free(r->ids);
     free(r->visual);
+    free(r->png);
     free(r->bytes);
     free(r);
 }

@@ -32,6 +32,10 @@ typedef struct {
     int n_stop;
     int generate_image;       /* the prompt ends with <image_start> */
     int return_visual_tokens;
+    int32_t image_steps;      /* decoder: diffusion steps, 0 = the server's default */
+    float image_guidance;     /* decoder: guidance scale, 0 = the model's default */
+    char image_sampler[16];   /* decoder: "pndm", "ddim", "dpmpp2m"; "" = default */
+    uint64_t image_seed;
     double t_arrival_ms;      /* monotonic clock */
     double deadline_ms;       /* monotonic; 0 = none */
 } mm_request;
@@ -49,7 +53,7 @@ typedef struct {
 typedef enum {
     MM_REPLY_DELTA = 1,       /* text / token ids */
     MM_REPLY_IMAGE_STARTED,
-    MM_REPLY_IMAGE_READY,     /* visual tokens of one generated image */
+    MM_REPLY_IMAGE_READY,     /* one generated image: PNG (decoder pool) and visual tokens */
     MM_REPLY_FINAL,           /* status OK, usage, timings */
     MM_REPLY_ERROR,           /* status code + message */
     MM_REPLY_INFO,            /* packed metamorph.v1.ModelInfo */
@@ -65,6 +69,8 @@ typedef struct {
     int n_ids;
     float *visual;            /* IMAGE_READY: [n_visual, visual_dim] (NULL unless asked) */
     int32_t n_visual, visual_dim, image_index;
+    uint8_t *png;             /* IMAGE_READY: [n_png] PNG bytes, NULL when no decoder pool serves */
+    size_t n_png;
     const char *finish_reason; /* FINAL (static string) */
     char request_id[129];     /* FINAL */
     int32_t prompt_tokens, completion_tokens, images;
