@@ -27,11 +27,16 @@ static void usage(FILE *f) {
             "  generate --prompt TEXT [--image FILE]... [--stream] [--out DIR] [--max-tokens N]\n"
             "           [--temperature T] [--top-p P] [--top-k K] [--seed S] [--stop STR]...\n"
             "           [--generate-image] [--visual-tokens] [--ids] [--request-id ID]\n"
+            "           [--steps N] [--guidance G] [--sampler pndm|ddim|dpmpp2m] [--image-seed S]\n"
             "           --image FILE     a PNG/JPEG before the prompt text (repeatable)\n"
             "           --generate-image the answer starts with <image_start> (ask for an image)\n"
-            "           --out DIR        write each generated image's visual tokens as\n"
-            "                            DIR/image_K.safetensors (\"image.K\": [64, D] f32, as mm-run\n"
-            "                            --visual-tokens-out; mm-decode --tokens reads it)\n"
+            "           --out DIR        write the answer as DIR/text.txt, each generated image as\n"
+            "                            DIR/image_K.png and its visual tokens as DIR/image_K.safetensors\n"
+            "                            (\"image.K\": [64, D] f32, as mm-run --visual-tokens-out;\n"
+            "                            mm-decode --tokens reads it)\n"
+            "           --steps, --guidance, --sampler, --image-seed: the diffusion decoder's\n"
+            "                            parameters (defaults: the server's steps, the model's guidance,\n"
+            "                            pndm, seed 0)\n"
             "  health   exit 0 when SERVING, 14 otherwise\n"
             "  info     model, stages and live KV/queue figures\n"
             "The exit code is the gRPC status code of the call.\n");
@@ -77,13 +82,26 @@ static void save_image(const char *dir, int i, const Metamorph__V1__GeneratedIma
         else if (mm_safetensors_write(path, &t, 1) != MM_OK)
             fprintf(stderr, "mmctl: %s\n", mm_error_last());
     }
-    fprintf(stderr, "mmctl: image %d: %d visual tokens%s%s\n", i, im->n_tokens,
-            im->n_visual_tokens ? " written" : "", im->png.len ? ", PNG written" : " (no PNG: no decoder pool yet)");
+    fprintf(stderr, "mmctl: image %d: %d visual tokens%s%s\n", i, im->n_tokens, im->n_visual_tokens ? " written" : "",
+            im->png.len ? ", PNG written" : " (no PNG: the service has no decoder pool)");
+    if (im->png.len) printf("image %d: %s/image_%d.png\n", i, dir, i);
+}
+
+/* DIR/text.txt: the whole answer (streamed answers are gathered first). */
+static void save_text(const char *dir, const char *text, size_t len) {
+    if (!dir) return;
+    char path[4200];
+    mkdir(dir, 0755);
+    snprintf(path, sizeof path, "%s/text.txt", dir);
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(text, 1, len, f) != len || fclose(f) != 0) fprintf(stderr, "mmctl: cannot write %s\n", path);
 }
 
 typedef struct {
     int ids, n_images;
     const char *out;
+    char *text;               /* streamed answer so far, for --out */
+    size_t text_len;
 } gen_state;
 
 static void print_ids(const int32_t *ids, size_t n, int *first) {
@@ -99,6 +117,7 @@ static int on_unary(void *user, const uint8_t *d, size_t n) {
     if (g->ids) print_ids(r->token_ids, r->n_token_ids, &first_id);
     else fputs(r->text, stdout);
     printf("\n");
+    save_text(g->out, r->text, strlen(r->text));
     for (size_t i = 0; i < r->n_images; i++) save_image(g->out, (int)i, r->images[i]);
     fprintf(stderr, "mmctl: %s, %d prompt + %d completion tokens, ttft %.1f ms, %.1f tokens/s\n", r->finish_reason,
             r->usage ? r->usage->prompt_tokens : 0, r->usage ? r->usage->completion_tokens : 0,
@@ -116,12 +135,18 @@ static int on_event(void *user, const uint8_t *d, size_t n) {
         if (g->ids) print_ids(ev->delta->token_ids, ev->delta->n_token_ids, &first_id);
         else fputs(ev->delta->text, stdout);
         fflush(stdout);
+        if (g->out) {
+            size_t n = strlen(ev->delta->text);
+            char *t = realloc(g->text, g->text_len + n + 1);
+            if (t) memcpy(t + g->text_len, ev->delta->text, n + 1), g->text = t, g->text_len += n;
+        }
         break;
     case METAMORPH__V1__GENERATE_EVENT__EVENT_IMAGE_STARTED: fprintf(stderr, "mmctl: [image %d started]\n", ev->image_started->index); break;
     case METAMORPH__V1__GENERATE_EVENT__EVENT_IMAGE_READY: save_image(g->out, g->n_images++, ev->image_ready); break;
     case METAMORPH__V1__GENERATE_EVENT__EVENT_FINAL: {
         const Metamorph__V1__GenerateResponse *r = ev->final;
         printf("\n");
+        save_text(g->out, g->text ? g->text : "", g->text_len);
         fprintf(stderr, "mmctl: %s, %d prompt + %d completion tokens, ttft %.1f ms, %.1f tokens/s\n", r->finish_reason,
                 r->usage ? r->usage->prompt_tokens : 0, r->usage ? r->usage->completion_tokens : 0,
                 r->timings ? r->timings->ttft_ms : 0, r->timings ? r->timings->tokens_per_s : 0);
@@ -142,6 +167,8 @@ static int cmd_generate(mm_client *cl, double timeout, int argc, char **argv) {
         {"seed", required_argument, 0, 'S'},        {"stop", required_argument, 0, 'x'},
         {"generate-image", no_argument, 0, 'g'},    {"visual-tokens", no_argument, 0, 'v'},
         {"ids", no_argument, 0, 'I'},               {"request-id", required_argument, 0, 'r'},
+        {"steps", required_argument, 0, 'T'},       {"guidance", required_argument, 0, 'G'},
+        {"sampler", required_argument, 0, 'A'},     {"image-seed", required_argument, 0, 'E'},
         {0, 0, 0, 0}};
     Metamorph__V1__SamplingParams sp = METAMORPH__V1__SAMPLING_PARAMS__INIT;
     Metamorph__V1__ImageParams ip = METAMORPH__V1__IMAGE_PARAMS__INIT;
@@ -168,6 +195,10 @@ static int cmd_generate(mm_client *cl, double timeout, int argc, char **argv) {
         case 'v': ip.return_visual_tokens = 1; break;
         case 'I': g.ids = 1; break;
         case 'r': req.request_id = optarg; break;
+        case 'T': ip.steps = atoi(optarg); break;
+        case 'G': ip.guidance = strtof(optarg, NULL); break;
+        case 'A': ip.sampler = optarg; break;
+        case 'E': ip.seed = strtoull(optarg, NULL, 10); break;
         default: usage(stderr); return EXIT_USAGE;
         }
     }
@@ -205,6 +236,7 @@ static int cmd_generate(mm_client *cl, double timeout, int argc, char **argv) {
     int code = mm_client_call(cl, stream ? "/metamorph.v1.MetaMorph/GenerateStream" : "/metamorph.v1.MetaMorph/Generate",
                               buf, len, timeout, stream ? on_event : on_unary, &g, err, sizeof err);
     free(buf);
+    free(g.text);
     for (int i = 0; i < n_images; i++) free(datas[i]);
     return code ? fail(code, err) : 0;
 }
