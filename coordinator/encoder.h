@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "common/status.h"
+#include "coordinator/pool_broker.h"
 
 typedef struct {
     uint64_t job_id;
@@ -35,6 +36,7 @@ struct mm_encoder {
     const mm_encoder_ops *ops;
     int32_t n_tokens; /* visual tokens per image (num_image_tokens, 64) */
     int32_t dim;      /* width of a visual token (SigLIP hidden, 1152) */
+    void *poll_socket; /* a ZeroMQ socket whose POLLIN means "poll soon" (pool), or NULL */
 };
 
 /* In-process SigLIP on a thread of its own (its own backend with `threads` threads):
@@ -50,5 +52,29 @@ typedef struct {
 } mm_encoder_local_params;
 
 mm_status mm_encoder_local_init(const mm_encoder_local_params *p, mm_encoder **out);
+
+/* The encoder pool (encoder_pool.c): jobs go to mm-encoder workers through a broker
+ * (pool_broker.h); poll also pumps the broker, so calling it every loop turn is all the
+ * driving it needs. An embedding cache keyed by a hash of the image bytes answers an
+ * image seen before without a job, and an image already being encoded for another job
+ * is encoded once for both. Results of the wrong shape drop their worker. */
+typedef struct {
+    mm_pool_settings pool;   /* encode_bind and the pool_* tunables */
+    int32_t n_tokens;        /* expected token shape of every result */
+    int32_t dim;
+    int32_t embed_cache_mb;  /* 0: no cache (in-flight coalescing still happens) */
+} mm_encoder_pool_params;
+
+typedef struct {
+    mm_pool_stats pool;
+    uint64_t cache_hits, cache_misses; /* submits answered from the cache / not */
+    uint64_t coalesced;      /* submits that joined an encode already in flight */
+    size_t cache_bytes;
+    int cache_entries;
+} mm_encoder_pool_stats;
+
+mm_status mm_encoder_pool_init(const mm_encoder_pool_params *p, mm_encoder **out);
+/* MM_ERR_INVALID when enc is not an encoder pool. */
+mm_status mm_encoder_pool_get_stats(const mm_encoder *enc, mm_encoder_pool_stats *out);
 
 #endif

