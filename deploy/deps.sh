@@ -15,6 +15,7 @@ MM_DEBIAN_PACKAGES=(
   protobuf-c-compiler libprotobuf-c-dev  # service: C code from proto/*.proto
   mpich libmpich-dev                 # service: MPI pipeline (mpiexec hydra)
   protobuf-compiler python3-grpcio python3-protobuf  # service test with the Python grpcio client
+  libmicrohttpd-dev python3-prometheus-client  # coordinator metrics over HTTP; its test parses them with prometheus_client
 )
 
 mm_install_deps() {

@@ -54,6 +54,7 @@ static const str_tunable STR_TUNABLES[] = {
     {"hostfile", offsetof(mm_serve_config, hostfile), sizeof(((mm_serve_config *)0)->hostfile), ""},
     {"encode_bind", offsetof(mm_serve_config, encode_bind), sizeof(((mm_serve_config *)0)->encode_bind), "tcp://127.0.0.1:50052"},
     {"decode_bind", offsetof(mm_serve_config, decode_bind), sizeof(((mm_serve_config *)0)->decode_bind), "tcp://127.0.0.1:50053"},
+    {"metrics_listen", offsetof(mm_serve_config, metrics_listen), sizeof(((mm_serve_config *)0)->metrics_listen), "127.0.0.1:9464"},
 };
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
