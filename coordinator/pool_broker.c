@@ -23,6 +23,7 @@ enum {
     MAX_CAPACITY = 1024,     /* a READY claiming more is garbage */
     MAX_MESSAGES_PER_PUMP = 4096, /* a flooding worker cannot hold the scheduler */
     SOCKET_HWM = 1000,
+    SENT_ID_MEMORY = 4096,   /* job ids of the last dispatches: late results are told from made-up ones */
 };
 
 typedef struct {
@@ -68,6 +69,8 @@ struct mm_pool_broker {
     int n_workers, cap_workers;
     job_list queue, sent;
     result_node *ready, *ready_tail;
+    uint64_t sent_ids[SENT_ID_MEMORY]; /* ring of the job ids of the last dispatches */
+    uint64_t n_sent_ids;
     mm_pool_stats st;
 };
 
@@ -273,12 +276,25 @@ static job *sent_job_of(const mm_pool_broker *b, const worker *w, uint64_t id) {
     return NULL;
 }
 
+static int was_dispatched(const mm_pool_broker *b, uint64_t id) {
+    uint64_t n = b->n_sent_ids < SENT_ID_MEMORY ? b->n_sent_ids : SENT_ID_MEMORY;
+    for (uint64_t i = 0; i < n; i++)
+        if (b->sent_ids[i] == id) return 1;
+    return 0;
+}
+
 static void on_result(mm_pool_broker *b, worker *w, const pool_header *h, zmq_msg_t *payload) {
     job *j = sent_job_of(b, w, h->job_id);
     if (!j) {
-        LOG_WARN("pool %s: result for job %llu dropped: not in flight on worker %s (late, answered or never sent)",
-                 b->pool, (unsigned long long)h->job_id, w->name);
         b->st.dropped_results++;
+        if (was_dispatched(b, h->job_id)) {
+            LOG_WARN("pool %s: late result for job %llu from worker %s dropped (sent elsewhere, answered or timed out)",
+                     b->pool, (unsigned long long)h->job_id, w->name);
+        } else {
+            char why[96];
+            snprintf(why, sizeof why, "result for job %llu, which was never sent", (unsigned long long)h->job_id);
+            refuse(b, w, why);
+        }
         return;
     }
     if (j->state == JOB_CANCELLED) {
@@ -355,8 +371,11 @@ static void on_message(mm_pool_broker *b, zmq_msg_t *parts, int n_parts, int too
     } else if (!w) {
         /* Not registered (never READY, or dropped): it gets nothing until it says READY. */
         if (h->type == METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_RESULT) b->st.dropped_results++;
-        LOG_WARN("pool %s: message type %d from an unregistered peer ignored (it must send READY)", b->pool,
-                 (int)h->type);
+        if (h->type == METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_HEARTBEAT) /* it will notice our silence */
+            LOG_DEBUG("pool %s: heartbeat from an unregistered peer ignored", b->pool);
+        else
+            LOG_WARN("pool %s: message type %d from an unregistered peer ignored (it must send READY)", b->pool,
+                     (int)h->type);
     } else if (h->type == METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_HEARTBEAT) {
         w->last_heard = now;
     } else if (h->type == METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_RESULT) {
@@ -467,6 +486,7 @@ static void dispatch(mm_pool_broker *b, double now) {
         list_push_back(&b->sent, j);
         w->in_flight++;
         b->st.jobs_sent++;
+        b->sent_ids[b->n_sent_ids++ % SENT_ID_MEMORY] = j->id;
     }
 }
 

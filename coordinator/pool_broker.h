@@ -3,8 +3,11 @@
  * READY, a worker table, and a job table job_id -> (worker, deadline, payload) so that a
  * job outlives the worker it was sent to. Driven only by the scheduler thread: no locks,
  * and nothing here ever blocks (every send is ZMQ_DONTWAIT; a worker that cannot take a
- * message now counts as gone). Workers are untrusted: anything malformed drops the
- * worker, re-queues its jobs and is logged; it never takes the coordinator down. */
+ * message now counts as gone). Workers are untrusted: anything malformed (a frame that
+ * does not parse, READY for another pool, a result for a job id never dispatched, a
+ * result the pool's check refuses) drops the worker, re-queues its jobs and is logged;
+ * it never takes the coordinator down. A late result (its job answered, cancelled or
+ * sent elsewhere meanwhile) is only dropped: at most one result per job is handed over. */
 #ifndef MM_COORD_POOL_BROKER_H
 #define MM_COORD_POOL_BROKER_H
 
@@ -55,7 +58,7 @@ typedef struct {
     int jobs_in_flight;      /* sent, unanswered (cancelled ones still holding a slot included) */
     uint64_t jobs_sent;      /* JOB messages sent, re-dispatches included */
     uint64_t redispatches;   /* jobs queued again after a dead worker, a BYE or a timeout */
-    uint64_t dropped_results; /* late, cancelled or unknown job ids */
+    uint64_t dropped_results; /* late, cancelled, never dispatched, or from an unregistered peer */
     uint64_t workers_dropped; /* dead, gone (BYE) or refused for a protocol error */
 } mm_pool_stats;
 
