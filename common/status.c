@@ -35,3 +35,12 @@ mm_status mm_error_set(mm_status code, const char *file, int line, const char *f
 const char *mm_error_last(void) { return last_error; }
 
 void mm_error_clear(void) { last_error[0] = '\0'; }
+
+const char *mm_error_without_location(const char *msg) {
+    size_t file = strcspn(msg, ": ");
+    if (msg[file] != ':' || file == 0) return msg;
+    const char *p = msg + file + 1;
+    if (*p < '0' || *p > '9') return msg;
+    while (*p >= '0' && *p <= '9') p++;
+    return p[0] == ':' && p[1] == ' ' ? p + 2 : msg;
+}

@@ -27,6 +27,10 @@ mm_status mm_error_set(mm_status code, const char *file, int line, const char *f
 /* The last error message of this thread ("" if none). */
 const char *mm_error_last(void);
 void mm_error_clear(void);
+/* msg without the leading "file.c:123: " that mm_error_set puts there (a pointer into
+ * msg): "image.c:216: not a PNG" -> "not a PNG". A client needs the why, not our
+ * source lines (the log keeps them). */
+const char *mm_error_without_location(const char *msg);
 
 #ifdef __cplusplus
 }

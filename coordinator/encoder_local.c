@@ -53,23 +53,7 @@ static void push(enc_job **head, enc_job **tail, enc_job *j) {
 /* One image -> tokens [n_tokens, dim]. Runs on the worker thread. */
 static mm_status encode_one(enc_local *e, const enc_job *j, float *tokens) {
     mm_image_limits lim = {e->p.max_bytes, e->p.max_side, e->p.max_side};
-    mm_image img;
-    CHECK(mm_image_decode(j->data, j->len, &lim, &img));
-    mm_status s = mm_siglip_preprocess(&e->sig->pp, &img, e->pixels);
-    mm_image_free(&img);
-    CHECK(s);
-    return mm_siglip_encode(e->sig, e->pixels, 1, e->base.n_tokens, NULL, tokens);
-}
-
-/* "image.c:216: not a PNG ..." -> "not a PNG ...": a client needs the why, not our
- * source lines (the log keeps them). */
-static const char *without_location(const char *m) {
-    size_t file = strcspn(m, ": ");
-    if (m[file] != ':' || file == 0) return m;
-    const char *p = m + file + 1;
-    if (*p < '0' || *p > '9') return m;
-    while (*p >= '0' && *p <= '9') p++;
-    return p[0] == ':' && p[1] == ' ' ? p + 2 : m;
+    return mm_siglip_encode_image_bytes(e->sig, j->data, j->len, &lim, e->base.n_tokens, e->pixels, tokens);
 }
 
 static void *worker_main(void *arg) {
@@ -90,7 +74,7 @@ static void *worker_main(void *arg) {
         j->res.status = j->res.tokens ? encode_one(e, j, j->res.tokens) : MM_ERROR(MM_ERR_NOMEM, "visual tokens");
         if (j->res.status != MM_OK) {
             LOG_INFO("encode job %llu: %s", (unsigned long long)j->job_id, mm_error_last());
-            snprintf(j->res.error, sizeof j->res.error, "%s", without_location(mm_error_last()));
+            snprintf(j->res.error, sizeof j->res.error, "%s", mm_error_without_location(mm_error_last()));
             free(j->res.tokens);
             j->res.tokens = NULL;
         }

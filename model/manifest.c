@@ -39,3 +39,19 @@ mm_status mm_model_paths_resolve(const char *dir, mm_model_paths *out) {
     mm_json_free(root);
     return s;
 }
+
+mm_status mm_model_part_dir(const char *dir, const char *part, char *out, size_t cap) {
+    char probe[4096];
+    snprintf(probe, sizeof probe, "%s/metamorph.json", dir);
+    const char *found = dir;
+    mm_model_paths paths;
+    if (access(probe, R_OK) == 0) {
+        CHECK(mm_model_paths_resolve(dir, &paths));
+        if (!strcmp(part, "vision")) found = paths.vision;
+        else if (!strcmp(part, "decoder")) found = paths.decoder;
+        else return MM_ERROR(MM_ERR_INVALID, "unknown model part '%s' (vision, decoder)", part);
+        if (!found[0]) return MM_ERROR(MM_ERR_NOT_FOUND, "%s: the manifest names no %s", probe, part);
+    }
+    if ((size_t)snprintf(out, cap, "%s", found) >= cap) return MM_ERROR(MM_ERR_INVALID, "%s: path too long", found);
+    return MM_OK;
+}

@@ -16,4 +16,9 @@ typedef struct {
 
 mm_status mm_model_paths_resolve(const char *dir, mm_model_paths *out);
 
+/* The directory of one part ("vision" or "decoder") for a tool given DIR: the part
+ * the manifest names when DIR/metamorph.json exists (NOT_FOUND when it names none),
+ * otherwise DIR itself (the part's own directory). */
+mm_status mm_model_part_dir(const char *dir, const char *part, char *out, size_t cap);
+
 #endif

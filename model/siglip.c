@@ -346,3 +346,13 @@ out:
     buffers_free(be, &b);
     return s;
 }
+
+mm_status mm_siglip_encode_image_bytes(mm_siglip *m, const void *data, size_t len, const mm_image_limits *lim,
+                                       int32_t n_tokens, float *pixels, float *tokens) {
+    mm_image img;
+    CHECK(mm_image_decode(data, len, lim, &img));
+    mm_status s = mm_siglip_preprocess(&m->pp, &img, pixels);
+    mm_image_free(&img);
+    CHECK(s);
+    return mm_siglip_encode(m, pixels, 1, n_tokens, NULL, tokens);
+}

@@ -79,4 +79,12 @@ mm_status mm_siglip_preprocess(const mm_siglip_preproc *pp, const mm_image *img,
 mm_status mm_siglip_encode(mm_siglip *m, const float *pixels, int64_t B, int32_t n_tokens, float *features,
                            float *tokens);
 
+/* Image file bytes (PNG/JPEG, untrusted) -> tokens [n_tokens, hidden] (host): decode
+ * within lim (NULL: defaults), preprocess, encode, reduce, L2-normalise. What the
+ * encoder pool and the in-process encoder both run, so their tokens are identical.
+ * pixels: [3, S, S] host scratch, S = cfg.image_size. Bad images give FORMAT, INVALID
+ * or UNSUPPORTED with a message saying why. */
+mm_status mm_siglip_encode_image_bytes(mm_siglip *m, const void *data, size_t len, const mm_image_limits *lim,
+                                       int32_t n_tokens, float *pixels, float *tokens);
+
 #endif

@@ -48,21 +48,6 @@ static void progress(void *user, int i, int n) {
     fflush(stderr);
 }
 
-/* A model root with metamorph.json naming its decoder, or the decoder directory itself. */
-static mm_status decoder_dir(const char *dir, char *out, size_t cap) {
-    char probe[4096];
-    snprintf(probe, sizeof probe, "%s/metamorph.json", dir);
-    if (access(probe, R_OK) == 0) {
-        mm_model_paths paths;
-        CHECK(mm_model_paths_resolve(dir, &paths));
-        if (!paths.decoder[0]) return MM_ERROR(MM_ERR_NOT_FOUND, "%s: the manifest names no decoder", probe);
-        snprintf(out, cap, "%s", paths.decoder);
-        return MM_OK;
-    }
-    snprintf(out, cap, "%s", dir);
-    return MM_OK;
-}
-
 int main(int argc, char **argv) {
     mm_runtime_init(argv); /* before any OpenMP region: see common/runtime.h */
     const char *model = NULL, *tokens_path = NULL, *out = NULL, *backend = "cpu";
@@ -117,7 +102,7 @@ int main(int argc, char **argv) {
     uint8_t *rgb = NULL;
     int64_t n = 0;
     int rc = 1;
-    if (decoder_dir(model, dir, sizeof dir) != MM_OK || mm_backend_init(backend, threads, &be) != MM_OK ||
+    if (mm_model_part_dir(model, "decoder", dir, sizeof dir) != MM_OK || mm_backend_init(backend, threads, &be) != MM_OK ||
         mm_decoder_load(dir, be, &d) != MM_OK ||
         mm_decoder_read_tokens(tokens_path, d->adapter->cfg.input_dim, &tokens, &n) != MM_OK) {
         fprintf(stderr, "mm-decode: %s\n", mm_error_last());
