@@ -33,6 +33,7 @@ typedef struct {
     int capacity, in_flight; /* in_flight counts cancelled jobs still on the worker */
     double last_heard, last_sent;
     double silence_ms;       /* dead after this long without a message */
+    double beat_ms;          /* heartbeat it this often: the shorter of both periods, so it hears us in time */
 } worker;
 
 typedef enum { JOB_QUEUED, JOB_SENT, JOB_CANCELLED } job_state;
@@ -254,8 +255,9 @@ static void on_ready(mm_pool_broker *b, worker *w, zmq_msg_t *rid, const pool_he
     }
     worker_name(w->name, sizeof w->name, h->worker, w->rid, w->rid_len);
     w->capacity = h->capacity;
-    int32_t beat = h->heartbeat_ms > b->s.heartbeat_ms ? h->heartbeat_ms : b->s.heartbeat_ms;
-    w->silence_ms = (double)b->s.liveness * beat;
+    int32_t theirs = h->heartbeat_ms > 0 ? h->heartbeat_ms : b->s.heartbeat_ms;
+    w->silence_ms = (double)b->s.liveness * (theirs > b->s.heartbeat_ms ? theirs : b->s.heartbeat_ms);
+    w->beat_ms = theirs < b->s.heartbeat_ms ? theirs : b->s.heartbeat_ms;
     w->last_heard = now;
     w->last_sent = 0; /* heartbeat it this pump: it learns that we hear it */
     LOG_INFO("pool %s: worker %s ready, capacity %d", b->pool, w->name, w->capacity);
@@ -495,7 +497,7 @@ static void send_heartbeats(mm_pool_broker *b, double now) {
     header_init(b, &h, METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_HEARTBEAT);
     for (int i = b->n_workers - 1; i >= 0; i--) {
         worker *w = b->workers[i];
-        if (now - w->last_sent < b->s.heartbeat_ms) continue;
+        if (now - w->last_sent < w->beat_ms) continue;
         if (send_to(b, w, &h, NULL, now) != 0) {
             LOG_ERROR("pool %s: worker %s cannot take a heartbeat (%s): dropped", b->pool, w->name,
                       zmq_strerror(errno));
