@@ -1,9 +1,9 @@
 /* The coordinator's view of the vision encoder: image bytes in (PNG/JPEG, untrusted),
  * visual tokens out ([n_tokens, dim] L2-normalised SigLIP space), asynchronously, by
- * job id. The scheduler thread submits and polls; it never waits on an encode. Today
- * encoder_local.c runs SigLIP in-process on its own thread; the encoder pool (ZeroMQ
- * ROUTER to mm-encoder workers, DESIGN section 2) implements the same table. Jobs are
- * idempotent and a result for a job nobody waits for any more is simply dropped. */
+ * job id. The scheduler thread submits and polls; it never waits on an encode. The
+ * encoder pool (encoder_pool.c: a ZeroMQ ROUTER to mm-encoder workers, DESIGN section 2)
+ * implements the table; a test double may too. Jobs are idempotent and a result for a
+ * job nobody waits for any more is simply dropped. */
 #ifndef MM_COORD_ENCODER_H
 #define MM_COORD_ENCODER_H
 
@@ -38,20 +38,6 @@ struct mm_encoder {
     int32_t dim;      /* width of a visual token (SigLIP hidden, 1152) */
     void *poll_socket; /* a ZeroMQ socket whose POLLIN means "poll soon" (pool), or NULL */
 };
-
-/* In-process SigLIP on a thread of its own (its own backend with `threads` threads):
- * decode (limits lim: sizes checked before any pixel buffer), preprocess, encode,
- * reduce to n_tokens, L2 norm. */
-typedef struct {
-    const char *vision_dir;  /* HF SigLIP directory */
-    const char *backend;     /* "cpu", ... */
-    int threads;
-    int32_t n_tokens;
-    size_t max_bytes;        /* encoded bytes per image */
-    int32_t max_side;        /* pixels per side */
-} mm_encoder_local_params;
-
-mm_status mm_encoder_local_init(const mm_encoder_local_params *p, mm_encoder **out);
 
 /* The encoder pool (encoder_pool.c): jobs go to mm-encoder workers through a broker
  * (pool_broker.h); poll also pumps the broker, so calling it every loop turn is all the

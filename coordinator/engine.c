@@ -29,7 +29,21 @@ typedef struct {
     double t_first_sched, t_first_token;
     uint64_t enc_base;        /* encode jobs enc_base + k for image k of the prompt */
     int encodes_left;         /* > 0: waiting for the encoder, not in the scheduler yet */
+    int decodes_left;         /* generated images still with the decoder pool */
+    int llm_done;             /* the sequence has finished (and left the scheduler) */
+    const char *finish;       /* its finish reason, once llm_done */
+    int32_t n_images_done;    /* images the sequence produced, once llm_done */
+    double t_pool_wait;       /* since when it waits on a pool that has no worker (0: not) */
 } job;
+
+/* One generated image with the decoder pool: its request, its index there, and its
+ * visual tokens when the request asked for them back. */
+typedef struct {
+    uint64_t job_id;
+    uint64_t call_id;
+    int32_t image_index;
+    float *visual;            /* [image_tokens, visual_dim] or NULL */
+} decode_wait;
 
 typedef struct {
     mm_step *step;
@@ -48,6 +62,9 @@ struct mm_engine {
     double failed_at_ms;
     uint64_t next_enc;        /* encode job ids */
     int n_encoding;           /* jobs waiting for the encoder (they count against max_queue) */
+    uint64_t next_dec;        /* decode job ids */
+    decode_wait *decodes;     /* [n_decodes] images with the decoder pool */
+    int n_decodes, cap_decodes;
     char detok_buf[DETOK_CAP];
 };
 
@@ -123,6 +140,12 @@ static void job_drop(mm_engine *e, job *j) {
         for (int k = 0; k < j->req->n_images; k++) e->p.encoder->ops->cancel(e->p.encoder, j->enc_base + (uint64_t)k);
         e->n_encoding--;
     }
+    for (int i = e->n_decodes - 1; i >= 0; i--)
+        if (e->decodes[i].call_id == j->req->call_id) {
+            mm_decoder_pool_cancel(e->p.decoder, e->decodes[i].job_id);
+            free(e->decodes[i].visual);
+            e->decodes[i] = e->decodes[--e->n_decodes];
+        }
     if (j->seq) mm_sched_remove(e->sched, j->seq);
     mm_request_free(j->req);
     free(j->held);
@@ -163,18 +186,16 @@ static const char *finish_name(mm_finish f) {
     }
 }
 
+/* The final reply, once the sequence has finished and every image is decoded. */
 static void job_complete(mm_engine *e, job *j) {
-    int w = mm_detok_flush(&j->detok, e->detok_buf, sizeof e->detok_buf);
-    if (w > 0) held_append(j, e->detok_buf, (size_t)w);
-    if (j->held_len) held_emit(e, j, j->held_len, NULL, 0);
     mm_reply *r = reply_new(MM_REPLY_FINAL, j->req->call_id);
     if (r) {
         double t = now_ms();
         snprintf(r->request_id, sizeof r->request_id, "%s", j->req->request_id);
-        r->finish_reason = finish_name(j->seq->finish);
+        r->finish_reason = j->finish;
         r->prompt_tokens = j->req->n_rows;
         r->completion_tokens = j->n_generated;
-        r->images = j->seq->n_images;
+        r->images = j->n_images_done;
         r->queue_ms = j->t_first_sched - j->req->t_arrival_ms;
         r->ttft_ms = j->t_first_token - j->req->t_arrival_ms;
         r->total_ms = t - j->req->t_arrival_ms;
@@ -182,6 +203,20 @@ static void job_complete(mm_engine *e, job *j) {
         send_reply(e, r);
     }
     job_drop(e, j);
+}
+
+/* The sequence has finished: the rest of the text goes out, its KV blocks are freed,
+ * and the request completes now or when its last image is decoded. */
+static void job_llm_done(mm_engine *e, job *j) {
+    int w = mm_detok_flush(&j->detok, e->detok_buf, sizeof e->detok_buf);
+    if (w > 0) held_append(j, e->detok_buf, (size_t)w);
+    if (j->held_len) held_emit(e, j, j->held_len, NULL, 0);
+    j->llm_done = 1;
+    j->finish = finish_name(j->seq->finish);
+    j->n_images_done = j->seq->n_images;
+    mm_sched_remove(e->sched, j->seq);
+    j->seq = NULL;
+    if (j->decodes_left == 0) job_complete(e, j);
 }
 
 /* A new text token: detokenize, watch the stop strings, stream what is safe to send.
@@ -212,24 +247,102 @@ static int on_token(mm_engine *e, job *j, int32_t id) {
     return 1;
 }
 
-static void on_visual(mm_engine *e, job *j) {
+static float *copy_floats(const float *x, size_t n) {
+    float *y = malloc(n * sizeof *y);
+    if (y) memcpy(y, x, n * sizeof *y);
+    return y;
+}
+
+/* Sends the image to the decoder pool; IMAGE_READY goes out when its PNG is back.
+ * Returns 0 when the job had to be failed. */
+static int decode_submit(mm_engine *e, job *j, int32_t image_index, const float *tokens) {
+    const mm_sched_params *sp = mm_sched_get_params(e->sched);
+    const mm_request *q = j->req;
+    size_t n = (size_t)sp->image_tokens * (size_t)sp->visual_dim;
+    if (e->n_decodes == e->cap_decodes) {
+        int cap = e->cap_decodes ? e->cap_decodes * 2 : 16;
+        decode_wait *d = realloc(e->decodes, (size_t)cap * sizeof *d);
+        if (!d) {
+            job_fail(e, j, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+            return 0;
+        }
+        e->decodes = d, e->cap_decodes = cap;
+    }
+    decode_wait w = {e->next_dec++, q->call_id, image_index, NULL};
+    if (q->return_visual_tokens && !(w.visual = copy_floats(tokens, n))) {
+        job_fail(e, j, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return 0;
+    }
+    mm_decode_settings how = {q->image_steps > 0 ? q->image_steps : e->p.cfg->image_steps, q->image_guidance,
+                              q->image_sampler[0] ? q->image_sampler : "pndm", q->image_seed};
+    if (mm_decoder_pool_submit(e->p.decoder, w.job_id, tokens, &how) != MM_OK) {
+        free(w.visual);
+        job_fail(e, j, GRPC_STATUS_RESOURCE_EXHAUSTED, mm_error_last());
+        return 0;
+    }
+    e->decodes[e->n_decodes++] = w;
+    j->decodes_left++;
+    return 1;
+}
+
+/* A visual token: streamed as id -1; a complete image (its visual tokens are the last
+ * image_tokens rows) goes to the decoder pool, or straight out when there is none.
+ * Returns 0 when the job had to be failed. */
+static int on_visual(mm_engine *e, job *j) {
     int32_t minus_one = -1;
     reply_delta(e, j, "", 0, &minus_one, 1);
-    if (j->seq->image_left > 0) return;
-    /* the image is complete: its visual tokens are the last image_tokens rows */
+    if (j->seq->image_left > 0) return 1;
     const mm_sched_params *sp = mm_sched_get_params(e->sched);
+    size_t n = (size_t)sp->image_tokens * (size_t)sp->visual_dim;
+    const float *tokens = j->seq->visual + (size_t)(j->seq->n_visual - sp->image_tokens) * (size_t)sp->visual_dim;
+    if (e->p.decoder) return decode_submit(e, j, j->image_index - 1, tokens);
     mm_reply *r = reply_new(MM_REPLY_IMAGE_READY, j->req->call_id);
-    if (!r) return;
+    if (!r) return 1;
     r->image_index = j->image_index - 1;
     r->n_visual = sp->image_tokens, r->visual_dim = sp->visual_dim;
-    if (j->req->return_visual_tokens) {
-        size_t n = (size_t)sp->image_tokens * (size_t)sp->visual_dim;
-        r->visual = malloc(n * sizeof *r->visual);
-        if (r->visual)
-            memcpy(r->visual, j->seq->visual + (size_t)(j->seq->n_visual - sp->image_tokens) * (size_t)sp->visual_dim,
-                   n * sizeof *r->visual);
-    }
+    if (j->req->return_visual_tokens) r->visual = copy_floats(tokens, n);
     send_reply(e, r);
+    return 1;
+}
+
+/* Takes the decoder pool's results: IMAGE_READY with the PNG (and the visual tokens
+ * when asked); a request completes with its last image. Returns how many came. */
+static int take_decodes(mm_engine *e) {
+    if (!e->p.decoder) return 0;
+    int n = 0;
+    mm_decode_result res;
+    while (mm_decoder_pool_poll(e->p.decoder, &res)) {
+        n++;
+        int i = 0;
+        while (i < e->n_decodes && e->decodes[i].job_id != res.job_id) i++;
+        job *j = i < e->n_decodes ? job_find(e, e->decodes[i].call_id, NULL) : NULL;
+        if (!j) { /* late: its request is gone */
+            free(res.png);
+            continue;
+        }
+        decode_wait w = e->decodes[i];
+        e->decodes[i] = e->decodes[--e->n_decodes];
+        j->decodes_left--;
+        if (res.status != MM_OK) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "image %d: the decoder failed: %s", w.image_index, res.error);
+            free(res.png), free(w.visual);
+            job_fail(e, j, GRPC_STATUS_INTERNAL, msg);
+            continue;
+        }
+        const mm_sched_params *sp = mm_sched_get_params(e->sched);
+        mm_reply *r = reply_new(MM_REPLY_IMAGE_READY, j->req->call_id);
+        if (r) {
+            r->image_index = w.image_index;
+            r->n_visual = sp->image_tokens, r->visual_dim = sp->visual_dim;
+            r->visual = w.visual, r->png = res.png, r->n_png = res.png_len;
+            send_reply(e, r);
+        } else {
+            free(res.png), free(w.visual);
+        }
+        if (j->llm_done && j->decodes_left == 0) job_complete(e, j);
+    }
+    return n;
 }
 
 /* ---------------------------------------------------------------- pipeline */
@@ -282,9 +395,9 @@ static mm_status process_result(mm_engine *e, Metamorph__Internal__StepResult *r
                 if (r) r->image_index = j->image_index, send_reply(e, r);
                 j->image_index++;
             }
-            if (row < 0) on_visual(e, j);
+            if (row < 0 && !on_visual(e, j)) continue;
         }
-        if (en->seq->finish != MM_FINISH_NONE) job_complete(e, j);
+        if (en->seq->finish != MM_FINISH_NONE) job_llm_done(e, j);
     }
     mm_sched_step_release(e->sched, st);
     return MM_OK;
@@ -498,11 +611,28 @@ static int take_messages(mm_engine *e) {
     }
 }
 
+/* Why j cannot progress: it waits on a pool that has no worker now (NULL: it can). */
+static const char *pool_missing(mm_engine *e, const job *j) {
+    mm_encoder_pool_stats es;
+    if (j->encodes_left > 0 && mm_encoder_pool_get_stats(e->p.encoder, &es) == MM_OK && es.pool.workers_alive == 0)
+        return "no encoder worker is available";
+    if (j->decodes_left > 0 && mm_decoder_pool_workers_alive(e->p.decoder) == 0) return "no decoder worker is available";
+    return NULL;
+}
+
+/* Deadlines, and requests stuck on an empty pool: those wait for a worker up to their
+ * deadline (or pool_job_timeout_ms without one) and then fail with UNAVAILABLE. */
 static void expire_deadlines(mm_engine *e) {
     double t = now_ms();
     for (int i = e->n_jobs - 1; i >= 0; i--) {
         job *j = e->jobs[i];
-        if (j->req->deadline_ms > 0 && t >= j->req->deadline_ms)
+        const char *missing = pool_missing(e, j);
+        if (!missing) j->t_pool_wait = 0;
+        else if (j->t_pool_wait == 0) j->t_pool_wait = t;
+        int late = j->req->deadline_ms > 0 && t >= j->req->deadline_ms;
+        if (missing && (late || t - j->t_pool_wait >= e->p.cfg->pool_job_timeout_ms))
+            job_fail(e, j, GRPC_STATUS_UNAVAILABLE, missing);
+        else if (late)
             job_fail(e, j, GRPC_STATUS_DEADLINE_EXCEEDED, "deadline exceeded");
     }
 }
@@ -561,7 +691,7 @@ static void stop_pipeline(mm_engine *e) {
 int mm_engine_run(mm_engine *e) {
     int spins = 0;
     for (;;) {
-        int work = take_messages(e) + take_encodes(e);
+        int work = take_messages(e) + take_encodes(e) + take_decodes(e);
         if (*e->p.stop_flag) {
             LOG_INFO("stopping: failing %d requests", e->n_jobs);
             while (e->n_jobs > 0) job_fail(e, e->jobs[0], GRPC_STATUS_UNAVAILABLE, "the server is shutting down");
@@ -602,8 +732,13 @@ int mm_engine_run(mm_engine *e) {
             nanosleep(&t, NULL);
             continue;
         }
-        zmq_pollitem_t it = {e->requests, 0, ZMQ_POLLIN, 0};
-        zmq_poll(&it, 1, e->n_jobs > 0 ? 1 : IDLE_POLL_MS);
+        /* wake for a request or a pool message (the pools' heartbeats need a turn every
+         * IDLE_POLL_MS at least) */
+        zmq_pollitem_t it[3] = {{e->requests, 0, ZMQ_POLLIN, 0}};
+        int n_it = 1;
+        if (e->p.encoder && e->p.encoder->poll_socket) it[n_it++] = (zmq_pollitem_t){e->p.encoder->poll_socket, 0, ZMQ_POLLIN, 0};
+        if (e->p.decoder) it[n_it++] = (zmq_pollitem_t){mm_decoder_pool_socket(e->p.decoder), 0, ZMQ_POLLIN, 0};
+        zmq_poll(it, n_it, e->n_jobs > 0 ? 1 : IDLE_POLL_MS);
     }
 }
 
@@ -616,6 +751,7 @@ void mm_engine_free(mm_engine *e) {
     if (!e) return;
     while (e->n_jobs > 0) job_drop(e, e->jobs[0]);
     free(e->jobs);
+    free(e->decodes);
     mm_sched_free(e->sched);
     if (e->requests) zmq_close(e->requests);
     if (e->replies) zmq_close(e->replies);

@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 
+#include "decoder_pool.h"
 #include "encoder.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
@@ -29,6 +30,7 @@ typedef struct {
     int32_t image_start_id;
     int32_t image_tokens;                 /* visual tokens per image (num_image_tokens) */
     mm_encoder *encoder;                  /* image parts -> visual tokens; NULL: no vision input */
+    mm_decoder_pool *decoder;             /* generated visual tokens -> PNG; NULL: tokens only */
 } mm_engine_params;
 
 typedef struct mm_engine mm_engine;

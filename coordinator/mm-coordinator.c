@@ -1,7 +1,8 @@
 /* mm-coordinator: MPI rank 0 of `mpiexec -n 1 mm-coordinator CFG : -n P mm-stage CFG`.
- * Wiring only: loads the config and the tokenizer (and, for a MetaMorph model with a
- * vision part, the in-process vision encoder), waits for the stages, starts the gRPC
- * threads, and runs the scheduler loop on the main thread (the MPI thread).
+ * Wiring only: loads the config and the tokenizer, binds the encoder and decoder pools
+ * (mm-encoder / mm-decoder workers join them over ZeroMQ, from any host, at any time),
+ * waits for the stages, starts the gRPC threads, and runs the scheduler loop on the main
+ * thread (the MPI thread).
  * SIGINT/SIGTERM stop it cleanly; SIGUSR1 (hydra: a process of the job died) takes
  * the pipeline down: requests fail with UNAVAILABLE, health says NOT_SERVING, and
  * after fail_exit_ms the whole job is aborted so that a supervisor restarts it. */
@@ -12,8 +13,8 @@
 #include <zmq.h>
 
 #include "common/runtime.h"
-#include "common/image.h"
 #include "common/log.h"
+#include "decoder_pool.h"
 #include "engine.h"
 #include "grpc_server.h"
 #include "model/manifest.h"
@@ -39,8 +40,15 @@ typedef struct {
     mm_llama_config llm;
     mm_tokenizer *tok;
     mm_metamorph_config mm;     /* n_image_tokens = 0: not a MetaMorph model */
-    mm_encoder *encoder;        /* NULL: no vision input */
+    void *zctx;
+    mm_encoder *encoder;        /* the encoder pool; NULL: no vision input */
+    mm_decoder_pool *decoder;   /* NULL: generated images as tokens only */
 } coord_setup;
+
+static mm_pool_settings pool_settings(const coord_setup *c, const char *endpoint) {
+    return (mm_pool_settings){c->zctx, endpoint, c->cfg.pool_heartbeat_ms, c->cfg.pool_liveness,
+                              c->cfg.pool_job_timeout_ms, c->cfg.pool_max_message_mb};
+}
 
 static mm_status setup(const char *cfg_path, coord_setup *c) {
     CHECK(mm_serve_config_load(cfg_path, &c->cfg));
@@ -51,14 +59,19 @@ static mm_status setup(const char *cfg_path, coord_setup *c) {
     CHECK(mm_tokenizer_load(tok_path, &c->tok));
     if (!mm_metamorph_is_checkpoint(c->paths.llm)) return MM_OK;
     CHECK(mm_metamorph_config_load(c->paths.llm, c->tok, &c->mm));
-    if (!c->paths.vision[0]) return MM_OK;
-    /* until the encoder pool exists (DESIGN section 2), SigLIP runs here */
-    mm_encoder_local_params ep = {c->paths.vision, c->cfg.backend, c->cfg.threads, c->mm.n_image_tokens,
-                                  (size_t)c->cfg.max_receive_mb << 20, MM_IMAGE_DEFAULT_MAX_SIDE};
-    CHECK(mm_encoder_local_init(&ep, &c->encoder));
-    if (c->encoder->dim != c->mm.mm_hidden)
-        return MM_ERROR(MM_ERR_FORMAT, "%s: SigLIP hidden size %d != mm_hidden_size %d", c->paths.vision, c->encoder->dim,
-                        c->mm.mm_hidden);
+    c->zctx = zmq_ctx_new();
+    if (!c->zctx) return MM_ERROR(MM_ERR_IO, "zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
+    if (c->paths.vision[0] && c->cfg.encode_bind[0]) {
+        mm_encoder_pool_params ep = {pool_settings(c, c->cfg.encode_bind), c->mm.n_image_tokens, c->mm.mm_hidden,
+                                     c->cfg.embed_cache_mb};
+        CHECK(mm_encoder_pool_init(&ep, &c->encoder));
+        LOG_INFO("encoder pool on %s", c->cfg.encode_bind);
+    }
+    if (c->paths.decoder[0] && c->cfg.decode_bind[0]) {
+        mm_pool_settings dp = pool_settings(c, c->cfg.decode_bind);
+        CHECK(mm_decoder_pool_init(&dp, c->mm.n_image_tokens, c->mm.mm_hidden, &c->decoder));
+        LOG_INFO("decoder pool on %s", c->cfg.decode_bind);
+    }
     return MM_OK;
 }
 
@@ -74,7 +87,7 @@ static void block_signals(int block) {
 
 static int serve(coord_setup *c, mm_mpi_driver *drv) {
     static atomic_int serving;
-    void *zctx = zmq_ctx_new();
+    void *zctx = c->zctx ? c->zctx : (c->zctx = zmq_ctx_new());
     mm_engine *eng = NULL;
     mm_grpc_server *srv = NULL;
     int rc = 1;
@@ -82,8 +95,9 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
     /* images in need the encoder and stage 1's projector, of the same width */
     int vision_input = c->encoder && mm_driver_has_projector(drv) && mm_driver_visual_dim(drv) == c->encoder->dim;
     if (c->encoder && !vision_input) LOG_ERROR("image inputs off: the first stage has no mm_projector of width %d", c->encoder->dim);
+    int image_output = mm_driver_has_vision_head(drv) && image_start >= 0;
     mm_engine_params ep = {&c->cfg, c->tok, &c->llm, drv, zctx, &serving, &g_stop, &g_stage_failed, image_start,
-                           c->mm.n_image_tokens, vision_input ? c->encoder : NULL};
+                           c->mm.n_image_tokens, vision_input ? c->encoder : NULL, image_output ? c->decoder : NULL};
     if (!zctx || mm_engine_init(&ep, &eng) != MM_OK) {
         LOG_ERROR("scheduler: %s", zctx ? mm_error_last() : "zmq_ctx_new failed");
         goto out;
@@ -93,7 +107,7 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
         .limits = {.tok = c->tok, .max_context = mm_engine_max_context(&c->cfg, &c->llm), .vocab_size = c->llm.vocab_size,
                    .max_new_tokens = c->cfg.max_new_tokens, .max_images = c->cfg.max_images,
                    .max_stop_strings = c->cfg.max_stop_strings, .image_start_id = image_start,
-                   .n_image_tokens = c->mm.n_image_tokens, .vision_input = vision_input, .image_generation = mm_driver_has_vision_head(drv) && image_start >= 0},
+                   .n_image_tokens = c->mm.n_image_tokens, .vision_input = vision_input, .image_generation = image_output},
         .serving = &serving};
     block_signals(1);
     mm_status s = mm_grpc_start(&gp, &srv);
@@ -110,7 +124,6 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
     mm_grpc_stop(srv);
 out:
     mm_engine_free(eng);
-    if (zctx) zmq_ctx_term(zctx);
     return rc;
 }
 
@@ -142,6 +155,8 @@ int main(int argc, char **argv) {
     }
     mm_driver_free(drv);
     if (c.encoder) c.encoder->ops->free(c.encoder);
+    mm_decoder_pool_free(c.decoder);
+    if (c.zctx) zmq_ctx_term(c.zctx);
     mm_tokenizer_free(c.tok);
     if (rc != 0) {
         fprintf(stderr, "mm-coordinator: aborting the MPI job\n");

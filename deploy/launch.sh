@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Starts the MetaMorph service -- one MPI job: mm-coordinator (rank 0) + P mm-stage
-# ranks -- from a JSON config file and keeps it up: when the job dies (a stage crashed:
-# the coordinator reports NOT_SERVING, then aborts the job) it is started again after
-# restart_delay_ms. SIGINT/SIGTERM stop it cleanly (the coordinator fails in-flight
-# requests with UNAVAILABLE, stops the stages, exits 0).
+# ranks, plus the encoder and decoder pool workers of this host -- from a JSON config
+# file and keeps it up: when the job dies (a stage crashed: the coordinator reports
+# NOT_SERVING, then aborts the job) it is started again after restart_delay_ms; a pool
+# worker that dies is started again too (the coordinator re-dispatches its jobs).
+# SIGINT/SIGTERM stop it all cleanly (the coordinator fails in-flight requests with
+# UNAVAILABLE, stops the stages, exits 0; workers say BYE and exit).
 #
 # usage: deploy/launch.sh CONFIG.json [--once]
 # config keys used here (the rest are the service's own, scheduler/serve_config.c):
 #   "stages": P (default 1), "hostfile": MPICH hostfile (default: this host only, fork
-#   launcher), "restart_delay_ms" (default 1000). MM_BIN_DIR overrides build/.
+#   launcher), "restart_delay_ms" (default 1000), "encoders" / "decoders": pool workers
+#   to run on this host (default 1 each; workers on other hosts join by themselves:
+#   mm-encoder --model DIR --connect tcp://COORDINATOR:50052), "worker_threads" (0 = all
+#   cores), "model", "encode_bind", "decode_bind". MM_BIN_DIR overrides build/.
 set -uo pipefail
 
 cfg=${1:?usage: deploy/launch.sh CONFIG.json [--once]}
@@ -18,10 +23,14 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${MM_BIN_DIR:-$here/build}
 py=/usr/bin/python3
 [[ -x $py ]] || py=python3
-read -r P hostfile delay_ms < <("$py" -c '
+read -r P hostfile delay_ms n_enc n_dec wthreads model enc_ep dec_ep < <("$py" -c '
 import json, sys
 c = json.load(open(sys.argv[1]))
-print(c.get("stages", 1), c.get("hostfile", "") or "-", c.get("restart_delay_ms", 1000))' "$cfg") || {
+def local(ep):  # a bind address as seen by a worker on this host
+    return (ep.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:") or "-")
+print(c.get("stages", 1), c.get("hostfile", "") or "-", c.get("restart_delay_ms", 1000),
+      c.get("encoders", 1), c.get("decoders", 1), c.get("worker_threads", 0), c.get("model", "assets/tiny"),
+      local(c.get("encode_bind", "tcp://127.0.0.1:50052")), local(c.get("decode_bind", "tcp://127.0.0.1:50053")))' "$cfg") || {
   echo "launch: cannot read $cfg" >&2; exit 2; }
 
 if [[ $hostfile == - ]]; then
@@ -36,11 +45,38 @@ cmd=(mpiexec "${where[@]}" -disable-auto-cleanup
 
 stop=0
 pid=
+workers=()
 on_signal() {
   stop=1
   [[ -n $pid ]] && kill -TERM "$pid" 2>/dev/null
+  ((${#workers[@]})) && kill -TERM "${workers[@]}" 2>/dev/null
 }
 trap on_signal INT TERM
+
+# One pool worker, restarted when it dies until the launcher stops.
+supervise_worker() {  # KIND ENDPOINT INDEX
+  local bin=$bin/worker/mm-$1 name=$1-$(hostname)-$3 child=
+  trap '[[ -n $child ]] && kill -TERM "$child" 2>/dev/null; exit 0' TERM INT
+  while :; do
+    "$bin" --model "$model" --connect "$2" --threads "$wthreads" --name "$name" &
+    child=$!
+    wait "$child"
+    echo "launch: $name exited with $?, restarting in 1 s" >&2
+    sleep 1
+  done
+}
+if [[ $enc_ep != - ]]; then
+  for ((k = 0; k < n_enc; k++)); do supervise_worker encoder "$enc_ep" "$k" & workers+=($!); done
+fi
+if [[ $dec_ep != - ]]; then
+  for ((k = 0; k < n_dec; k++)); do supervise_worker decoder "$dec_ep" "$k" & workers+=($!); done
+fi
+((${#workers[@]})) && echo "launch: ${#workers[@]} pool workers (encoders $n_enc on $enc_ep, decoders $n_dec on $dec_ep)" >&2
+stop_workers() {
+  ((${#workers[@]})) || return 0
+  kill -TERM "${workers[@]}" 2>/dev/null
+  wait "${workers[@]}" 2>/dev/null
+}
 
 starts=0
 while :; do
@@ -55,12 +91,13 @@ while :; do
   done
   pid=
   if ((stop)); then
+    stop_workers
     echo "launch: stopped (job exit $rc)" >&2
     exit 0
   fi
   echo "launch: job exited with $rc" >&2
-  ((once)) && exit "$rc"
+  ((once)) && { stop_workers; exit "$rc"; }
   sleep "$(awk "BEGIN {print $delay_ms / 1000}")" &
   wait $! 2>/dev/null
-  ((stop)) && exit 0
+  ((stop)) && { stop_workers; exit 0; }
 done

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Quick start on a fresh Debian machine: installs what is missing, builds, and runs the
-# embedded tiny MetaMorph model (assets/tiny, random weights: its words are gibberish and
-# its pictures noise, by design). It asks one understanding question about a bundled
-# image and one generation request, prints the answer and where the image was written.
-# (This drives the single-process tools; deploy/launch.sh starts the gRPC service.)
+# Quick start on a fresh Debian machine: installs what is missing, builds, and starts the
+# whole service on the embedded tiny MetaMorph model (assets/tiny, random weights: its
+# words are gibberish and its pictures noise, by design): mm-coordinator + 2 pipeline
+# stages (one MPI job) + 1 encoder worker + 1 decoder worker, through deploy/launch.sh.
+# It asks one understanding question about a bundled image and one generation request
+# over gRPC (mmctl), prints the answer and where the image was written, and stops it all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source deploy/deps.sh
@@ -12,16 +13,42 @@ mm_build build
 out=${MM_QUICKSTART_OUT:-$(mktemp -d /tmp/metamorph-quickstart-XXXXXX)}
 mkdir -p "$out"
 image=assets/images/example.png
+mmctl=./build/tools/mmctl
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+server=127.0.0.1:$port
+cat > "$out/service.json" <<JSON
+{"model": "$PWD/assets/tiny", "listen": "$server", "stages": 2, "threads": 1,
+ "encoders": 1, "decoders": 1, "worker_threads": 1, "image_steps": 20,
+ "encode_bind": "tcp://127.0.0.1:$(free_port)", "decode_bind": "tcp://127.0.0.1:$(free_port)",
+ "metrics_listen": "127.0.0.1:$(free_port)"}
+JSON
+echo "== starting the service (log: $out/service.log)"
+deploy/launch.sh "$out/service.json" --once > "$out/service.log" 2>&1 &
+launcher=$!
+stop_service() {
+  kill -TERM "$launcher" 2>/dev/null || true
+  wait "$launcher" 2>/dev/null || true
+}
+trap stop_service EXIT
+for _ in $(seq 1 300); do
+  "$mmctl" --server "$server" health >/dev/null 2>&1 && break
+  kill -0 "$launcher" 2>/dev/null || { echo "the service did not start:"; cat "$out/service.log"; exit 1; }
+  sleep 0.2
+done
+"$mmctl" --server "$server" health >/dev/null || { echo "the service is not SERVING:"; tail -20 "$out/service.log"; exit 1; }
 
 echo
 echo "== understanding: \"What is in this image?\" + $image"
-./build/tools/mm-run --model assets/tiny --image "$image" --prompt "What is in this image?" --max-tokens 24
+"$mmctl" --server "$server" --timeout 120 generate --image "$image" --prompt "What is in this image?" --max-tokens 24
 
 echo
 echo "== generation: \"Draw a cat.\""
-./build/tools/mm-run --model assets/tiny --prompt "Draw a cat." --generate-image --max-tokens 80 \
-    --visual-tokens-out "$out/cat_tokens.safetensors"
-./build/tools/mm-decode --model assets/tiny --tokens "$out/cat_tokens.safetensors" --steps 20 \
-    --sampler dpmpp2m --seed 0 --out "$out/cat.png"
+"$mmctl" --server "$server" --timeout 120 generate --prompt "Draw a cat." --generate-image --max-tokens 80 \
+    --sampler dpmpp2m --image-seed 0 --out "$out"
 echo
-echo "== image written to $out/cat.png"
+echo "== image written to $out/image_0.png"
+stop_service
+trap - EXIT
+echo "== service stopped"

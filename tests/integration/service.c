@@ -30,20 +30,69 @@ static int free_port(void) {
     return ntohs(a.sin_port);
 }
 
+pid_t svc_worker_start(mm_service *s, const char *pool) {
+    int slot = 0;
+    while (slot < SVC_MAX_WORKERS && s->workers[slot]) slot++;
+    if (slot == SVC_MAX_WORKERS) return -1;
+    int encode = !strcmp(pool, "encode");
+    char bin[1200], model[1024], log[512], name[64];
+    snprintf(bin, sizeof bin, "%s/worker/%s", s->bin_dir, encode ? "mm-encoder" : "mm-decoder");
+    snprintf(model, sizeof model, "%s/tiny", getenv("MM_ASSETS_DIR"));
+    int k = s->n_worker_starts++;
+    snprintf(name, sizeof name, "%s-test-%d", pool, k);
+    snprintf(log, sizeof log, "%s/%s.log", s->dir, name);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen(log, "w", stdout) || !freopen(log, "a", stderr)) _exit(127);
+        execl(bin, bin, "--model", model, "--connect", encode ? s->encode_ep : s->decode_ep, "--threads", "1",
+              "--name", name, "--heartbeat-ms", "100", (char *)NULL);
+        _exit(127);
+    }
+    if (pid < 0) return -1;
+    s->workers[slot] = pid;
+    return pid;
+}
+
+void svc_worker_kill(mm_service *s, pid_t pid, int sig) {
+    kill(pid, sig);
+    if (sig != SIGKILL && sig != SIGTERM) return;
+    waitpid(pid, NULL, 0);
+    for (int i = 0; i < SVC_MAX_WORKERS; i++)
+        if (s->workers[i] == pid) s->workers[i] = 0;
+}
+
 int svc_start(mm_service *s, const char *coordinator, const char *stage, int n_stages, const char *extra_json) {
+    return svc_start_pools(s, coordinator, stage, n_stages, extra_json, 1, 1);
+}
+
+int svc_start_pools(mm_service *s, const char *coordinator, const char *stage, int n_stages, const char *extra_json,
+                    int n_encoders, int n_decoders) {
     memset(s, 0, sizeof *s);
     snprintf(s->dir, sizeof s->dir, "/tmp/mm-itest-XXXXXX");
     if (!mkdtemp(s->dir)) return -1;
-    int port = free_port();
-    snprintf(s->target, sizeof s->target, "127.0.0.1:%d", port);
+    /* BUILD/coordinator/mm-coordinator -> BUILD */
+    snprintf(s->bin_dir, sizeof s->bin_dir, "%s", coordinator);
+    for (int up = 0; up < 2; up++) {
+        char *slash = strrchr(s->bin_dir, '/');
+        if (slash) *slash = 0;
+    }
+    snprintf(s->target, sizeof s->target, "127.0.0.1:%d", free_port());
+    snprintf(s->encode_ep, sizeof s->encode_ep, "tcp://127.0.0.1:%d", free_port());
+    snprintf(s->decode_ep, sizeof s->decode_ep, "tcp://127.0.0.1:%d", free_port());
     char cfg[512], log[512];
     snprintf(cfg, sizeof cfg, "%s/cfg.json", s->dir);
     snprintf(log, sizeof log, "%s/service.log", s->dir);
     FILE *f = fopen(cfg, "w");
     if (!f) return -1;
-    fprintf(f, "{\"model\": \"%s/tiny\", \"listen\": \"%s\", \"threads\": 1%s%s}\n", getenv("MM_ASSETS_DIR"), s->target,
-            extra_json[0] ? ", " : "", extra_json);
+    fprintf(f,
+            "{\"model\": \"%s/tiny\", \"listen\": \"%s\", \"threads\": 1, \"encode_bind\": \"%s\", "
+            "\"decode_bind\": \"%s\", \"pool_heartbeat_ms\": 100%s%s}\n",
+            getenv("MM_ASSETS_DIR"), s->target, s->encode_ep, s->decode_ep, extra_json[0] ? ", " : "", extra_json);
     fclose(f);
+    for (int i = 0; i < n_encoders; i++)
+        if (svc_worker_start(s, "encode") < 0) return -1;
+    for (int i = 0; i < n_decoders; i++)
+        if (svc_worker_start(s, "decode") < 0) return -1;
     char np[16];
     snprintf(np, sizeof np, "%d", n_stages);
     s->pid = fork();
@@ -87,6 +136,8 @@ int svc_wait_exit(mm_service *s, double timeout_s) {
 
 int svc_stop(mm_service *s) {
     int st = 0;
+    for (int i = 0; i < SVC_MAX_WORKERS; i++)
+        if (s->workers[i]) svc_worker_kill(s, s->workers[i], SIGKILL);
     if (s->pid > 0) {
         kill(s->pid, SIGTERM);
         st = svc_wait_exit(s, 10);

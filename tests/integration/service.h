@@ -1,6 +1,7 @@
 /* Test helpers that start and stop the whole service on loopback (mpiexec with
- * hydra's fork launcher on localhost, a free port, a temporary config file) and make
- * the calls the integration tests need through tools/mm_client. */
+ * hydra's fork launcher on localhost, free ports, a temporary config file), start and
+ * kill pool workers (mm-encoder, mm-decoder), and make the calls the integration tests
+ * need through tools/mm_client. */
 #ifndef MM_TEST_SERVICE_H
 #define MM_TEST_SERVICE_H
 
@@ -10,17 +11,32 @@
 #include "proto/metamorph.pb-c.h"
 #include "tools/mm_client.h"
 
+#define SVC_MAX_WORKERS 16
+
 typedef struct {
     pid_t pid;           /* mpiexec (leader of its own process group) */
     char target[64];     /* 127.0.0.1:PORT */
-    char dir[256];       /* temporary directory: cfg.json, service.log */
+    char dir[256];       /* temporary directory: cfg.json, service.log, worker logs */
+    char encode_ep[64], decode_ep[64]; /* the pools' tcp endpoints */
+    char bin_dir[1024];  /* the build tree (workers: BIN/worker/mm-encoder, mm-decoder) */
+    pid_t workers[SVC_MAX_WORKERS];    /* 0: slot free */
+    int n_worker_starts;
     mm_client *cl;
 } mm_service;
 
 /* argv of the test: COORDINATOR STAGE ... ; extra_json: more config keys ("" or
- * "\"kv_blocks\": 40, ..."). Waits until health says SERVING. Returns 0 on success. */
+ * "\"kv_blocks\": 40, ..."). Starts one encoder and one decoder worker (from the build
+ * tree of COORDINATOR) and waits until health says SERVING. Returns 0 on success. */
 int svc_start(mm_service *s, const char *coordinator, const char *stage, int n_stages, const char *extra_json);
-/* SIGTERM, then waits (SIGKILL to the group after 10 s). Returns the exit status. */
+/* The same with n_encoders / n_decoders workers (0: that pool starts empty). */
+int svc_start_pools(mm_service *s, const char *coordinator, const char *stage, int n_stages, const char *extra_json,
+                    int n_encoders, int n_decoders);
+/* Starts one more worker, pool "encode" or "decode"; returns its pid (> 0) or -1. */
+pid_t svc_worker_start(mm_service *s, const char *pool);
+/* Sends sig to worker pid and, for SIGKILL/SIGTERM, reaps it. */
+void svc_worker_kill(mm_service *s, pid_t pid, int sig);
+/* SIGTERM, then waits (SIGKILL to the group after 10 s); workers are killed too.
+ * Returns the exit status of the MPI job. */
 int svc_stop(mm_service *s);
 /* Waits for mpiexec to exit by itself, up to timeout_s: its status, or -1. */
 int svc_wait_exit(mm_service *s, double timeout_s);

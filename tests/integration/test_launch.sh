@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# deploy/launch.sh: starts the service from a config, restarts the job after a stage is
-# killed, and stops cleanly on SIGTERM. Args: BUILD_DIR SOURCE_DIR.
+# deploy/launch.sh: starts the service and its pool workers from a config, restarts the
+# job after a stage is killed and a worker after it is killed, and stops everything
+# cleanly on SIGTERM. Args: BUILD_DIR SOURCE_DIR.
 set -uo pipefail
 build=$1 src=$2
 mmctl=$build/tools/mmctl
 dir=$(mktemp -d /tmp/mm-launch-XXXXXX)
-port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port) eport=$(free_port) dport=$(free_port)
 cat > "$dir/cfg.json" <<JSON
 {"model": "$src/assets/tiny", "listen": "127.0.0.1:$port", "threads": 1, "stages": 2,
- "fail_exit_ms": 500, "restart_delay_ms": 200}
+ "fail_exit_ms": 500, "restart_delay_ms": 200, "worker_threads": 1, "image_steps": 10,
+ "encode_bind": "tcp://127.0.0.1:$eport", "decode_bind": "tcp://127.0.0.1:$dport", "pool_heartbeat_ms": 100}
 JSON
 MM_BIN_DIR=$build setsid "$src/deploy/launch.sh" "$dir/cfg.json" > "$dir/launch.log" 2>&1 &
 lpid=$!
@@ -22,6 +25,19 @@ wait_serving() {
 }
 wait_serving || fail "not SERVING after start"
 "$mmctl" --server 127.0.0.1:$port generate --prompt hi --max-tokens 4 >/dev/null || fail "generate"
+# images through the pools: an understanding request and a generated PNG
+"$mmctl" --server 127.0.0.1:$port --timeout 60 generate --image "$src/assets/images/example.png" --prompt "What is this?" \
+  --max-tokens 4 >/dev/null || fail "understanding request"
+"$mmctl" --server 127.0.0.1:$port --timeout 60 generate --prompt "a cat" --generate-image --max-tokens 70 \
+  --out "$dir/out" >/dev/null || fail "generation request"
+[[ $(head -c 4 "$dir/out/image_0.png" | od -An -tx1 | tr -d ' ') == 89504e47 ]] || fail "no PNG written"
+# a killed decoder worker is started again and serves the next request
+dec=$(pgrep -f "mm-decoder --model $src/assets/tiny --connect tcp://127.0.0.1:$dport" | head -1)
+[[ -n $dec ]] || fail "no decoder worker running"
+kill -KILL "$dec"
+"$mmctl" --server 127.0.0.1:$port --timeout 60 generate --prompt "a dog" --generate-image --max-tokens 70 \
+  --out "$dir/out2" >/dev/null || fail "generation after the decoder worker was killed"
+grep -q "restarting" "$dir/launch.log" || fail "the killed worker was not restarted"
 victim=$("$mmctl" --server 127.0.0.1:$port info | sed -n 's/.*"rank": 2, .*"pid": \([0-9]*\).*/\1/p')
 [[ -n $victim ]] || fail "no stage pid in info"
 kill -KILL "$victim"
@@ -35,5 +51,8 @@ kill -0 $lpid 2>/dev/null && fail "launch.sh still running 10 s after SIGTERM"
 wait $lpid; rc=$?
 [[ $rc == 0 ]] || fail "launch.sh exit $rc"
 grep -q "stopped" "$dir/launch.log" || fail "no clean stop"
-echo "test_launch: start, restart after a killed stage, clean stop: OK"
+sleep 0.5
+pgrep -f "connect tcp://127.0.0.1:$dport" >/dev/null && fail "a decoder worker outlived launch.sh"
+pgrep -f "connect tcp://127.0.0.1:$eport" >/dev/null && fail "an encoder worker outlived launch.sh"
+echo "test_launch: start, images through the pools, restart after a killed worker and a killed stage, clean stop: OK"
 rm -rf "$dir"
