@@ -56,7 +56,7 @@ trap on_signal INT TERM
 # One pool worker, restarted when it dies until the launcher stops.
 supervise_worker() {  # KIND ENDPOINT INDEX
   local bin=$bin/worker/mm-$1 name=$1-$(hostname)-$3 child=
-  trap '[[ -n $child ]] && kill -TERM "$child" 2>/dev/null; exit 0' TERM INT
+  trap '[[ -n $child ]] && { kill -TERM "$child" 2>/dev/null; wait "$child"; }; exit 0' TERM INT
   while :; do
     "$bin" --model "$model" --connect "$2" --threads "$wthreads" --name "$name" &
     child=$!
