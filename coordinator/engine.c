@@ -26,7 +26,7 @@ typedef struct {
     size_t held_len, held_cap;
     size_t max_stop_len;
     int32_t n_generated, image_index;
-    double t_first_sched, t_first_token;
+    double t_first_sched, t_first_token, t_last_token;
     uint64_t enc_base;        /* encode jobs enc_base + k for image k of the prompt */
     int encodes_left;         /* > 0: waiting for the encoder, not in the scheduler yet */
     int decodes_left;         /* generated images still with the decoder pool */
@@ -65,6 +65,7 @@ struct mm_engine {
     uint64_t next_dec;        /* decode job ids */
     decode_wait *decodes;     /* [n_decodes] images with the decoder pool */
     int n_decodes, cap_decodes;
+    double t_gauges;          /* when the metrics' gauges were last set */
     char detok_buf[DETOK_CAP];
 };
 
@@ -296,6 +297,7 @@ static int on_visual(mm_engine *e, job *j) {
     size_t n = (size_t)sp->image_tokens * (size_t)sp->visual_dim;
     const float *tokens = j->seq->visual + (size_t)(j->seq->n_visual - sp->image_tokens) * (size_t)sp->visual_dim;
     if (e->p.decoder) return decode_submit(e, j, j->image_index - 1, tokens);
+    mm_metrics_inc(e->p.metrics, MM_METRIC_GENERATED_IMAGES_TOTAL, 0);
     mm_reply *r = reply_new(MM_REPLY_IMAGE_READY, j->req->call_id);
     if (!r) return 1;
     r->image_index = j->image_index - 1;
@@ -330,6 +332,7 @@ static int take_decodes(mm_engine *e) {
             job_fail(e, j, GRPC_STATUS_INTERNAL, msg);
             continue;
         }
+        mm_metrics_inc(e->p.metrics, MM_METRIC_GENERATED_IMAGES_TOTAL, 0);
         const mm_sched_params *sp = mm_sched_get_params(e->sched);
         mm_reply *r = reply_new(MM_REPLY_IMAGE_READY, j->req->call_id);
         if (r) {
@@ -386,7 +389,14 @@ static mm_status process_result(mm_engine *e, Metamorph__Internal__StepResult *r
         job *j = en->seq->user;
         if (en->produced) {
             int32_t row = en->seq->tokens[en->seq->n_tokens - 1];
-            if (j->n_generated++ == 0) j->t_first_token = t;
+            if (j->n_generated++ == 0) {
+                j->t_first_token = t;
+                mm_metrics_observe(e->p.metrics, MM_METRIC_TTFT_SECONDS, 0, (t - j->req->t_arrival_ms) * 1e-3);
+            } else {
+                mm_metrics_observe(e->p.metrics, MM_METRIC_TPOT_SECONDS, 0, (t - j->t_last_token) * 1e-3);
+            }
+            j->t_last_token = t;
+            mm_metrics_inc(e->p.metrics, MM_METRIC_GENERATED_TOKENS_TOTAL, 0);
             if (row >= 0 && !on_token(e, j, row)) continue;
             /* a new image: after a sampled <image_start>, or at the first visual token of
              * a request that asked for an image outright */
@@ -637,6 +647,40 @@ static void expire_deadlines(mm_engine *e) {
     }
 }
 
+/* ---------------------------------------------------------------- metrics */
+
+/* The gauges and the mirrored counters, at most every GAUGE_PERIOD_MS. */
+#define GAUGE_PERIOD_MS 50
+static void update_gauges(mm_engine *e) {
+    mm_metrics *m = e->p.metrics;
+    double t = now_ms();
+    if (!m || t - e->t_gauges < GAUGE_PERIOD_MS) return;
+    e->t_gauges = t;
+    mm_sched_stats st;
+    mm_sched_get_stats(e->sched, &st);
+    mm_metrics_set(m, MM_METRIC_QUEUE_DEPTH, 0, st.waiting + e->n_encoding);
+    mm_metrics_set(m, MM_METRIC_RUNNING_SEQUENCES, 0, st.running);
+    mm_metrics_set(m, MM_METRIC_KV_BLOCKS_USED, 0, st.kv_blocks_used);
+    mm_metrics_set(m, MM_METRIC_KV_BLOCKS_TOTAL, 0, st.kv_blocks_total);
+    for (int k = 0; k < mm_driver_n_stages(e->p.drv); k++)
+        mm_metrics_set(m, MM_METRIC_STAGE_BUSY_SECONDS_TOTAL, k, mm_driver_stage(e->p.drv, k)->busy_ms * 1e-3);
+    mm_encoder_pool_stats es;
+    if (e->p.encoder && mm_encoder_pool_get_stats(e->p.encoder, &es) == MM_OK) {
+        mm_metrics_set(m, MM_METRIC_POOL_WORKERS, MM_METRICS_POOL_ENCODE, es.pool.workers_alive);
+        mm_metrics_set(m, MM_METRIC_POOL_JOBS_IN_FLIGHT, MM_METRICS_POOL_ENCODE, es.pool.jobs_in_flight);
+        mm_metrics_set(m, MM_METRIC_POOL_REDISPATCHES_TOTAL, MM_METRICS_POOL_ENCODE, (double)es.pool.redispatches);
+        mm_metrics_set(m, MM_METRIC_EMBED_CACHE_HITS_TOTAL, 0, (double)es.cache_hits);
+        mm_metrics_set(m, MM_METRIC_EMBED_CACHE_MISSES_TOTAL, 0, (double)es.cache_misses);
+    }
+    if (e->p.decoder) {
+        mm_pool_stats ds;
+        mm_decoder_pool_stats(e->p.decoder, &ds);
+        mm_metrics_set(m, MM_METRIC_POOL_WORKERS, MM_METRICS_POOL_DECODE, ds.workers_alive);
+        mm_metrics_set(m, MM_METRIC_POOL_JOBS_IN_FLIGHT, MM_METRICS_POOL_DECODE, ds.jobs_in_flight);
+        mm_metrics_set(m, MM_METRIC_POOL_REDISPATCHES_TOTAL, MM_METRICS_POOL_DECODE, (double)ds.redispatches);
+    }
+}
+
 /* ---------------------------------------------------------------- loop */
 
 mm_status mm_engine_init(const mm_engine_params *p, mm_engine **out) {
@@ -722,6 +766,7 @@ int mm_engine_run(mm_engine *e) {
                 pipeline_failed(e, "a step took longer than stage_timeout_ms");
         }
         expire_deadlines(e);
+        update_gauges(e);
         if (e->failed && now_ms() - e->failed_at_ms >= e->p.cfg->fail_exit_ms) return 1;
         if (work) {
             spins = 0;

@@ -13,6 +13,7 @@
 
 #include "decoder_pool.h"
 #include "encoder.h"
+#include "metrics.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
 #include "mpi_driver.h"
@@ -31,6 +32,7 @@ typedef struct {
     int32_t image_tokens;                 /* visual tokens per image (num_image_tokens) */
     mm_encoder *encoder;                  /* image parts -> visual tokens; NULL: no vision input */
     mm_decoder_pool *decoder;             /* generated visual tokens -> PNG; NULL: tokens only */
+    mm_metrics *metrics;                  /* operator metrics; NULL: none */
 } mm_engine_params;
 
 typedef struct mm_engine mm_engine;

@@ -210,6 +210,10 @@ static void call_send(mm_grpc_server *s, call_ctx *c, grpc_byte_buffer *bb, int 
     m->bb = bb, m->final = final, m->code = code;
     if (details) m->details = strdup(details);
     if (final) c->answered = 1;
+    if (final && (c->method == M_GENERATE || c->method == M_STREAM)) { /* every request ends here, once */
+        mm_metrics_inc(s->p.metrics, MM_METRIC_REQUESTS_TOTAL, (int)code);
+        mm_metrics_observe(s->p.metrics, MM_METRIC_REQUEST_DURATION_SECONDS, 0, (now_ms() - c->t_arrival_ms) * 1e-3);
+    }
     if (c->tail) c->tail->next = m;
     else c->head = m;
     c->tail = m;

@@ -9,6 +9,7 @@
 
 #include <stdatomic.h>
 
+#include "metrics.h"
 #include "validate.h"
 
 typedef struct {
@@ -17,6 +18,7 @@ typedef struct {
     void *zmq_ctx;            /* the scheduler thread has bound the two inproc endpoints */
     mm_limits limits;
     atomic_int *serving;      /* health: 1 SERVING, 0 NOT_SERVING (set by the scheduler thread) */
+    mm_metrics *metrics;      /* request counts by status and durations; NULL: none */
 } mm_grpc_params;
 
 typedef struct mm_grpc_server mm_grpc_server;

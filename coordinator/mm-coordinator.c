@@ -17,6 +17,7 @@
 #include "decoder_pool.h"
 #include "engine.h"
 #include "grpc_server.h"
+#include "metrics_http.h"
 #include "model/manifest.h"
 #include "model/metamorph.h"
 #include "worker/pipeline_mpi.h"
@@ -90,6 +91,8 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
     void *zctx = c->zctx ? c->zctx : (c->zctx = zmq_ctx_new());
     mm_engine *eng = NULL;
     mm_grpc_server *srv = NULL;
+    mm_metrics *metrics = NULL;
+    mm_metrics_http *http = NULL;
     int rc = 1;
     int32_t image_start = mm_tokenizer_token_id(c->tok, "<image_start>");
     /* images in need the encoder and stage 1's projector, of the same width */
@@ -97,9 +100,19 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
     if (c->encoder && !vision_input) LOG_ERROR("image inputs off: the first stage has no mm_projector of width %d", c->encoder->dim);
     int image_output = mm_driver_has_vision_head(drv) && image_start >= 0;
     mm_engine_params ep = {&c->cfg, c->tok, &c->llm, drv, zctx, &serving, &g_stop, &g_stage_failed, image_start,
-                           c->mm.n_image_tokens, vision_input ? c->encoder : NULL, image_output ? c->decoder : NULL};
+                           c->mm.n_image_tokens, vision_input ? c->encoder : NULL, image_output ? c->decoder : NULL,
+                           NULL};
+    if (mm_metrics_create(mm_driver_n_stages(drv), &metrics) != MM_OK ||
+        mm_metrics_http_start(c->cfg.metrics_listen, metrics, &serving, &http) != MM_OK) {
+        LOG_ERROR("metrics: %s", mm_error_last());
+        mm_driver_shutdown(drv);
+        goto out;
+    }
+    if (http) LOG_INFO("metrics on http://%s/metrics", c->cfg.metrics_listen);
+    ep.metrics = metrics;
     if (!zctx || mm_engine_init(&ep, &eng) != MM_OK) {
         LOG_ERROR("scheduler: %s", zctx ? mm_error_last() : "zmq_ctx_new failed");
+        mm_driver_shutdown(drv);
         goto out;
     }
     mm_grpc_params gp = {
@@ -108,7 +121,7 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
                    .max_new_tokens = c->cfg.max_new_tokens, .max_images = c->cfg.max_images,
                    .max_stop_strings = c->cfg.max_stop_strings, .image_start_id = image_start,
                    .n_image_tokens = c->mm.n_image_tokens, .vision_input = vision_input, .image_generation = image_output},
-        .serving = &serving};
+        .serving = &serving, .metrics = metrics};
     block_signals(1);
     mm_status s = mm_grpc_start(&gp, &srv);
     block_signals(0);
@@ -124,6 +137,8 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
     mm_grpc_stop(srv);
 out:
     mm_engine_free(eng);
+    mm_metrics_http_stop(http);
+    mm_metrics_free(metrics);
     return rc;
 }
 

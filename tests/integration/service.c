@@ -79,6 +79,7 @@ int svc_start_pools(mm_service *s, const char *coordinator, const char *stage, i
     snprintf(s->target, sizeof s->target, "127.0.0.1:%d", free_port());
     snprintf(s->encode_ep, sizeof s->encode_ep, "tcp://127.0.0.1:%d", free_port());
     snprintf(s->decode_ep, sizeof s->decode_ep, "tcp://127.0.0.1:%d", free_port());
+    snprintf(s->metrics, sizeof s->metrics, "127.0.0.1:%d", free_port());
     char cfg[512], log[512];
     snprintf(cfg, sizeof cfg, "%s/cfg.json", s->dir);
     snprintf(log, sizeof log, "%s/service.log", s->dir);
@@ -86,8 +87,9 @@ int svc_start_pools(mm_service *s, const char *coordinator, const char *stage, i
     if (!f) return -1;
     fprintf(f,
             "{\"model\": \"%s/tiny\", \"listen\": \"%s\", \"threads\": 1, \"encode_bind\": \"%s\", "
-            "\"decode_bind\": \"%s\", \"pool_heartbeat_ms\": 100%s%s}\n",
-            getenv("MM_ASSETS_DIR"), s->target, s->encode_ep, s->decode_ep, extra_json[0] ? ", " : "", extra_json);
+            "\"decode_bind\": \"%s\", \"pool_heartbeat_ms\": 100, \"metrics_listen\": \"%s\"%s%s}\n",
+            getenv("MM_ASSETS_DIR"), s->target, s->encode_ep, s->decode_ep, s->metrics, extra_json[0] ? ", " : "",
+            extra_json);
     fclose(f);
     for (int i = 0; i < n_encoders; i++)
         if (svc_worker_start(s, "encode") < 0) return -1;
