@@ -2,6 +2,7 @@
  *   mmctl [--server ADDR] generate --prompt TEXT [--image FILE ...] [--stream] [--out DIR] ...
  *   mmctl [--server ADDR] health
  *   mmctl [--server ADDR] info
+ *   mmctl [--server ADDR] batch --input FILE.jsonl --out DIR ...   (mmctl_batch.c)
  * The exit code is the gRPC status code (0 OK, 3 INVALID_ARGUMENT, 4 DEADLINE_EXCEEDED,
  * 8 RESOURCE_EXHAUSTED, 14 UNAVAILABLE, ...); 64 for a usage error; health exits 0 only
  * when SERVING (else 14). Errors print "mmctl: CODE_NAME: message" on stderr. */
@@ -16,6 +17,7 @@
 #include "proto/health.pb-c.h"
 #include "proto/metamorph.pb-c.h"
 #include "tools/mm_client.h"
+#include "tools/mmctl_batch.h"
 
 #define EXIT_USAGE 64
 #define MAX_IMAGES 16
@@ -38,8 +40,9 @@ static void usage(FILE *f) {
             "                            parameters (defaults: the server's steps, the model's guidance,\n"
             "                            pndm, seed 0)\n"
             "  health   exit 0 when SERVING, 14 otherwise\n"
-            "  info     model, stages and live KV/queue figures\n"
-            "The exit code is the gRPC status code of the call.\n");
+            "  info     model, stages and live KV/queue figures\n");
+    mmctl_batch_usage(f);
+    fprintf(f, "The exit code is the gRPC status code of the call (batch: 0 all ok, 1 not).\n");
 }
 
 static int fail(int code, const char *msg) {
@@ -305,6 +308,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "generate")) rc = cmd_generate(cl, timeout, argc - i, argv + i);
     else if (!strcmp(cmd, "health")) rc = cmd_health(cl, timeout > 0 ? timeout : 5);
     else if (!strcmp(cmd, "info")) rc = cmd_info(cl, timeout > 0 ? timeout : 5);
+    else if (!strcmp(cmd, "batch")) rc = mmctl_batch(cl, timeout, argc - i, argv + i);
     else {
         usage(stderr);
         rc = EXIT_USAGE;
