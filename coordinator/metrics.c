@@ -55,7 +55,7 @@ static const metric_def METRICS[MM_METRIC_COUNT] = {
                                 NO_LABEL},
     [MM_METRIC_REQUEST_DURATION_SECONDS] = {"request_duration_seconds", KIND_HISTOGRAM,
                                             "Time from arrival to the final status.", NO_LABEL},
-    [MM_METRIC_GENERATED_TOKENS_TOTAL] = {"generated_tokens_total", KIND_COUNTER, "Text tokens generated.",
+    [MM_METRIC_GENERATED_TOKENS_TOTAL] = {"generated_tokens_total", KIND_COUNTER, "Tokens generated (text tokens and visual tokens).",
                                           NO_LABEL},
     [MM_METRIC_GENERATED_IMAGES_TOTAL] = {"generated_images_total", KIND_COUNTER, "Images generated.", NO_LABEL},
     [MM_METRIC_STAGE_BUSY_SECONDS_TOTAL] = {"stage_busy_seconds_total", KIND_COUNTER,

@@ -1,41 +1,19 @@
 #!/usr/bin/python3
 """The service through Python grpcio: an independent client implementation.
 Usage: client_grpcio.py HOST:PORT SOURCE_DIR WORK_DIR. Message classes come from
-proto/*.proto at test time (grpc_tools when installed, else protoc --python_out);
-the calls use grpcio's generic unary/stream stubs. Exits non-zero on any failure."""
+proto/*.proto at test time (pyproto.py); the calls use grpcio's generic unary/stream
+stubs. Exits non-zero on any failure."""
 import os
-import subprocess
 import sys
 
-target, src, work = sys.argv[1:4]
-out = os.path.join(work, "py")
-os.makedirs(out, exist_ok=True)
-protos = ["proto/metamorph.proto", "proto/health.proto"]
-try:
-    from grpc_tools import protoc
-    rc = protoc.main(["protoc", "-I" + src, "--python_out=" + out] + protos)
-except ImportError:
-    rc = subprocess.call(["protoc", "-I" + src, "--python_out=" + out] + protos)
-if rc != 0:
-    sys.exit("protoc failed")
-sys.path.insert(0, out)
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
-from proto import health_pb2, metamorph_pb2 as pb  # noqa: E402
+import pyproto  # noqa: E402
 
-ch = grpc.insecure_channel(target)
-grpc.channel_ready_future(ch).result(timeout=10)
-
-
-def unary(method, req_cls, resp_cls):
-    return ch.unary_unary(method, request_serializer=req_cls.SerializeToString, response_deserializer=resp_cls.FromString)
-
-
-health = unary("/grpc.health.v1.Health/Check", health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse)
-generate = unary("/metamorph.v1.MetaMorph/Generate", pb.GenerateRequest, pb.GenerateResponse)
-info = unary("/metamorph.v1.MetaMorph/GetModelInfo", pb.ModelInfoRequest, pb.ModelInfo)
-stream = ch.unary_stream("/metamorph.v1.MetaMorph/GenerateStream", request_serializer=pb.GenerateRequest.SerializeToString,
-                         response_deserializer=pb.GenerateEvent.FromString)
+target, src, work = sys.argv[1:4]
+health_pb2, pb = pyproto.load(src, work)
+stubs = pyproto.Stubs(target, health_pb2, pb)
+health, generate, info, stream = stubs.health, stubs.generate, stubs.info, stubs.stream
 
 h = health(health_pb2.HealthCheckRequest(), timeout=5)
 assert h.status == health_pb2.HealthCheckResponse.SERVING, h

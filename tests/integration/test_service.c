@@ -5,7 +5,8 @@
  *   test_service errors     COORD STAGE         every validation rule, malformed/unknown/oversized,
  *                                               queue full, 1 ms deadline, client cancel
  *   test_service kill       COORD STAGE         a killed stage: UNAVAILABLE fast, NOT_SERVING, job exits
- *   test_service python     COORD STAGE SCRIPT  the Python grpcio client as an independent client */
+ *   test_service python     COORD STAGE SCRIPT  a Python grpcio client as an independent client
+ *                                               (args: TARGET SOURCE_DIR WORK_DIR METRICS_ADDR) */
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -319,9 +320,10 @@ static int test_kill(const char *coord, const char *stage) {
 
 static int test_python(const char *coord, const char *stage, const char *script) {
     mm_service s;
-    EXPECT(svc_start(&s, coord, stage, 2, "") == 0, "start");
+    EXPECT(svc_start(&s, coord, stage, 2, "\"image_steps\": 5") == 0, "start");
     char cmd[2048];
-    snprintf(cmd, sizeof cmd, "/usr/bin/python3 '%s' %s '%s' '%s'", script, s.target, getenv("MM_SOURCE_DIR"), s.dir);
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 '%s' %s '%s' '%s' %s", script, s.target, getenv("MM_SOURCE_DIR"), s.dir,
+             s.metrics);
     int rc = system(cmd);
     EXPECT(rc == 0, "python client: %s exited %d", script, rc);
     svc_stop(&s);
