@@ -30,6 +30,7 @@ typedef struct {
     uint64_t enc_base;        /* encode jobs enc_base + k for image k of the prompt */
     int encodes_left;         /* > 0: waiting for the encoder, not in the scheduler yet */
     int decodes_left;         /* generated images still with the decoder pool */
+    int32_t images_sent;      /* IMAGE_READY replies sent (images leave in order) */
     int llm_done;             /* the sequence has finished (and left the scheduler) */
     const char *finish;       /* its finish reason, once llm_done */
     int32_t n_images_done;    /* images the sequence produced, once llm_done */
@@ -37,12 +38,14 @@ typedef struct {
 } job;
 
 /* One generated image with the decoder pool: its request, its index there, and its
- * visual tokens when the request asked for them back. */
+ * visual tokens when the request asked for them back. Images leave in index order, so
+ * one decoded early (another worker was faster) waits here, ready, for those before. */
 typedef struct {
     uint64_t job_id;
     uint64_t call_id;
     int32_t image_index;
     float *visual;            /* [image_tokens, visual_dim] or NULL */
+    mm_reply *ready;          /* its IMAGE_READY once decoded, NULL before */
 } decode_wait;
 
 typedef struct {
@@ -145,6 +148,7 @@ static void job_drop(mm_engine *e, job *j) {
         if (e->decodes[i].call_id == j->req->call_id) {
             mm_decoder_pool_cancel(e->p.decoder, e->decodes[i].job_id);
             free(e->decodes[i].visual);
+            mm_reply_free(e->decodes[i].ready);
             e->decodes[i] = e->decodes[--e->n_decodes];
         }
     if (j->seq) mm_sched_remove(e->sched, j->seq);
@@ -206,6 +210,8 @@ static void job_complete(mm_engine *e, job *j) {
     job_drop(e, j);
 }
 
+static void send_ready_images(mm_engine *e, job *j);
+
 /* The sequence has finished: the rest of the text goes out, its KV blocks are freed,
  * and the request completes now or when its last image is decoded. */
 static void job_llm_done(mm_engine *e, job *j) {
@@ -217,7 +223,7 @@ static void job_llm_done(mm_engine *e, job *j) {
     j->n_images_done = j->seq->n_images;
     mm_sched_remove(e->sched, j->seq);
     j->seq = NULL;
-    if (j->decodes_left == 0) job_complete(e, j);
+    send_ready_images(e, j);
 }
 
 /* A new text token: detokenize, watch the stop strings, stream what is safe to send.
@@ -269,7 +275,7 @@ static int decode_submit(mm_engine *e, job *j, int32_t image_index, const float 
         }
         e->decodes = d, e->cap_decodes = cap;
     }
-    decode_wait w = {e->next_dec++, q->call_id, image_index, NULL};
+    decode_wait w = {e->next_dec++, q->call_id, image_index, NULL, NULL};
     if (q->return_visual_tokens && !(w.visual = copy_floats(tokens, n))) {
         job_fail(e, j, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         return 0;
@@ -304,7 +310,25 @@ static int on_visual(mm_engine *e, job *j) {
     r->n_visual = sp->image_tokens, r->visual_dim = sp->visual_dim;
     if (j->req->return_visual_tokens) r->visual = copy_floats(tokens, n);
     send_reply(e, r);
+    j->images_sent++;
     return 1;
+}
+
+/* Sends j's decoded images that are next in order; completes j after its last one. */
+static void send_ready_images(mm_engine *e, job *j) {
+    for (int i = 0; i < e->n_decodes;) {
+        decode_wait *w = &e->decodes[i];
+        if (w->call_id != j->req->call_id || w->image_index != j->images_sent || !w->ready) {
+            i++;
+            continue;
+        }
+        send_reply(e, w->ready);
+        j->images_sent++;
+        j->decodes_left--;
+        *w = e->decodes[--e->n_decodes];
+        i = 0; /* the next image may sit anywhere */
+    }
+    if (j->llm_done && j->decodes_left == 0) job_complete(e, j);
 }
 
 /* Takes the decoder pool's results: IMAGE_READY with the PNG (and the visual tokens
@@ -322,28 +346,31 @@ static int take_decodes(mm_engine *e) {
             free(res.png);
             continue;
         }
-        decode_wait w = e->decodes[i];
-        e->decodes[i] = e->decodes[--e->n_decodes];
-        j->decodes_left--;
+        decode_wait *w = &e->decodes[i];
+        if (w->ready) { /* answered already (a re-dispatched job): keep the first */
+            free(res.png);
+            continue;
+        }
         if (res.status != MM_OK) {
             char msg[512];
-            snprintf(msg, sizeof msg, "image %d: the decoder failed: %s", w.image_index, res.error);
-            free(res.png), free(w.visual);
+            snprintf(msg, sizeof msg, "image %d: the decoder failed: %s", w->image_index, res.error);
+            free(res.png);
             job_fail(e, j, GRPC_STATUS_INTERNAL, msg);
             continue;
         }
         mm_metrics_inc(e->p.metrics, MM_METRIC_GENERATED_IMAGES_TOTAL, 0);
         const mm_sched_params *sp = mm_sched_get_params(e->sched);
         mm_reply *r = reply_new(MM_REPLY_IMAGE_READY, j->req->call_id);
-        if (r) {
-            r->image_index = w.image_index;
-            r->n_visual = sp->image_tokens, r->visual_dim = sp->visual_dim;
-            r->visual = w.visual, r->png = res.png, r->n_png = res.png_len;
-            send_reply(e, r);
-        } else {
-            free(res.png), free(w.visual);
+        if (!r) {
+            free(res.png);
+            job_fail(e, j, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+            continue;
         }
-        if (j->llm_done && j->decodes_left == 0) job_complete(e, j);
+        r->image_index = w->image_index;
+        r->n_visual = sp->image_tokens, r->visual_dim = sp->visual_dim;
+        r->visual = w->visual, r->png = res.png, r->n_png = res.png_len;
+        w->visual = NULL, w->ready = r;
+        send_ready_images(e, j);
     }
     return n;
 }
