@@ -657,8 +657,14 @@ static const char *pool_missing(mm_engine *e, const job *j) {
     return NULL;
 }
 
+/* How long before its deadline a request stuck on an empty pool gets its UNAVAILABLE:
+ * at the deadline itself gRPC has already ended the call with DEADLINE_EXCEEDED, so the
+ * answer must leave early enough to cross the reply thread and the network first. */
+#define POOL_WAIT_ANSWER_MARGIN_MS 250.0
+
 /* Deadlines, and requests stuck on an empty pool: those wait for a worker up to their
- * deadline (or pool_job_timeout_ms without one) and then fail with UNAVAILABLE. */
+ * deadline (less the margin above; pool_job_timeout_ms without one) and then fail with
+ * UNAVAILABLE. */
 static void expire_deadlines(mm_engine *e) {
     double t = now_ms();
     for (int i = e->n_jobs - 1; i >= 0; i--) {
@@ -667,7 +673,8 @@ static void expire_deadlines(mm_engine *e) {
         if (!missing) j->t_pool_wait = 0;
         else if (j->t_pool_wait == 0) j->t_pool_wait = t;
         int late = j->req->deadline_ms > 0 && t >= j->req->deadline_ms;
-        if (missing && (late || t - j->t_pool_wait >= e->p.cfg->pool_job_timeout_ms))
+        int pool_wait_over = j->req->deadline_ms > 0 && t >= j->req->deadline_ms - POOL_WAIT_ANSWER_MARGIN_MS;
+        if (missing && (pool_wait_over || t - j->t_pool_wait >= e->p.cfg->pool_job_timeout_ms))
             job_fail(e, j, GRPC_STATUS_UNAVAILABLE, missing);
         else if (late)
             job_fail(e, j, GRPC_STATUS_DEADLINE_EXCEEDED, "deadline exceeded");
