@@ -2,12 +2,14 @@
 #include "service.h"
 
 #include <arpa/inet.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -240,4 +242,85 @@ void svc_generate(mm_service *s, const char *prompt, int max_new, int stream, do
 
 int svc_raw(mm_service *s, const char *method, const void *req, size_t len, char *msg, size_t cap) {
     return mm_client_call(s->cl, method, req, len, 10, NULL, NULL, msg, cap);
+}
+
+/* GET /metrics over HTTP/1.0 (the server closes when done): the body, malloc'd. */
+static char *scrape_metrics(const mm_service *s) {
+    char host[64];
+    snprintf(host, sizeof host, "%s", s->metrics);
+    char *colon = strrchr(host, ':');
+    if (!colon) return NULL;
+    *colon = 0;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
+    struct timeval wait = {5, 0};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return NULL;
+    static const char REQUEST[] = "GET /metrics HTTP/1.0\r\n\r\n";
+    if (inet_pton(AF_INET, host, &a.sin_addr) != 1 || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait) ||
+        connect(fd, (struct sockaddr *)&a, sizeof a) || write(fd, REQUEST, sizeof REQUEST - 1) != sizeof REQUEST - 1) {
+        close(fd);
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    ssize_t got;
+    while (buf && (got = read(fd, buf + n, cap - n - 1)) > 0) {
+        n += (size_t)got;
+        if (n + 1 == cap) {
+            char *grown = realloc(buf, cap *= 2);
+            if (!grown) free(buf);
+            buf = grown;
+        }
+    }
+    close(fd);
+    if (buf) buf[n] = 0;
+    return buf;
+}
+
+double svc_metric(const mm_service *s, const char *series) {
+    char *text = scrape_metrics(s);
+    double v = NAN;
+    size_t n = strlen(series);
+    for (const char *line = text; line && *line;) {
+        if (!strncmp(line, series, n) && line[n] == ' ') {
+            v = strtod(line + n + 1, NULL);
+            break;
+        }
+        const char *eol = strchr(line, '\n');
+        line = eol ? eol + 1 : NULL;
+    }
+    free(text);
+    return v;
+}
+
+int svc_wait_metric(const mm_service *s, const char *series, double want, double timeout_s) {
+    for (double t0 = now_s(); now_s() - t0 < timeout_s; usleep(20000))
+        if (svc_metric(s, series) == want) return 0;
+    fprintf(stderr, "%s is %g, not %g, after %.0f s\n", series, svc_metric(s, series), want, timeout_s);
+    return -1;
+}
+
+int svc_log_count(const mm_service *s, const char *name, const char *needle) {
+    char path[600], line[4096];
+    snprintf(path, sizeof path, "%s/%s", s->dir, name);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    int n = 0;
+    while (fgets(line, sizeof line, f)) n += strstr(line, needle) != NULL;
+    fclose(f);
+    return n;
+}
+
+uint8_t *svc_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    long n = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    uint8_t *d = n >= 0 && fseek(f, 0, SEEK_SET) == 0 ? malloc(n > 0 ? (size_t)n : 1) : NULL;
+    if (d && fread(d, 1, (size_t)n, f) != (size_t)n) {
+        free(d);
+        d = NULL;
+    }
+    fclose(f);
+    if (d) *len = (size_t)n;
+    return d;
 }

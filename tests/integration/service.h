@@ -1,10 +1,11 @@
 /* Test helpers that start and stop the whole service on loopback (mpiexec with
  * hydra's fork launcher on localhost, free ports, a temporary config file), start and
- * kill pool workers (mm-encoder, mm-decoder), and make the calls the integration tests
- * need through tools/mm_client. */
+ * kill pool workers (mm-encoder, mm-decoder), make the calls the integration tests need
+ * through tools/mm_client, and read the service's metrics and logs. */
 #ifndef MM_TEST_SERVICE_H
 #define MM_TEST_SERVICE_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -60,6 +61,17 @@ typedef struct {
 void svc_generate(mm_service *s, const char *prompt, int max_new, int stream, double timeout_s, gen_result *out);
 /* Raw call with request bytes (for malformed input tests). */
 int svc_raw(mm_service *s, const char *method, const void *req, size_t len, char *msg, size_t cap);
+
+/* The value of one series on the service's Prometheus endpoint, spelled as rendered
+ * ("metamorph_pool_workers{pool=\"decode\"}"); NaN when absent or unreachable. */
+double svc_metric(const mm_service *s, const char *series);
+/* Polls svc_metric until it equals want, up to timeout_s: 0 when it did, -1 if not. */
+int svc_wait_metric(const mm_service *s, const char *series, double want, double timeout_s);
+/* Lines of the log DIR/name ("service.log", "decode-test-1.log") that contain needle;
+ * -1 when the log cannot be read. */
+int svc_log_count(const mm_service *s, const char *name, const char *needle);
+/* A whole file (malloc'd, *len bytes), NULL when it cannot be read. */
+uint8_t *svc_read_file(const char *path, size_t *len);
 
 double now_s(void);
 
