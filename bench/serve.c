@@ -1,207 +1,311 @@
-/* bench/serve: load generator for a running service, in the manner of vLLM's
- * benchmark_serving: Poisson arrivals at --rate requests/s (inf: all at once) with at
- * most --concurrency in flight, prompt and output lengths uniform in
- * [len * (1 - range), len * (1 + range)], streaming so that TTFT and inter-token
- * latencies are seen. Prints one JSON object: throughput, TTFT / TPOT / ITL / E2E
- * mean, median, p99 (ms), and each stage's utilisation (busy / wall) over the run. */
+/* bench/serve: load generator for the service, in the manner of vLLM's
+ * benchmark_serving. Against a running service (--server) it plays one workload:
+ *   text    (default) Poisson arrivals at --rate requests/s (inf: all at once), at most
+ *           --concurrency in flight, prompt and output lengths uniform in
+ *           [len * (1 - range), len * (1 + range)], streamed: throughput, TTFT / TPOT /
+ *           ITL / E2E mean, median, p99 (ms), each stage's utilisation (busy / wall);
+ *   encode, decode, mixed (serve_workloads.h): images/s through the encoder / decoder
+ *           pool, latency percentiles per request kind.
+ * With --spawn it starts the service itself (serve_spawn.h) and, for each count in
+ * --workers, grows both pools to that many workers and runs encode, decode and mixed:
+ * images/s per count and the ratio last count / first count. One JSON object on
+ * stdout; timings are reported, never asserted. */
 #include <getopt.h>
 #include <math.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
-#include "proto/metamorph.pb-c.h"
-#include "tools/mm_client.h"
+#include "bench/metrics_scrape.h"
+#include "bench/serve_load.h"
+#include "bench/serve_spawn.h"
+#include "bench/serve_stats.h"
+#include "bench/serve_workloads.h"
+
+#define MAX_COUNTS 8
 
 typedef struct {
-    const char *server;
-    int n, concurrency, in_len, out_len;
-    double rate, range;
+    const char *server, *workload, *model, *image;
+    int n, concurrency, in_len, out_len, steps, repeats, spawn, stages, threads, worker_threads;
+    int workers[MAX_COUNTS], n_counts;
+    double rate, range, timeout_s;
     unsigned seed;
-} bench_args;
+} serve_args;
 
-typedef struct {
-    double arrival, start, first, end;
-    double *itl;          /* gaps between token deltas, ms */
-    int n_itl, cap_itl, n_out, n_in, code;
-    double last;
-    int in_len, out_len;
-} req_stat;
-
-static bench_args A;
-static req_stat *R;
-static mm_client *CL;
-static atomic_int next_req;
-static double T0;
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+static void usage(void) {
+    fprintf(stderr,
+            "usage: serve [--server ADDR] [--workload text|encode|decode|mixed] [--num-prompts N]\n"
+            "             [--rate R|inf] [--concurrency C] [--input-len L] [--output-len L] [--range-ratio F]\n"
+            "             [--seed S] [--image-steps N] [--repeats N] [--image PNG] [--timeout S]\n"
+            "       serve --spawn --model DIR [--workers 1,2] [--stages P] [--threads T] [--worker-threads T]\n"
+            "             [the options above but --server and --workload]\n");
 }
 
-static int on_event(void *user, const uint8_t *d, size_t n) {
-    req_stat *r = user;
-    Metamorph__V1__GenerateEvent *ev = metamorph__v1__generate_event__unpack(NULL, n, d);
-    if (!ev) return 1;
-    double t = now_s();
-    if (ev->event_case == METAMORPH__V1__GENERATE_EVENT__EVENT_DELTA && ev->delta->n_token_ids) {
-        if (r->n_out == 0) r->first = t;
-        else if (r->n_itl < r->cap_itl) r->itl[r->n_itl++] = (t - r->last) * 1e3;
-        r->last = t;
-        r->n_out += (int)ev->delta->n_token_ids;
-    } else if (ev->event_case == METAMORPH__V1__GENERATE_EVENT__EVENT_FINAL && ev->final->usage) {
-        r->n_in = ev->final->usage->prompt_tokens;
+/* "1,2,4" -> a->workers (ascending, 1..SPAWN_MAX_WORKERS); 0 or -1. */
+static int parse_counts(const char *s, serve_args *a) {
+    a->n_counts = 0;
+    for (char *end; *s; s = *end ? end + 1 : end) {
+        long v = strtol(s, &end, 10);
+        int prev = a->n_counts ? a->workers[a->n_counts - 1] : 0;
+        if (end == s || (*end && *end != ',') || v <= prev || v > SPAWN_MAX_WORKERS || a->n_counts == MAX_COUNTS)
+            return -1;
+        a->workers[a->n_counts++] = (int)v;
     }
-    metamorph__v1__generate_event__free_unpacked(ev, NULL);
-    return 0;
+    return a->n_counts ? 0 : -1;
 }
 
-static const char *WORDS[] = {"the", "cat", "sat", "on", "a", "mat", "and", "looked", "at", "sea", "mountain", "river"};
-
-static void *worker(void *arg) {
-    for (;;) {
-        int i = atomic_fetch_add(&next_req, 1);
-        if (i >= A.n) return NULL;
-        req_stat *r = &R[i];
-        double wait = T0 + r->arrival - now_s();
-        if (wait > 0) usleep((useconds_t)(wait * 1e6));
-        char *prompt = malloc((size_t)r->in_len * 10 + 1);
-        size_t o = 0;
-        for (int w = 0; w < r->in_len; w++) o += (size_t)sprintf(prompt + o, "%s%s", w ? " " : "", WORDS[(i + w * 7) % 12]);
-        prompt[o] = 0;
-        Metamorph__V1__ContentPart part = METAMORPH__V1__CONTENT_PART__INIT, *pp = &part;
-        part.kind_case = METAMORPH__V1__CONTENT_PART__KIND_TEXT, part.text = prompt;
-        Metamorph__V1__ChatMessage m = METAMORPH__V1__CHAT_MESSAGE__INIT, *mp = &m;
-        m.role = (char *)"user", m.n_parts = 1, m.parts = &pp;
-        Metamorph__V1__SamplingParams sp = METAMORPH__V1__SAMPLING_PARAMS__INIT;
-        sp.max_new_tokens = r->out_len;
-        Metamorph__V1__GenerateRequest req = METAMORPH__V1__GENERATE_REQUEST__INIT;
-        req.n_messages = 1, req.messages = &mp, req.sampling = &sp;
-        size_t len = metamorph__v1__generate_request__get_packed_size(&req);
-        uint8_t *buf = malloc(len);
-        metamorph__v1__generate_request__pack(&req, buf);
-        r->cap_itl = r->out_len + 1;
-        r->itl = malloc((size_t)r->cap_itl * sizeof *r->itl);
-        r->start = now_s();
-        r->code = mm_client_call(CL, "/metamorph.v1.MetaMorph/GenerateStream", buf, len, 600, on_event, r, NULL, 0);
-        r->end = now_s();
-        free(buf);
-        free(prompt);
-    }
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static void stats(const char *name, double *v, int n, int last) {
-    double mean = 0;
-    for (int i = 0; i < n; i++) mean += v[i];
-    mean = n ? mean / n : 0;
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    double med = n ? v[n / 2] : 0, p99 = n ? v[(int)fmin(n - 1, ceil(0.99 * n) - 1)] : 0;
-    printf("  \"mean_%s_ms\": %.3f, \"median_%s_ms\": %.3f, \"p99_%s_ms\": %.3f%s\n", name, mean, name, med, name, p99,
-           last ? "" : ",");
-}
-
-static int on_info(void *user, const uint8_t *d, size_t n) {
-    *(Metamorph__V1__ModelInfo **)user = metamorph__v1__model_info__unpack(NULL, n, d);
-    return 0;
-}
-
-static Metamorph__V1__ModelInfo *get_info(void) {
-    Metamorph__V1__ModelInfo *m = NULL;
-    mm_client_call(CL, "/metamorph.v1.MetaMorph/GetModelInfo", "", 0, 10, on_info, &m, NULL, 0);
-    return m;
-}
-
-int main(int argc, char **argv) {
-    static const struct option opts[] = {{"server", 1, 0, 's'},      {"num-prompts", 1, 0, 'n'}, {"rate", 1, 0, 'r'},
-                                         {"concurrency", 1, 0, 'c'}, {"input-len", 1, 0, 'i'},   {"output-len", 1, 0, 'o'},
-                                         {"range-ratio", 1, 0, 'g'}, {"seed", 1, 0, 'S'},        {0, 0, 0, 0}};
-    A = (bench_args){"127.0.0.1:50051", 64, 16, 64, 64, INFINITY, 0.0, 0};
+static int parse(int argc, char **argv, serve_args *a) {
+    static const struct option opts[] = {
+        {"server", 1, 0, 's'},     {"num-prompts", 1, 0, 'n'}, {"rate", 1, 0, 'r'},          {"concurrency", 1, 0, 'c'},
+        {"input-len", 1, 0, 'i'},  {"output-len", 1, 0, 'o'},  {"range-ratio", 1, 0, 'g'},   {"seed", 1, 0, 'S'},
+        {"workload", 1, 0, 'w'},   {"image-steps", 1, 0, 'k'}, {"repeats", 1, 0, 'R'},       {"image", 1, 0, 'I'},
+        {"timeout", 1, 0, 't'},    {"spawn", 0, 0, 'x'},       {"model", 1, 0, 'm'},         {"workers", 1, 0, 'W'},
+        {"stages", 1, 0, 'P'},     {"threads", 1, 0, 'T'},     {"worker-threads", 1, 0, 'U'}, {0, 0, 0, 0}};
+    /* -1: the mode's default, set below */
+    *a = (serve_args){"127.0.0.1:50051", "text", NULL, MM_SOURCE_DIR "/assets/images/example.png", -1, -1, -1, -1,
+                      10, -1, 0, 1, 1, 1, {1, 2}, 2, INFINITY, 0.0, 600, 0};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
-        case 's': A.server = optarg; break;
-        case 'n': A.n = atoi(optarg); break;
-        case 'r': A.rate = atof(optarg); break;
-        case 'c': A.concurrency = atoi(optarg); break;
-        case 'i': A.in_len = atoi(optarg); break;
-        case 'o': A.out_len = atoi(optarg); break;
-        case 'g': A.range = atof(optarg); break;
-        case 'S': A.seed = (unsigned)atoi(optarg); break;
-        default:
-            fprintf(stderr, "usage: serve [--server ADDR] [--num-prompts N] [--rate R|inf] [--concurrency C]\n"
-                            "             [--input-len L] [--output-len L] [--range-ratio F] [--seed S]\n");
-            return 2;
+        case 's': a->server = optarg; break;
+        case 'n': a->n = atoi(optarg); break;
+        case 'r': a->rate = atof(optarg); break;
+        case 'c': a->concurrency = atoi(optarg); break;
+        case 'i': a->in_len = atoi(optarg); break;
+        case 'o': a->out_len = atoi(optarg); break;
+        case 'g': a->range = atof(optarg); break;
+        case 'S': a->seed = (unsigned)atoi(optarg); break;
+        case 'w': a->workload = optarg; break;
+        case 'k': a->steps = atoi(optarg); break;
+        case 'R': a->repeats = atoi(optarg); break;
+        case 'I': a->image = optarg; break;
+        case 't': a->timeout_s = atof(optarg); break;
+        case 'x': a->spawn = 1; break;
+        case 'm': a->model = optarg; break;
+        case 'W':
+            if (parse_counts(optarg, a) != 0) {
+                fprintf(stderr, "serve: --workers wants ascending counts 1..%d, e.g. 1,2\n", SPAWN_MAX_WORKERS);
+                return -1;
+            }
+            break;
+        case 'P': a->stages = atoi(optarg); break;
+        case 'T': a->threads = atoi(optarg); break;
+        case 'U': a->worker_threads = atoi(optarg); break;
+        default: usage(); return -1;
         }
     }
-    if (A.n < 1 || A.concurrency < 1) return 2;
-    if (mm_client_open(A.server, &CL) != MM_OK) return 14;
-    R = calloc((size_t)A.n, sizeof *R);
-    srand(A.seed);
-    double t = 0;
-    for (int i = 0; i < A.n; i++) {
-        if (isfinite(A.rate) && A.rate > 0) t += -log(1.0 - (double)rand() / ((double)RAND_MAX + 1)) / A.rate;
-        R[i].arrival = t;
-        double u1 = (double)rand() / RAND_MAX, u2 = (double)rand() / RAND_MAX;
-        R[i].in_len = (int)fmax(1, round(A.in_len * (1 - A.range + 2 * A.range * u1)));
-        R[i].out_len = (int)fmax(1, round(A.out_len * (1 - A.range + 2 * A.range * u2)));
+    /* --spawn: about a minute on the tiny model with 1 and 2 workers per pool */
+    const int defaults[2][5] = {{64, 16, 64, 64, 3}, {96, 8, 16, 16, 5}};
+    int *field[5] = {&a->n, &a->concurrency, &a->in_len, &a->out_len, &a->repeats};
+    for (int k = 0; k < 5; k++)
+        if (*field[k] == -1) *field[k] = defaults[a->spawn][k];
+    static const char *const WORKLOADS[] = {"text", "encode", "decode", "mixed"};
+    int known = 0;
+    for (int k = 0; k < 4; k++) known |= !strcmp(a->workload, WORKLOADS[k]);
+    if (optind < argc || !known || a->n < 1 || a->concurrency < 1 || a->in_len < 1 || a->out_len < 1 || a->steps < 0 ||
+        a->repeats < 1 || a->repeats > SERVE_MAX_REPEATS || a->stages < 1 || a->threads < 0 || a->worker_threads < 0 ||
+        a->timeout_s <= 0 || (a->spawn && !a->model)) {
+        usage();
+        return -1;
     }
-    Metamorph__V1__ModelInfo *before = get_info();
-    if (!before) {
-        fprintf(stderr, "serve: GetModelInfo failed on %s\n", A.server);
+    return 0;
+}
+
+static serve_workload workload_of(const serve_args *a, mm_client *cl) {
+    return (serve_workload){cl,        a->image, 0,        a->concurrency, a->in_len, a->out_len,
+                            a->steps,  a->rate,  a->range, a->seed,        a->timeout_s};
+}
+
+static void print_rate(double rate) {
+    if (isfinite(rate)) printf("%.3g", rate);
+    else printf("\"inf\"");
+}
+
+static void print_legacy_stats(const char *name, double *v, int n, int last) {
+    serve_summary s = serve_summarise(v, n);
+    printf("  \"mean_%s_ms\": %.3f, \"median_%s_ms\": %.3f, \"p99_%s_ms\": %.3f%s\n", name, s.mean, name, s.p50, name,
+           s.p99, last ? "" : ",");
+}
+
+/* --workload text against a running service: the original vLLM-like report. */
+static int run_text(const serve_args *a, mm_client *cl, const Metamorph__V1__ModelInfo *before) {
+    serve_workload w = workload_of(a, cl);
+    serve_req *r = calloc((size_t)a->n, sizeof *r);
+    double *ttft = calloc((size_t)a->n, sizeof(double)), *tpot = calloc((size_t)a->n, sizeof(double));
+    double *e2e = calloc((size_t)a->n, sizeof(double));
+    if (!r || !ttft || !tpot || !e2e) {
+        fprintf(stderr, "serve: out of memory for %d requests\n", a->n);
+        free(r), free(ttft), free(tpot), free(e2e);
+        return 1;
+    }
+    serve_plan(&w, SERVE_TEXT, r, a->n);
+    double wall = serve_load_run(cl, r, a->n, a->concurrency, a->timeout_s);
+    Metamorph__V1__ModelInfo *after = serve_model_info(cl);
+    long n_itl = 0, out_tok = 0, in_tok = 0;
+    for (int i = 0; i < a->n; i++) n_itl += r[i].n_itl;
+    double *itl = calloc((size_t)(n_itl ? n_itl : 1), sizeof(double));
+    int ok = 0, n_tpot = 0;
+    n_itl = 0;
+    for (int i = 0; i < a->n && itl && wall > 0; i++) {
+        const serve_req *q = &r[i];
+        if (!serve_req_ok(q)) continue;
+        ttft[ok] = (q->first - q->start) * 1e3, e2e[ok] = (q->end - q->start) * 1e3;
+        ok++, out_tok += q->n_out, in_tok += q->n_in;
+        if (q->n_out > 1) tpot[n_tpot++] = (q->end - q->first) * 1e3 / (q->n_out - 1);
+        memcpy(itl + n_itl, q->itl, (size_t)q->n_itl * sizeof(double));
+        n_itl += q->n_itl;
+    }
+    if (wall > 0 && itl) {
+        printf("{\n  \"server\": \"%s\", \"model\": \"%s\", \"workload\": \"text\", \"stages\": %zu,\n", a->server,
+               before->model, before->n_stages);
+        printf("  \"num_prompts\": %d, \"request_rate\": ", a->n);
+        print_rate(a->rate);
+        printf(", \"concurrency\": %d, \"input_len\": %d, \"output_len\": %d, \"range_ratio\": %.2f,\n", a->concurrency,
+               a->in_len, a->out_len, a->range);
+        printf("  \"completed\": %d, \"failed\": %d, \"duration_s\": %.3f, \"total_input_tokens\": %ld, "
+               "\"total_output_tokens\": %ld,\n",
+               ok, a->n - ok, wall, in_tok, out_tok);
+        printf("  \"request_throughput\": %.3f, \"output_throughput\": %.2f, \"total_token_throughput\": %.2f,\n",
+               ok / wall, out_tok / wall, (in_tok + out_tok) / wall);
+        printf("  \"stage_utilisation\": [");
+        for (size_t k = 0; after && k < after->n_stages && k < before->n_stages; k++)
+            printf("%s%.3f", k ? ", " : "", (after->stages[k]->busy_ms - before->stages[k]->busy_ms) / (wall * 1e3));
+        printf("],\n");
+        print_legacy_stats("ttft", ttft, ok, 0);
+        print_legacy_stats("tpot", tpot, n_tpot, 0);
+        print_legacy_stats("itl", itl, (int)n_itl, 0);
+        print_legacy_stats("e2el", e2e, ok, 1);
+        printf("}\n");
+    }
+    if (after) metamorph__v1__model_info__free_unpacked(after, NULL);
+    serve_reqs_free(r, a->n);
+    free(r), free(ttft), free(tpot), free(e2e), free(itl);
+    return wall > 0 && itl && ok == a->n ? 0 : 1;
+}
+
+/* --workload encode|decode|mixed against a running service. */
+static int run_one_image_workload(const serve_args *a, mm_client *cl, const Metamorph__V1__ModelInfo *info) {
+    serve_workload w = workload_of(a, cl);
+    int mixed = !strcmp(a->workload, "mixed");
+    serve_kind kind = !strcmp(a->workload, "encode") ? SERVE_UNDERSTAND : SERVE_GENERATE;
+    serve_images_result img;
+    serve_mixed_result mix;
+    int rc = mixed ? serve_run_mixed(&w, a->n, &mix) : serve_run_images(&w, kind, a->n, a->repeats, &img);
+    int failed = mixed ? mix.failed : img.failed;
+    if (rc != 0) return 1;
+    printf("{\"server\": \"%s\", \"model\": \"%s\", \"workload\": \"%s\", \"stages\": %zu, \"concurrency\": %d, "
+           "\"image_steps\": %d, \"request_rate\": ",
+           a->server, info->model, a->workload, info->n_stages, a->concurrency, a->steps);
+    print_rate(mixed ? a->rate : INFINITY);
+    printf(",\n \"%s\": ", a->workload);
+    if (mixed) serve_print_mixed(&mix);
+    else serve_print_images(&img);
+    printf("}\n");
+    return failed ? 1 : 0;
+}
+
+typedef struct {
+    int workers;
+    serve_images_result enc, dec;
+    serve_mixed_result mix;
+} spawn_run;
+
+/* One worker count of --spawn: warm-up (each new worker's first jobs), then the three
+ * workloads. 0 or -1. */
+static int spawn_count(const serve_args *a, serve_workload *w, spawn_run *run) {
+    serve_images_result warm;
+    return serve_run_images(w, SERVE_UNDERSTAND, 2 * run->workers, 1, &warm) == 0 &&
+                   serve_run_images(w, SERVE_GENERATE, 2 * run->workers, 1, &warm) == 0 &&
+                   serve_run_images(w, SERVE_UNDERSTAND, a->n, a->repeats, &run->enc) == 0 &&
+                   serve_run_images(w, SERVE_GENERATE, a->n, a->repeats, &run->dec) == 0 &&
+                   serve_run_mixed(w, a->n, &run->mix) == 0
+               ? 0
+               : -1;
+}
+
+static double ratio(double num, double den) { return den > 0 ? num / den : 0; }
+
+static int run_failed(const spawn_run *r) { return r->enc.failed + r->dec.failed + r->mix.failed; }
+
+/* The --spawn report of runs[0..n). */
+static void print_spawn(const serve_args *a, const serve_service *svc, const spawn_run *runs, int n,
+                        const char *metrics) {
+    printf("{\"mode\": \"spawn\", \"model\": \"%s\", \"stages\": %d, \"threads\": %d, \"worker_threads\": %d, "
+           "\"host_cpus\": %ld,\n \"requests_per_run\": %d, \"repeats\": %d, \"concurrency\": %d, \"image_steps\": %d, "
+           "\"input_len\": %d, \"output_len\": %d,\n \"runs\": [",
+           svc->model, a->stages, a->threads, a->worker_threads, sysconf(_SC_NPROCESSORS_ONLN), a->n, a->repeats,
+           a->concurrency, a->steps, a->in_len, a->out_len);
+    int failed = 0;
+    for (int k = 0; k < n; k++) {
+        printf("%s\n  {\"workers\": %d,\n   \"encode\": ", k ? "," : "", runs[k].workers);
+        serve_print_images(&runs[k].enc);
+        printf(",\n   \"decode\": ");
+        serve_print_images(&runs[k].dec);
+        printf(",\n   \"mixed\": ");
+        serve_print_mixed(&runs[k].mix);
+        printf("}");
+        failed += run_failed(&runs[k]);
+    }
+    const spawn_run *first = &runs[0], *last = &runs[n > 0 ? n - 1 : 0];
+    printf("],\n \"scaling\": {\"workers\": \"%d/%d\", \"encode_images_per_s\": %.3f, \"decode_images_per_s\": %.3f},\n",
+           last->workers, first->workers, ratio(last->enc.images_per_s, first->enc.images_per_s),
+           ratio(last->dec.images_per_s, first->dec.images_per_s));
+    static const char *const SERIES[][2] = {
+        {"embed_cache_hits", "metamorph_embed_cache_hits_total"},
+        {"embed_cache_misses", "metamorph_embed_cache_misses_total"},
+        {"encode_redispatches", "metamorph_pool_redispatches_total{pool=\"encode\"}"},
+        {"decode_redispatches", "metamorph_pool_redispatches_total{pool=\"decode\"}"}};
+    printf(" \"coordinator\": {");
+    for (int k = 0; k < 4; k++) {
+        double v = metrics ? metrics_sample(metrics, SERIES[k][1]) : NAN;
+        printf("%s\"%s\": ", k ? ", " : "", SERIES[k][0]);
+        if (isnan(v)) printf("null");
+        else printf("%.0f", v);
+    }
+    printf("},\n \"failed\": %d, \"completed_counts\": %d}\n", failed, n);
+}
+
+/* --spawn: the service with growing pools. */
+static int run_spawn(const serve_args *a) {
+    serve_service svc;
+    if (serve_spawn_start(&svc, a->model, a->stages, a->threads, a->worker_threads) != 0) return 1;
+    serve_workload w = workload_of(a, svc.cl);
+    spawn_run runs[MAX_COUNTS];
+    int done = 0;
+    while (done < a->n_counts) {
+        runs[done].workers = a->workers[done];
+        if (serve_spawn_workers(&svc, a->workers[done], 60) != 0 || spawn_count(a, &w, &runs[done]) != 0) break;
+        done++;
+    }
+    char *metrics = NULL;
+    if (metrics_scrape(svc.metrics, &metrics) != 0) metrics = NULL;
+    if (done) print_spawn(a, &svc, runs, done, metrics);
+    free(metrics);
+    int failed = 0;
+    for (int k = 0; k < done; k++) failed += run_failed(&runs[k]);
+    int ok = done == a->n_counts && failed == 0;
+    serve_spawn_stop(&svc, !ok);
+    return ok ? 0 : 1;
+}
+
+int main(int argc, char **argv) {
+    serve_args a;
+    if (parse(argc, argv, &a) != 0) return 2;
+    if (a.spawn) return run_spawn(&a);
+    mm_client *cl = NULL;
+    if (mm_client_open(a.server, &cl) != MM_OK) {
+        fprintf(stderr, "serve: %s: %s\n", a.server, mm_error_last());
         return 14;
     }
-    pthread_t *th = calloc((size_t)A.concurrency, sizeof *th);
-    T0 = now_s();
-    for (int i = 0; i < A.concurrency; i++) pthread_create(&th[i], NULL, worker, NULL);
-    for (int i = 0; i < A.concurrency; i++) pthread_join(th[i], NULL);
-    double wall = now_s() - T0;
-    Metamorph__V1__ModelInfo *after = get_info();
-    int ok = 0;
-    long out_tok = 0, in_tok = 0, n_itl = 0;
-    double *ttft = calloc((size_t)A.n, sizeof(double)), *tpot = calloc((size_t)A.n, sizeof(double));
-    double *e2e = calloc((size_t)A.n, sizeof(double));
-    int n_tpot = 0;
-    for (int i = 0; i < A.n; i++) n_itl += R[i].n_itl;
-    double *itl = calloc((size_t)(n_itl ? n_itl : 1), sizeof(double));
-    n_itl = 0;
-    for (int i = 0; i < A.n; i++) {
-        req_stat *r = &R[i];
-        if (r->code != 0 || r->n_out == 0) continue;
-        ttft[ok] = (r->first - r->start) * 1e3;
-        e2e[ok] = (r->end - r->start) * 1e3;
-        ok++;
-        out_tok += r->n_out, in_tok += r->n_in;
-        if (r->n_out > 1) tpot[n_tpot++] = (r->end - r->first) * 1e3 / (r->n_out - 1);
-        memcpy(itl + n_itl, r->itl, (size_t)r->n_itl * sizeof(double));
-        n_itl += r->n_itl;
+    Metamorph__V1__ModelInfo *info = serve_model_info(cl);
+    if (!info) {
+        fprintf(stderr, "serve: GetModelInfo failed on %s\n", a.server);
+        mm_client_close(cl);
+        return 14;
     }
-    printf("{\n  \"server\": \"%s\", \"model\": \"%s\", \"stages\": %zu,\n", A.server, before->model, before->n_stages);
-    printf("  \"num_prompts\": %d, \"request_rate\": %s%.3g%s, \"concurrency\": %d, \"input_len\": %d, \"output_len\": %d, "
-           "\"range_ratio\": %.2f,\n",
-           A.n, isfinite(A.rate) ? "" : "\"", isfinite(A.rate) ? A.rate : INFINITY, isfinite(A.rate) ? "" : "\"",
-           A.concurrency, A.in_len, A.out_len, A.range);
-    printf("  \"completed\": %d, \"failed\": %d, \"duration_s\": %.3f, \"total_input_tokens\": %ld, \"total_output_tokens\": %ld,\n",
-           ok, A.n - ok, wall, in_tok, out_tok);
-    printf("  \"request_throughput\": %.3f, \"output_throughput\": %.2f, \"total_token_throughput\": %.2f,\n", ok / wall,
-           out_tok / wall, (in_tok + out_tok) / wall);
-    printf("  \"stage_utilisation\": [");
-    for (size_t k = 0; after && k < after->n_stages && k < before->n_stages; k++)
-        printf("%s%.3f", k ? ", " : "", (after->stages[k]->busy_ms - before->stages[k]->busy_ms) / (wall * 1e3));
-    printf("],\n");
-    stats("ttft", ttft, ok, 0);
-    stats("tpot", tpot, n_tpot, 0);
-    stats("itl", itl, (int)n_itl, 0);
-    stats("e2el", e2e, ok, 1);
-    printf("}\n");
-    return ok == A.n ? 0 : 1;
+    int rc = !strcmp(a.workload, "text") ? run_text(&a, cl, info) : run_one_image_workload(&a, cl, info);
+    metamorph__v1__model_info__free_unpacked(info, NULL);
+    mm_client_close(cl);
+    return rc;
 }
