@@ -17,7 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "bench/metrics_scrape.h"
+#include "common/http_client.h"
 #include "bench/serve_load.h"
 #include "bench/serve_spawn.h"
 #include "bench/serve_stats.h"
@@ -258,7 +258,7 @@ static void print_spawn(const serve_args *a, const serve_service *svc, const spa
         {"decode_redispatches", "metamorph_pool_redispatches_total{pool=\"decode\"}"}};
     printf(" \"coordinator\": {");
     for (int k = 0; k < 4; k++) {
-        double v = metrics ? metrics_sample(metrics, SERIES[k][1]) : NAN;
+        double v = metrics ? mm_prometheus_sample(metrics, SERIES[k][1]) : NAN;
         printf("%s\"%s\": ", k ? ", " : "", SERIES[k][0]);
         if (isnan(v)) printf("null");
         else printf("%.0f", v);
@@ -278,10 +278,12 @@ static int run_spawn(const serve_args *a) {
         if (serve_spawn_workers(&svc, a->workers[done], 60) != 0 || spawn_count(a, &w, &runs[done]) != 0) break;
         done++;
     }
-    char *metrics = NULL;
-    if (metrics_scrape(svc.metrics, &metrics) != 0) metrics = NULL;
+    mm_http_reply scrape;
+    const char *metrics = NULL;
+    if (mm_http_request(svc.metrics, "GET", "/metrics", 10, &scrape) == MM_OK && scrape.status == 200) metrics = scrape.body;
+    else fprintf(stderr, "serve: GET /metrics: %s\n", scrape.raw ? "not 200" : mm_error_last());
     if (done) print_spawn(a, &svc, runs, done, metrics);
-    free(metrics);
+    mm_http_reply_free(&scrape);
     int failed = 0;
     for (int k = 0; k < done; k++) failed += run_failed(&runs[k]);
     int ok = done == a->n_counts && failed == 0;

@@ -12,7 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "bench/metrics_scrape.h"
+#include "common/http_client.h"
 #include "bench/serve_load.h"
 
 static const char *const POOL[2] = {"encode", "decode"};
@@ -170,11 +170,15 @@ int serve_spawn_workers(serve_service *s, int n, double timeout_s) {
                             POOL[p], k);
                     return -1;
                 }
-        char *text = NULL;
-        if (metrics_scrape(s->metrics, &text) != 0) return -1;
-        double enc = metrics_sample(text, "metamorph_pool_workers{pool=\"encode\"}");
-        double dec = metrics_sample(text, "metamorph_pool_workers{pool=\"decode\"}");
-        free(text);
+        mm_http_reply r;
+        if (mm_http_request(s->metrics, "GET", "/metrics", 10, &r) != MM_OK || r.status != 200) {
+            fprintf(stderr, "serve: GET /metrics: %s\n", r.raw ? "not 200" : mm_error_last());
+            mm_http_reply_free(&r);
+            return -1;
+        }
+        double enc = mm_prometheus_sample(r.body, "metamorph_pool_workers{pool=\"encode\"}");
+        double dec = mm_prometheus_sample(r.body, "metamorph_pool_workers{pool=\"decode\"}");
+        mm_http_reply_free(&r);
         if (enc >= n && dec >= n) return 0;
     }
     fprintf(stderr, "serve: the pools do not count %d workers each after %.0f s (logs in %s)\n", n, timeout_s, s->dir);

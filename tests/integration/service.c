@@ -9,11 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "common/http_client.h"
 #include "proto/health.pb-c.h"
 
 double now_s(void) {
@@ -244,52 +244,12 @@ int svc_raw(mm_service *s, const char *method, const void *req, size_t len, char
     return mm_client_call(s->cl, method, req, len, 10, NULL, NULL, msg, cap);
 }
 
-/* GET /metrics over HTTP/1.0 (the server closes when done): the body, malloc'd. */
-static char *scrape_metrics(const mm_service *s) {
-    char host[64];
-    snprintf(host, sizeof host, "%s", s->metrics);
-    char *colon = strrchr(host, ':');
-    if (!colon) return NULL;
-    *colon = 0;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
-    struct timeval wait = {5, 0};
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) return NULL;
-    static const char REQUEST[] = "GET /metrics HTTP/1.0\r\n\r\n";
-    if (inet_pton(AF_INET, host, &a.sin_addr) != 1 || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait) ||
-        connect(fd, (struct sockaddr *)&a, sizeof a) || write(fd, REQUEST, sizeof REQUEST - 1) != sizeof REQUEST - 1) {
-        close(fd);
-        return NULL;
-    }
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    ssize_t got;
-    while (buf && (got = read(fd, buf + n, cap - n - 1)) > 0) {
-        n += (size_t)got;
-        if (n + 1 == cap) {
-            char *grown = realloc(buf, cap *= 2);
-            if (!grown) free(buf);
-            buf = grown;
-        }
-    }
-    close(fd);
-    if (buf) buf[n] = 0;
-    return buf;
-}
-
 double svc_metric(const mm_service *s, const char *series) {
-    char *text = scrape_metrics(s);
+    mm_http_reply r;
     double v = NAN;
-    size_t n = strlen(series);
-    for (const char *line = text; line && *line;) {
-        if (!strncmp(line, series, n) && line[n] == ' ') {
-            v = strtod(line + n + 1, NULL);
-            break;
-        }
-        const char *eol = strchr(line, '\n');
-        line = eol ? eol + 1 : NULL;
-    }
-    free(text);
+    if (mm_http_request(s->metrics, "GET", "/metrics", 5, &r) == MM_OK && r.status == 200)
+        v = mm_prometheus_sample(r.body, series);
+    mm_http_reply_free(&r);
     return v;
 }
 

@@ -17,67 +17,25 @@
 #include <unistd.h>
 
 #include "coordinator/metrics.h"
+#include "common/http_client.h"
 #include "coordinator/metrics_http.h"
 #include "tests/testutil.h"
 
 static const char *checker_script;
 
-/* ---- a minimal HTTP/1.1 client (Connection: close, read to EOF) ---- */
+/* ---- HTTP through common/http_client ---- */
 
-typedef struct {
-    int status;
-    char *raw;  /* head + body, NUL-terminated */
-    char *body; /* points into raw */
-    size_t body_len;
-} http_reply;
-
-static void http_reply_free(http_reply *r) {
-    free(r->raw);
-    memset(r, 0, sizeof *r);
-}
-
-/* 0 and *r on a complete reply, -1 (with a message on stderr) otherwise. */
-static int http_request(int port, const char *method, const char *path, http_reply *r) {
-    memset(r, 0, sizeof *r);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        perror("connect");
-        if (fd >= 0) close(fd);
-        return -1;
-    }
-    char req[256];
-    int n = snprintf(req, sizeof req,
-                     "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", method,
-                     path);
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    int ok = buf && write(fd, req, (size_t)n) == n;
-    while (ok) {
-        if (len + 1 == cap) {
-            char *bigger = realloc(buf, cap *= 2);
-            if (!bigger) break;
-            buf = bigger;
-        }
-        ssize_t got = read(fd, buf + len, cap - 1 - len);
-        if (got < 0) ok = 0;
-        if (got <= 0) break;
-        len += (size_t)got;
-    }
-    close(fd);
-    char *end_of_head = ok ? (buf[len] = '\0', strstr(buf, "\r\n\r\n")) : NULL;
-    if (!end_of_head || sscanf(buf, "HTTP/1.%*d %d", &r->status) != 1) {
-        fprintf(stderr, "%s %s: no complete HTTP reply\n", method, path);
-        free(buf);
-        return -1;
-    }
-    r->raw = buf, r->body = end_of_head + 4, r->body_len = len - (size_t)(r->body - buf);
-    return 0;
+/* 0 and *r on a complete reply from 127.0.0.1:port, -1 (with a message on stderr) otherwise. */
+static int http_request(int port, const char *method, const char *path, mm_http_reply *r) {
+    char hostport[32];
+    snprintf(hostport, sizeof hostport, "127.0.0.1:%d", port);
+    if (mm_http_request(hostport, method, path, 10, r) == MM_OK) return 0;
+    fprintf(stderr, "%s\n", mm_error_last());
+    return -1;
 }
 
 /* Does the reply's head hold this header line (exact, case of the value kept)? */
-static int has_header(const http_reply *r, const char *line) {
+static int has_header(const mm_http_reply *r, const char *line) {
     char want[256];
     snprintf(want, sizeof want, "\r\n%s\r\n", line);
     size_t head_len = (size_t)(r->body - r->raw);
@@ -85,14 +43,6 @@ static int has_header(const http_reply *r, const char *line) {
     int found = head && strcasestr(head, want) != NULL;
     free(head);
     return found;
-}
-
-/* The value of the sample line "series value" in text, NAN when absent. */
-static double sample(const char *text, const char *series) {
-    size_t n = strlen(series);
-    for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
-        if (!strncmp(p, series, n) && p[n] == ' ') return strtod(p + n + 1, NULL);
-    return NAN;
 }
 
 static int has_line(const char *text, const char *line) {
@@ -179,8 +129,8 @@ static void test_render_exact(void) {
         EXPECT(has_line(text, lines[i]), "no line %s", lines[i]);
     EXPECT(!strstr(text, "stage=\"4\""), "a fourth stage in a 3-stage registry");
     double sum = ((ttft[0] + ttft[1]) + ttft[2]) + ttft[3]; /* the order of the observations */
-    EXPECT(sample(text, "metamorph_ttft_seconds_sum") == sum, "sum %.17g, want %.17g",
-           sample(text, "metamorph_ttft_seconds_sum"), sum);
+    EXPECT(mm_prometheus_sample(text, "metamorph_ttft_seconds_sum") == sum, "sum %.17g, want %.17g",
+           mm_prometheus_sample(text, "metamorph_ttft_seconds_sum"), sum);
     free(text);
     mm_metrics_free(m);
 }
@@ -213,10 +163,10 @@ static void test_refused_updates(void) {
     size_t len;
     EXPECT(mm_metrics_render(m, &text, &len) == MM_OK, "%s", mm_error_last());
     /* nothing refused changed anything */
-    EXPECT(text && sample(text, "metamorph_generated_tokens_total") == 0, "tokens changed");
-    EXPECT(text && sample(text, "metamorph_tpot_seconds_count") == 0, "tpot changed");
-    EXPECT(text && sample(text, "metamorph_queue_depth") == 0, "queue depth changed");
-    EXPECT(text && sample(text, "metamorph_requests_total{status=\"OK\"}") == 0, "requests changed");
+    EXPECT(text && mm_prometheus_sample(text, "metamorph_generated_tokens_total") == 0, "tokens changed");
+    EXPECT(text && mm_prometheus_sample(text, "metamorph_tpot_seconds_count") == 0, "tpot changed");
+    EXPECT(text && mm_prometheus_sample(text, "metamorph_queue_depth") == 0, "queue depth changed");
+    EXPECT(text && mm_prometheus_sample(text, "metamorph_requests_total{status=\"OK\"}") == 0, "requests changed");
     free(text);
     mm_metrics_free(m);
 }
@@ -271,7 +221,7 @@ static void expect_totals(const char *text, const json_t *j, long n) {
         snprintf(series, sizeof series, "metamorph_requests_total{status=\"%s\"}", CODES[c]);
         snprintf(key, sizeof key, "metamorph_requests_total{status=%s}", CODES[c]);
         double want = count_mod(n, 17, CODE_NUMS[c]);
-        EXPECT(sample(text, series) == want, "%s = %g, want %g", series, sample(text, series), want);
+        EXPECT(mm_prometheus_sample(text, series) == want, "%s = %g, want %g", series, mm_prometheus_sample(text, series), want);
         EXPECT(parsed_sample(j, key) == want, "parsed %s = %g, want %g", key, parsed_sample(j, key), want);
     }
     struct {
@@ -295,24 +245,24 @@ static void expect_totals(const char *text, const json_t *j, long n) {
     };
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
         const char *key = t[i].key ? t[i].key : t[i].series;
-        EXPECT(sample(text, t[i].series) == t[i].want, "%s = %.17g, want %.17g", t[i].series,
-               sample(text, t[i].series), t[i].want);
+        EXPECT(mm_prometheus_sample(text, t[i].series) == t[i].want, "%s = %.17g, want %.17g", t[i].series,
+               mm_prometheus_sample(text, t[i].series), t[i].want);
         EXPECT(parsed_sample(j, key) == t[i].want, "parsed %s = %.17g, want %.17g", key, parsed_sample(j, key),
                t[i].want);
     }
     /* buckets and sum recomputed from the schedule */
     double le_025 = 0, sum = 0;
     for (long i = 0; i < n; i++) le_025 += ttft_of(i) <= 0.25, sum += ttft_of(i);
-    EXPECT(sample(text, "metamorph_ttft_seconds_bucket{le=\"0.25\"}") == le_025, "le 0.25: %g, want %g",
-           sample(text, "metamorph_ttft_seconds_bucket{le=\"0.25\"}"), le_025);
-    EXPECT(sample(text, "metamorph_ttft_seconds_sum") == sum, "sum %.17g, want %.17g",
-           sample(text, "metamorph_ttft_seconds_sum"), sum);
+    EXPECT(mm_prometheus_sample(text, "metamorph_ttft_seconds_bucket{le=\"0.25\"}") == le_025, "le 0.25: %g, want %g",
+           mm_prometheus_sample(text, "metamorph_ttft_seconds_bucket{le=\"0.25\"}"), le_025);
+    EXPECT(mm_prometheus_sample(text, "metamorph_ttft_seconds_sum") == sum, "sum %.17g, want %.17g",
+           mm_prometheus_sample(text, "metamorph_ttft_seconds_sum"), sum);
     for (int k = 0; k < 3; k++) {
         char series[96];
         snprintf(series, sizeof series, "metamorph_stage_busy_seconds_total{stage=\"%d\"}", k + 1);
         long last = (n - 1) - ((n - 1 - k) % 3 + 3) % 3; /* the last i with i % 3 == k */
         double want = last >= 0 ? 0.5 * (double)(last + 1) : 0;
-        EXPECT(sample(text, series) == want, "%s = %g, want %g", series, sample(text, series), want);
+        EXPECT(mm_prometheus_sample(text, series) == want, "%s = %g, want %g", series, mm_prometheus_sample(text, series), want);
     }
     EXPECT(json_string_value(json_object_get(json_object_get(j, "types"), "metamorph_ttft_seconds")) &&
                !strcmp(json_string_value(json_object_get(json_object_get(j, "types"), "metamorph_ttft_seconds")),
@@ -348,19 +298,19 @@ static void test_scrape_while_updating(void) {
     int distinct = 0, bad_scrapes = 0;
     char *midway = NULL;
     for (int s = 0; s < SCRAPES; s++) {
-        http_reply r;
+        mm_http_reply r;
         if (http_request(port, "GET", "/metrics", &r) != 0) {
             bad_scrapes++;
             continue;
         }
         const char *t = r.body;
-        double ok = sample(t, "metamorph_requests_total{status=\"OK\"}");
-        double tokens = sample(t, "metamorph_generated_tokens_total");
-        double count = sample(t, "metamorph_ttft_seconds_count");
-        double inf = sample(t, "metamorph_ttft_seconds_bucket{le=\"+Inf\"}");
+        double ok = mm_prometheus_sample(t, "metamorph_requests_total{status=\"OK\"}");
+        double tokens = mm_prometheus_sample(t, "metamorph_generated_tokens_total");
+        double count = mm_prometheus_sample(t, "metamorph_ttft_seconds_count");
+        double inf = mm_prometheus_sample(t, "metamorph_ttft_seconds_bucket{le=\"+Inf\"}");
         int good = r.status == 200 && has_header(&r, "Content-Type: text/plain; version=0.0.4; charset=utf-8") &&
                    ok >= last_ok && tokens >= last_tokens && fmod(tokens, 3) == 0 && count == inf &&
-                   sample(t, "metamorph_ttft_seconds_bucket{le=\"0.001\"}") <= inf;
+                   mm_prometheus_sample(t, "metamorph_ttft_seconds_bucket{le=\"0.001\"}") <= inf;
         if (!good) {
             fprintf(stderr, "scrape %d: status %d ok %g (was %g) tokens %g (was %g) count %g +Inf %g\n", s, r.status,
                     ok, last_ok, tokens, last_tokens, count, inf);
@@ -369,7 +319,7 @@ static void test_scrape_while_updating(void) {
         distinct += ok != last_ok;
         last_ok = ok, last_tokens = tokens;
         if (s == SCRAPES / 2) midway = strdup(t);
-        http_reply_free(&r);
+        mm_http_reply_free(&r);
     }
     atomic_store(&u.stop, 1);
     pthread_join(th, NULL);
@@ -383,7 +333,7 @@ static void test_scrape_while_updating(void) {
     json_decref(mid);
     free(midway);
 
-    http_reply r;
+    mm_http_reply r;
     EXPECT(http_request(port, "GET", "/metrics", &r) == 0 && r.status == 200, "final scrape");
     if (r.raw) {
         json_t *j = parse_with_prometheus_client(r.body);
@@ -391,7 +341,7 @@ static void test_scrape_while_updating(void) {
         if (j) expect_totals(r.body, j, u.done);
         json_decref(j);
     }
-    http_reply_free(&r);
+    mm_http_reply_free(&r);
     mm_metrics_http_stop(http);
     mm_metrics_free(m);
 }
@@ -399,11 +349,11 @@ static void test_scrape_while_updating(void) {
 /* ---- health, routing, ports ---- */
 
 static void expect_reply(int port, const char *method, const char *path, int status, const char *body) {
-    http_reply r;
+    mm_http_reply r;
     int rc = http_request(port, method, path, &r);
     EXPECT(rc == 0 && r.status == status && r.body_len == strlen(body) && !memcmp(r.body, body, r.body_len),
            "%s %s: %d \"%s\", want %d \"%s\"", method, path, r.status, r.body ? r.body : "", status, body);
-    http_reply_free(&r);
+    mm_http_reply_free(&r);
 }
 
 static void test_health_and_routes(void) {
@@ -427,10 +377,10 @@ static void test_health_and_routes(void) {
     expect_reply(port, "GET", "/metricsx", 404, "not found\n");
     expect_reply(port, "GET", "/", 404, "not found\n");
     expect_reply(port, "POST", "/metrics", 405, "method not allowed\n");
-    http_reply r;
+    mm_http_reply r;
     EXPECT(http_request(port, "DELETE", "/readyz", &r) == 0 && r.status == 405 && has_header(&r, "Allow: GET"),
            "405 without Allow: GET");
-    http_reply_free(&r);
+    mm_http_reply_free(&r);
 
     char address[64];
     snprintf(address, sizeof address, "127.0.0.1:%d", port);
