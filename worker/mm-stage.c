@@ -18,6 +18,7 @@
 #include "stage.h"
 
 #define STATS_EVERY_MS 250.0
+#define STATS_IDLE_MS 10.0
 
 static double now_ms(void) {
     struct timespec t;
@@ -118,7 +119,14 @@ static mm_status serve(mm_stage *st, int rank) {
         mm_stage_result_free(&res);
         metamorph__internal__step_plan__free_unpacked(plan, NULL);
         CHECK(s);
-        if (now_ms() - last_stats >= STATS_EVERY_MS) {
+        /* every STATS_EVERY_MS while busy, and when no plan waits (going idle) at most
+         * every STATS_IDLE_MS: the busy time read after a burst is then at most
+         * STATS_IDLE_MS short, without a message after every step of a lone request */
+        int plan_waiting = 0;
+        if (MPI_Iprobe(0, MPI_ANY_TAG, MPI_COMM_WORLD, &plan_waiting, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+            return MM_ERROR(MM_ERR_IO, "rank %d: MPI_Iprobe failed", rank);
+        double since = now_ms() - last_stats;
+        if (since >= STATS_EVERY_MS || (!plan_waiting && since >= STATS_IDLE_MS)) {
             CHECK(send_stats(st, rank));
             last_stats = now_ms();
         }
