@@ -17,6 +17,7 @@ const char *mm_status_str(mm_status s) {
     case MM_ERR_UNSUPPORTED: return "unsupported";
     case MM_ERR_NOT_FOUND: return "not found";
     case MM_ERR_INTERNAL: return "internal error";
+    case MM_ERR_CANCELLED: return "cancelled";
     }
     return "unknown status";
 }

@@ -16,8 +16,12 @@ typedef enum {
     MM_ERR_NOMEM,       /* allocation failed */
     MM_ERR_UNSUPPORTED, /* valid but not implemented (dtype, op, option) */
     MM_ERR_NOT_FOUND,   /* missing tensor, key or file */
-    MM_ERR_INTERNAL     /* a bug */
+    MM_ERR_INTERNAL,    /* a bug */
+    MM_ERR_CANCELLED    /* stopped on request (a pool job its coordinator cancelled) */
 } mm_status;
+
+/* The last code: statuses that travel (a pool RESULT's error_status) are checked against it. */
+#define MM_STATUS_LAST MM_ERR_CANCELLED
 
 const char *mm_status_str(mm_status s);
 

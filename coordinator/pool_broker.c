@@ -300,6 +300,7 @@ static void on_result(mm_pool_broker *b, worker *w, const pool_header *h, zmq_ms
         return;
     }
     if (j->state == JOB_CANCELLED) {
+        /* Its answer to our CANCEL ("cancelled"), or a result that crossed it: the slot frees. */
         list_remove(&b->sent, j);
         w->in_flight--;
         job_free(j);
@@ -316,8 +317,8 @@ static void on_result(mm_pool_broker *b, worker *w, const pool_header *h, zmq_ms
     r->job_id = h->job_id;
     r->n_tokens = h->n_tokens, r->dim = h->dim, r->width = h->width, r->height = h->height;
     if (h->error[0]) {
-        r->status = (h->error_status > MM_OK && h->error_status <= MM_ERR_INTERNAL) ? (mm_status)h->error_status
-                                                                                    : MM_ERR_INTERNAL;
+        r->status = (h->error_status > MM_OK && h->error_status <= MM_STATUS_LAST) ? (mm_status)h->error_status
+                                                                                   : MM_ERR_INTERNAL;
         snprintf(r->error, sizeof r->error, "%s", h->error);
     } else {
         if (!payload) {
@@ -616,10 +617,20 @@ void mm_pool_broker_cancel(mm_pool_broker *b, uint64_t job_id) {
     }
     for (j = b->sent.head; j; j = j->next)
         if (j->id == job_id && j->state == JOB_SENT) {
-            /* The worker is busy with it until it answers or the deadline passes. */
+            /* The worker holds its slot until it answers (it skips or stops the job on
+             * CANCEL) or the deadline passes. A CANCEL that cannot go out now is not worth
+             * dropping the worker for: the job then merely runs to its end. */
             j->state = JOB_CANCELLED;
             zmq_msg_close(&j->payload);
             j->has_payload = 0;
+            pool_header h;
+            header_init(b, &h, METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_CANCEL);
+            h.job_id = job_id;
+            if (send_to(b, j->w, &h, NULL, mm_pool_now_ms()) != 0)
+                LOG_WARN("pool %s: CANCEL of job %llu not sent to worker %s (%s): it runs to its end", b->pool,
+                         (unsigned long long)job_id, j->w->name, zmq_strerror(errno));
+            else
+                b->st.cancels_sent++;
             return;
         }
     for (result_node **p = &b->ready; *p; p = &(*p)->next)

@@ -7,7 +7,8 @@
  * does not parse, READY for another pool, a result for a job id never dispatched, a
  * result the pool's check refuses) drops the worker, re-queues its jobs and is logged;
  * it never takes the coordinator down. A late result (its job answered, cancelled or
- * sent elsewhere meanwhile) is only dropped: at most one result per job is handed over. */
+ * sent elsewhere meanwhile) is only dropped: at most one result per job is handed over.
+ * Cancelling an in-flight job tells its worker (CANCEL) so it stops spending time on it. */
 #ifndef MM_COORD_POOL_BROKER_H
 #define MM_COORD_POOL_BROKER_H
 
@@ -58,6 +59,7 @@ typedef struct {
     int jobs_in_flight;      /* sent, unanswered (cancelled ones still holding a slot included) */
     uint64_t jobs_sent;      /* JOB messages sent, re-dispatches included */
     uint64_t redispatches;   /* jobs queued again after a dead worker, a BYE or a timeout */
+    uint64_t cancels_sent;   /* CANCEL messages sent for in-flight jobs */
     uint64_t dropped_results; /* late, cancelled, never dispatched, or from an unregistered peer */
     uint64_t workers_dropped; /* dead, gone (BYE) or refused for a protocol error */
 } mm_pool_stats;
@@ -75,8 +77,10 @@ void mm_pool_broker_free(mm_pool_broker *b);
  * copy. fields may be NULL. A job_id already queued or in flight is refused (INVALID). */
 mm_status mm_pool_broker_submit(mm_pool_broker *b, uint64_t job_id, const mm_pool_job_fields *fields, uint8_t *payload,
                                 size_t len);
-/* Forgets a job: a queued one is dropped; an in-flight one keeps its worker's slot until
- * the worker answers (the answer is dropped) or its deadline passes. Unknown ids: no-op. */
+/* Forgets a job: a queued one is dropped; an in-flight one is sent CANCEL (without
+ * waiting; a failed send is only logged) and keeps its worker's slot until the worker
+ * answers (at once when it skips or stops the job; the answer is dropped) or its deadline
+ * passes. Unknown ids: no-op. */
 void mm_pool_broker_cancel(mm_pool_broker *b, uint64_t job_id);
 
 /* Does the work of one scheduler tick at time now_ms (mm_pool_now_ms): reads every waiting

@@ -106,7 +106,10 @@ mm_status mm_decoder_sample(mm_decoder *d, const float *ctx, const mm_decode_par
         if (cfg_on) /* eps = uncond + g (cond - uncond), in f32 as the pipeline does */
             for (int64_t k = 0; k < n; k++) eps_host[k] = eps_host[k] + p->guidance * (eps_host[n + k] - eps_host[k]);
         CHECK_GOTO(mm_diffusion_sched_step(sched, eps_host, x_host), s, done);
-        if (p->progress) p->progress(p->user, i + 1, len);
+        if (p->progress && p->progress(p->user, i + 1, len)) {
+            s = MM_ERROR(MM_ERR_CANCELLED, "cancelled after step %d of %d", i + 1, len);
+            goto done;
+        }
     }
     nhwc_to_nchw(x_host, latents, C, hw);
 done:

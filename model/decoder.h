@@ -31,8 +31,10 @@ typedef struct {
     int32_t height, width;     /* pixels, multiples of vae_scale * 2^(UNet blocks - 1); 0: the
                                   UNet's sample_size * vae_scale (512 for SD 1.5), as diffusers */
     const float *init_latents; /* [1, C, h, w] NCHW host (e.g. the reference's noise) or NULL */
-    /* called after each UNet call (i = 1..n) from the calling thread; may be NULL */
-    void (*progress)(void *user, int i, int n);
+    /* called after each UNet call (i = 1..n) from the calling thread; may be NULL. Non-zero
+     * stops the sampling: mm_decoder_generate/sample return MM_ERR_CANCELLED ("cancelled
+     * after step i of n"), nothing decoded, latents_out untouched. */
+    int (*progress)(void *user, int i, int n);
     void *user;
 } mm_decode_params;
 

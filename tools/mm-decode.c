@@ -36,7 +36,8 @@ typedef struct {
     int tty;
 } progress_state;
 
-static void progress(void *user, int i, int n) {
+/* Draws the bar; never stops the sampling (0). */
+static int progress(void *user, int i, int n) {
     progress_state *p = user;
     double el = now_s() - p->t0;
     int width = 30, fill = n ? i * width / n : width;
@@ -46,6 +47,7 @@ static void progress(void *user, int i, int n) {
     fprintf(stderr, "%sdenoising [%s] %d/%d  %.1f s, %.2f s/step%s", p->tty ? "\r" : "", bar, i, n, el, el / i,
             p->tty && i < n ? "" : "\n");
     fflush(stderr);
+    return 0;
 }
 
 int main(int argc, char **argv) {

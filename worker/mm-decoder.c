@@ -7,7 +7,8 @@
  * default), seed; payload f32 [n_tokens, dim]. RESULT payload: the PNG at the model's
  * default size, byte for byte what `mm-decode` writes for the same tokens and
  * parameters (same mm_decoder_generate, same mm_png_encode). DIR is a model root
- * (metamorph.json naming its decoder/) or a decoder directory. Wiring only. */
+ * (metamorph.json naming its decoder/) or a decoder directory. A CANCEL stops the job
+ * between two UNet steps. Wiring only. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,11 +49,18 @@ static mm_status job_params(const mm_decoder *d, const Metamorph__Internal__Pool
     return MM_OK;
 }
 
-static mm_status decode_job(void *user, const Metamorph__Internal__PoolHeader *job, const uint8_t *payload,
-                            size_t len, mm_pool_output *out) {
+/* Between UNet steps: non-zero (stop) once the coordinator cancelled the job. */
+static int stop_if_cancelled(void *ctx, int i, int n) {
+    (void)i, (void)n;
+    return mm_pool_job_cancelled(ctx);
+}
+
+static mm_status decode_job(void *user, const mm_pool_job_ctx *ctx, const Metamorph__Internal__PoolHeader *job,
+                            const uint8_t *payload, size_t len, mm_pool_output *out) {
     mm_decoder *d = user;
     mm_decode_params p;
     CHECK(job_params(d, job, len, &p));
+    p.progress = stop_if_cancelled, p.user = (void *)ctx; /* MM_ERR_CANCELLED "cancelled after step i of n" */
     int32_t H, W;
     mm_decoder_image_size(d, &p, &H, &W);
     float *tokens = malloc(len);                          /* [n_tokens, dim]: aligned copy of the frame */

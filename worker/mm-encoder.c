@@ -44,8 +44,10 @@ static int take_flag(void *user, const char *flag, const char *v) {
     return 1;
 }
 
-static mm_status encode_job(void *user, const Metamorph__Internal__PoolHeader *job, const uint8_t *payload,
-                            size_t len, mm_pool_output *out) {
+/* One image is quick: a CANCEL only skips it when it has not started (ctx unused). */
+static mm_status encode_job(void *user, const mm_pool_job_ctx *ctx, const Metamorph__Internal__PoolHeader *job,
+                            const uint8_t *payload, size_t len, mm_pool_output *out) {
+    (void)ctx;
     encoder *e = user;
     const int32_t dim = e->sig->cfg.hidden;
     float *tokens = malloc((size_t)e->n_tokens * (size_t)dim * sizeof(float)); /* [n_tokens, dim] */

@@ -1,10 +1,12 @@
 /* See pool_worker.h. Two threads: the socket thread owns the DEALER and everything said
- * to the coordinator (READY, heartbeats, liveness, reconnects, refusals, BYE); the
+ * to the coordinator (READY, heartbeats, liveness, reconnects, refusals, CANCEL, BYE); the
  * caller's thread computes. An inproc PAIR joins them: jobs one way, results the other.
  * Every PAIR message opens with a tag frame carrying the connection epoch (bumped at each
  * reconnect): jobs queued before a reconnect are skipped (a coordinator that lost us
  * has sent them elsewhere) and only this epoch's jobs count against the capacity that
- * the last READY announced. Frames are moved between sockets, never copied. */
+ * the last READY announced. The tag also carries the job's ticket, through which a
+ * CANCEL reaches a job queued on the PAIR or running. Frames are moved between sockets,
+ * never copied. */
 #include "pool_worker.h"
 
 #include <errno.h>
@@ -27,9 +29,28 @@
 
 typedef enum { PAIR_JOB, PAIR_RESULT, PAIR_SKIPPED, PAIR_STOP } pair_kind;
 
+typedef enum { TICKET_QUEUED, TICKET_RUNNING, TICKET_SKIPPED } ticket_state;
+
+/* One job handed to the compute side (its ticket). The socket thread makes it, lists it
+ * in pool_shared.tickets and frees it when the compute side's answer for it comes back
+ * over the PAIR (what is left, at the end of the run). The compute side only moves state
+ * QUEUED -> RUNNING and reads cancel; the socket thread moves QUEUED -> SKIPPED on CANCEL
+ * (whoever moves it first wins) or sets cancel on a running job. */
+struct mm_pool_job_ctx {
+    struct mm_pool_job_ctx *next; /* pool_shared.tickets: the socket thread's */
+    uint64_t job_id;
+    uint32_t epoch;
+    int answered;                 /* the socket thread answered it (skipped on CANCEL) */
+    double queued_at;
+    atomic_int state;             /* ticket_state */
+    atomic_int cancel;
+};
+typedef struct mm_pool_job_ctx ticket;
+
 typedef struct {
     uint32_t epoch;
-    int32_t kind; /* pair_kind */
+    int32_t kind;  /* pair_kind */
+    ticket *job;   /* PAIR_JOB and the compute side's answer to it; NULL for PAIR_STOP */
 } pair_tag;
 
 typedef Metamorph__Internal__PoolHeader pool_header;
@@ -178,8 +199,8 @@ static int header_frame(const pool_header *h, zmq_msg_t *m) {
 
 /* Never waits: the PAIR has no high-water mark, and once the socket thread has closed
  * its end a send fails instead of blocking for ever. */
-static int send_tag(void *pair, uint32_t epoch, pair_kind kind, int more) {
-    pair_tag t = {epoch, (int32_t)kind};
+static int send_tag(void *pair, uint32_t epoch, pair_kind kind, ticket *job, int more) {
+    pair_tag t = {epoch, (int32_t)kind, job};
     return zmq_send(pair, &t, sizeof t, ZMQ_DONTWAIT | (more ? ZMQ_SNDMORE : 0)) < 0 ? -1 : 0;
 }
 
@@ -204,6 +225,7 @@ typedef struct {
     char pair_endpoint[64];
     atomic_uint epoch;        /* bumped by the socket thread at each reconnect */
     atomic_int stopping;      /* set when the socket thread leaves: skip what is queued */
+    ticket *tickets;          /* jobs handed to the compute side, unanswered by it */
     mm_status socket_status;  /* why the socket thread could not start (read after join) */
     char socket_error[1024];
 } pool_shared;
@@ -242,9 +264,8 @@ static void send_coordinator(socket_side *ss, const pool_header *h, zmq_msg_t *p
     else ss->last_sent = now_ms();
 }
 
-/* An error RESULT sent from here (the job never reaches the compute side). */
-static void refuse_job(socket_side *ss, uint64_t job_id, mm_status status, const char *why) {
-    LOG_INFO("%s job %llu refused: %s", ss->sh->pool, (unsigned long long)job_id, why);
+/* An error RESULT sent from here (a job refused, or skipped on CANCEL). */
+static void answer_error(socket_side *ss, uint64_t job_id, mm_status status, const char *why) {
     pool_header h;
     header_start(ss, METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_RESULT, &h);
     h.job_id = job_id, h.error = (char *)why, h.error_status = status;
@@ -252,6 +273,12 @@ static void refuse_job(socket_side *ss, uint64_t job_id, mm_status status, const
     zmq_msg_init(&empty);
     send_coordinator(ss, &h, &empty);
     zmq_msg_close(&empty);
+}
+
+/* The job never reaches the compute side. */
+static void refuse_job(socket_side *ss, uint64_t job_id, mm_status status, const char *why) {
+    LOG_INFO("%s job %llu refused: %s", ss->sh->pool, (unsigned long long)job_id, why);
+    answer_error(ss, job_id, status, why);
 }
 
 static int set_int(void *s, int opt, int v) { return zmq_setsockopt(s, opt, &v, sizeof v); }
@@ -319,13 +346,56 @@ static void dispatch_job(socket_side *ss, const pool_header *h, zmq_msg_t *f, in
         refuse_job(ss, h->job_id, MM_ERR_INTERNAL, why);
         return;
     }
-    if (send_tag(ss->pair, ss->epoch, PAIR_JOB, 1) != 0 || zmq_msg_send(&f[0], ss->pair, ZMQ_SNDMORE) < 0 ||
+    ticket *t = calloc(1, sizeof *t);
+    if (!t) {
+        refuse_job(ss, h->job_id, MM_ERR_NOMEM, "out of memory queueing the job");
+        return;
+    }
+    t->job_id = h->job_id, t->epoch = ss->epoch, t->queued_at = now_ms();
+    atomic_init(&t->state, TICKET_QUEUED);
+    atomic_init(&t->cancel, 0);
+    if (send_tag(ss->pair, ss->epoch, PAIR_JOB, t, 1) != 0 || zmq_msg_send(&f[0], ss->pair, ZMQ_SNDMORE) < 0 ||
         zmq_msg_send(&f[1], ss->pair, ZMQ_DONTWAIT) < 0) {
+        free(t); /* a message is delivered whole or not at all: the compute side never saw it */
         snprintf(why, sizeof why, "cannot queue the job: %s", zmq_strerror(errno));
         refuse_job(ss, h->job_id, MM_ERR_INTERNAL, why);
         return;
     }
+    t->next = ss->sh->tickets, ss->sh->tickets = t;
     ss->outstanding++;
+}
+
+/* CANCEL: every job with that id handed to the compute side before it. One not started
+ * is answered now (its slot frees here and at the coordinator) and skipped when the
+ * compute side reaches it; a running one is asked to stop. */
+static void cancel_jobs(socket_side *ss, uint64_t job_id) {
+    int held = 0;
+    for (ticket *t = ss->sh->tickets; t; t = t->next) {
+        if (t->job_id != job_id || t->answered) continue;
+        held = 1;
+        int queued = TICKET_QUEUED;
+        if (atomic_compare_exchange_strong(&t->state, &queued, TICKET_SKIPPED)) {
+            t->answered = 1;
+            if (t->epoch == ss->epoch && ss->outstanding > 0) ss->outstanding--;
+            LOG_INFO("%s job %llu cancelled before it started: skipped", ss->sh->pool, (unsigned long long)job_id);
+            answer_error(ss, job_id, MM_ERR_CANCELLED, "cancelled before it started");
+        } else if (!atomic_exchange(&t->cancel, 1)) {
+            LOG_INFO("%s job %llu cancelled while running: asked to stop", ss->sh->pool, (unsigned long long)job_id);
+        }
+    }
+    if (!held)
+        LOG_DEBUG("%s: CANCEL of job %llu, which it does not hold (answered already?)", ss->c->name,
+                  (unsigned long long)job_id);
+}
+
+/* The compute side is done with t: forget it. */
+static void ticket_release(pool_shared *sh, ticket *t) {
+    for (ticket **p = &sh->tickets; *p; p = &(*p)->next)
+        if (*p == t) {
+            *p = t->next;
+            free(t);
+            return;
+        }
 }
 
 /* Every message waiting on the DEALER. */
@@ -346,6 +416,8 @@ static void on_coordinator(socket_side *ss) {
             refuse_job(ss, 0, MM_ERR_FORMAT, why);
         } else if (h->type == METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_JOB) {
             dispatch_job(ss, h, f, n);
+        } else if (h->type == METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_CANCEL) {
+            cancel_jobs(ss, h->job_id);
         } else if (h->type != METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_HEARTBEAT) {
             LOG_WARN("%s: unexpected message type %d from the coordinator ignored%s%s", ss->c->name, (int)h->type,
                      h->error[0] ? ": " : "", h->error);
@@ -359,12 +431,14 @@ static void on_coordinator(socket_side *ss) {
 static void on_results(socket_side *ss) {
     zmq_msg_t f[3];
     while (recv_parts(ss->pair, f, 3) > 0) {
-        pair_tag t = {0, PAIR_SKIPPED};
+        pair_tag t = {0, PAIR_SKIPPED, NULL};
         if (zmq_msg_size(&f[0]) == sizeof t) memcpy(&t, zmq_msg_data(&f[0]), sizeof t);
-        if (t.epoch == ss->epoch && ss->outstanding > 0) ss->outstanding--;
+        int answered = t.job && t.job->answered;
+        if (!answered && t.epoch == ss->epoch && ss->outstanding > 0) ss->outstanding--;
+        if (t.job) ticket_release(ss->sh, t.job);
         /* a result from before a reconnect still goes out: if that job is still
          * wanted it saves a re-run, if not the coordinator drops it by job id */
-        if (t.kind == PAIR_RESULT && ss->dealer) {
+        if (t.kind == PAIR_RESULT && !answered && ss->dealer) {
             int ok = zmq_msg_send(&f[1], ss->dealer, ZMQ_DONTWAIT | ZMQ_SNDMORE) >= 0 &&
                      zmq_msg_send(&f[2], ss->dealer, ZMQ_DONTWAIT) >= 0;
             if (ok) ss->last_sent = now_ms();
@@ -438,7 +512,7 @@ out:
     if (sh->socket_status != MM_OK)
         snprintf(sh->socket_error, sizeof sh->socket_error, "%s", mm_error_without_location(mm_error_last()));
     if (ss.pair) {
-        send_tag(ss.pair, ss.epoch, PAIR_STOP, 0);
+        send_tag(ss.pair, ss.epoch, PAIR_STOP, NULL, 0);
         zmq_close(ss.pair);
     }
     return NULL;
@@ -447,19 +521,25 @@ out:
 /* ---------------------------------------------------------------- compute side */
 
 typedef struct {
-    uint64_t done, failed;
+    uint64_t done, failed, cancelled;
 } job_counts;
+
+int mm_pool_job_cancelled(const mm_pool_job_ctx *ctx) { return ctx && atomic_load(&ctx->cancel); }
 
 static void free_payload(void *data, void *hint) { free(data); }
 
-/* Runs one job (frames: header, payload) and sends its RESULT back over the PAIR. */
-static void compute_one(const pool_shared *sh, mm_pool_job_fn job, void *user, void *pair, uint32_t epoch,
+/* Runs one job (frames: header, payload; t: its ticket, state RUNNING) and sends its
+ * RESULT back over the PAIR. */
+static void compute_one(const pool_shared *sh, mm_pool_job_fn job, void *user, void *pair, uint32_t epoch, ticket *t,
                         zmq_msg_t *f, job_counts *counts) {
     double t0 = now_ms();
+    LOG_INFO("%s job %llu started (queued %.0f ms)", sh->pool, (unsigned long long)t->job_id, t0 - t->queued_at);
     mm_pool_output out = {0};
     pool_header *in = metamorph__internal__pool_header__unpack(NULL, zmq_msg_size(&f[0]), zmq_msg_data(&f[0]));
-    mm_status s = in ? job(user, in, zmq_msg_data(&f[1]), zmq_msg_size(&f[1]), &out)
+    mm_status s = in ? job(user, t, in, zmq_msg_data(&f[1]), zmq_msg_size(&f[1]), &out)
                      : MM_ERROR(MM_ERR_FORMAT, "undecodable pool header");
+    if (s == MM_OK && mm_pool_job_cancelled(t)) /* nobody wants it: no payload to ship */
+        s = MM_ERROR(MM_ERR_CANCELLED, "cancelled (it ran to its end before it could stop)");
     pool_header h;
     metamorph__internal__pool_header__init(&h);
     h.type = METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_RESULT;
@@ -473,8 +553,12 @@ static void compute_one(const pool_shared *sh, mm_pool_job_fn job, void *user, v
                  (unsigned long long)h.job_id, now_ms() - t0, out.len, (unsigned long long)counts->done,
                  (unsigned long long)counts->failed);
     } else {
-        LOG_INFO("%s job %llu failed: %s (%llu done, %llu failed)", sh->pool, (unsigned long long)h.job_id,
-                 mm_error_last(), (unsigned long long)counts->done, (unsigned long long)++counts->failed);
+        if (s == MM_ERR_CANCELLED)
+            LOG_INFO("%s job %llu stopped after %.0f ms: %s (%llu cancelled)", sh->pool, (unsigned long long)h.job_id,
+                     now_ms() - t0, mm_error_without_location(mm_error_last()), (unsigned long long)++counts->cancelled);
+        else
+            LOG_INFO("%s job %llu failed: %s (%llu done, %llu failed)", sh->pool, (unsigned long long)h.job_id,
+                     mm_error_last(), (unsigned long long)counts->done, (unsigned long long)++counts->failed);
         snprintf(why, sizeof why, "%s", mm_error_without_location(mm_error_last()));
         h.error = why, h.error_status = s;
         free(out.payload);
@@ -485,7 +569,7 @@ static void compute_one(const pool_shared *sh, mm_pool_job_fn job, void *user, v
     if (header_frame(&h, &hm) != 0) {
         LOG_ERROR("%s job %llu: no memory for its result", sh->pool, (unsigned long long)h.job_id);
         free(out.payload);
-        send_tag(pair, epoch, PAIR_SKIPPED, 0);
+        send_tag(pair, epoch, PAIR_SKIPPED, t, 0);
         return;
     }
     if (!out.payload) {
@@ -495,7 +579,7 @@ static void compute_one(const pool_shared *sh, mm_pool_job_fn job, void *user, v
         free(out.payload);
         zmq_msg_init(&pm);
     }
-    if (send_tag(pair, epoch, PAIR_RESULT, 1) != 0 || zmq_msg_send(&hm, pair, ZMQ_SNDMORE) < 0 ||
+    if (send_tag(pair, epoch, PAIR_RESULT, t, 1) != 0 || zmq_msg_send(&hm, pair, ZMQ_SNDMORE) < 0 ||
         zmq_msg_send(&pm, pair, ZMQ_DONTWAIT) < 0)
         LOG_WARN("%s job %llu: result not sent (stopping?): %s", sh->pool, (unsigned long long)h.job_id,
                   zmq_strerror(errno));
@@ -512,21 +596,25 @@ static void compute_loop(pool_shared *sh, void *pair, mm_pool_job_fn job, void *
         if (zmq_poll(&it, 1, -1) < 0) continue; /* EINTR: a signal, the socket thread sees it */
         int n = recv_parts(pair, f, 3);
         if (n == 0) continue;
-        pair_tag t = {0, PAIR_STOP};
+        pair_tag t = {0, PAIR_STOP, NULL};
         if (zmq_msg_size(&f[0]) == sizeof t) memcpy(&t, zmq_msg_data(&f[0]), sizeof t);
-        if (t.kind == PAIR_STOP) {
+        if (t.kind == PAIR_STOP || !t.job) {
             close_parts(f, 3);
             break;
         }
+        int queued = TICKET_QUEUED;
         if (atomic_load(&sh->stopping) || t.epoch != atomic_load(&sh->epoch)) {
-            send_tag(pair, t.epoch, PAIR_SKIPPED, 0); /* queued before a reconnect or a stop */
+            send_tag(pair, t.epoch, PAIR_SKIPPED, t.job, 0); /* queued before a reconnect or a stop */
+        } else if (!atomic_compare_exchange_strong(&t.job->state, &queued, TICKET_RUNNING)) {
+            LOG_DEBUG("%s job %llu reached: cancelled before, passed over", sh->pool, (unsigned long long)t.job->job_id);
+            send_tag(pair, t.epoch, PAIR_SKIPPED, t.job, 0); /* answered by the socket thread */
         } else {
-            compute_one(sh, job, user, pair, t.epoch, &f[1], &counts);
+            compute_one(sh, job, user, pair, t.epoch, t.job, &f[1], &counts);
         }
         close_parts(f, 3);
     }
-    LOG_INFO("%s: %s pool worker left: %llu jobs done, %llu failed", sh->c->name, sh->pool,
-             (unsigned long long)counts.done, (unsigned long long)counts.failed);
+    LOG_INFO("%s: %s pool worker left: %llu jobs done, %llu failed, %llu stopped on CANCEL", sh->c->name, sh->pool,
+             (unsigned long long)counts.done, (unsigned long long)counts.failed, (unsigned long long)counts.cancelled);
 }
 
 static void catch_stop_signals(void) {
@@ -561,6 +649,11 @@ mm_status mm_pool_worker_run(const mm_pool_worker_config *c, const char *pool, m
     }
     compute_loop(&sh, pair, job, user);
     pthread_join(thread, NULL);
+    while (sh.tickets) { /* answers the socket thread left before hearing */
+        ticket *t = sh.tickets;
+        sh.tickets = t->next;
+        free(t);
+    }
     if (sh.socket_status != MM_OK) s = mm_error_set(sh.socket_status, __FILE__, __LINE__, "%s", sh.socket_error);
 out:
     if (pair) zmq_close(pair);

@@ -6,8 +6,10 @@
  * The socket lives on a thread of its own so heartbeats go on while a job computes
  * (an SD decode takes minutes); jobs run one after another on the calling thread (the
  * one that loaded the model: a CUDA device is bound per thread). Malformed jobs get an
- * error RESULT, never a crash. SIGINT/SIGTERM: BYE, then a clean return (a second
- * signal ends the process at once). A worker knows nothing of requests. */
+ * error RESULT, never a crash. CANCEL: a job not started is skipped and answered at once,
+ * a running one is asked to stop (mm_pool_job_cancelled); both answer "cancelled".
+ * SIGINT/SIGTERM: BYE, then a clean return (a second signal ends the process at once).
+ * A worker knows nothing of requests. */
 #ifndef MM_POOL_WORKER_H
 #define MM_POOL_WORKER_H
 
@@ -39,11 +41,20 @@ typedef struct {
     size_t len;
 } mm_pool_output;
 
+/* The job being run, as its job function sees it (opaque). */
+typedef struct mm_pool_job_ctx mm_pool_job_ctx;
+
+/* Non-zero once the coordinator has cancelled the job. A long job function looks at it
+ * between steps and then returns MM_ERR_CANCELLED with a message starting "cancelled";
+ * one that never looks runs to its end, and its result is replaced by "cancelled". */
+int mm_pool_job_cancelled(const mm_pool_job_ctx *ctx);
+
 /* Runs one job (payload: the JOB's second frame). A status other than MM_OK becomes a
  * RESULT with error = mm_error_last() without its source location and error_status =
- * the status: FORMAT/INVALID/UNSUPPORTED for bad input, anything else for a failure. */
-typedef mm_status (*mm_pool_job_fn)(void *user, const Metamorph__Internal__PoolHeader *job, const uint8_t *payload,
-                                    size_t len, mm_pool_output *out);
+ * the status: FORMAT/INVALID/UNSUPPORTED for bad input, CANCELLED when it stopped on
+ * CANCEL, anything else for a failure. */
+typedef mm_status (*mm_pool_job_fn)(void *user, const mm_pool_job_ctx *ctx, const Metamorph__Internal__PoolHeader *job,
+                                    const uint8_t *payload, size_t len, mm_pool_output *out);
 
 /* Prints the shared flags (after the program's own usage lines). */
 void mm_pool_worker_usage(FILE *f);

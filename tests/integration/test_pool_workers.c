@@ -8,7 +8,10 @@
  *                                                        worker keeps serving; heartbeats while idle
  *   test_pool_workers decode MM_DECODER MM_DECODE MM_RUN tokens from mm-run --visual-tokens-out ->
  *                                                        PNG byte-identical to mm-decode's file; wrong
- *                                                        shape / steps / sampler / NaN -> INVALID
+ *                                                        shape / steps / sampler / NaN -> INVALID;
+ *                                                        CANCEL: a running 999-step job stops at a step
+ *                                                        k < 999, a queued one is answered at once and
+ *                                                        never run (the worker's log says so)
  *   test_pool_workers reconnect MM_ENCODER               ROUTER closed and bound again on the same port:
  *                                                        READY again under the same routing id, jobs run
  * Every mode ends with SIGTERM: BYE arrives and the worker exits with 0. Bounds on waits
@@ -185,9 +188,11 @@ static uint8_t *read_file(const char *path, size_t *len) {
     return d;
 }
 
-static pid_t spawn(char *const argv[]) {
+/* log: a file for the child's stderr (its log), or NULL to share ours. */
+static pid_t spawn(char *const argv[], const char *log) {
     pid_t pid = fork();
     if (pid == 0) {
+        if (log && !freopen(log, "w", stderr)) _exit(126);
         execv(argv[0], argv);
         _exit(127);
     }
@@ -205,14 +210,14 @@ static int wait_exit(pid_t pid, double timeout_s) {
     return -1;
 }
 
-/* Starts a worker against fc and checks its READY. */
+/* Starts a worker against fc (its log to the file log, or NULL: ours) and checks its READY. */
 static pid_t start_worker(fake_coordinator *fc, const char *bin, const char *model, const char *pool,
-                          const char *name) {
+                          const char *name, const char *log) {
     char hb[16];
     snprintf(hb, sizeof hb, "%d", HEARTBEAT_MS);
     char *argv[] = {(char *)bin, "--model", (char *)model, "--connect", fc->endpoint, "--threads", "1",
                     "--capacity", "2", "--name", (char *)name, "--heartbeat-ms", hb, NULL};
-    pid_t pid = spawn(argv);
+    pid_t pid = spawn(argv, log);
     pool_msg m;
     int ok = wait_for(fc, READY, 0, LOAD_WAIT_S, &m) == 0;
     EXPECT(ok, "%s sent READY", bin);
@@ -279,7 +284,7 @@ static void test_encode(fake_coordinator *fc, const char *encoder_bin) {
     EXPECT(mm_siglip_encode_image_bytes(sig, png, png_len, NULL, T, pixels, ref) == MM_OK, "in-process encode: %s",
            mm_error_last());
 
-    pid_t pid = start_worker(fc, encoder_bin, model, "encode", "enc-test");
+    pid_t pid = start_worker(fc, encoder_bin, model, "encode", "enc-test", NULL);
     pool_msg m;
     pool_header job = METAMORPH__INTERNAL__POOL_HEADER__INIT;
     job.job_id = 11;
@@ -332,6 +337,76 @@ static void test_encode(fake_coordinator *fc, const char *encoder_bin) {
 
 /* ---------------------------------------------------------------- decode */
 
+/* 1 once the file at path contains needle (read whole each time: it is small). */
+static int log_has(const char *path, const char *needle) {
+    size_t n = 0;
+    char *text = (char *)read_file(path, &n);
+    int found = 0;
+    if (text) {
+        char *z = realloc(text, n + 1);
+        if (z) z[n] = '\0', found = strstr(z, needle) != NULL, text = z;
+    }
+    free(text);
+    return found;
+}
+
+/* Waits (heartbeating the worker) until its log contains needle. */
+static int wait_log(fake_coordinator *fc, const char *path, const char *needle, double timeout_s) {
+    pool_msg m;
+    for (double t0 = now_s(); now_s() - t0 < timeout_s;) {
+        if (log_has(path, needle)) return 1;
+        wait_for(fc, -1, 0, 0.02, &m); /* listen a moment */
+    }
+    return log_has(path, needle);
+}
+
+static int send_cancel(fake_coordinator *fc, uint64_t job_id) {
+    pool_header h = METAMORPH__INTERNAL__POOL_HEADER__INIT;
+    h.type = METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_CANCEL, h.job_id = job_id;
+    return send_header(fc, &h, NULL, 0, 0);
+}
+
+/* CANCEL (proto/internal.proto "pools"): job 61 of 999 steps is cancelled once it runs,
+ * job 62 queued behind it before it starts. 62 is answered at once and never runs; 61
+ * stops at a step k < 999 and says which; the worker then serves on as before. */
+static void test_decode_cancel(fake_coordinator *fc, const pool_header *job, const float *tokens, size_t len,
+                               const char *log_path, const uint8_t *ref, size_t ref_len) {
+    pool_header running = *job, queued = *job;
+    running.type = queued.type = METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_JOB;
+    running.job_id = 61, running.steps = 999, queued.job_id = 62;
+    EXPECT(send_header(fc, &running, tokens, len, 1) == 0 && send_header(fc, &queued, tokens, len, 1) == 0,
+           "send jobs 61 and 62");
+    EXPECT(wait_log(fc, log_path, "job 61 started", REPLY_WAIT_S), "the worker started job 61");
+    EXPECT(send_cancel(fc, 62) == 0 && send_cancel(fc, 61) == 0, "send CANCEL 62, CANCEL 61");
+    pool_msg m;
+    if (wait_for(fc, RESULT, 62, REPLY_WAIT_S, &m) == 0) expect_error(&m, MM_ERR_CANCELLED, "cancelled before it started");
+    else EXPECT(0, "no RESULT for the cancelled queued job 62");
+    msg_free(&m);
+    if (wait_for(fc, RESULT, 61, REPLY_WAIT_S, &m) == 0) {
+        expect_error(&m, MM_ERR_CANCELLED, "cancelled after step ");
+        int k = -1, n = -1;
+        const char *at = m.h && m.h->error ? strstr(m.h->error, "after step ") : NULL;
+        EXPECT(at && sscanf(at, "after step %d of %d", &k, &n) == 2 && n == 999 && k >= 1 && k < n,
+               "job 61 stopped at step %d of %d ('%s')", k, n, m.h ? m.h->error : "");
+    } else {
+        EXPECT(0, "no RESULT for the cancelled running job 61");
+    }
+    msg_free(&m);
+    EXPECT(log_has(log_path, "job 62 cancelled before it started: skipped"), "the log says job 62 was skipped");
+    EXPECT(log_has(log_path, "job 61 cancelled while running") && log_has(log_path, "job 61 stopped after"),
+           "the log says job 61 was stopped");
+    /* a CANCEL for a job it does not hold changes nothing; the next job runs as before */
+    EXPECT(send_cancel(fc, 61) == 0, "CANCEL of a finished job");
+    pool_header again = *job;
+    again.job_id = 63;
+    if (run_job(fc, &again, tokens, len, &m) == 0)
+        EXPECT(!m.h->error[0] && ref && m.len == ref_len && !memcmp(m.payload, ref, ref_len),
+               "job 63 after the cancels: the same PNG ('%s')", m.h->error);
+    else
+        EXPECT(0, "no RESULT for job 63");
+    msg_free(&m);
+}
+
 static void test_decode(fake_coordinator *fc, const char *decoder_bin, const char *mm_decode, const char *mm_run) {
     char dir[] = "/tmp/mm_pool_test_XXXXXX";
     EXPECT(mkdtemp(dir) != NULL, "temporary directory");
@@ -356,8 +431,12 @@ static void test_decode(fake_coordinator *fc, const char *decoder_bin, const cha
     uint8_t *ref = read_file(ref_path, &ref_len);
     EXPECT(ref && ref_len > 8, "mm-decode wrote %s", ref_path);
 
-    /* the decoder directory itself this time (encode used the model root) */
-    pid_t pid = start_worker(fc, decoder_bin, decoder_dir, "decode", "dec-test");
+    /* the decoder directory itself this time (encode used the model root); its log is
+     * read back by the CANCEL case */
+    char log_path[256];
+    snprintf(log_path, sizeof log_path, "%s/worker.log", dir);
+    setenv("MM_LOG_LEVEL", "info", 1);
+    pid_t pid = start_worker(fc, decoder_bin, decoder_dir, "decode", "dec-test", log_path);
     const size_t len = (size_t)n * 48 * sizeof(float);
     pool_header job = METAMORPH__INTERNAL__POOL_HEADER__INIT;
     job.job_id = 21, job.n_tokens = (int32_t)n, job.dim = 48, job.steps = 3, job.guidance = 5.5f;
@@ -423,15 +502,23 @@ static void test_decode(fake_coordinator *fc, const char *decoder_bin, const cha
     if (run_job(fc, &job, nan_tokens, len, &m) == 0) expect_error(&m, MM_ERR_INVALID, "non-finite");
     msg_free(&m);
 
+    test_decode_cancel(fc, &job, tokens, len, log_path, ref, ref_len);
+
     stop_worker(fc, pid);
+    EXPECT(log_has(log_path, "job 63 started") && !log_has(log_path, "job 62 started"),
+           "the cancelled queued job 62 never ran (job 63 after it did)");
+    size_t log_len = 0;
+    char *log = (char *)read_file(log_path, &log_len);
+    if (mm_test_failed && log) fprintf(stderr, "---- worker log ----\n%.*s----\n", (int)log_len, log);
+    free(log);
     free(zeros), free(nan_tokens), free(tokens), free(ref);
-    unlink(tokens_path), unlink(ref_path), rmdir(dir);
+    unlink(tokens_path), unlink(ref_path), unlink(log_path), rmdir(dir);
 }
 
 /* ---------------------------------------------------------------- reconnect */
 
 static void test_reconnect(fake_coordinator *fc, const char *encoder_bin) {
-    pid_t pid = start_worker(fc, encoder_bin, mm_asset_path("tiny"), "encode", "enc-reconnect");
+    pid_t pid = start_worker(fc, encoder_bin, mm_asset_path("tiny"), "encode", "enc-reconnect", NULL);
     char endpoint[128];
     snprintf(endpoint, sizeof endpoint, "%s", fc->endpoint);
     router_close(fc); /* the coordinator goes away ... */

@@ -7,7 +7,10 @@
  *                                                   the image went through the encoder pool, text answered
  *   test_pools decoder_killed ...                   the only decoder SIGKILLed mid-job while a second one
  *                                                   starts: the request completes with mm-decode's PNG,
- *                                                   the job was sent again once, to the second worker
+ *                                                   the job was sent again once, to the second worker;
+ *                                                   then a client hangs up while its image decodes: the
+ *                                                   decoder stops between UNet steps (its log says at
+ *                                                   which), its slot frees, the next request is served
  *   test_pools encoder_killed ...                   the only encoder, stopped while holding the job, is
  *                                                   SIGKILLed while a second one starts: same answer as
  *                                                   the same request before
@@ -44,6 +47,9 @@
 #define IN_FLIGHT(pool) "metamorph_pool_jobs_in_flight{pool=\"" pool "\"}"
 #define REDISPATCHES(pool) "metamorph_pool_redispatches_total{pool=\"" pool "\"}"
 #define JOB_DONE " done in " /* a worker's line per finished job: "decode job 3 done in 12 ms, ..." */
+#define JOB_STARTED " started (queued " /* "decode job 3 started (queued 0 ms)" */
+#define JOB_STOPPED " stopped after "   /* "decode job 3 stopped after 30 ms: cancelled after step 19 of 999 ..." */
+#define CANCEL_STEPS 999                /* a decode that cannot end before its client's hang-up reaches it */
 
 /* One user message ([image,] prompt) and the decoder's parameters. */
 typedef struct {
@@ -358,6 +364,85 @@ static int coordinator_dropped(const mm_service *s, const char *pool, const char
     return svc_log_count(s, "service.log", silent) + svc_log_count(s, "service.log", refused);
 }
 
+/* ---------------------------------------------------------------- client gone mid-decode */
+
+/* A GenerateStream client that hangs up once the decoder whose log is `log` has started
+ * a job after the call began. */
+typedef struct {
+    pool_result r;
+    const mm_service *s;
+    const char *log;
+    int started_before;     /* JOB_STARTED lines in log before the call */
+    int hung_up;            /* it saw the decode start, then hung up */
+} hang_up_arg;
+
+static int hang_up_once_decoding(void *user, const uint8_t *d, size_t n) {
+    hang_up_arg *h = user;
+    if (on_stream(&h->r, d, n) != 0) return 1;
+    if (h->r.n_started == 0) return 0;
+    for (double t0 = now_s(); now_s() - t0 < CALL_TIMEOUT_S; usleep(10000))
+        if (svc_log_count(h->s, h->log, JOB_STARTED) > h->started_before) {
+            h->hung_up = 1;
+            return 1;
+        }
+    return 1;
+}
+
+/* The step at which the decoder whose log is `log` stopped its last cancelled job, and of
+ * how many (0 when its log says no such thing). */
+static int stopped_at_step(const mm_service *s, const char *log, int *of) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s", s->dir, log);
+    size_t len = 0;
+    char *text = (char *)svc_read_file(path, &len), *z = text ? realloc(text, len + 1) : NULL;
+    int k = 0;
+    if (z) {
+        z[len] = '\0';
+        for (const char *at = strstr(z, JOB_STOPPED); at; at = strstr(at + 1, JOB_STOPPED)) {
+            const char *step = strstr(at, "cancelled after step ");
+            if (!step || sscanf(step, "cancelled after step %d of %d", &k, of) != 2) k = 0;
+        }
+    }
+    free(z ? z : text);
+    return k;
+}
+
+/* The client goes away while its image decodes on the only decoder (log): the coordinator
+ * cancels the job, the decoder stops between UNet steps and answers at once, so its slot
+ * is free and the next request is served by it. */
+static void test_client_gone_mid_decode(mm_service *s, const char *mm_decode, const char *log) {
+    pool_request q = {NULL, "Draw a windmill in a field.", 1, 70, CANCEL_STEPS, 5.0f, "ddim", 9};
+    static hang_up_arg h;
+    h = (hang_up_arg){.s = s, .log = log, .started_before = svc_log_count(s, log, JOB_STARTED)};
+    const int done_before = svc_log_count(s, log, JOB_DONE);
+    char dropped[160]; /* what service.log would say had the "cancelled" answer been taken for a protocol error */
+    snprintf(dropped, sizeof dropped, "pool decode: worker %.*s dropped", (int)(strlen(log) - 4), log);
+    size_t len;
+    uint8_t *buf = pack_request(&q, &len);
+    EXPECT(buf != NULL, "pack the request");
+    if (!buf) return;
+    int code = mm_client_call(s->cl, "/metamorph.v1.MetaMorph/GenerateStream", buf, len, CALL_TIMEOUT_S,
+                              hang_up_once_decoding, &h, h.r.msg, sizeof h.r.msg);
+    free(buf);
+    EXPECT(h.hung_up && h.r.n_images == 0, "the client hung up while its image decoded (code %s, hung up %d, %d images)",
+           mm_grpc_code_name(code), h.hung_up, h.r.n_images);
+    int k = 0, n = 0;
+    for (double t0 = now_s(); now_s() - t0 < CALL_TIMEOUT_S && !(k = stopped_at_step(s, log, &n)); usleep(20000)) {}
+    EXPECT(k >= 1 && n == CANCEL_STEPS && k < n, "%s: the decoder stopped at step %d of %d (want < %d)", log, k, n,
+           CANCEL_STEPS);
+    EXPECT(svc_wait_metric(s, IN_FLIGHT("decode"), 0, CALL_TIMEOUT_S) == 0, "the decoder's slot frees (%g in flight)",
+           svc_metric(s, IN_FLIGHT("decode")));
+    EXPECT(svc_log_count(s, log, JOB_DONE) == done_before, "the cancelled decode ran to its end");
+    EXPECT(svc_log_count(s, "service.log", dropped) == 0 && svc_metric(s, WORKERS("decode")) == 1,
+           "the decoder's \"cancelled\" answer got it dropped (\"%s\")", dropped);
+    result_free(&h.r);
+    pool_request next = {NULL, "Draw a lighthouse at night.", 1, 70, FAST_STEPS, 5.0f, "ddim", 43};
+    static pool_result r;
+    call(s, &next, 0, CALL_TIMEOUT_S, &r);
+    expect_decoded(s, mm_decode, &next, &r, 0, "the request after the hang-up");
+    result_free(&r);
+}
+
 static void test_decoder_killed(const char *coord, const char *stage, const char *mm_decode) {
     mm_service s;
     if (!start(&s, coord, stage, 1, "", 1, 1)) return;
@@ -383,6 +468,7 @@ static void test_decoder_killed(const char *coord, const char *stage, const char
     EXPECT(coordinator_dropped(&s, "decode", "decode-test-1") >= 1,
            "service.log does not say decode-test-1 was dropped");
     result_free(&a.r);
+    test_client_gone_mid_decode(&s, mm_decode, second_log);
     stop(&s);
 }
 

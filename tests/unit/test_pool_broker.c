@@ -24,6 +24,7 @@ typedef Metamorph__Internal__PoolHeader pool_header;
 #define T_JOB METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_JOB
 #define T_RESULT METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_RESULT
 #define T_BYE METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_BYE
+#define T_CANCEL METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_CANCEL
 
 enum { MAX_STEPS = 3000 }; /* pump iterations (about 1 ms each) before a wait gives up */
 
@@ -38,6 +39,8 @@ typedef struct {
     int heartbeats;             /* heartbeats received from the broker */
     uint64_t jobs[16];          /* ids of the jobs received, in order */
     int n_jobs;
+    uint64_t cancels[16];       /* ids of the CANCELs received, in order */
+    int n_cancels;
     pool_header *last_job;      /* header of the last JOB (owned) */
     uint8_t last_payload[4096]; /* [last_len] */
     size_t last_len;
@@ -115,6 +118,9 @@ static void fake_drain(fake *f) {
             f->last_len = len;
             if (f->last_job) metamorph__internal__pool_header__free_unpacked(f->last_job, NULL);
             f->last_job = h;
+        } else if (h->type == T_CANCEL) {
+            if (f->n_cancels < 16) f->cancels[f->n_cancels++] = h->job_id;
+            metamorph__internal__pool_header__free_unpacked(h, NULL);
         } else {
             metamorph__internal__pool_header__free_unpacked(h, NULL);
         }
@@ -335,6 +341,16 @@ static void test_job_timeout_and_late_duplicate(void) {
     mm_pool_broker_free(b);
 }
 
+static int wait_cancels(mm_pool_broker *b, fake *f, int want) {
+    for (int i = 0; i < MAX_STEPS && f->n_cancels < want; i++) {
+        step(b);
+        fake_drain(f);
+    }
+    return f->n_cancels >= want;
+}
+
+/* An in-flight job cancelled: its worker gets CANCEL, answers "cancelled" (the slot frees
+ * at once, the answer is dropped, the worker stays); a queued one is simply forgotten. */
 static void test_cancel(void) {
     mm_pool_settings s = quiet_settings();
     mm_pool_broker *b = broker_new(&s, NULL);
@@ -347,21 +363,39 @@ static void test_cancel(void) {
     mm_pool_broker_submit(b, 2, NULL, bytes_of("b"), 1);
     mm_pool_broker_submit(b, 3, NULL, bytes_of("c"), 1);
     mm_pool_broker_cancel(b, 3); /* still queued: simply gone */
+    EXPECT(wait_cancels(b, &w, 1) && w.cancels[0] == 1, "CANCEL of job 1 reaches its worker (%d)", w.n_cancels);
     for (int i = 0; i < 30; i++) {
         step(b);
         fake_drain(&w);
     }
-    EXPECT(w.n_jobs == 1, "the cancelled job keeps its slot until answered (jobs %d)", w.n_jobs);
-    fake_result(&w, 1, 0, 0, "a", 1);
-    EXPECT(wait_jobs(b, &w, 2) && w.jobs[1] == 2, "the slot frees when the cancelled job's answer comes");
-    fake_result(&w, 2, 0, 0, "b", 1);
-    mm_pool_result r;
-    EXPECT(wait_result(b, &r) && r.job_id == 2, "only job 2 is handed over");
-    free(r.payload);
-    EXPECT(results_during(b, 10) == 0 && w.n_jobs == 2, "nothing else: no result of 1, job 3 never sent");
     mm_pool_stats st;
     mm_pool_broker_stats(b, &st);
-    EXPECT(st.dropped_results == 1 && st.workers_alive == 1, "cancelled answer counted as dropped");
+    EXPECT(w.n_jobs == 1 && st.jobs_in_flight == 1, "the cancelled job keeps its slot until answered (jobs %d, in flight %d)",
+           w.n_jobs, st.jobs_in_flight);
+    EXPECT(w.n_cancels == 1 && st.cancels_sent == 1, "no CANCEL for the queued job 3 (%d, %llu)", w.n_cancels,
+           (unsigned long long)st.cancels_sent);
+    fake_error(&w, 1, MM_ERR_CANCELLED, "cancelled after step 3 of 999");
+    EXPECT(wait_jobs(b, &w, 2) && w.jobs[1] == 2, "the slot frees when the worker answers the CANCEL");
+    fake_result(&w, 2, 0, 0, "b", 1);
+    mm_pool_result r;
+    EXPECT(wait_result(b, &r) && r.job_id == 2 && r.status == MM_OK, "only job 2 is handed over");
+    free(r.payload);
+    EXPECT(results_during(b, 10) == 0 && w.n_jobs == 2, "nothing else: no result of 1, job 3 never sent");
+    mm_pool_broker_stats(b, &st);
+    EXPECT(st.dropped_results == 1 && st.workers_alive == 1 && st.workers_dropped == 0 && st.jobs_in_flight == 0,
+           "the \"cancelled\" answer dropped, not a protocol error (dropped %llu, alive %d, workers dropped %llu)",
+           (unsigned long long)st.dropped_results, st.workers_alive, (unsigned long long)st.workers_dropped);
+
+    /* a result that crossed the CANCEL is dropped the same way */
+    mm_pool_broker_submit(b, 4, NULL, bytes_of("d"), 1);
+    EXPECT(wait_jobs(b, &w, 3) && w.jobs[2] == 4, "job 4 sent");
+    fake_result(&w, 4, 0, 0, "d", 1);
+    mm_pool_broker_cancel(b, 4);
+    EXPECT(wait_cancels(b, &w, 2) && w.cancels[1] == 4, "CANCEL of job 4");
+    EXPECT(results_during(b, 20) == 0, "job 4's result is not handed over");
+    mm_pool_broker_stats(b, &st);
+    EXPECT(st.dropped_results == 2 && st.jobs_in_flight == 0 && st.workers_alive == 1, "dropped %llu, in flight %d",
+           (unsigned long long)st.dropped_results, st.jobs_in_flight);
     fake_close(&w);
     mm_pool_broker_free(b);
 }
