@@ -351,11 +351,12 @@ static int take_decodes(mm_engine *e) {
             free(res.png);
             continue;
         }
-        if (res.status != MM_OK) {
+        if (res.status != MM_OK) { /* the worker refused the parameters, or failed */
             char msg[512];
-            snprintf(msg, sizeof msg, "image %d: the decoder failed: %s", w->image_index, res.error);
+            int bad_input = res.status == MM_ERR_FORMAT || res.status == MM_ERR_INVALID || res.status == MM_ERR_UNSUPPORTED;
+            snprintf(msg, sizeof msg, "image %d: %s%s", w->image_index, bad_input ? "" : "the decoder failed: ", res.error);
             free(res.png);
-            job_fail(e, j, GRPC_STATUS_INTERNAL, msg);
+            job_fail(e, j, bad_input ? GRPC_STATUS_INVALID_ARGUMENT : GRPC_STATUS_INTERNAL, msg);
             continue;
         }
         mm_metrics_inc(e->p.metrics, MM_METRIC_GENERATED_IMAGES_TOTAL, 0);

@@ -194,9 +194,11 @@ static mm_status make_timesteps(mm_diffusion_sched *s) {
     }
     for (int i = 0; i < len; i++)
         if (t[i] < 0 || t[i] >= N) {
+            long long bad = (long long)t[i];
             free(t);
-            return MM_ERROR(MM_ERR_INVALID, "scheduler: timestep %lld out of [0, %lld) for %d steps", (long long)t[i],
-                            (long long)N, s->n_steps);
+            return MM_ERROR(MM_ERR_INVALID,
+                            "scheduler: %d steps with %s reach timestep %lld, outside the %lld training timesteps "
+                            "(use fewer steps)", s->n_steps, mm_sampler_name(s->kind), bad, (long long)N);
         }
     s->timesteps = t, s->len = len;
     return MM_OK;

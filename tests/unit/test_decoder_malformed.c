@@ -166,6 +166,29 @@ static void test_tokens(void) {
     expect_tokens("junk.safetensors", 0, "junk.safetensors");
 }
 
+/* Step counts the scheduler cannot make are refused, naming why: with steps_offset 1
+ * and "leading" spacing, 1000 steps over 1000 training timesteps reach timestep 1000
+ * (diffusers fails there too, indexing alphas_cumprod); 999 steps are fine. */
+static void test_steps(void) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", mm_asset_path("tiny/decoder/scheduler"));
+    static const struct {
+        mm_sampler_kind kind;
+        int steps;
+        const char *needle;
+    } cases[] = {{MM_SAMPLER_PNDM, 1000, "reach timestep 1000"}, {MM_SAMPLER_DDIM, 1000, "reach timestep 1000"}, {MM_SAMPLER_DDIM, 1001, "1001 steps (1..1000)"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        mm_diffusion_sched *sc = NULL;
+        mm_status s = mm_diffusion_sched_create(dir, cases[i].kind, cases[i].steps, 16, &sc);
+        EXPECT(s == MM_ERR_INVALID && strstr(mm_error_last(), cases[i].needle), "%d steps: %s", cases[i].steps,
+               mm_error_last());
+        mm_diffusion_sched_free(sc);
+    }
+    mm_diffusion_sched *sc = NULL;
+    EXPECT(mm_diffusion_sched_create(dir, MM_SAMPLER_PNDM, 999, 16, &sc) == MM_OK, "pndm 999: %s", mm_error_last());
+    mm_diffusion_sched_free(sc);
+}
+
 int main(void) {
     snprintf(tmp, sizeof tmp, "/tmp/mm_decoder_malformed.XXXXXX");
     if (!mkdtemp(tmp) || mm_backend_cpu_ref_init(&be) != MM_OK) {
@@ -174,6 +197,7 @@ int main(void) {
     }
     test_dirs();
     test_tokens();
+    test_steps();
     mm_backend_free(be);
     sh("rm -rf '%s'%s", tmp, "");
     return mm_test_finish("test_decoder_malformed");
