@@ -91,3 +91,19 @@ int mm_test_ids_equal(const json_t *want, const int32_t *got, size_t n) {
         if (json_integer_value(json_array_get(want, i)) != got[i]) return 0;
     return 1;
 }
+
+char *mm_test_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    long n = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    char *d = n >= 0 && fseek(f, 0, SEEK_SET) == 0 ? malloc((size_t)n + 1) : NULL;
+    if (d && fread(d, 1, (size_t)n, f) != (size_t)n) {
+        free(d);
+        d = NULL;
+    }
+    fclose(f);
+    if (!d) return NULL;
+    d[n] = 0;
+    if (len) *len = (size_t)n;
+    return d;
+}

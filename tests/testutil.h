@@ -36,6 +36,9 @@ double mm_nmse(const float *a, const float *ref, int64_t n);
 char *mm_test_run_capture(char *const argv[]);
 /* Does the JSON array of integers `want` equal got[0..n)? */
 int mm_test_ids_equal(const json_t *want, const int32_t *got, size_t n);
+/* A whole file, malloc'd with a NUL after its *len bytes (so text can be used as a
+ * string); len may be NULL. NULL when it cannot be read. */
+char *mm_test_read_file(const char *path, size_t *len);
 /* Max |a-b| over n floats. */
 float mm_max_abs_diff(const float *a, const float *b, size_t n);
 

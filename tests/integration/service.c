@@ -270,17 +270,3 @@ int svc_log_count(const mm_service *s, const char *name, const char *needle) {
     fclose(f);
     return n;
 }
-
-uint8_t *svc_read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    long n = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
-    uint8_t *d = n >= 0 && fseek(f, 0, SEEK_SET) == 0 ? malloc(n > 0 ? (size_t)n : 1) : NULL;
-    if (d && fread(d, 1, (size_t)n, f) != (size_t)n) {
-        free(d);
-        d = NULL;
-    }
-    fclose(f);
-    if (d) *len = (size_t)n;
-    return d;
-}

@@ -70,8 +70,6 @@ int svc_wait_metric(const mm_service *s, const char *series, double want, double
 /* Lines of the log DIR/name ("service.log", "decode-test-1.log") that contain needle;
  * -1 when the log cannot be read. */
 int svc_log_count(const mm_service *s, const char *name, const char *needle);
-/* A whole file (malloc'd, *len bytes), NULL when it cannot be read. */
-uint8_t *svc_read_file(const char *path, size_t *len);
 
 double now_s(void);
 

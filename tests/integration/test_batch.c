@@ -41,21 +41,6 @@
 
 /* ------------------------------------------------------------ helpers */
 
-static char *read_text(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *d = malloc((size_t)(n > 0 ? n : 0) + 1);
-    size_t got = d ? fread(d, 1, (size_t)(n > 0 ? n : 0), f) : 0;
-    fclose(f);
-    if (!d) return NULL;
-    d[got] = 0;
-    if (len) *len = got;
-    return d;
-}
-
 static int write_text(const char *path, const char *text) {
     FILE *f = fopen(path, "wb");
     if (!f) return -1;
@@ -67,7 +52,7 @@ static int write_text(const char *path, const char *text) {
  * *bad: complete lines that are not JSON objects. */
 static json_t *load_results(const char *path, int *torn, int *bad) {
     size_t n = 0;
-    char *text = read_text(path, &n);
+    char *text = mm_test_read_file(path, &n);
     json_t *arr = json_array();
     *torn = 0, *bad = 0;
     if (!text) return arr;
@@ -237,7 +222,7 @@ static int check_images(const char *out_dir, const json_t *rec, const char *when
         char path[2048];
         snprintf(path, sizeof path, "%s/%s", out_dir, json_string_value(name));
         size_t n = 0;
-        char *png = read_text(path, &n);
+        char *png = mm_test_read_file(path, &n);
         mm_image img = {0};
         EXPECT(png && n > 8 && !memcmp(png, "\x89PNG\r\n\x1a\n", 8) && mm_image_decode(png, n, NULL, &img) == MM_OK,
                "%s: %s is not a readable PNG (%s)", when, path, png ? mm_error_last() : strerror(errno));
@@ -301,7 +286,7 @@ static int direct_call(mm_service *svc, const line_spec *s, direct_answer *a) {
     memset(a, 0, sizeof *a);
     Metamorph__V1__ContentPart parts[2], *pp[2];
     size_t n_parts = 0, image_len = 0;
-    char *image = s->image[0] ? read_text(s->image, &image_len) : NULL;
+    char *image = s->image[0] ? mm_test_read_file(s->image, &image_len) : NULL;
     if (image) {
         metamorph__v1__content_part__init(&parts[n_parts]);
         parts[n_parts].kind_case = METAMORPH__V1__CONTENT_PART__KIND_IMAGE;
@@ -413,15 +398,15 @@ static int test_run(int argc, char **argv) {
     snprintf(out, sizeof out, "%s/out", svc.dir);
     snprintf(log, sizeof log, "%s/resume.log", svc.dir);
     snprintf(results, sizeof results, "%s/results.jsonl", out);
-    char *before = read_text(results, NULL);
+    char *before = mm_test_read_file(results, NULL);
     const char *resume[] = {"batch", "--input", input, "--out", out, "--resume", NULL};
     EXPECT(run_mmctl(mmctl, svc.target, log, resume) == 1, "resume of a finished job exits 1 (failed lines)");
-    char *after = read_text(results, NULL);
+    char *after = mm_test_read_file(results, NULL);
     EXPECT(before && after && !strcmp(before, after), "resume of a finished job changed results.jsonl");
     /* without --resume an existing job is refused and left alone */
     const char *again[] = {"batch", "--input", input, "--out", out, NULL};
     EXPECT(run_mmctl(mmctl, svc.target, log, again) == 64, "an existing results.jsonl without --resume: exit 64");
-    char *untouched = read_text(results, NULL);
+    char *untouched = mm_test_read_file(results, NULL);
     EXPECT(after && untouched && !strcmp(after, untouched), "a refused job changed results.jsonl");
     free(before), free(after), free(untouched);
 
@@ -463,7 +448,7 @@ static int test_run(int argc, char **argv) {
 /* The number of '\n' in path (complete result lines). */
 static size_t count_lines(const char *path) {
     size_t n = 0, count = 0;
-    char *t = read_text(path, &n);
+    char *t = mm_test_read_file(path, &n);
     for (size_t i = 0; t && i < n; i++) count += t[i] == '\n';
     free(t);
     return count;
@@ -674,7 +659,7 @@ static int test_results(void) {
     char *keys[] = {"i:b", "l:2", "i:a", "i:c"}; /* input order; c has no record, z is not in the input */
     EXPECT(jsonl_results_compact(&r, keys, 4) == MM_OK, "compact: %s", mm_error_last());
     jsonl_results_close(&r);
-    char *got = read_text(path, NULL);
+    char *got = mm_test_read_file(path, NULL);
     snprintf(text, sizeof text,
              "{\"id\":\"b\",\"line\":3,\"status\":\"ok\"}\n{\"id\":null,\"line\":2,\"status\":\"error\"}\n"
              "{\"id\":\"a\",\"line\":1,\"status\":\"ok\"}\n{\"id\":\"z\",\"line\":9,\"status\":\"ok\"}\n");
@@ -684,7 +669,7 @@ static int test_results(void) {
     /* durable files: whole or absent; leftovers of an interrupted write are removed */
     EXPECT(durable_file_write_all(dir, "x.bin", "hello", 5) == MM_OK, "durable write: %s", mm_error_last());
     snprintf(path, sizeof path, "%s/x.bin", dir);
-    got = read_text(path, NULL);
+    got = mm_test_read_file(path, NULL);
     EXPECT(got && !strcmp(got, "hello"), "durable file content");
     free(got);
     durable_file df;

@@ -59,18 +59,6 @@ static const char *image_path(const char *name, char buf[1024]) {
     return buf;
 }
 
-static uint8_t *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *d = malloc(n > 0 ? (size_t)n : 1);
-    *len = d ? fread(d, 1, (size_t)n, f) : 0;
-    fclose(f);
-    return d;
-}
-
 /* Packs a GenerateRequest. Image parts come from files ("@name") or, for "#k", from
  * raw[k] (crafted bytes). */
 typedef struct {
@@ -95,7 +83,7 @@ static uint8_t *pack_request(const msg_spec *msgs, int n_msgs, int generate_imag
             if (p[0] == '@') {
                 size_t l = 0;
                 char path[1024];
-                files[n_files] = read_all(image_path(p + 1, path), &l);
+                files[n_files] = (uint8_t *)mm_test_read_file(image_path(p + 1, path), &l);
                 cp->kind_case = METAMORPH__V1__CONTENT_PART__KIND_IMAGE;
                 cp->image.data = files[n_files++], cp->image.len = l;
             } else if (p[0] == '#') {
@@ -551,7 +539,7 @@ static int test_bad(const char *coord, const char *stage) {
     if (!s.cl) return 0;
     size_t n_png = 0, n_jpg = 0;
     char p1[1024], p2[1024];
-    uint8_t *png = read_all(image_path("rgb_37x23.png", p1), &n_png), *jpg = read_all(image_path("baseline_45x33.jpg", p2), &n_jpg);
+    uint8_t *png = (uint8_t *)mm_test_read_file(image_path("rgb_37x23.png", p1), &n_png), *jpg = (uint8_t *)mm_test_read_file(image_path("baseline_45x33.jpg", p2), &n_jpg);
     uint8_t huge[64];
     size_t n_huge = huge_png(huge, 100000, 100000);
     raw_image raw[5] = {{(const uint8_t *)"GIF89a not supported", 20}, {png, n_png / 2}, {jpg, n_jpg / 3}, {huge, n_huge},

@@ -176,19 +176,6 @@ static int wait_for(fake_coordinator *fc, int want, uint64_t job_id, double time
     return -1;
 }
 
-static uint8_t *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *d = malloc(n > 0 ? (size_t)n : 1);
-    *len = d ? fread(d, 1, (size_t)n, f) : 0;
-    fclose(f);
-    return d;
-}
-
-/* log: a file for the child's stderr (its log), or NULL to share ours. */
 static pid_t spawn(char *const argv[], const char *log) {
     pid_t pid = fork();
     if (pid == 0) {
@@ -267,7 +254,7 @@ static void expect_error(const pool_msg *m, mm_status status, const char *needle
 static void test_encode(fake_coordinator *fc, const char *encoder_bin) {
     const char *model = mm_asset_path("tiny");
     size_t png_len = 0;
-    uint8_t *png = read_file(mm_asset_path("images/example.png"), &png_len);
+    uint8_t *png = (uint8_t *)mm_test_read_file(mm_asset_path("images/example.png"), &png_len);
     EXPECT(png != NULL, "read example.png");
     if (!png) return;
 
@@ -340,7 +327,7 @@ static void test_encode(fake_coordinator *fc, const char *encoder_bin) {
 /* 1 once the file at path contains needle (read whole each time: it is small). */
 static int log_has(const char *path, const char *needle) {
     size_t n = 0;
-    char *text = (char *)read_file(path, &n);
+    char *text = mm_test_read_file(path, &n);
     int found = 0;
     if (text) {
         char *z = realloc(text, n + 1);
@@ -428,7 +415,7 @@ static void test_decode(fake_coordinator *fc, const char *decoder_bin, const cha
                         NULL};
     free(mm_test_run_capture(dec_argv));
     size_t ref_len = 0;
-    uint8_t *ref = read_file(ref_path, &ref_len);
+    uint8_t *ref = (uint8_t *)mm_test_read_file(ref_path, &ref_len);
     EXPECT(ref && ref_len > 8, "mm-decode wrote %s", ref_path);
 
     /* the decoder directory itself this time (encode used the model root); its log is
@@ -508,7 +495,7 @@ static void test_decode(fake_coordinator *fc, const char *decoder_bin, const cha
     EXPECT(log_has(log_path, "job 63 started") && !log_has(log_path, "job 62 started"),
            "the cancelled queued job 62 never ran (job 63 after it did)");
     size_t log_len = 0;
-    char *log = (char *)read_file(log_path, &log_len);
+    char *log = mm_test_read_file(log_path, &log_len);
     if (mm_test_failed && log) fprintf(stderr, "---- worker log ----\n%.*s----\n", (int)log_len, log);
     free(log);
     free(zeros), free(nan_tokens), free(tokens), free(ref);
@@ -530,7 +517,7 @@ static void test_reconnect(fake_coordinator *fc, const char *encoder_bin) {
     EXPECT(m.h && !strcmp(fc->worker_id, "enc-reconnect"), "same routing id '%s'", fc->worker_id);
     msg_free(&m);
     size_t png_len = 0;
-    uint8_t *png = read_file(mm_asset_path("images/example.png"), &png_len);
+    uint8_t *png = (uint8_t *)mm_test_read_file(mm_asset_path("images/example.png"), &png_len);
     pool_header job = METAMORPH__INTERNAL__POOL_HEADER__INIT;
     job.job_id = 51;
     if (run_job(fc, &job, png, png_len, &m) == 0) EXPECT(!m.h->error[0] && m.h->n_tokens == 64, "job after reconnect");
