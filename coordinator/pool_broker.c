@@ -2,9 +2,15 @@
  * dispatch order; re-queued jobs go to the front) and `sent` (in flight, in dispatch
  * order). A job keeps its payload in a zmq_msg_t built over the caller's buffer, and
  * every send is a zmq_msg_copy of it: the bytes are shared, never copied, and stay ours
- * for the next dispatch. Workers are trusted with nothing: a frame that does not parse,
- * a message that has no business coming from a worker, or a result that fails the pool's
- * check drops the worker (its jobs go back to the front of the queue). */
+ * for the next dispatch. A worker that was sent a job keeps a slot for it until it
+ * answers, is dropped or starts again, whatever happens to the job meanwhile: a job
+ * cancelled or past its timeout leaves a "ghost" entry on `sent` (no payload, no
+ * deadline) holding that slot, because the worker is still busy with it and refuses
+ * anything over its capacity. A ghost's answer is handed over when its job (same
+ * `serial`) is still wanted, and dropped otherwise. Workers are trusted with nothing: a
+ * frame that does not parse, a message that has no business coming from a worker, or a
+ * result that fails the pool's check drops the worker (its jobs go back to the front of
+ * the queue). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,16 +42,21 @@ typedef struct {
     double beat_ms;          /* heartbeat it this often: the shorter of both periods, so it hears us in time */
 } worker;
 
-typedef enum { JOB_QUEUED, JOB_SENT, JOB_CANCELLED } job_state;
+/* QUEUED and SENT entries are submitted jobs (one entry each); a GHOST is a copy left on
+ * a worker still running a job that was cancelled or timed out there. */
+typedef enum { JOB_QUEUED, JOB_SENT, JOB_GHOST } job_state;
 
 typedef struct job {
     struct job *prev, *next;
     uint64_t id;
+    uint64_t serial;         /* which submit: a ghost's answer counts for this one only */
     job_state state;
-    worker *w;               /* JOB_SENT / JOB_CANCELLED */
-    double deadline;
+    worker *w;               /* JOB_SENT / JOB_GHOST */
+    double deadline;         /* JOB_SENT */
+    int timed_out;           /* it left a ghost: dispatch skips the workers holding one */
+    int cancel_sent;         /* JOB_GHOST: its worker was told CANCEL */
     mm_pool_job_fields fields;
-    zmq_msg_t payload;       /* over the submitted buffer; closed when cancelled */
+    zmq_msg_t payload;       /* over the submitted buffer; none on a ghost */
     int has_payload;
 } job;
 
@@ -72,6 +83,7 @@ struct mm_pool_broker {
     result_node *ready, *ready_tail;
     uint64_t sent_ids[SENT_ID_MEMORY]; /* ring of the job ids of the last dispatches */
     uint64_t n_sent_ids;
+    uint64_t next_serial;
     mm_pool_stats st;
 };
 
@@ -108,9 +120,21 @@ static void list_push_front(job_list *l, job *j) {
     l->n++;
 }
 
-static job *list_find(const job_list *l, uint64_t id) {
-    for (job *j = l->head; j; j = j->next)
+/* The submitted job (queued or sent, not a ghost) with this id, or NULL. */
+static job *live_by_id(const mm_pool_broker *b, uint64_t id) {
+    for (job *j = b->queue.head; j; j = j->next)
         if (j->id == id) return j;
+    for (job *j = b->sent.head; j; j = j->next)
+        if (j->id == id && j->state == JOB_SENT) return j;
+    return NULL;
+}
+
+/* The submitted job of this serial, or NULL when it was answered or cancelled. */
+static job *live_by_serial(const mm_pool_broker *b, uint64_t serial) {
+    for (job *j = b->queue.head; j; j = j->next)
+        if (j->serial == serial) return j;
+    for (job *j = b->sent.head; j; j = j->next)
+        if (j->serial == serial && j->state == JOB_SENT) return j;
     return NULL;
 }
 
@@ -158,6 +182,50 @@ static void header_init(const mm_pool_broker *b, pool_header *h, Metamorph__Inte
     h->pool = (char *)b->pool;
 }
 
+/* Tells g's worker to stop a job nobody wants from it any more (once; without waiting:
+ * a CANCEL that cannot go out now is not worth dropping the worker for, the job then
+ * merely runs to its end). */
+static void send_cancel(mm_pool_broker *b, job *g) {
+    if (g->cancel_sent) return;
+    g->cancel_sent = 1;
+    pool_header h;
+    header_init(b, &h, METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_CANCEL);
+    h.job_id = g->id;
+    if (send_to(b, g->w, &h, NULL, mm_pool_now_ms()) != 0)
+        LOG_WARN("pool %s: CANCEL of job %llu not sent to worker %s (%s): it runs to its end", b->pool,
+                 (unsigned long long)g->id, g->w->name, zmq_strerror(errno));
+    else
+        b->st.cancels_sent++;
+}
+
+/* A sent job nobody wants any more becomes a ghost (its worker's slot stays taken until
+ * it answers) and its worker is told CANCEL. */
+static void sent_to_ghost(mm_pool_broker *b, job *j) {
+    j->state = JOB_GHOST;
+    if (j->has_payload) zmq_msg_close(&j->payload);
+    j->has_payload = 0;
+    send_cancel(b, j);
+}
+
+/* Every ghost of this submit is told CANCEL: its job is answered or cancelled. */
+static void cancel_ghosts(mm_pool_broker *b, uint64_t serial) {
+    for (job *g = b->sent.head; g; g = g->next)
+        if (g->state == JOB_GHOST && g->serial == serial) send_cancel(b, g);
+}
+
+/* The submitted job j is done (answered or cancelled): a queued one is freed, a sent one
+ * left as a ghost on its worker, and its ghosts are told CANCEL. */
+static void job_retire(mm_pool_broker *b, job *j) {
+    uint64_t serial = j->serial;
+    if (j->state == JOB_QUEUED) {
+        list_remove(&b->queue, j);
+        job_free(j);
+    } else {
+        sent_to_ghost(b, j);
+    }
+    cancel_ghosts(b, serial);
+}
+
 /* ------------------------------------------------------------------ workers */
 
 static worker *worker_find(const mm_pool_broker *b, const uint8_t *rid, size_t len) {
@@ -166,14 +234,14 @@ static worker *worker_find(const mm_pool_broker *b, const uint8_t *rid, size_t l
     return NULL;
 }
 
-/* Moves w's jobs back to the front of the queue, in their dispatch order; cancelled ones
+/* Moves w's jobs back to the front of the queue, in their dispatch order; its ghosts
  * are forgotten. */
 static void requeue_jobs_of(mm_pool_broker *b, worker *w) {
     for (job *j = b->sent.tail; j;) {
         job *prev = j->prev;
         if (j->w == w) {
             list_remove(&b->sent, j);
-            if (j->state == JOB_CANCELLED) {
+            if (j->state == JOB_GHOST) {
                 job_free(j);
             } else {
                 j->state = JOB_QUEUED, j->w = NULL;
@@ -272,10 +340,15 @@ static void ready_push(mm_pool_broker *b, result_node *n) {
     b->ready_tail = n;
 }
 
-static job *sent_job_of(const mm_pool_broker *b, const worker *w, uint64_t id) {
+/* w's entry for job id: the one it was sent (JOB_SENT) before any ghost. */
+static job *entry_of(const mm_pool_broker *b, const worker *w, uint64_t id) {
+    job *ghost = NULL;
     for (job *j = b->sent.head; j; j = j->next)
-        if (j->id == id && j->w == w) return j;
-    return NULL;
+        if (j->id == id && j->w == w) {
+            if (j->state == JOB_SENT) return j;
+            if (!ghost) ghost = j;
+        }
+    return ghost;
 }
 
 static int was_dispatched(const mm_pool_broker *b, uint64_t id) {
@@ -286,12 +359,12 @@ static int was_dispatched(const mm_pool_broker *b, uint64_t id) {
 }
 
 static void on_result(mm_pool_broker *b, worker *w, const pool_header *h, zmq_msg_t *payload) {
-    job *j = sent_job_of(b, w, h->job_id);
-    if (!j) {
+    job *e = entry_of(b, w, h->job_id);
+    if (!e) {
         b->st.dropped_results++;
         if (was_dispatched(b, h->job_id)) {
-            LOG_WARN("pool %s: late result for job %llu from worker %s dropped (sent elsewhere, answered or timed out)",
-                     b->pool, (unsigned long long)h->job_id, w->name);
+            LOG_WARN("pool %s: late result for job %llu from worker %s dropped (answered or cancelled)", b->pool,
+                     (unsigned long long)h->job_id, w->name);
         } else {
             char why[96];
             snprintf(why, sizeof why, "result for job %llu, which was never sent", (unsigned long long)h->job_id);
@@ -299,13 +372,18 @@ static void on_result(mm_pool_broker *b, worker *w, const pool_header *h, zmq_ms
         }
         return;
     }
-    if (j->state == JOB_CANCELLED) {
-        /* Its answer to our CANCEL ("cancelled"), or a result that crossed it: the slot frees. */
-        list_remove(&b->sent, j);
+    job *target = e; /* the submitted job this answer is for */
+    if (e->state == JOB_GHOST) {
+        /* The worker is done with a job cancelled or timed out there: its slot frees. The
+         * answer still counts while that job is wanted (a "cancelled" one never does). */
+        target = h->error[0] && h->error_status == MM_ERR_CANCELLED ? NULL : live_by_serial(b, e->serial);
+        list_remove(&b->sent, e);
         w->in_flight--;
-        job_free(j);
-        b->st.dropped_results++;
-        return;
+        job_free(e);
+        if (!target) {
+            b->st.dropped_results++;
+            return;
+        }
     }
     result_node *n = calloc(1, sizeof *n);
     if (!n) {
@@ -344,9 +422,15 @@ static void on_result(mm_pool_broker *b, worker *w, const pool_header *h, zmq_ms
             return;
         }
     }
-    list_remove(&b->sent, j);
-    w->in_flight--;
-    job_free(j);
+    if (target == e) {
+        uint64_t serial = e->serial;
+        list_remove(&b->sent, e);
+        w->in_flight--;
+        job_free(e);
+        cancel_ghosts(b, serial);
+    } else {
+        job_retire(b, target); /* queued again, or sent to another worker meanwhile */
+    }
     ready_push(b, n);
 }
 
@@ -431,33 +515,45 @@ static void drop_silent_workers(mm_pool_broker *b, double now) {
     }
 }
 
-/* Jobs past their deadline go back to the front of the queue; cancelled ones are freed. */
+/* Sent jobs past their deadline go back to the front of the queue, for another worker;
+ * each leaves a ghost holding its worker's slot, since that worker is still on it. */
 static void expire_jobs(mm_pool_broker *b, double now) {
     for (job *j = b->sent.tail; j;) {
         job *prev = j->prev;
-        if (now >= j->deadline) {
-            list_remove(&b->sent, j);
-            j->w->in_flight--;
-            if (j->state == JOB_CANCELLED) {
-                job_free(j);
+        if (j->state == JOB_SENT && now >= j->deadline) {
+            LOG_WARN("pool %s: job %llu unanswered by worker %s after %d ms: queued again for another worker",
+                     b->pool, (unsigned long long)j->id, j->w->name, b->s.job_timeout_ms);
+            job *g = calloc(1, sizeof *g);
+            if (g) {
+                g->id = j->id, g->serial = j->serial, g->state = JOB_GHOST, g->w = j->w;
+                list_push_back(&b->sent, g); /* behind the tail this walk started from */
             } else {
-                LOG_WARN("pool %s: job %llu unanswered by worker %s after %d ms: sent again", b->pool,
-                         (unsigned long long)j->id, j->w->name, b->s.job_timeout_ms);
-                j->state = JOB_QUEUED, j->w = NULL;
-                list_push_front(&b->queue, j);
-                b->st.redispatches++;
+                j->w->in_flight--; /* out of memory: the slot is given back instead */
             }
+            list_remove(&b->sent, j);
+            j->state = JOB_QUEUED, j->w = NULL, j->timed_out = 1;
+            list_push_front(&b->queue, j);
+            b->st.redispatches++;
         }
         j = prev;
     }
 }
 
-/* The worker with a free slot and the lowest in_flight/capacity (ties: most free slots). */
-static worker *least_loaded(const mm_pool_broker *b) {
+/* w holds a ghost of submit `serial` (it is running that job already). */
+static int holds_ghost(const mm_pool_broker *b, const worker *w, uint64_t serial) {
+    for (const job *g = b->sent.head; g; g = g->next)
+        if (g->state == JOB_GHOST && g->w == w && g->serial == serial) return 1;
+    return 0;
+}
+
+/* The worker with a free slot and the lowest in_flight/capacity (ties: most free slots),
+ * among those not running j already. */
+static worker *least_loaded(const mm_pool_broker *b, const job *j) {
     worker *best = NULL;
     for (int i = 0; i < b->n_workers; i++) {
         worker *w = b->workers[i];
         if (w->in_flight >= w->capacity) continue;
+        if (j->timed_out && holds_ghost(b, w, j->serial)) continue;
         if (!best) {
             best = w;
             continue;
@@ -469,9 +565,11 @@ static worker *least_loaded(const mm_pool_broker *b) {
 }
 
 static void dispatch(mm_pool_broker *b, double now) {
-    worker *w;
-    while (b->queue.head && (w = least_loaded(b))) {
-        job *j = b->queue.head;
+    for (job *j = b->queue.head, *next; j; j = next) {
+        next = j->next;
+        worker *w = least_loaded(b, j);
+        if (!w && !j->timed_out) break; /* no free slot anywhere */
+        if (!w) continue;                  /* free slots only on workers running it already */
         pool_header h;
         header_init(b, &h, METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_JOB);
         h.job_id = j->id;
@@ -482,6 +580,7 @@ static void dispatch(mm_pool_broker *b, double now) {
             LOG_ERROR("pool %s: worker %s cannot take job %llu (%s): dropped", b->pool, w->name,
                       (unsigned long long)j->id, zmq_strerror(errno));
             worker_drop(b, w);
+            next = b->queue.head; /* its jobs went to the front */
             continue;
         }
         list_remove(&b->queue, j);
@@ -580,9 +679,7 @@ mm_status mm_pool_broker_submit(mm_pool_broker *b, uint64_t job_id, const mm_poo
         return MM_ERROR(MM_ERR_INVALID, "pool %s: job of %zu bytes over pool_max_message_mb %d", b->pool, len,
                         b->s.max_message_mb);
     }
-    job *dup = list_find(&b->queue, job_id);
-    if (!dup) dup = list_find(&b->sent, job_id);
-    if (dup && dup->state != JOB_CANCELLED) {
+    if (live_by_id(b, job_id)) {
         free(payload);
         return MM_ERROR(MM_ERR_INVALID, "pool %s: job %llu already submitted", b->pool, (unsigned long long)job_id);
     }
@@ -599,7 +696,7 @@ mm_status mm_pool_broker_submit(mm_pool_broker *b, uint64_t job_id, const mm_poo
                         zmq_strerror(zmq_errno()));
     }
     j->has_payload = 1;
-    j->id = job_id, j->state = JOB_QUEUED;
+    j->id = job_id, j->serial = ++b->next_serial, j->state = JOB_QUEUED;
     if (fields) {
         j->fields = *fields;
         j->fields.sampler[sizeof j->fields.sampler - 1] = 0;
@@ -609,30 +706,11 @@ mm_status mm_pool_broker_submit(mm_pool_broker *b, uint64_t job_id, const mm_poo
 }
 
 void mm_pool_broker_cancel(mm_pool_broker *b, uint64_t job_id) {
-    job *j = list_find(&b->queue, job_id);
+    job *j = live_by_id(b, job_id);
     if (j) {
-        list_remove(&b->queue, j);
-        job_free(j);
+        job_retire(b, j);
         return;
     }
-    for (j = b->sent.head; j; j = j->next)
-        if (j->id == job_id && j->state == JOB_SENT) {
-            /* The worker holds its slot until it answers (it skips or stops the job on
-             * CANCEL) or the deadline passes. A CANCEL that cannot go out now is not worth
-             * dropping the worker for: the job then merely runs to its end. */
-            j->state = JOB_CANCELLED;
-            zmq_msg_close(&j->payload);
-            j->has_payload = 0;
-            pool_header h;
-            header_init(b, &h, METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_CANCEL);
-            h.job_id = job_id;
-            if (send_to(b, j->w, &h, NULL, mm_pool_now_ms()) != 0)
-                LOG_WARN("pool %s: CANCEL of job %llu not sent to worker %s (%s): it runs to its end", b->pool,
-                         (unsigned long long)job_id, j->w->name, zmq_strerror(errno));
-            else
-                b->st.cancels_sent++;
-            return;
-        }
     for (result_node **p = &b->ready; *p; p = &(*p)->next)
         if ((*p)->r.job_id == job_id) {
             result_node *n = *p;

@@ -6,9 +6,11 @@
  * message now counts as gone). Workers are untrusted: anything malformed (a frame that
  * does not parse, READY for another pool, a result for a job id never dispatched, a
  * result the pool's check refuses) drops the worker, re-queues its jobs and is logged;
- * it never takes the coordinator down. A late result (its job answered, cancelled or
- * sent elsewhere meanwhile) is only dropped: at most one result per job is handed over.
- * Cancelling an in-flight job tells its worker (CANCEL) so it stops spending time on it. */
+ * it never takes the coordinator down. A job past job_timeout_ms is sent to another
+ * worker as well; the first answer is handed over, later ones (its job answered or
+ * cancelled meanwhile) are only dropped: at most one result per job. A worker keeps the
+ * slot of every job it was sent until it answers it (it refuses jobs over its capacity),
+ * and is told CANCEL when the job is no longer wanted from it. */
 #ifndef MM_COORD_POOL_BROKER_H
 #define MM_COORD_POOL_BROKER_H
 
@@ -56,10 +58,10 @@ typedef mm_status (*mm_pool_check_fn)(void *user, const mm_pool_result *r);
 typedef struct {
     int workers_alive;       /* registered (READY) and not declared dead */
     int jobs_queued;         /* waiting for a free worker */
-    int jobs_in_flight;      /* sent, unanswered (cancelled ones still holding a slot included) */
+    int jobs_in_flight;      /* sent, unanswered (cancelled or timed-out ones still holding a slot included) */
     uint64_t jobs_sent;      /* JOB messages sent, re-dispatches included */
     uint64_t redispatches;   /* jobs queued again after a dead worker, a BYE or a timeout */
-    uint64_t cancels_sent;   /* CANCEL messages sent for in-flight jobs */
+    uint64_t cancels_sent;   /* CANCEL messages sent (job cancelled, or answered by another worker) */
     uint64_t dropped_results; /* late, cancelled, never dispatched, or from an unregistered peer */
     uint64_t workers_dropped; /* dead, gone (BYE) or refused for a protocol error */
 } mm_pool_stats;
@@ -77,16 +79,17 @@ void mm_pool_broker_free(mm_pool_broker *b);
  * copy. fields may be NULL. A job_id already queued or in flight is refused (INVALID). */
 mm_status mm_pool_broker_submit(mm_pool_broker *b, uint64_t job_id, const mm_pool_job_fields *fields, uint8_t *payload,
                                 size_t len);
-/* Forgets a job: a queued one is dropped; an in-flight one is sent CANCEL (without
- * waiting; a failed send is only logged) and keeps its worker's slot until the worker
- * answers (at once when it skips or stops the job; the answer is dropped) or its deadline
- * passes. Unknown ids: no-op. */
+/* Forgets a job: a queued one is dropped; a worker running it is sent CANCEL (without
+ * waiting; a failed send is only logged) and keeps its slot until it answers (at once
+ * when it skips or stops the job; the answer is dropped), leaves or is declared dead.
+ * Unknown ids: no-op. */
 void mm_pool_broker_cancel(mm_pool_broker *b, uint64_t job_id);
 
 /* Does the work of one scheduler tick at time now_ms (mm_pool_now_ms): reads every waiting
  * message, declares silent workers dead and re-queues their jobs at the front, re-queues
- * jobs past their deadline, dispatches queued jobs least-loaded first (up to a worker's
- * capacity), and heartbeats workers that were sent nothing for heartbeat_ms. */
+ * jobs past their deadline (for a worker other than the one still running them),
+ * dispatches queued jobs least-loaded first (up to a worker's capacity), and heartbeats
+ * workers that were sent nothing for heartbeat_ms. */
 void mm_pool_broker_pump(mm_pool_broker *b, double now_ms);
 /* 1 and *out (payload moved to the caller) when a result is ready, 0 when none is. */
 int mm_pool_broker_poll(mm_pool_broker *b, mm_pool_result *out);

@@ -318,35 +318,78 @@ static void test_silent_worker_dies(void) {
     mm_pool_broker_free(b);
 }
 
-static void test_job_timeout_and_late_duplicate(void) {
-    mm_pool_settings s = settings(60000, 10, 30);
-    mm_pool_broker *b = broker_new(&s, NULL);
-    fake w;
-    fake_open(&w, "slow");
-    fake_ready(&w, "encode", 1);
-    mm_pool_broker_submit(b, 7, NULL, bytes_of("img"), 3);
-    EXPECT(wait_jobs(b, &w, 2), "a job past its timeout is sent again (got %d sends)", w.n_jobs);
-    fake_result(&w, 7, 0, 0, "one", 3);
-    fake_result(&w, 7, 0, 0, "two", 3);
-    mm_pool_result r;
-    EXPECT(wait_result(b, &r) && r.job_id == 7, "first answer handed over");
-    free(r.payload);
-    EXPECT(results_during(b, 20) == 0, "second answer to the same job dropped");
-    mm_pool_stats st;
-    mm_pool_broker_stats(b, &st);
-    EXPECT(st.redispatches >= 1 && st.dropped_results == 1 && st.workers_alive == 1,
-           "redispatches %llu, dropped %llu, alive %d (a late answer does not drop the worker)",
-           (unsigned long long)st.redispatches, (unsigned long long)st.dropped_results, st.workers_alive);
-    fake_close(&w);
-    mm_pool_broker_free(b);
-}
-
 static int wait_cancels(mm_pool_broker *b, fake *f, int want) {
     for (int i = 0; i < MAX_STEPS && f->n_cancels < want; i++) {
         step(b);
         fake_drain(f);
     }
     return f->n_cancels >= want;
+}
+
+/* A job past its timeout on a worker that is still running it: the worker's slot stays
+ * taken (a real worker refuses a job over its capacity, and that refusal would fail the
+ * request), the job waits for another worker, and the answer that comes after the
+ * timeout is taken since the job is still wanted. */
+static void test_job_timeout_busy_worker(void) {
+    mm_pool_settings s = settings(60000, 10, 30);
+    mm_pool_broker *b = broker_new(&s, NULL);
+    fake w;
+    fake_open(&w, "slow");
+    fake_ready(&w, "encode", 1);
+    mm_pool_broker_submit(b, 7, NULL, bytes_of("img"), 3);
+    mm_pool_broker_submit(b, 8, NULL, bytes_of("img"), 3);
+    EXPECT(wait_jobs(b, &w, 1) && w.jobs[0] == 7, "job 7 sent");
+    EXPECT(results_during(b, 100) == 0, "nothing answered yet");
+    fake_drain(&w);
+    mm_pool_stats st;
+    mm_pool_broker_stats(b, &st);
+    EXPECT(w.n_jobs == 1 && st.redispatches >= 1,
+           "a worker still on its timed-out job gets nothing over its capacity (jobs sent to it %d, redispatches %llu)",
+           w.n_jobs, (unsigned long long)st.redispatches);
+    fake_result(&w, 7, 0, 0, "one", 3);
+    mm_pool_result r;
+    EXPECT(wait_result(b, &r) && r.job_id == 7 && r.status == MM_OK && r.len == 3 && memcmp(r.payload, "one", 3) == 0,
+           "the answer after the timeout is taken: the job was still wanted");
+    free(r.payload);
+    EXPECT(wait_jobs(b, &w, 2) && w.jobs[1] == 8, "the answer frees the slot: job 8 goes out");
+    mm_pool_broker_stats(b, &st);
+    EXPECT(st.workers_alive == 1 && st.workers_dropped == 0 && st.dropped_results == 0, "alive %d, dropped %llu/%llu",
+           st.workers_alive, (unsigned long long)st.workers_dropped, (unsigned long long)st.dropped_results);
+    fake_close(&w);
+    mm_pool_broker_free(b);
+}
+
+/* A job past its timeout with another worker free: sent there too; the first answer is
+ * handed over, the other worker is told CANCEL and its answer is dropped. */
+static void test_job_timeout_goes_elsewhere(void) {
+    mm_pool_settings s = settings(60000, 10, 30);
+    mm_pool_broker *b = broker_new(&s, NULL);
+    fake slow, spare;
+    fake_open(&slow, "slow");
+    fake_open(&spare, "spare");
+    fake_ready(&slow, "encode", 1);
+    EXPECT(wait_alive(b, 1), "slow registers");
+    mm_pool_broker_submit(b, 7, NULL, bytes_of("img"), 3);
+    EXPECT(wait_jobs(b, &slow, 1), "slow gets job 7");
+    fake_ready(&spare, "encode", 1);
+    EXPECT(wait_jobs(b, &spare, 1) && spare.jobs[0] == 7, "after the timeout job 7 goes to the spare worker");
+    fake_drain(&slow);
+    EXPECT(slow.n_jobs == 1, "not to the slow one again (%d)", slow.n_jobs);
+    fake_result(&spare, 7, 0, 0, "two", 3);
+    mm_pool_result r;
+    EXPECT(wait_result(b, &r) && r.job_id == 7 && memcmp(r.payload, "two", 3) == 0, "the first answer is handed over");
+    free(r.payload);
+    EXPECT(wait_cancels(b, &slow, 1) && slow.cancels[0] == 7, "the slow worker is told to stop");
+    fake_error(&slow, 7, MM_ERR_CANCELLED, "cancelled after step 2 of 9");
+    EXPECT(results_during(b, 20) == 0, "its answer is dropped");
+    mm_pool_stats st;
+    mm_pool_broker_stats(b, &st);
+    EXPECT(st.dropped_results == 1 && st.workers_alive == 2 && st.jobs_in_flight == 0,
+           "dropped %llu, alive %d, in flight %d", (unsigned long long)st.dropped_results, st.workers_alive,
+           st.jobs_in_flight);
+    fake_close(&slow);
+    fake_close(&spare);
+    mm_pool_broker_free(b);
 }
 
 /* An in-flight job cancelled: its worker gets CANCEL, answers "cancelled" (the slot frees
@@ -808,7 +851,8 @@ int main(void) {
     test_least_loaded_and_batching();
     test_heartbeats_sent();
     test_silent_worker_dies();
-    test_job_timeout_and_late_duplicate();
+    test_job_timeout_busy_worker();
+    test_job_timeout_goes_elsewhere();
     test_cancel();
     test_misbehaving_workers();
     test_refusals_at_ready();
