@@ -524,7 +524,9 @@ typedef struct {
     uint64_t done, failed, cancelled;
 } job_counts;
 
-int mm_pool_job_cancelled(const mm_pool_job_ctx *ctx) { return ctx && atomic_load(&ctx->cancel); }
+/* SIGINT/SIGTERM counts too: BYE has sent the job elsewhere and its result would go
+ * nowhere, so finishing it would only hold up the exit. */
+int mm_pool_job_cancelled(const mm_pool_job_ctx *ctx) { return ctx && (atomic_load(&ctx->cancel) || g_stop); }
 
 static void free_payload(void *data, void *hint) { free(data); }
 

@@ -8,7 +8,8 @@
  * one that loaded the model: a CUDA device is bound per thread). Malformed jobs get an
  * error RESULT, never a crash. CANCEL: a job not started is skipped and answered at once,
  * a running one is asked to stop (mm_pool_job_cancelled); both answer "cancelled".
- * SIGINT/SIGTERM: BYE, then a clean return (a second signal ends the process at once).
+ * SIGINT/SIGTERM: BYE, the running job asked to stop the same way, then a clean return
+ * (a second signal ends the process at once).
  * A worker knows nothing of requests. */
 #ifndef MM_POOL_WORKER_H
 #define MM_POOL_WORKER_H
@@ -44,9 +45,10 @@ typedef struct {
 /* The job being run, as its job function sees it (opaque). */
 typedef struct mm_pool_job_ctx mm_pool_job_ctx;
 
-/* Non-zero once the coordinator has cancelled the job. A long job function looks at it
- * between steps and then returns MM_ERR_CANCELLED with a message starting "cancelled";
- * one that never looks runs to its end, and its result is replaced by "cancelled". */
+/* Non-zero once the coordinator has cancelled the job, or the worker is stopping
+ * (SIGINT/SIGTERM). A long job function looks at it between steps and then returns
+ * MM_ERR_CANCELLED with a message starting "cancelled"; one that never looks runs to its
+ * end, and its result is replaced by "cancelled". */
 int mm_pool_job_cancelled(const mm_pool_job_ctx *ctx);
 
 /* Runs one job (payload: the JOB's second frame). A status other than MM_OK becomes a

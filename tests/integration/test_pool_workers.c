@@ -14,7 +14,8 @@
  *                                                        never run (the worker's log says so)
  *   test_pool_workers reconnect MM_ENCODER               ROUTER closed and bound again on the same port:
  *                                                        READY again under the same routing id, jobs run
- * Every mode ends with SIGTERM: BYE arrives and the worker exits with 0. Bounds on waits
+ * Every mode ends with SIGTERM: BYE arrives and the worker exits with 0 (decode: in the
+ * middle of a 999-step job, which stops at its next step). Bounds on waits
  * are generous (a 2-core machine shared with other tests); nothing asserts a duration. */
 #include <errno.h>
 #include <math.h>
@@ -491,7 +492,14 @@ static void test_decode(fake_coordinator *fc, const char *decoder_bin, const cha
 
     test_decode_cancel(fc, &job, tokens, len, log_path, ref, ref_len);
 
+    /* SIGTERM during a long job: it stops at the next step (its result would go nowhere:
+     * BYE has sent it elsewhere) instead of holding the worker's exit for all its steps */
+    pool_header last = job;
+    last.type = METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_JOB, last.job_id = 71, last.steps = 999;
+    EXPECT(send_header(fc, &last, tokens, len, 1) == 0, "send job 71");
+    EXPECT(wait_log(fc, log_path, "job 71 started", REPLY_WAIT_S), "the worker started job 71");
     stop_worker(fc, pid);
+    EXPECT(log_has(log_path, "job 71 stopped after"), "SIGTERM stopped the running job 71");
     EXPECT(log_has(log_path, "job 63 started") && !log_has(log_path, "job 62 started"),
            "the cancelled queued job 62 never ran (job 63 after it did)");
     size_t log_len = 0;
