@@ -85,8 +85,11 @@ int32_t mm_engine_max_context(const mm_serve_config *cfg, const mm_llama_config 
 
 /* ---------------------------------------------------------------- replies */
 
+/* Never waits (this is the scheduler thread: pools' heartbeats and the pipeline must
+ * not stall behind a slow reply thread): the PUSH has no high-water mark, so the send
+ * can only fail when nobody is connected, and then the reply is dropped and logged. */
 static void send_reply(mm_engine *e, mm_reply *r) {
-    if (zmq_send(e->replies, &r, sizeof r, 0) != (int)sizeof r) {
+    if (zmq_send(e->replies, &r, sizeof r, ZMQ_DONTWAIT) != (int)sizeof r) {
         LOG_ERROR("zmq_send reply: %s", zmq_strerror(zmq_errno()));
         mm_reply_free(r);
     }
@@ -735,8 +738,10 @@ mm_status mm_engine_init(const mm_engine_params *p, mm_engine **out) {
     if (s == MM_OK) {
         e->requests = zmq_socket(p->zmq_ctx, ZMQ_PULL);
         e->replies = zmq_socket(p->zmq_ctx, ZMQ_PUSH);
-        if (!e->requests || !e->replies || zmq_bind(e->requests, MM_ENDPOINT_REQUESTS) ||
-            zmq_bind(e->replies, MM_ENDPOINT_REPLIES))
+        int unbounded = 0; /* the reply queue never blocks the scheduler (send_reply) */
+        if (!e->requests || !e->replies ||
+            zmq_setsockopt(e->replies, ZMQ_SNDHWM, &unbounded, sizeof unbounded) ||
+            zmq_bind(e->requests, MM_ENDPOINT_REQUESTS) || zmq_bind(e->replies, MM_ENDPOINT_REPLIES))
             s = MM_ERROR(MM_ERR_IO, "inproc sockets: %s", zmq_strerror(zmq_errno()));
     }
     if (s != MM_OK) {
