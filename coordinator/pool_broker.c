@@ -27,6 +27,8 @@ typedef Metamorph__Internal__PoolHeader pool_header;
 enum {
     MAX_FRAMES = 3,          /* routing id, header, payload */
     MAX_CAPACITY = 1024,     /* a READY claiming more is garbage */
+    MAX_HEARTBEAT_MS = 60000, /* nor a heartbeat period longer than mm-encoder/mm-decoder allow:
+                               * its silence would go unnoticed for liveness times as long */
     MAX_MESSAGES_PER_PUMP = 4096, /* a flooding worker cannot hold the scheduler */
     SOCKET_HWM = 1000,
     SENT_ID_MEMORY = 4096,   /* job ids of the last dispatches: late results are told from made-up ones */
@@ -296,6 +298,11 @@ static void on_ready(mm_pool_broker *b, worker *w, zmq_msg_t *rid, const pool_he
     }
     if (h->capacity < 1 || h->capacity > MAX_CAPACITY) {
         snprintf(why, sizeof why, "READY with capacity %d", h->capacity);
+        refuse(b, w, why);
+        return;
+    }
+    if (h->heartbeat_ms < 0 || h->heartbeat_ms > MAX_HEARTBEAT_MS) {
+        snprintf(why, sizeof why, "READY with heartbeat_ms %d (0..%d)", h->heartbeat_ms, MAX_HEARTBEAT_MS);
         refuse(b, w, why);
         return;
     }

@@ -515,12 +515,17 @@ static void test_misbehaving_workers(void) {
 static void test_refusals_at_ready(void) {
     mm_pool_settings s = quiet_settings();
     mm_pool_broker *b = broker_new(&s, NULL);
-    fake wrong_pool, zero_cap, unregistered;
+    fake wrong_pool, zero_cap, unregistered, sleepy;
     fake_open(&wrong_pool, "wrong-pool");
     fake_open(&zero_cap, "zero-capacity");
     fake_open(&unregistered, "never-ready");
+    fake_open(&sleepy, "sleepy");
     fake_ready(&wrong_pool, "decode", 1);
     fake_ready(&zero_cap, "encode", 0);
+    /* a heartbeat of 24 days: silent for ever, never declared dead */
+    pool_header h = METAMORPH__INTERNAL__POOL_HEADER__INIT;
+    h.type = T_READY, h.pool = "encode", h.worker = "sleepy", h.capacity = 1, h.heartbeat_ms = 2147483647;
+    fake_send(&sleepy, &h, NULL, 0);
     fake_simple(&unregistered, T_HEARTBEAT);
     fake_result(&unregistered, 1, 0, 0, "x", 1);
     mm_pool_broker_submit(b, 1, NULL, bytes_of("img"), 3);
@@ -532,6 +537,7 @@ static void test_refusals_at_ready(void) {
     fake_close(&wrong_pool);
     fake_close(&zero_cap);
     fake_close(&unregistered);
+    fake_close(&sleepy);
     mm_pool_broker_free(b);
 }
 
