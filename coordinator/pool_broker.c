@@ -391,6 +391,10 @@ static void on_result(mm_pool_broker *b, worker *w, const pool_header *h, zmq_ms
             b->st.dropped_results++;
             return;
         }
+    } else if (h->error[0] && h->error_status == MM_ERR_CANCELLED) {
+        /* Stopped without a CANCEL: no verdict on the job, which must not fail its request. */
+        refuse(b, w, "\"cancelled\" for a job that was not cancelled");
+        return;
     }
     result_node *n = calloc(1, sizeof *n);
     if (!n) {

@@ -443,6 +443,30 @@ static void test_cancel(void) {
     mm_pool_broker_free(b);
 }
 
+/* "cancelled" for a job nobody cancelled is no verdict on the job: it is not handed over
+ * (the request would fail); the worker is dropped as for any protocol error and the job
+ * is sent again. */
+static void test_unasked_cancelled_is_requeued(void) {
+    mm_pool_settings s = quiet_settings();
+    mm_pool_broker *b = broker_new(&s, NULL);
+    fake w;
+    fake_open(&w, "stopping");
+    fake_ready(&w, "encode", 1);
+    mm_pool_broker_submit(b, 5, NULL, bytes_of("img"), 3);
+    EXPECT(wait_jobs(b, &w, 1), "job 5 sent");
+    fake_error(&w, 5, MM_ERR_CANCELLED, "cancelled after step 3 of 50");
+    EXPECT(wait_alive(b, 0), "the worker is dropped");
+    mm_pool_result r;
+    EXPECT(!mm_pool_broker_poll(b, &r), "the \"cancelled\" answer is not handed over");
+    fake_ready(&w, "encode", 1);
+    EXPECT(wait_jobs(b, &w, 2) && w.jobs[1] == 5, "job 5 is sent again");
+    fake_result(&w, 5, 0, 0, "img", 3);
+    EXPECT(wait_result(b, &r) && r.job_id == 5 && r.status == MM_OK, "the real answer is");
+    free(r.payload);
+    fake_close(&w);
+    mm_pool_broker_free(b);
+}
+
 /* Accepts payloads of exactly 4 bytes with n_tokens 1, dim 1 (a stand-in for a shape). */
 static mm_status check_four(void *user, const mm_pool_result *r) {
     (void)user;
@@ -860,6 +884,7 @@ int main(void) {
     test_job_timeout_busy_worker();
     test_job_timeout_goes_elsewhere();
     test_cancel();
+    test_unasked_cancelled_is_requeued();
     test_misbehaving_workers();
     test_refusals_at_ready();
     test_bye_requeues_at_once();
