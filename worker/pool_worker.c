@@ -437,8 +437,10 @@ static void on_results(socket_side *ss) {
         if (!answered && t.epoch == ss->epoch && ss->outstanding > 0) ss->outstanding--;
         if (t.job) ticket_release(ss->sh, t.job);
         /* a result from before a reconnect still goes out: if that job is still
-         * wanted it saves a re-run, if not the coordinator drops it by job id */
-        if (t.kind == PAIR_RESULT && !answered && ss->dealer) {
+         * wanted it saves a re-run, if not the coordinator drops it by job id. Once
+         * stopping, nothing does: BYE follows and re-queues the job, and the result may
+         * be a "cancelled" the coordinator never asked for (mm_pool_job_cancelled). */
+        if (t.kind == PAIR_RESULT && !answered && ss->dealer && !g_stop) {
             int ok = zmq_msg_send(&f[1], ss->dealer, ZMQ_DONTWAIT | ZMQ_SNDMORE) >= 0 &&
                      zmq_msg_send(&f[2], ss->dealer, ZMQ_DONTWAIT) >= 0;
             if (ok) ss->last_sent = now_ms();
