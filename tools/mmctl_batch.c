@@ -265,8 +265,9 @@ static mm_status run_workers(batch_job *job, int n) {
     mm_status s = MM_OK;
     pthread_mutex_lock(&job->mu);
     for (; started < n; started++) {
-        if (pthread_create(&threads[started], NULL, worker_main, job)) {
-            s = MM_ERROR(MM_ERR_INTERNAL, "cannot start worker thread %d: %s", started, strerror(errno));
+        int err = pthread_create(&threads[started], NULL, worker_main, job); /* returns the error, errno untouched */
+        if (err) {
+            s = MM_ERROR(MM_ERR_INTERNAL, "cannot start worker thread %d: %s", started, strerror(err));
             break;
         }
         job->n_running++;
