@@ -542,8 +542,11 @@ static void job_encode(mm_engine *e, job *j) {
     j->encodes_left = req->n_images;
     e->n_encoding++;
     for (int k = 0; k < req->n_images; k++) {
-        if (enc->ops->submit(enc, j->enc_base + (uint64_t)k, req->image_data[k], req->image_len[k]) != MM_OK) {
-            job_fail(e, j, GRPC_STATUS_RESOURCE_EXHAUSTED, mm_error_last());
+        mm_status s = enc->ops->submit(enc, j->enc_base + (uint64_t)k, req->image_data[k], req->image_len[k]);
+        if (s != MM_OK) { /* INVALID: over pool_max_message_mb, which no retry changes */
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s.image: %s", req->image_where[k], mm_error_without_location(mm_error_last()));
+            job_fail(e, j, s == MM_ERR_INVALID ? GRPC_STATUS_INVALID_ARGUMENT : GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
             return;
         }
         free(req->image_data[k]);

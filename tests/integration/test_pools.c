@@ -16,7 +16,9 @@
  *                                                   the same request before
  *   test_pools empty_pools ...                      no worker in either pool: image requests fail with
  *                                                   UNAVAILABLE naming the pool at their deadline, text is
- *                                                   served; workers join: the same requests are served
+ *                                                   served, an image over pool_max_message_mb is
+ *                                                   INVALID_ARGUMENT; workers join: the same requests are
+ *                                                   served
  *   test_pools bad_workers ...                      fake decoders (garbage, a wrong job id, not a PNG) are
  *                                                   each dropped with an error line; every request still
  *                                                   completes with mm-decode's PNG; still SERVING
@@ -507,9 +509,21 @@ static void test_encoder_killed(const char *coord, const char *stage) {
 
 /* ---------------------------------------------------------------- empty pools */
 
+/* Writes example.png followed by zeros up to len bytes to path: 0 on success. */
+static int write_padded_png(const char *path, size_t len) {
+    size_t n = 0;
+    char *png = mm_test_read_file(example_png(), &n);
+    FILE *f = png && n <= len ? fopen(path, "wb") : NULL;
+    int ok = f && fwrite(png, 1, n, f) == n;
+    for (size_t i = n; ok && i < len; i++) ok = fputc(0, f) != EOF;
+    if (f && fclose(f) != 0) ok = 0;
+    free(png);
+    return ok ? 0 : -1;
+}
+
 static void test_empty_pools(const char *coord, const char *stage, const char *mm_decode) {
     mm_service s;
-    if (!start(&s, coord, stage, 1, "", 0, 0)) return;
+    if (!start(&s, coord, stage, 1, "\"pool_max_message_mb\": 1", 0, 0)) return;
     const double deadline_s = 5; /* room for the generation's 64 visual tokens before its decode waits */
     pool_request draw = {NULL, "Draw a boat on a lake.", 1, 70, FAST_STEPS, 4.0f, "ddim", 5};
     pool_request look = {example_png(), "What is in this picture?", 0, 16, 0, 0.0f, NULL, 0};
@@ -532,6 +546,18 @@ static void test_empty_pools(const char *coord, const char *stage, const char *m
            "image with no encoder: %s \"%s\", want UNAVAILABLE \"no encoder worker ...\"",
            mm_grpc_code_name(stuck[1].r.code), stuck[1].r.msg);
     EXPECT(svc_health(&s) == 1, "SERVING with empty pools");
+    /* an image over pool_max_message_mb: no retry can help, so INVALID_ARGUMENT naming it */
+    char big[512];
+    snprintf(big, sizeof big, "%s/big.png", s.dir);
+    EXPECT(write_padded_png(big, (size_t)3 << 19) == 0, "write %s", big);
+    pool_request huge = {big, "What is in this picture?", 0, 16, 0, 0.0f, NULL, 0};
+    static pool_result refused;
+    call(&s, &huge, 0, CALL_TIMEOUT_S, &refused);
+    EXPECT(refused.code == 3 && strstr(refused.msg, "messages[0].parts[0].image: ") &&
+               strstr(refused.msg, "pool_max_message_mb") && !strstr(refused.msg, ".c:"),
+           "an image over pool_max_message_mb: %s \"%s\", want INVALID_ARGUMENT naming the part",
+           mm_grpc_code_name(refused.code), refused.msg);
+    result_free(&refused);
     /* workers join: the same requests are served */
     char log[64];
     start_worker(&s, "decode", log);
