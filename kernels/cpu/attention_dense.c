@@ -13,39 +13,12 @@
 
 #include "cpu_backend.h"
 #include "cpu_ops.h"
-
-#define MM_VEC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-
-typedef float v16 __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
+#include "vec16.h"
 
 #define QV 4           /* query vectors per tile */
 #define QT (16 * QV)   /* queries per tile (lanes) */
 #define KT 120         /* keys per tile: scores [KT, QT] f32 = 30 KiB */
 #define RB 6           /* register block: keys of S^T, or head dims of O^T, per pass */
-
-/* Helpers take vectors by pointer: a by-value 64-byte vector would draw -Wpsabi notes. */
-static inline __attribute__((always_inline)) void vmax_into(v16 *a, const v16 *b) {
-    v16i gt = *b > *a;
-    *a = (v16)((gt & (v16i)*b) | (~gt & (v16i)*a));
-}
-
-/* x = 2^x for x <= 0 (x below -125 gives 2^-125, nothing relies on smaller): x = n + f,
- * f in [-1/2, 1/2], 2^f by Cephes' exp2f polynomial (rel. error ~2e-7), n into the exponent. */
-static inline __attribute__((always_inline)) void exp2_neg(v16 *x) {
-    const v16 lo = (v16){0} - 125.0f, magic = (v16){0} + 12582912.0f; /* 1.5 * 2^23: rounds to an integer */
-    v16i small = *x < lo;
-    v16 y = (v16)((small & (v16i)lo) | (~small & (v16i)*x));
-    v16 t = y + magic, n = t - magic, f = y - n;
-    v16 p = (v16){0} + 1.535336188319500e-4f;
-    p = p * f + 1.339887440266574e-3f;
-    p = p * f + 9.618437357674640e-3f;
-    p = p * f + 5.550332471162809e-2f;
-    p = p * f + 2.402264791363012e-1f;
-    p = p * f + 6.931472028550421e-1f;
-    p = p * f + 1.0f;
-    *x = (v16)((v16i)p + (((v16i)t - (v16i)magic) << 23));
-}
 
 /* s[r][c] = sum_d qt[d][c] k_r[d] for RB keys (rows of a [*, H, hd] tensor); mx[c] takes
  * the max of the new scores. */

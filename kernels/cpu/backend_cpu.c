@@ -93,7 +93,7 @@ static mm_status weight_load(mm_backend *be, const mm_st_tensor *src, mm_weight_
 /* Copies (f32 cache) or rounds to bf16 (bf16 cache) one head row of n values. */
 static void kv_put(void *cache, int64_t at, mm_dtype dt, const float *src, int32_t n) {
     if (dt == MM_DTYPE_BF16)
-        for (int32_t i = 0; i < n; i++) ((uint16_t *)cache)[at + i] = mm_f32_to_bf16(src[i]);
+        mm_cpu_round_bf16(src, (uint16_t *)cache + at, (size_t)n);
     else
         memcpy((float *)cache + at, src, (size_t)n * sizeof(float));
 }
@@ -102,6 +102,8 @@ mm_status mm_cpu_kv_store(mm_backend *be, void *k_cache, void *v_cache, const fl
                           const int32_t *slots, int64_t M, const mm_attn_shape *s) {
     if (s->kv_dtype != MM_DTYPE_F32 && s->kv_dtype != MM_DTYPE_BF16)
         return MM_ERROR(MM_ERR_UNSUPPORTED, "KV cache dtype %s", mm_dtype_name(s->kv_dtype));
+    /* rows go to distinct slots: threads write disjoint head rows */
+#pragma omp parallel for num_threads(be->n_threads) schedule(static) if (M * s->n_kv_heads * s->head_dim > 32768)
     for (int64_t m = 0; m < M; m++) {
         int32_t block = slots[m] / s->block_size, j = slots[m] % s->block_size;
         for (int32_t h = 0; h < s->n_kv_heads; h++) {

@@ -20,6 +20,10 @@ static inline float mm_gelu_scalar(float v, int tanh_approx) {
                        : 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
 }
 
+/* b[i] = x[i] rounded to bf16, bit-identical to mm_f32_to_bf16 (nearest even, NaN kept
+ * quiet) but branch-free, so it vectorises (gemm_dnnl.c). */
+void mm_cpu_round_bf16(const float *x, uint16_t *b, size_t n);
+
 /* shared by both CPU backends (host memory) */
 void *mm_cpu_alloc(mm_backend *be, size_t bytes);
 void mm_cpu_dealloc(mm_backend *be, void *p);

@@ -117,9 +117,9 @@ static mm_status entry_get(mm_dnnl *d, int64_t M, int64_t K, int64_t N, mm_dtype
     return MM_ERROR(MM_ERR_NOMEM, "oneDNN primitive cache full (%d shapes)", CACHE_SLOTS);
 }
 
-/* f32 -> bf16, round to nearest even, NaN kept quiet; branch-free so it vectorises. */
+/* See cpu_ops.h. */
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-static void round_bf16(const float *x, uint16_t *b, size_t n) {
+void mm_cpu_round_bf16(const float *x, uint16_t *b, size_t n) {
     for (size_t i = 0; i < n; i++) {
         uint32_t u;
         memcpy(&u, &x[i], 4);
@@ -138,7 +138,7 @@ static mm_status to_bf16(mm_dnnl *d, const float *x, size_t n, uint16_t **out) {
     uint16_t *b = d->xbf16;
     size_t per = 16384;
 #pragma omp parallel for num_threads(d->n_threads) schedule(static) if (n > 65536)
-    for (size_t i = 0; i < n; i += per) round_bf16(x + i, b + i, n - i < per ? n - i : per);
+    for (size_t i = 0; i < n; i += per) mm_cpu_round_bf16(x + i, b + i, n - i < per ? n - i : per);
     *out = b;
     return MM_OK;
 }

@@ -76,11 +76,14 @@ static void test_elementwise(void) {
     ref_be->ops->rmsnorm(ref_be, x, w, b, M, D, 1e-5f);
     EXPECT(mm_nmse(a, b, M * D) < 1e-12, "rmsnorm nmse %g", mm_nmse(a, b, M * D));
 
-    float *g1 = rand_f32(M * D, 4.0f), *up = rand_f32(M * D, 1.0f), *g2 = malloc(M * D * 4);
-    memcpy(g2, g1, M * D * 4);
+    float *g1 = rand_f32(M * D, 4.0f), *up = rand_f32(M * D, 1.0f), *g2 = malloc(M * D * 4), *g3 = malloc(M * D * 4);
+    g1[3] = -120.0f, g1[4] = 95.0f; /* e^-g overflows f32 */
+    memcpy(g2, g1, M * D * 4), memcpy(g3, g1, M * D * 4);
     fast_be->ops->silu_mul(fast_be, g1, up, M * D);
     ref_be->ops->silu_mul(ref_be, g2, up, M * D);
     EXPECT(mm_nmse(g1, g2, M * D) < 1e-12, "silu_mul nmse %g", mm_nmse(g1, g2, M * D));
+    fast1_be->ops->silu_mul(fast1_be, g3 + 5, up + 5, D); /* one row at another offset (vector tail) */
+    EXPECT(memcmp(g1 + 5, g3 + 5, D * 4) == 0, "silu_mul values depend on where the span starts or ends");
 
     fast_be->ops->softmax(fast_be, x, a, M, D);
     ref_be->ops->softmax(ref_be, x, b, M, D);
@@ -110,7 +113,7 @@ static void test_elementwise(void) {
     EXPECT(memcmp(a, b, M * D * 4) == 0, "embed differs");
     int32_t bad = 50;
     EXPECT(fast_be->ops->embed(fast_be, &tab, &bad, 1, a) == MM_ERR_INVALID, "out-of-range id accepted");
-    free(tab.data), free(x), free(w), free(a), free(b), free(g1), free(g2), free(up), free(r1), free(r2);
+    free(tab.data), free(x), free(w), free(a), free(b), free(g1), free(g2), free(g3), free(up), free(r1), free(r2);
 }
 
 /* Paged cache with scattered blocks; rows of several sequences with different lengths. */
@@ -138,24 +141,30 @@ static void attn_fixture_init(attn_fixture *f, int32_t H, int32_t KVH, int32_t h
         for (int i = 0; i < 16; i++) f->tables[s][i] = (i * 4 + s * 7 + i * i) % n_blocks; /* scattered */
 }
 
+/* Fast attention against the reference on a paged cache with scattered blocks, rows of
+ * several sequences (runs of one sequence too, as in a prefill chunk; a row without keys),
+ * then batch invariance: each row alone, single-threaded, is bit-identical. */
+static void check_attention(const attn_fixture *f, const char *what) {
+    const int64_t M = 11;
+    int32_t H = f->shape.n_heads, hd = f->shape.head_dim;
+    mm_attn_row rows[11] = {{f->tables[0], 1},   {f->tables[0], 2},  {f->tables[1], 200}, {f->tables[2], 17},
+                            {f->tables[3], 256}, {f->tables[1], 16}, {f->tables[2], 33},  {f->tables[3], 5},
+                            {f->tables[0], 129}, {f->tables[1], 0},  {f->tables[1], 48}};
+    int64_t row_floats = (int64_t)H * hd, qn = M * row_floats;
+    float *q = rand_f32(qn, 1.0f), *a = calloc(qn, 4), *b = calloc(qn, 4), *c = calloc(qn, 4);
+    fast_be->ops->attention(fast_be, q, f->k, f->v, rows, M, &f->shape, a);
+    ref_be->ops->attention(ref_be, q, f->k, f->v, rows, M, &f->shape, b);
+    EXPECT(mm_nmse(a, b, qn) < 1e-10, "attention (%s) nmse %g", what, mm_nmse(a, b, qn));
+    for (int64_t m = 0; m < M; m++)
+        fast1_be->ops->attention(fast1_be, q + m * row_floats, f->k, f->v, &rows[m], 1, &f->shape, c + m * row_floats);
+    EXPECT(memcmp(a, c, qn * 4) == 0, "attention (%s) rows differ when computed alone / single-threaded", what);
+    free(q), free(a), free(b), free(c);
+}
+
 static void test_attention(mm_dtype dt) {
     attn_fixture f;
     attn_fixture_init(&f, 8, 2, 20, 16, 64, dt);
-    const int64_t M = 9;
-    mm_attn_row rows[9] = {{f.tables[0], 1},   {f.tables[0], 2},  {f.tables[1], 200}, {f.tables[2], 17},
-                           {f.tables[3], 256}, {f.tables[1], 16}, {f.tables[2], 33},  {f.tables[3], 5},
-                           {f.tables[0], 129}};
-    int64_t qn = M * 8 * 20;
-    float *q = rand_f32(qn, 1.0f), *a = calloc(qn, 4), *b = calloc(qn, 4), *c = calloc(qn, 4);
-    fast_be->ops->attention(fast_be, q, f.k, f.v, rows, M, &f.shape, a);
-    ref_be->ops->attention(ref_be, q, f.k, f.v, rows, M, &f.shape, b);
-    EXPECT(mm_nmse(a, b, qn) < 1e-10, "attention (%s cache) nmse %g", mm_dtype_name(dt), mm_nmse(a, b, qn));
-    /* batch invariance: each row alone, and with one thread, is bit-identical */
-    for (int64_t m = 0; m < M; m++)
-        fast1_be->ops->attention(fast1_be, q + m * 160, f.k, f.v, &rows[m], 1, &f.shape, c + m * 160);
-    EXPECT(memcmp(a, c, qn * 4) == 0, "attention (%s cache) rows differ when computed alone / single-threaded",
-           mm_dtype_name(dt));
-
+    check_attention(&f, mm_dtype_name(dt));
     /* kv_store puts each head row where mm_kv_offset says, rounded to the cache dtype */
     const int64_t SM = 3;
     int32_t slots[3] = {0, 17, 16 * 63 + 15}; /* block 0 row 0, block 1 row 1, last slot */
@@ -174,8 +183,23 @@ static void test_attention(mm_dtype dt) {
             }
     }
     EXPECT(stored, "kv_store (%s) misplaced or misrounded a value", mm_dtype_name(dt));
-    free(kr), free(vr);
-    free(q), free(a), free(b), free(c), free(f.k), free(f.v);
+    free(kr), free(vr), free(f.k), free(f.v);
+}
+
+/* The head sizes the fast attention specialises (64, 128) and other group sizes. */
+static void test_attention_shapes(void) {
+    const struct { int32_t H, KVH, hd, block; mm_dtype dt; } cases[] = {
+        {12, 12, 64, 16, MM_DTYPE_BF16}, {8, 2, 128, 16, MM_DTYPE_BF16}, {4, 4, 64, 32, MM_DTYPE_F32},
+        {6, 3, 128, 16, MM_DTYPE_F32}, {3, 1, 36, 16, MM_DTYPE_BF16}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        attn_fixture f;
+        attn_fixture_init(&f, cases[i].H, cases[i].KVH, cases[i].hd, cases[i].block, 64, cases[i].dt);
+        char what[64];
+        snprintf(what, sizeof what, "H %d KVH %d hd %d %s", cases[i].H, cases[i].KVH, cases[i].hd,
+                 mm_dtype_name(cases[i].dt));
+        check_attention(&f, what);
+        free(f.k), free(f.v);
+    }
 }
 
 /* The GEMM row results must not depend on M or the thread count. */
@@ -326,6 +350,7 @@ int main(void) {
     test_elementwise();
     test_attention(MM_DTYPE_F32);
     test_attention(MM_DTYPE_BF16);
+    test_attention_shapes();
     test_matmul_invariance();
     test_sampling();
     test_encoder_ops();
