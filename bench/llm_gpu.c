@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "bench/bench_util.h"
+#include "common/crash.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/backend_cuda.h"
 #include "model/llama.h"
@@ -25,6 +26,7 @@
 #endif
 
 #define REPEATS 5
+#define PROMPT 32 /* tokens per sequence before the decode steps */
 #define KV_FRACTION 0.9 /* of the memory left after the weights */
 
 
@@ -54,6 +56,13 @@ typedef struct {
 static void step(runner *r, int B, const int32_t *n) {
     const mm_llama_config *c = &r->m->cfg;
     int64_t M = 0;
+    for (int b = 0; b < B; b++) M += n[b];
+    if (B > r->max_seqs || M > r->cap) {
+        fprintf(stderr, "llm_gpu: a step of %d sequences, %lld rows, exceeds %d / %lld\n", B, (long long)M, r->max_seqs,
+                (long long)r->cap);
+        exit(1);
+    }
+    M = 0;
     for (int b = 0; b < B; b++) {
         mm_kv_seq *q = &r->seqs[b];
         if (mm_kv_seq_reserve(r->kv, q, q->n_tokens + n[b]) != MM_OK) DIE("KV reserve");
@@ -98,7 +107,7 @@ static double bench_decode(runner *r, int B, int steps) {
     double t[REPEATS];
     int32_t n[256];
     for (int rep = 0; rep < REPEATS; rep++) {
-        for (int b = 0; b < B; b++) n[b] = 32;
+        for (int b = 0; b < B; b++) n[b] = PROMPT;
         step(r, B, n);
         for (int b = 0; b < B; b++) n[b] = 1;
         step(r, B, n); /* warm-up of the decode shapes */
@@ -115,9 +124,12 @@ static double weight_bytes(const mm_llama_config *c) { /* read per decode step a
     return (per_layer * c->n_layers + (double)c->vocab_size * c->dim) * 2.0;
 }
 
-static double flops_per_token(const mm_llama_config *c) {
+/* A T-token prefill as the step runs it: every layer's GEMMs per token, causal
+ * attention (QK^T and PV over the keys at or before each row), lm_head for the last row. */
+static double prefill_flops(const mm_llama_config *c, int T) {
     double per_layer = (double)c->dim * c->head_dim * (2.0 * c->n_heads + 2.0 * c->n_kv_heads) + 3.0 * c->dim * c->hidden_dim;
-    return 2.0 * (per_layer * c->n_layers + (double)c->vocab_size * c->dim);
+    double attn = 2.0 * 2.0 * c->n_heads * c->head_dim * ((double)T * (T + 1) / 2.0);
+    return (2.0 * per_layer * T + attn) * c->n_layers + 2.0 * (double)c->vocab_size * c->dim;
 }
 
 int main(int argc, char **argv) {
@@ -137,6 +149,7 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
+    mm_crash_trace_install();
     if (mm_cuda_device_count() == 0) {
         printf("{\"benchmark\": \"llm_gpu\", \"skipped\": \"no GPU\"}\n");
         return 0;
@@ -156,7 +169,8 @@ int main(int argc, char **argv) {
     if (mm_backend_cuda_probe_copy(be, (size_t)2 << 30, &copy_gbs) != MM_OK) DIE("copy probe");
     if (mm_backend_cuda_probe_gemm(be, 8192, 8192, 8192, &gemm_tflops) != MM_OK) DIE("gemm probe");
     double t0 = mm_bench_now();
-    runner r = {.be = be, .max_seqs = 256, .cap = 2048};
+    /* rows: the 2048-token prefill, or 256 prompts of PROMPT tokens in one step */
+    runner r = {.be = be, .max_seqs = 256, .cap = 256 * PROMPT > 2048 ? 256 * PROMPT : 2048};
     if (mm_llama_load(dir, be, 0, -1, MM_LLAMA_EMBED | MM_LLAMA_HEAD, &r.m) != MM_OK) DIE("load %s", dir);
     double load_s = mm_bench_now() - t0;
     const mm_llama_config *c = &r.m->cfg;
@@ -170,17 +184,21 @@ int main(int argc, char **argv) {
     r.seqs = calloc((size_t)r.max_seqs, sizeof *r.seqs);
     /* KV blocks from the memory planner: 90% of what is left, 2 GiB kept for scratch */
     size_t block_bytes = 2ull * c->n_layers * c->n_kv_heads * 16 * c->head_dim * 2;
-    int32_t n_blocks = 0, need = 256 * ((32 + 2 + steps + 15) / 16 + 1);
+    int32_t n_blocks = 0, need = 256 * ((PROMPT + 2 + steps + 15) / 16 + 1);
     if (need < 2048 / 16 + 1) need = 2048 / 16 + 1;
     if (mm_cuda_plan_kv_blocks(be, KV_FRACTION, (size_t)2 << 30, block_bytes, need, &n_blocks) != MM_OK) DIE("KV plan");
     if (n_blocks > 4 * need) n_blocks = 4 * need;
     if (mm_kv_cache_init_typed(be, c->n_layers, n_blocks, 16, c->n_kv_heads, c->head_dim, MM_DTYPE_BF16, &r.kv) != MM_OK)
         DIE("KV cache");
+    fprintf(stderr, "llm_gpu: loaded in %.1f s, %d KV blocks; prefill 2048\n", load_s, n_blocks);
     double prefill = bench_prefill(&r, 2048);
     const int batches[] = {1, 8, 64, 256};
     double decode[4];
-    for (int i = 0; i < 4; i++) decode[i] = bench_decode(&r, batches[i], steps);
-    double wb = weight_bytes(c), fl = flops_per_token(c);
+    for (int i = 0; i < 4; i++) {
+        fprintf(stderr, "llm_gpu: decode batch %d\n", batches[i]);
+        decode[i] = bench_decode(&r, batches[i], steps);
+    }
+    double wb = weight_bytes(c), fl = prefill_flops(c, 2048) / 2048.0; /* per prefill token */
     mm_cuda_mem mem;
     mm_backend_cuda_mem(be, &mem);
     printf("{\n  \"benchmark\": \"llm_gpu\", \"model\": \"llama3-8b shapes, bf16 random\", \"layers\": %d, "

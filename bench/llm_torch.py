@@ -3,9 +3,13 @@
 LLaMA-3.1-8B shapes (random bf16 weights, sdpa attention, static KV cache) on the
 GPU; decode tokens/s at batch 1, 8, 64, 256 after a 32-token prompt, and prefill
 tokens/s of a 2048-token prompt (medians). Prints one JSON object; {"skipped": why}
-when torch/transformers/CUDA are missing. Offline: builds the model from a config."""
+when torch/transformers/CUDA are missing. Offline: builds the model from a config.
+transformers compiles the forward pass by itself when a static cache is used; that
+compilation takes minutes per batch shape, more than a GPU check can spend, so it is
+turned off (disable_compile): the baseline is eager PyTorch with a static cache."""
 import argparse
 import json
+import signal
 import statistics
 import sys
 import time
@@ -45,8 +49,15 @@ def main():
 
     out = {"benchmark": "llm_torch", "torch": torch.__version__, "device": torch.cuda.get_device_name(0),
            "layers": a.layers, "decode_steps": a.steps, "stat": "median"}
+
+    def cut_short(signum, frame):  # timeout(1): print what was measured so far
+        out["cut_short"] = True
+        print(json.dumps(out, indent=1), flush=True)
+        sys.exit(124)
+    signal.signal(signal.SIGTERM, cut_short)
     import transformers
     out["transformers"] = transformers.__version__
+    out["compiled"] = False
     with torch.inference_mode():
         ids = torch.randint(0, cfg.vocab_size, (1, 2048), device="cuda")
         model(ids)  # warm-up
@@ -58,14 +69,15 @@ def main():
 
             def gen(n):
                 return model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                      cache_implementation="static", pad_token_id=0)
+                                      cache_implementation="static", pad_token_id=0, disable_compile=True)
 
             gen(2)  # warm-up (static cache, kernels)
             ts = []
             for _ in range(a.repeats):
                 ts.append(timed(lambda: gen(a.steps + 1)) - timed(lambda: gen(1)))
             dec[str(b)] = b * a.steps / statistics.median(ts)
-        out["decode_tokens_per_s"] = dec
+            out["decode_tokens_per_s"] = dec
+            print(f"llm_torch: decode batch {b}: {dec[str(b)]:.1f} tokens/s", file=sys.stderr, flush=True)
     print(json.dumps(out, indent=1))
     return 0
 

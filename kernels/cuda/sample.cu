@@ -8,8 +8,9 @@
  *    select on the f32 bit pattern and bitonic-sorted (logit desc, id asc) in shared
  *    memory, with the full-vocabulary softmax mass; the host then walks the nucleus
  *    exactly as the CPU code does. A row whose nucleus does not close within the
- *    candidates (or with more than SAMPLE_CAP ties at the threshold) is downloaded and
- *    sampled by the CPU code, so results never depend on the cap. */
+ *    candidates (or with more than SAMPLE_CAP ties at the threshold, or a top-k above
+ *    SAMPLE_CAP) is downloaded and sampled by the CPU code, so results never depend on
+ *    the cap. */
 #include "sample.cuh"
 
 #include <math.h>
@@ -146,10 +147,12 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
 }
 
 /* The CPU code's nucleus walk over sorted candidates c[0..n) (k: the row's top-k, V
- * when off; total: the full-vocabulary mass, used when k == V). 0 when the nucleus
- * does not close within n < k candidates. */
+ * when off; total: the full-vocabulary mass, used when k == V). 0 when the answer is
+ * not known from the candidates: the nucleus does not close within n < k of them, or
+ * a top-k above the cap (n < k < V) whose mass, the walk's denominator, is unknown. */
 static int nucleus_pick(const cand *c, int64_t n, int64_t k, int64_t V, double total_full, float top_p, float T,
                         float u, int32_t *pick) {
+    if (k < V && n < k) return 0;
     float mx = c[0].logit / T;
     double total = 0.0, cum = 0.0;
     if (k == V) total = total_full;

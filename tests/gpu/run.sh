@@ -4,7 +4,10 @@
 # tests/gpu/fetch-debs.sh downloaded (tests/gpu/debs/) into a private prefix, builds
 # the CUDA targets, runs every CUDA test and benchmark, and writes a JSON summary
 # (default build-gpu/gpu-check/summary.json). Meant to finish well under 8 minutes.
-# Usage: tests/gpu/run.sh [--build-only] [--layers N]   (env: MM_GPU_OUT, MM_GPU_BUILD)
+# With --prebuilt FILE (made here by tests/gpu/pack.sh) it builds nothing: it unpacks
+# the programs and the libraries they need, and runs them; this is the cheap way to
+# spend a short GPU lease.
+# Usage: tests/gpu/run.sh [--build-only] [--prebuilt FILE] [--layers N]   (env: MM_GPU_OUT, MM_GPU_BUILD)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -12,94 +15,144 @@ build=${MM_GPU_BUILD:-$root/build-gpu}
 out=${MM_GPU_OUT:-$build/gpu-check}
 prefix=$build/prefix
 build_only=0
+prebuilt=""
 layers=32
 while (($#)); do
   case $1 in
     --build-only) build_only=1 ;;
     --layers) layers=$2; shift ;;
-    *) echo "usage: $0 [--build-only] [--layers N]" >&2; exit 2 ;;
+    --prebuilt) prebuilt=$(realpath "$2"); shift ;;
+    *) echo "usage: $0 [--build-only] [--prebuilt FILE] [--layers N]" >&2; exit 2 ;;
   esac
   shift
 done
 mkdir -p "$out"
 t_start=$(date +%s)
 log() { echo "[gpu-check +$(( $(date +%s) - t_start ))s] $*"; }
-step_rc=()
 
-# ---- 1. private prefix from the .debs (no root, nothing installed) ----
-if compgen -G "tests/gpu/debs/*.deb" >/dev/null && [[ ! -f $prefix/.unpacked ]]; then
-  log "unpacking $(ls tests/gpu/debs/*.deb | wc -l) .debs into $prefix"
-  mkdir -p "$prefix"
-  for f in tests/gpu/debs/*.deb; do
-    if command -v dpkg-deb >/dev/null; then dpkg-deb -x "$f" "$prefix"
-    else (tmp=$(mktemp -d) && cd "$tmp" && ar x "$root/$f" && tar -xf data.tar.* -C "$prefix" && rm -rf "$tmp"); fi
-  done
-  # .pc files and absolute symlinks point into /usr: point them into the prefix
-  find "$prefix" -name '*.pc' -exec sed -i "s#=/usr#=$prefix/usr#g; s#-I/usr/#-I$prefix/usr/#g; s#-L/usr/#-L$prefix/usr/#g" {} +
-  find "$prefix" -type l | while read -r l; do
-    t=$(readlink "$l")
-    [[ $t == /* && -e $prefix$t ]] && ln -sfn "$prefix$t" "$l"
-  done
-  touch "$prefix/.unpacked"
-fi
-ml=$prefix/usr/lib/x86_64-linux-gnu
-cmake_extra=()
-if [[ -d $prefix/usr ]]; then
-  export PATH=$prefix/usr/bin:$PATH
-  export LD_LIBRARY_PATH=$ml:$ml/mpich/lib:${LD_LIBRARY_PATH:-}
-  export PKG_CONFIG_PATH=$ml/pkgconfig:$prefix/usr/share/pkgconfig:${PKG_CONFIG_PATH:-}
-  cmake_extra+=(-DCMAKE_PREFIX_PATH="$prefix/usr")
-  [[ -x $prefix/usr/bin/pkgconf ]] && cmake_extra+=(-DPKG_CONFIG_EXECUTABLE="$prefix/usr/bin/pkgconf")
-  # MPICH without its compiler wrapper (whose paths say /usr)
-  if [[ -f $ml/libmpich.so ]]; then
-    cmake_extra+=(-DMPI_C_LIB_NAMES=mpich -DMPI_mpich_LIBRARY="$ml/libmpich.so"
-                  -DMPI_C_HEADER_DIR="$prefix/usr/include/x86_64-linux-gnu/mpich" -DMPI_C_COMPILER=MPI_C_COMPILER-NOTFOUND)
-  fi
-fi
-# NCCL: the toolkit's, or the one that comes with PyTorch's wheels
-if [[ -z ${NCCL_HOME:-} ]]; then
-  nccl=$(python3 -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__))' 2>/dev/null || true)
-  [[ -n $nccl ]] && export NCCL_HOME=$nccl && export LD_LIBRARY_PATH=$nccl/lib:$LD_LIBRARY_PATH
-  [[ -n $nccl && ! -e $nccl/lib/libnccl.so ]] && ln -sf libnccl.so.2 "$nccl/lib/libnccl.so" 2>/dev/null
-fi
+# ---- 1+2. programs: unpacked from a pack, or built from the .debs' private prefix ----
 arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ')
 arch=${arch:-90}
-
-# ---- 2. configure and build the CUDA targets ----
-log "configure (sm_$arch)"
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DMM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" \
-  -DMM_ASAN_TESTS=OFF "${cmake_extra[@]}" >"$out/configure.log" 2>&1
-cfg_rc=$?
-targets=(test_backend_cuda test_cuda_models llm_gpu mm-mkmodel mm-stage)
-build_rc=1
-if ((cfg_rc == 0)); then
-  log "build ${targets[*]}"
-  cmake --build "$build" -j "$(nproc)" --target "${targets[@]}" >"$out/build.log" 2>&1
-  build_rc=$?
+cfg_rc=0 build_rc=0
+if [[ -n $prebuilt ]]; then
+  pack=$build/pack
+  log "unpacking $prebuilt into $pack"
+  rm -rf "$pack" && mkdir -p "$pack" && tar -xzf "$prebuilt" -C "$pack" || build_rc=1
+  bin_tests=$pack/bin bin_bench=$pack/bin bin_tools=$pack/bin
+  export LD_LIBRARY_PATH=$pack/lib:${LD_LIBRARY_PATH:-}
+  # cuBLAS 13: the toolkit's, else the one that comes with PyTorch's wheels
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+           "$(python3 -c 'import nvidia.cublas, os; print(os.path.dirname(nvidia.cublas.__file__))' 2>/dev/null)/lib"; do
+    [[ -e $d/libcublas.so.13 ]] && export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d && break
+  done
+  ldd "$pack/bin/test_backend_cuda" | grep "not found" && build_rc=1
+else
+  if compgen -G "tests/gpu/debs/*.deb" >/dev/null && [[ ! -f $prefix/.unpacked ]]; then
+    log "unpacking $(ls tests/gpu/debs/*.deb | wc -l) .debs into $prefix"
+    mkdir -p "$prefix"
+    for f in tests/gpu/debs/*.deb; do
+      if command -v dpkg-deb >/dev/null; then dpkg-deb -x "$f" "$prefix"
+      else (tmp=$(mktemp -d) && cd "$tmp" && ar x "$root/$f" && tar -xf data.tar.* -C "$prefix" && rm -rf "$tmp"); fi
+    done
+    # .pc files and absolute symlinks point into /usr: point them into the prefix
+    find "$prefix" -name '*.pc' -exec sed -i "s#=/usr#=$prefix/usr#g; s#-I/usr/#-I$prefix/usr/#g; s#-L/usr/#-L$prefix/usr/#g" {} +
+    find "$prefix" -type l | while read -r l; do
+      t=$(readlink "$l")
+      [[ $t == /* && -e $prefix$t ]] && ln -sfn "$prefix$t" "$l"
+    done
+    touch "$prefix/.unpacked"
+  fi
+  ml=$prefix/usr/lib/x86_64-linux-gnu
+  cmake_extra=()
+  if [[ -d $prefix/usr ]]; then
+    export PATH=$prefix/usr/bin:$PATH
+    export LD_LIBRARY_PATH=$ml:$ml/mpich/lib:${LD_LIBRARY_PATH:-}
+    export PKG_CONFIG_PATH=$ml/pkgconfig:$prefix/usr/share/pkgconfig:${PKG_CONFIG_PATH:-}
+    cmake_extra+=(-DCMAKE_PREFIX_PATH="$prefix/usr")
+    [[ -x $prefix/usr/bin/pkgconf ]] && cmake_extra+=(-DPKG_CONFIG_EXECUTABLE="$prefix/usr/bin/pkgconf")
+    # MPICH without its compiler wrapper (whose paths say /usr)
+    if [[ -f $ml/libmpich.so ]]; then
+      cmake_extra+=(-DMPI_C_LIB_NAMES=mpich -DMPI_mpich_LIBRARY="$ml/libmpich.so"
+                    -DMPI_C_HEADER_DIR="$prefix/usr/include/x86_64-linux-gnu/mpich" -DMPI_C_COMPILER=MPI_C_COMPILER-NOTFOUND)
+    fi
+  fi
+  # NCCL: the toolkit's, or the one that comes with PyTorch's wheels
+  if [[ -z ${NCCL_HOME:-} ]]; then
+    nccl=$(python3 -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__))' 2>/dev/null || true)
+    [[ -n $nccl ]] && export NCCL_HOME=$nccl && export LD_LIBRARY_PATH=$nccl/lib:$LD_LIBRARY_PATH
+    [[ -n $nccl && ! -e $nccl/lib/libnccl.so ]] && ln -sf libnccl.so.2 "$nccl/lib/libnccl.so" 2>/dev/null
+  fi
+  log "configure (sm_$arch)"
+  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DMM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" \
+    -DMM_ASAN_TESTS=OFF "${cmake_extra[@]}" >"$out/configure.log" 2>&1
+  cfg_rc=$?
+  targets=(test_backend_cuda test_cuda_models llm_gpu decoder_gpu mm-mkmodel mm-stage)
+  build_rc=1
+  if ((cfg_rc == 0)); then
+    log "build ${targets[*]}"
+    cmake --build "$build" -j "$(nproc)" --target "${targets[@]}" >"$out/build.log" 2>&1
+    build_rc=$?
+  fi
+  ((cfg_rc || build_rc)) && tail -30 "$out/configure.log" "$out/build.log"
+  bin_tests=$build/tests bin_bench=$build/bench bin_tools=$build/tools
 fi
 log "configure rc=$cfg_rc build rc=$build_rc (logs in $out)"
-((cfg_rc || build_rc)) && tail -30 "$out/configure.log" "$out/build.log"
 
 # ---- 3. tests and benchmarks ----
-tests_rc=-1 bench_rc=-1 torch_rc=-1
+# The model for bench/llm_gpu is written on the CPU while the tests use the GPU.
+tests_rc=-1 bench_rc=-1 torch_rc=-1 dec_rc=-1
+models=${MM_GPU_MODELS:-/tmp/mm-gpu-models}
+mdir=$models/llama3-8b-bf16-L$layers
 if ((build_only == 0 && build_rc == 0)); then
-  log "CUDA tests"
-  (cd "$build" && timeout 300 ctest -R 'cuda' --output-on-failure) >"$out/ctest.log" 2>&1
-  tests_rc=$?
-  tail -5 "$out/ctest.log"
+  mkdir -p "$models"
+  mk_pid=
+  if [[ ! -f $mdir/config.json ]]; then
+    log "mm-mkmodel llama3-8b bf16, $layers layers (background)"
+    "$bin_tools/mm-mkmodel" --preset llama3-8b --dtype bf16 --layers "$layers" --out "$mdir" >"$out/mkmodel.log" 2>&1 &
+    mk_pid=$!
+  fi
+  : >"$out/tests.tsv"
+  tests_rc=0
+  for t in test_backend_cuda test_cuda_models; do
+    log "$t"
+    MM_GOLDEN_DIR=$root/tests/golden MM_ASSETS_DIR=$root/assets timeout 100 "$bin_tests/$t" >"$out/$t.log" 2>&1
+    rc=$?
+    case $rc in 0) st=Passed ;; 77) st=Skipped ;; 124) st=Timeout ;; *) st=Failed ;; esac
+    ((rc != 0)) && tests_rc=1
+    printf '%s\t%s\t%s\n' "$t" "$st" "$rc" >>"$out/tests.tsv"
+    log "$t: $st (rc $rc)"
+    grep -E "FAIL|error|Error" "$out/$t.log" | head -40
+    tail -3 "$out/$t.log"
+  done
+  if [[ -n $mk_pid ]]; then
+    wait "$mk_pid" || log "mm-mkmodel failed: $(tail -3 "$out/mkmodel.log")"
+  fi
   log "bench/llm_gpu (layers $layers)"
-  timeout 300 "$build/bench/llm_gpu" --workdir "$build/models" --layers "$layers" >"$out/llm_gpu.json" 2>"$out/llm_gpu.log"
+  timeout 150 "$bin_bench/llm_gpu" --workdir "$models" --layers "$layers" >"$out/llm_gpu.json" 2>"$out/llm_gpu.log"
   bench_rc=$?
   cat "$out/llm_gpu.json"
+  ((bench_rc)) && tail -20 "$out/llm_gpu.log"
+  # Python wheels carried along (diffusers for decode_gpu's baseline), into a private dir
+  if compgen -G "$root/.gpu/whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$build/site" "$root"/.gpu/whl/*.whl \
+      >"$out/pip.log" 2>&1 && export PYTHONPATH=$build/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  log "bench/decoder_gpu (SD 1.5 UNet step and VAE, diffusers on the same GPU)"
+  timeout 120 "$bin_bench/decoder_gpu" --workdir "$models/sd15" --runs 5 >"$out/decoder_gpu.json" 2>"$out/decoder_gpu.log"
+  dec_rc=$?
+  cat "$out/decoder_gpu.json"
+  ((dec_rc)) && tail -20 "$out/decoder_gpu.log"
   log "bench/llm_torch.py (PyTorch + transformers baseline)"
-  timeout 240 python3 bench/llm_torch.py --layers "$layers" >"$out/llm_torch.json" 2>"$out/llm_torch.log"
+  timeout 150 python3 bench/llm_torch.py --layers "$layers" >"$out/llm_torch.json" 2>"$out/llm_torch.log"
   torch_rc=$?
+  cat "$out/llm_torch.json"
+  ((torch_rc)) && tail -20 "$out/llm_torch.log"
 fi
 
 # ---- 4. summary ----
-python3 - "$out" "$cfg_rc" "$build_rc" "$tests_rc" "$bench_rc" "$torch_rc" "$t_start" <<'PY'
+python3 - "$out" "$cfg_rc" "$build_rc" "$tests_rc" "$bench_rc" "$torch_rc" "$dec_rc" "$t_start" <<'PY'
 import json, os, re, subprocess, sys, time
-out, cfg, bld, tst, bench, torch_rc, t0 = sys.argv[1], *map(int, sys.argv[2:])
+out, cfg, bld, tst, bench, torch_rc, dec_rc, t0 = sys.argv[1], *map(int, sys.argv[2:])
 def load(name):
     try:
         with open(os.path.join(out, name)) as f:
@@ -114,9 +167,9 @@ def smi(q):
         return None
 tests = {}
 try:
-    for line in open(os.path.join(out, "ctest.log")):
-        m = re.search(r"Test +#\d+: (\S+) \.+\** *(Passed|Failed|Not Run|\*\*\*Failed|Skipped|\*\*\*Skipped)", line)
-        if m: tests[m.group(1)] = m.group(2).strip("*")
+    for line in open(os.path.join(out, "tests.tsv")):
+        name, status, rc = line.rstrip("\n").split("\t")
+        tests[name] = status
 except OSError:
     pass
 ours, base = load("llm_gpu.json"), load("llm_torch.json")
@@ -128,7 +181,8 @@ try: ratio["prefill_2048"] = ours["prefill_2048_tokens_per_s"] / base["prefill_2
 except Exception: pass
 s = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": smi("name"), "driver": smi("driver_version"),
      "wall_s": int(time.time()) - t0, "rc": {"configure": cfg, "build": bld, "tests": tst, "llm_gpu": bench,
-     "llm_torch": torch_rc}, "tests": tests, "llm_gpu": ours, "llm_torch": base, "ours_over_torch": ratio,
+     "llm_torch": torch_rc, "decoder_gpu": dec_rc}, "tests": tests, "llm_gpu": ours, "llm_torch": base,
+     "decoder_gpu": load("decoder_gpu.json"), "ours_over_torch": ratio,
      "targets": {"decode_b1_fraction_of_copy_bandwidth": 0.85, "prefill_fraction_of_gemm_peak": 0.70}}
 with open(os.path.join(out, "summary.json"), "w") as f:
     json.dump(s, f, indent=1)

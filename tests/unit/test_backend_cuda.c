@@ -3,6 +3,7 @@
  * long contexts split over several key chunks, shuffled block tables, GQA, f32 and
  * bf16 caches and weights), a normalised-MSE bound per op, any NaN/Inf a failure.
  * Exits 77 (ctest SKIP_RETURN_CODE) when there is no GPU; prints one line per case. */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/cuda/backend_cuda.h"
+#include "common/crash.h"
 #include "tests/testutil.h"
 
 static mm_backend *ref, *gpu;
@@ -115,6 +117,11 @@ static void test_embed(void) {
 }
 
 /* rmsnorm, layernorm (with and without affine), l2norm, softmax */
+/* The reference sums a row sequentially in f32: its own rounding error grows like
+ * sqrt(D) x eps (a random walk), so the squared relative error that NMSE measures
+ * grows like D x eps^2 (1.8e-9 at the 128258-wide vocabulary row). */
+static double row_bound(int64_t D) { return 1e-10 + (double)D * FLT_EPSILON * FLT_EPSILON; }
+
 static void test_rows(void) {
     const int64_t shapes[][2] = {{1, 1}, {3, 7}, {17, 4096}, {5, 1152}, {2, 128258}};
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
@@ -125,22 +132,22 @@ static void test_rows(void) {
         snprintf(sh, sizeof sh, "M%lld D%lld", (long long)M, (long long)D);
         ref->ops->rmsnorm(ref, x, w, want, M, D, 1e-5f);
         gpu->ops->rmsnorm(gpu, xd, wd, yd, M, D, 1e-5f);
-        check("rmsnorm", sh, yd, want, n, 1e-10);
+        check("rmsnorm", sh, yd, want, n, row_bound(D));
         ref->ops->layernorm(ref, x, w, b, want, M, D, 1e-6f);
         gpu->ops->layernorm(gpu, xd, wd, bd, yd, M, D, 1e-6f);
-        check("layernorm", sh, yd, want, n, 1e-10);
+        check("layernorm", sh, yd, want, n, row_bound(D));
         ref->ops->layernorm(ref, x, NULL, NULL, want, M, D, 1e-6f);
         gpu->ops->layernorm(gpu, xd, NULL, NULL, yd, M, D, 1e-6f);
-        check("layernorm (plain)", sh, yd, want, n, 1e-10);
+        check("layernorm (plain)", sh, yd, want, n, row_bound(D));
         ref->ops->l2norm(ref, x, want, M, D, 1e-12f);
         gpu->ops->l2norm(gpu, xd, yd, M, D, 1e-12f);
-        check("l2norm", sh, yd, want, n, 1e-10);
+        check("l2norm", sh, yd, want, n, row_bound(D));
         ref->ops->softmax(ref, x, want, M, D);
         gpu->ops->softmax(gpu, xd, yd, M, D);
-        check("softmax", sh, yd, want, n, 1e-10);
+        check("softmax", sh, yd, want, n, row_bound(D));
         gpu->ops->rmsnorm(gpu, xd, wd, xd, M, D, 1e-5f); /* in place */
         ref->ops->rmsnorm(ref, x, w, want, M, D, 1e-5f);
-        check("rmsnorm (in place)", sh, xd, want, n, 1e-10);
+        check("rmsnorm (in place)", sh, xd, want, n, row_bound(D));
         gpu->ops->dealloc(gpu, xd), gpu->ops->dealloc(gpu, wd), gpu->ops->dealloc(gpu, bd), gpu->ops->dealloc(gpu, yd);
         free(x), free(w), free(b), free(want);
     }
@@ -197,6 +204,8 @@ static void test_attention(void) {
         size_t esz = mm_dtype_size(k->dt), cache_elems = (size_t)n_blocks * k->KVH * k->bs * k->hd;
         void *kc_r = calloc(cache_elems, esz), *vc_r = calloc(cache_elems, esz);
         void *kc_g = gpu->ops->alloc(gpu, cache_elems * esz), *vc_g = gpu->ops->alloc(gpu, cache_elems * esz);
+        gpu->ops->upload(gpu, kc_g, kc_r, cache_elems * esz); /* zeros, as the host caches: blocks never written */
+        gpu->ops->upload(gpu, vc_g, vc_r, cache_elems * esz); /* must compare equal too */
         mm_attn_row *rows = malloc((size_t)M * sizeof *rows);
         /* store every key of every sequence, in one kv_store call of all positions */
         int64_t n_all = 0;
@@ -214,9 +223,12 @@ static void test_attention(void) {
         float *kd = dev(kk, n_all * kvw), *vd = dev(vv, n_all * kvw);
         ref->ops->kv_store(ref, kc_r, vc_r, kk, vv, slots, n_all, &shape);
         EXPECT(gpu->ops->kv_store(gpu, kc_g, vc_g, kd, vd, slots, n_all, &shape) == MM_OK, "%s", mm_error_last());
-        void *kc_h = malloc(cache_elems * esz);
+        void *kc_h = malloc(cache_elems * esz), *vc_h = malloc(cache_elems * esz);
         gpu->ops->download(gpu, kc_h, kc_g, cache_elems * esz);
-        EXPECT(memcmp(kc_h, kc_r, cache_elems * esz) == 0, "kv_store cfg %zu: cache bits differ", c);
+        gpu->ops->download(gpu, vc_h, vc_g, cache_elems * esz);
+        EXPECT(memcmp(kc_h, kc_r, cache_elems * esz) == 0, "kv_store cfg %zu: K cache bits differ", c);
+        EXPECT(memcmp(vc_h, vc_r, cache_elems * esz) == 0, "kv_store cfg %zu: V cache bits differ", c);
+        free(vc_h);
         int64_t qn = M * k->H * k->hd;
         float *q = rand_vec(qn, 1.0f), *want = malloc((size_t)qn * 4), *qd = dev(q, qn);
         float *od = gpu->ops->alloc(gpu, (size_t)qn * 4);
@@ -290,9 +302,10 @@ static void test_pointwise(void) {
         ref->ops->concat_cols(ref, x, y, want, M, N, N + 3 > 2 * N ? 1 : N + 3);
         gpu->ops->concat_cols(gpu, xd, yd, od, M, N, N + 3 > 2 * N ? 1 : N + 3);
         check("concat_cols", sh, od, want, M * (N + (N + 3 > 2 * N ? 1 : N + 3)), 0.0);
-        ref->ops->upsample_nearest2x(ref, x, want, 2, M, N / 2 + 1 > N ? N : N / 2 + 1, 1);
-        gpu->ops->upsample_nearest2x(gpu, xd, od, 2, M, N / 2 + 1 > N ? N : N / 2 + 1, 1);
-        check("upsample_nearest2x", sh, od, want, 2 * 4 * M * (N / 2 + 1 > N ? N : N / 2 + 1), 0.0);
+        /* [1, M, N, 1] -> [1, 2M, 2N, 1]: n values in, 4n out (want and od hold 4n) */
+        ref->ops->upsample_nearest2x(ref, x, want, 1, M, N, 1);
+        gpu->ops->upsample_nearest2x(gpu, xd, od, 1, M, N, 1);
+        check("upsample_nearest2x", sh, od, want, 4 * n, 0.0);
         gpu->ops->dealloc(gpu, xd), gpu->ops->dealloc(gpu, yd), gpu->ops->dealloc(gpu, od);
         free(x), free(y), free(want);
     }
@@ -395,6 +408,8 @@ static void test_sample(void) {
 }
 
 int main(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0); /* every case's line survives a crash */
+    mm_crash_trace_install();
     if (mm_cuda_device_count() == 0) {
         printf("test_backend_cuda: no GPU (or no CUDA build): skipped\n");
         return 77;

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds the CUDA test and benchmark programs here (nvcc + cuBLAS, no GPU needed) and
+# packs them with the shared libraries a CUDA + PyTorch GPU image lacks (oneDNN,
+# jansson, libpng, libjpeg, ...) into one compressed file, small enough to travel
+# with the tree. `tests/gpu/run.sh --prebuilt FILE` runs them there without building,
+# which spends no GPU-machine time on configuring and compiling.
+# Usage: tests/gpu/pack.sh [OUT_FILE (default .gpu/pack.tar.gz)]   (env: MM_GPU_ARCH, default 90)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+out=${1:-$root/.gpu/pack.tar.gz}
+build=$root/build-gpupack
+arch=${MM_GPU_ARCH:-90}
+targets=(test_backend_cuda test_cuda_models llm_gpu decoder_gpu mm-mkmodel)
+
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DMM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" \
+  -DMM_ASAN_TESTS=OFF >"$build.configure.log" 2>&1 || { tail -30 "$build.configure.log"; exit 1; }
+cmake --build "$build" -j "$(nproc)" --target "${targets[@]}"
+
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage/bin" "$stage/lib"
+bins=("$build/tests/test_backend_cuda" "$build/tests/test_cuda_models" "$build/bench/llm_gpu" "$build/bench/decoder_gpu"
+      "$build/tools/mm-mkmodel")
+cp "${bins[@]}" "$stage/bin/"
+# Libraries outside the C runtime and CUDA (the GPU image has those, newer or equal).
+skip='^(linux-vdso|ld-linux|libc|libm|libdl|libpthread|librt|libgcc_s|libstdc\+\+|libcuda|libcudart|libcublas|libcublasLt|libnccl)\.so'
+ldd "${bins[@]}" | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' | sort -u | while read -r name path; do
+  [[ $name =~ $skip ]] || cp -L "$path" "$stage/lib/$name"
+done
+mkdir -p "$(dirname "$out")"
+tar -czf "$out" -C "$stage" bin lib
+echo "pack: $(du -h "$out" | cut -f1) -> $out ($(ls "$stage/lib" | tr '\n' ' '))"
