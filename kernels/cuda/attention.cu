@@ -7,15 +7,23 @@
  * never depends on the batch it shares (batch-invariant). The same kernel serves the
  * paged cache [n_blocks, n_kv_heads, block_size, head_dim] (f32 or bf16) through block
  * tables, and dense [batch, T, H, hd] tensors.
- * Prefill rows are handled row by row (K/V re-read per row, through L2); a tiled
- * flash prefill that shares K/V tiles across query rows is future work. */
+ * That is what decode rows need. Many rows against the same keys (a prefill chunk of
+ * MM_CUDA_ATTN_GEMM_MIN_ROWS or more rows of one sequence, dense attention with that
+ * many queries) go through the score matrix and cuBLAS instead (attention_gemm.cu),
+ * which reuses each K/V tile across rows; those results depend on the GEMM shapes, so
+ * only the row-at-a-time path is batch-invariant. */
 #include "attention.cuh"
+
+#include "attention_gemm.cuh"
 
 #include <stdlib.h>
 
 #define ATT_WARPS 4
 #define ATT_CHUNK 256                  /* keys per split */
 #define ATT_PART_MAX ((size_t)64 << 20) /* split partials per launch, bytes */
+#define GEMM_SCORES_MAX ((size_t)256 << 20) /* score matrix per GEMM pass, bytes */
+#define GEMM_ROWS_CAUSAL 256 /* rows per pass of a causal group: later passes see more keys */
+#define GEMM_KV_MAX ((size_t)1 << 30) /* gathered K + V of one group; longer groups take the kernel */
 
 typedef struct {
     const float *q;          /* [M, H, hd] */
@@ -24,7 +32,8 @@ typedef struct {
     int bf16;                /* cache element type */
     int32_t H, KVH, hd, group, heads_per_block;
     float scale;
-    const int32_t *meta;     /* paged: [M, 2] = (n_keys, offset into tables); NULL for dense */
+    const int32_t *meta;     /* paged: [M, 2] = (n_keys, offset into tables), n_keys < 0: row done elsewhere
+                              * (the GEMM path, which reads its key count from the second field); NULL: dense */
     const int32_t *tables;   /* paged: flattened block tables */
     int32_t bs;
     int64_t Tq, Tk;          /* dense */
@@ -51,6 +60,7 @@ template <int G_MAX, int D_MAX> __global__ void __launch_bounds__(ATT_WARPS * 32
     const int64_t row = a.row0 + blockIdx.z, lrow = blockIdx.z;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, G = a.heads_per_block, hd = a.hd;
     int32_t n_keys = a.meta ? a.meta[2 * row] : (int32_t)a.Tk, toff = a.meta ? a.meta[2 * row + 1] : 0;
+    if (n_keys < 0) return; /* the whole block: before any barrier */
     int64_t j0 = (int64_t)split * ATT_CHUNK, j1 = j0 + ATT_CHUNK < n_keys ? j0 + ATT_CHUNK : n_keys;
     extern __shared__ float sh[];
     float *q_s = sh;              /* [G, hd] */
@@ -126,6 +136,7 @@ template <int G_MAX, int D_MAX> __global__ void __launch_bounds__(ATT_WARPS * 32
 /* grid (rows * H): merges the splits of one (row, head) in split order. */
 __global__ void attn_merge_kernel(attn_args a) {
     int64_t lrow = blockIdx.x / a.H, h = blockIdx.x % a.H, row = a.row0 + lrow;
+    if (a.meta && a.meta[2 * row] < 0) return;
     const float *p = a.part + (lrow * a.H + h) * a.n_splits * (int64_t)(a.hd + 2);
     float mx = -INFINITY;
     for (int s = 0; s < a.n_splits; s++) mx = fmaxf(mx, p[s * (a.hd + 2) + a.hd]);
@@ -173,18 +184,50 @@ static mm_status attn_launch(mm_backend *be, attn_args a, int64_t M, int32_t max
     return MM_OK;
 }
 
+/* Rows [r0, r1) of one sequence (block table tab_d on the device, key counts at
+ * keys_d[2 * r], r relative to r0) through the score matrix: K/V gathered once for the
+ * group's longest row, then passes of at most GEMM_ROWS_CAUSAL rows, each against the
+ * keys its longest row sees. */
+static mm_status attention_group_gemm(mm_backend *be, const float *q, const void *k_cache, const void *v_cache,
+                                      const mm_attn_row *rows, int64_t r0, int64_t r1, const mm_attn_shape *s,
+                                      const int32_t *tab_d, const int32_t *keys_d, int32_t need, float *out) {
+    const int64_t H = s->n_heads, KVH = s->n_kv_heads, hd = s->head_dim, kv = KVH * (int64_t)need * hd;
+    int64_t pass = (int64_t)(GEMM_SCORES_MAX / mm_cuda_attn_gemm_scores_bytes((int32_t)H, 1, need > 0 ? need : 1));
+    if (pass > GEMM_ROWS_CAUSAL) pass = GEMM_ROWS_CAUSAL;
+    if (pass < 1) pass = 1;
+    float *kc;
+    CHECK(mm_cuda_scratch(be, (size_t)(2 * kv) * sizeof(float) + mm_cuda_attn_gemm_scores_bytes((int32_t)H, pass, need),
+                          (void **)&kc));
+    float *vc = kc + kv, *S = vc + kv;
+    int bf16 = s->kv_dtype == MM_DTYPE_BF16;
+    CHECK(mm_cuda_kv_gather(be, k_cache, bf16, tab_d, s->block_size, (int32_t)KVH, (int32_t)hd, need, kc));
+    CHECK(mm_cuda_kv_gather(be, v_cache, bf16, tab_d, s->block_size, (int32_t)KVH, (int32_t)hd, need, vc));
+    for (int64_t p0 = r0; p0 < r1; p0 += pass) {
+        int64_t p1 = p0 + pass < r1 ? p0 + pass : r1;
+        int32_t tk = 0;
+        for (int64_t r = p0; r < p1; r++) tk = rows[r].n_keys > tk ? rows[r].n_keys : tk;
+        mm_attn_gemm g = {};
+        g.q = q + p0 * H * hd, g.ldq = H * hd, g.sq = hd;
+        g.k = kc, g.v = vc, g.ldk = hd, g.sk = (int64_t)need * hd;
+        g.out = out + p0 * H * hd, g.ldo = H * hd, g.so = hd;
+        g.H = (int32_t)H, g.KVH = (int32_t)KVH, g.hd = (int32_t)hd, g.scale = s->scale;
+        g.n = p1 - p0, g.Tk = tk, g.n_keys = keys_d + 2 * (p0 - r0), g.n_keys_stride = 2;
+        CHECK(mm_cuda_attn_gemm(be, &g, S));
+    }
+    return MM_OK;
+}
+
 mm_status mm_cuda_attention(mm_backend *be, const float *q, const void *k_cache, const void *v_cache,
                             const mm_attn_row *rows, int64_t M, const mm_attn_shape *s, float *out) {
     if (s->kv_dtype != MM_DTYPE_F32 && s->kv_dtype != MM_DTYPE_BF16)
         return MM_ERROR(MM_ERR_UNSUPPORTED, "KV cache dtype %s", mm_dtype_name(s->kv_dtype));
     if (M <= 0) return MM_OK;
     if (M > INT32_MAX / 4) return MM_ERROR(MM_ERR_UNSUPPORTED, "attention over %lld rows", (long long)M);
+    if (s->n_heads % s->n_kv_heads) return MM_ERROR(MM_ERR_INVALID, "attention: %d heads not a multiple of %d KV heads",
+                                                    s->n_heads, s->n_kv_heads);
     /* meta [M, 2] then the block tables; consecutive rows of one sequence share theirs */
-    int32_t max_keys = 0;
-    for (int64_t m = 0; m < M; m++) {
+    for (int64_t m = 0; m < M; m++)
         if (rows[m].n_keys < 0) return MM_ERROR(MM_ERR_INVALID, "attention row %lld: %d keys", (long long)m, rows[m].n_keys);
-        if (rows[m].n_keys > max_keys) max_keys = rows[m].n_keys;
-    }
     int64_t n_tab = 0; /* each group of rows sharing a table needs it up to its longest row */
     for (int64_t m = 0, g = 0; m < M; m = g) {
         int32_t need = 0;
@@ -195,7 +238,8 @@ mm_status mm_cuda_attention(mm_backend *be, const float *q, const void *k_cache,
     size_t bytes = (size_t)(2 * M + n_tab) * sizeof(int32_t);
     int32_t *h, *d;
     CHECK(mm_cuda_meta_alloc(be, bytes, (void **)&h, (void **)&d));
-    int64_t off = 0;
+    int64_t off = 0, kernel_rows = 0;
+    int32_t max_keys = 0; /* over the rows the kernel takes */
     for (int64_t m = 0, g = 0; m < M; m = g) {
         int32_t need = 0;
         for (g = m; g < M && rows[g].block_table == rows[m].block_table; g++)
@@ -205,20 +249,58 @@ mm_status mm_cuda_attention(mm_backend *be, const float *q, const void *k_cache,
             if (rows[m].block_table[i] < 0) return MM_ERROR(MM_ERR_INVALID, "attention row %lld: block id %d", (long long)m, rows[m].block_table[i]);
             h[2 * M + off + i] = rows[m].block_table[i];
         }
-        for (int64_t r = m; r < g; r++) h[2 * r] = rows[r].n_keys, h[2 * r + 1] = (int32_t)off;
+        int gemm = g - m >= MM_CUDA_ATTN_GEMM_MIN_ROWS &&
+                   (size_t)2 * s->n_kv_heads * need * s->head_dim * sizeof(float) <= GEMM_KV_MAX;
+        for (int64_t r = m; r < g; r++) {
+            h[2 * r] = gemm ? -1 : rows[r].n_keys;
+            h[2 * r + 1] = gemm ? rows[r].n_keys : (int32_t)off;
+            if (!gemm && rows[r].n_keys > max_keys) max_keys = rows[r].n_keys;
+        }
+        if (!gemm) kernel_rows += g - m;
         off += nb;
     }
     CHECK(mm_cuda_meta_push(be, h, d, bytes));
-    attn_args a = {};
-    a.q = q, a.out = out, a.k = k_cache, a.v = v_cache, a.bf16 = s->kv_dtype == MM_DTYPE_BF16;
-    a.H = s->n_heads, a.KVH = s->n_kv_heads, a.hd = s->head_dim, a.group = s->n_heads / s->n_kv_heads;
-    a.scale = s->scale, a.meta = d, a.tables = d + 2 * M, a.bs = s->block_size;
-    return attn_launch(be, a, M, max_keys);
+    if (kernel_rows > 0) {
+        attn_args a = {};
+        a.q = q, a.out = out, a.k = k_cache, a.v = v_cache, a.bf16 = s->kv_dtype == MM_DTYPE_BF16;
+        a.H = s->n_heads, a.KVH = s->n_kv_heads, a.hd = s->head_dim, a.group = s->n_heads / s->n_kv_heads;
+        a.scale = s->scale, a.meta = d, a.tables = d + 2 * M, a.bs = s->block_size;
+        CHECK(attn_launch(be, a, M, max_keys));
+    }
+    off = 0;
+    for (int64_t m = 0, g = 0; m < M && kernel_rows < M; m = g) {
+        int32_t need = 0;
+        for (g = m; g < M && rows[g].block_table == rows[m].block_table; g++)
+            if (rows[g].n_keys > need) need = rows[g].n_keys;
+        if (h[2 * m] < 0) /* this group was given to the GEMMs above */
+            CHECK(attention_group_gemm(be, q, k_cache, v_cache, rows, m, g, s, d + 2 * M + off, d + 2 * m + 1, need, out));
+        off += (need + s->block_size - 1) / s->block_size;
+    }
+    return MM_OK;
 }
 
 mm_status mm_cuda_attention_dense(mm_backend *be, const float *q, const float *k, const float *v, int64_t batch,
                                   int64_t Tq, int64_t Tk, int32_t n_heads, int32_t head_dim, float scale, float *out) {
     if (Tk > INT32_MAX) return MM_ERROR(MM_ERR_UNSUPPORTED, "attention over %lld keys", (long long)Tk);
+    if (Tq >= MM_CUDA_ATTN_GEMM_MIN_ROWS && Tk > 0) {
+        const int64_t H = n_heads, hd = head_dim;
+        int64_t pass = (int64_t)(GEMM_SCORES_MAX / mm_cuda_attn_gemm_scores_bytes(n_heads, 1, Tk));
+        if (pass > Tq) pass = Tq;
+        if (pass < 1) pass = 1;
+        float *S;
+        CHECK(mm_cuda_scratch(be, mm_cuda_attn_gemm_scores_bytes(n_heads, pass, Tk), (void **)&S));
+        for (int64_t b = 0; b < batch; b++)
+            for (int64_t p0 = 0; p0 < Tq; p0 += pass) {
+                mm_attn_gemm g = {};
+                g.q = q + (b * Tq + p0) * H * hd, g.ldq = H * hd, g.sq = hd;
+                g.k = k + b * Tk * H * hd, g.v = v + b * Tk * H * hd, g.ldk = H * hd, g.sk = hd;
+                g.out = out + (b * Tq + p0) * H * hd, g.ldo = H * hd, g.so = hd;
+                g.H = n_heads, g.KVH = n_heads, g.hd = head_dim, g.scale = scale;
+                g.n = Tq - p0 < pass ? Tq - p0 : pass, g.Tk = Tk;
+                CHECK(mm_cuda_attn_gemm(be, &g, S));
+            }
+        return MM_OK;
+    }
     attn_args a = {};
     a.q = q, a.out = out, a.k = k, a.v = v, a.bf16 = 0;
     a.H = n_heads, a.KVH = n_heads, a.hd = head_dim, a.group = 1, a.scale = scale;

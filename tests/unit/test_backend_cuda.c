@@ -78,7 +78,9 @@ static void weight_free(weight *w) {
 }
 
 static void test_matmul(void) {
-    const int64_t shapes[][3] = {{1, 1, 1}, {1, 64, 64}, {7, 33, 17}, {16, 256, 128}, {130, 97, 300}, {3, 1000, 513}};
+    /* M = 1 with 16-bit weights: the GEMV kernel (vector loads when K % 8 == 0), else cuBLAS */
+    const int64_t shapes[][3] = {{1, 1, 1},       {1, 64, 64},    {7, 33, 17},   {16, 256, 128}, {130, 97, 300},
+                                 {3, 1000, 513},  {8, 333, 4096}, {2, 4100, 1032}, {9, 64, 64},  {1, 5000, 4096}};
     const mm_dtype dts[] = {MM_DTYPE_F32, MM_DTYPE_BF16, MM_DTYPE_F16};
     const double bounds[] = {1e-10, 5e-5, 1e-6}; /* bf16/f16: the activation is rounded to the weight's type */
     for (size_t d = 0; d < 3; d++)
@@ -174,16 +176,21 @@ static void test_rope(void) {
 }
 
 /* kv_store then paged attention: sequences with shuffled block tables, prefill rows
- * (n_keys growing within one table) and decode rows, contexts past several splits. */
+ * (n_keys growing within one table) and decode rows, contexts past several splits.
+ * Prefill groups of MM_CUDA_ATTN_GEMM_MIN_ROWS (16) rows or more take the GEMM path
+ * (several passes past 256 rows), shorter ones and decode rows the kernel. */
 static void test_attention(void) {
     typedef struct {
         int32_t H, KVH, hd, bs;
         int n_seqs, max_ctx;
         mm_dtype dt;
+        int prefill; /* rows of sequence 0: its last `prefill` positions */
     } cfg_t;
-    const cfg_t cfgs[] = {{4, 4, 64, 16, 3, 40, MM_DTYPE_F32},   {8, 2, 64, 16, 5, 700, MM_DTYPE_F32},
-                          {32, 8, 128, 16, 2, 3000, MM_DTYPE_BF16}, {6, 3, 72, 7, 4, 300, MM_DTYPE_BF16},
-                          {2, 1, 256, 16, 2, 600, MM_DTYPE_F32},   {4, 2, 160, 5, 3, 90, MM_DTYPE_F32}};
+    const cfg_t cfgs[] = {{4, 4, 64, 16, 3, 40, MM_DTYPE_F32, 9},      {8, 2, 64, 16, 5, 700, MM_DTYPE_F32, 9},
+                          {32, 8, 128, 16, 2, 3000, MM_DTYPE_BF16, 9}, {6, 3, 72, 7, 4, 300, MM_DTYPE_BF16, 9},
+                          {2, 1, 256, 16, 2, 600, MM_DTYPE_F32, 9},    {4, 2, 160, 5, 3, 90, MM_DTYPE_F32, 9},
+                          {8, 2, 128, 16, 3, 700, MM_DTYPE_F32, 300},  {32, 8, 128, 16, 2, 3000, MM_DTYPE_BF16, 600},
+                          {6, 3, 72, 7, 2, 50, MM_DTYPE_BF16, 50},     {4, 4, 64, 16, 3, 40, MM_DTYPE_F32, 16}};
     for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++) {
         const cfg_t *k = &cfgs[c];
         mm_attn_shape shape = {k->H, k->KVH, k->hd, k->bs, 1.0f / sqrtf((float)k->hd), k->dt};
@@ -194,12 +201,12 @@ static void test_attention(void) {
             int32_t j = (int32_t)(mm_rng_uniform(&rng_state) * (i + 1)), t = perm[i];
             perm[i] = perm[j], perm[j] = t;
         }
-        /* rows: seq 0 is a prefill of its last 9 tokens, the others decode one row */
+        /* rows: seq 0 is a prefill of its last k->prefill tokens, the others decode one row */
         int32_t ctx[16];
         int64_t M = 0;
         for (int s = 0; s < k->n_seqs; s++) {
             ctx[s] = s == 0 ? k->max_ctx : 1 + (int32_t)(mm_rng_uniform(&rng_state) * (k->max_ctx - 1));
-            M += s == 0 ? (ctx[s] < 9 ? ctx[s] : 9) : 1;
+            M += s == 0 ? (ctx[s] < k->prefill ? ctx[s] : k->prefill) : 1;
         }
         size_t esz = mm_dtype_size(k->dt), cache_elems = (size_t)n_blocks * k->KVH * k->bs * k->hd;
         void *kc_r = calloc(cache_elems, esz), *vc_r = calloc(cache_elems, esz);
@@ -217,7 +224,7 @@ static void test_attention(void) {
         for (int s = 0; s < k->n_seqs; s++) {
             const int32_t *table = perm + s * blocks_per_seq;
             for (int32_t p = 0; p < ctx[s]; p++) slots[a++] = table[p / k->bs] * k->bs + p % k->bs;
-            int first = s == 0 ? ctx[s] - (int32_t)(ctx[s] < 9 ? ctx[s] : 9) : ctx[s] - 1;
+            int first = s == 0 ? ctx[s] - (int32_t)(ctx[s] < k->prefill ? ctx[s] : k->prefill) : ctx[s] - 1;
             for (int32_t p = first; p < ctx[s]; p++) rows[r++] = (mm_attn_row){table, p + 1};
         }
         float *kd = dev(kk, n_all * kvw), *vd = dev(vv, n_all * kvw);
@@ -235,10 +242,11 @@ static void test_attention(void) {
         ref->ops->attention(ref, q, kc_r, vc_r, rows, M, &shape, want);
         EXPECT(gpu->ops->attention(gpu, qd, kc_g, vc_g, rows, M, &shape, od) == MM_OK, "%s", mm_error_last());
         char sh[80];
-        snprintf(sh, sizeof sh, "%s H%d/%d hd%d bs%d rows%lld ctx%d", mm_dtype_name(k->dt), k->H, k->KVH, k->hd, k->bs,
-                 (long long)M, k->max_ctx);
+        snprintf(sh, sizeof sh, "%s H%d/%d hd%d bs%d rows%lld/%d ctx%d", mm_dtype_name(k->dt), k->H, k->KVH, k->hd,
+                 k->bs, (long long)M, k->prefill, k->max_ctx);
         check("attention", sh, od, want, qn, 1e-9);
-        /* batch invariance: the last row alone gives the same bits */
+        /* batch invariance of the row-at-a-time kernel: the last row (a decode row, or a
+         * short prefill's) alone gives the same bits as in the batch */
         float *alone = host(od, qn), *od1 = gpu->ops->alloc(gpu, (size_t)(k->H * k->hd) * 4);
         gpu->ops->attention(gpu, qd + (M - 1) * k->H * k->hd, kc_g, vc_g, rows + M - 1, 1, &shape, od1);
         float *one = host(od1, k->H * k->hd);
