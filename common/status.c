@@ -18,6 +18,7 @@ const char *mm_status_str(mm_status s) {
     case MM_ERR_NOT_FOUND: return "not found";
     case MM_ERR_INTERNAL: return "internal error";
     case MM_ERR_CANCELLED: return "cancelled";
+    case MM_ERR_BUSY: return "busy";
     }
     return "unknown status";
 }

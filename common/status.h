@@ -17,11 +17,12 @@ typedef enum {
     MM_ERR_UNSUPPORTED, /* valid but not implemented (dtype, op, option) */
     MM_ERR_NOT_FOUND,   /* missing tensor, key or file */
     MM_ERR_INTERNAL,    /* a bug */
-    MM_ERR_CANCELLED    /* stopped on request (a pool job its coordinator cancelled) */
+    MM_ERR_CANCELLED,   /* stopped on request (a pool job its coordinator cancelled) */
+    MM_ERR_BUSY         /* not taken, no verdict: full right now, try again or elsewhere */
 } mm_status;
 
 /* The last code: statuses that travel (a pool RESULT's error_status) are checked against it. */
-#define MM_STATUS_LAST MM_ERR_CANCELLED
+#define MM_STATUS_LAST MM_ERR_BUSY
 
 const char *mm_status_str(mm_status s);
 

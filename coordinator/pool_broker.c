@@ -42,6 +42,7 @@ typedef struct {
     double last_heard, last_sent;
     double silence_ms;       /* dead after this long without a message */
     double beat_ms;          /* heartbeat it this often: the shorter of both periods, so it hears us in time */
+    double held_until;       /* it answered "busy": no job goes to it before then */
 } worker;
 
 /* QUEUED and SENT entries are submitted jobs (one entry each); a GHOST is a copy left on
@@ -365,7 +366,26 @@ static int was_dispatched(const mm_pool_broker *b, uint64_t id) {
     return 0;
 }
 
-static void on_result(mm_pool_broker *b, worker *w, const pool_header *h, zmq_msg_t *payload) {
+/* A worker answered "busy" for a job it never took: no verdict on the job. A live one
+ * goes back to the front of the queue; the worker gets no job for a heartbeat period
+ * (it is fuller than its slots here say, e.g. still on jobs from before a reconnect). */
+static void on_busy(mm_pool_broker *b, worker *w, job *e, const char *why, double now) {
+    list_remove(&b->sent, e);
+    w->in_flight--;
+    w->held_until = now + w->beat_ms;
+    if (e->state == JOB_GHOST) {
+        job_free(e);
+        b->st.dropped_results++;
+        return;
+    }
+    LOG_WARN("pool %s: worker %s refused job %llu (%s): queued again", b->pool, w->name, (unsigned long long)e->id,
+             why);
+    e->state = JOB_QUEUED, e->w = NULL;
+    list_push_front(&b->queue, e);
+    b->st.redispatches++;
+}
+
+static void on_result(mm_pool_broker *b, worker *w, const pool_header *h, zmq_msg_t *payload, double now) {
     job *e = entry_of(b, w, h->job_id);
     if (!e) {
         b->st.dropped_results++;
@@ -377,6 +397,10 @@ static void on_result(mm_pool_broker *b, worker *w, const pool_header *h, zmq_ms
             snprintf(why, sizeof why, "result for job %llu, which was never sent", (unsigned long long)h->job_id);
             refuse(b, w, why);
         }
+        return;
+    }
+    if (h->error[0] && h->error_status == MM_ERR_BUSY) {
+        on_busy(b, w, e, h->error, now);
         return;
     }
     job *target = e; /* the submitted job this answer is for */
@@ -478,7 +502,7 @@ static void on_message(mm_pool_broker *b, zmq_msg_t *parts, int n_parts, int too
         w->last_heard = now;
     } else if (h->type == METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_RESULT) {
         w->last_heard = now;
-        on_result(b, w, h, payload);
+        on_result(b, w, h, payload, now);
     } else if (h->type == METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_BYE) {
         LOG_INFO("pool %s: worker %s left (%d jobs go elsewhere)", b->pool, w->name, w->in_flight);
         worker_drop(b, w);
@@ -559,11 +583,11 @@ static int holds_ghost(const mm_pool_broker *b, const worker *w, uint64_t serial
 
 /* The worker with a free slot and the lowest in_flight/capacity (ties: most free slots),
  * among those not running j already. */
-static worker *least_loaded(const mm_pool_broker *b, const job *j) {
+static worker *least_loaded(const mm_pool_broker *b, const job *j, double now) {
     worker *best = NULL;
     for (int i = 0; i < b->n_workers; i++) {
         worker *w = b->workers[i];
-        if (w->in_flight >= w->capacity) continue;
+        if (w->in_flight >= w->capacity || now < w->held_until) continue;
         if (j->timed_out && holds_ghost(b, w, j->serial)) continue;
         if (!best) {
             best = w;
@@ -578,7 +602,7 @@ static worker *least_loaded(const mm_pool_broker *b, const job *j) {
 static void dispatch(mm_pool_broker *b, double now) {
     for (job *j = b->queue.head, *next; j; j = next) {
         next = j->next;
-        worker *w = least_loaded(b, j);
+        worker *w = least_loaded(b, j, now);
         if (!w && !j->timed_out) break; /* no free slot anywhere */
         if (!w) continue;                  /* free slots only on workers running it already */
         pool_header h;

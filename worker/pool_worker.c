@@ -343,7 +343,7 @@ static void dispatch_job(socket_side *ss, const pool_header *h, zmq_msg_t *f, in
     if (ss->outstanding >= ss->c->capacity) {
         snprintf(why, sizeof why, "worker busy: %d jobs queued or running (capacity %d)", ss->outstanding,
                  ss->c->capacity);
-        refuse_job(ss, h->job_id, MM_ERR_INTERNAL, why);
+        refuse_job(ss, h->job_id, MM_ERR_BUSY, why);
         return;
     }
     ticket *t = calloc(1, sizeof *t);

@@ -465,13 +465,13 @@ static void test_decode(fake_coordinator *fc, const char *decoder_bin, const cha
         msg_free(&m);
     }
     /* a long job: heartbeats go on while it computes; a second job waits its turn, a
-     * third is over the capacity of 2 and is refused at once */
+     * third is over the capacity of 2 and is refused at once as BUSY (no verdict) */
     pool_header slow = job, queued = job, over = job;
     slow.job_id = 41, slow.steps = 400, queued.job_id = 42, over.job_id = 43;
     slow.type = queued.type = over.type = METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_JOB;
     EXPECT(send_header(fc, &slow, tokens, len, 1) == 0 && send_header(fc, &queued, tokens, len, 1) == 0 &&
            send_header(fc, &over, tokens, len, 1) == 0, "send 3 jobs");
-    if (wait_for(fc, RESULT, 43, REPLY_WAIT_S, &m) == 0) expect_error(&m, MM_ERR_INTERNAL, "busy");
+    if (wait_for(fc, RESULT, 43, REPLY_WAIT_S, &m) == 0) expect_error(&m, MM_ERR_BUSY, "busy");
     msg_free(&m);
     int beats = fc->heartbeats;
     EXPECT(wait_for(fc, RESULT, 41, 120.0, &m) == 0 && !m.h->error[0], "long job done");

@@ -594,6 +594,37 @@ static void test_bye_requeues_at_once(void) {
     mm_pool_broker_free(b);
 }
 
+/* "busy" is no verdict: the job is queued again and goes elsewhere, the worker stays
+ * registered but is not sent jobs for a while, and the request gets the real answer. */
+static void test_busy_requeues(void) {
+    mm_pool_settings s = quiet_settings();
+    mm_pool_broker *b = broker_new(&s, NULL);
+    fake full, other;
+    fake_open(&full, "full");
+    fake_open(&other, "other");
+    fake_ready(&full, "encode", 1);
+    EXPECT(wait_alive(b, 1), "full registers");
+    mm_pool_broker_submit(b, 5, NULL, bytes_of("img"), 3);
+    EXPECT(wait_jobs(b, &full, 1) && full.jobs[0] == 5, "full gets job 5");
+    fake_error(&full, 5, MM_ERR_BUSY, "worker busy: 1 jobs queued or running (capacity 1)");
+    EXPECT(results_during(b, 20) == 0, "\"busy\" is not handed over as the job's answer");
+    fake_drain(&full);
+    EXPECT(full.n_jobs == 1, "the busy worker is not sent the job again at once (%d jobs)", full.n_jobs);
+    fake_ready(&other, "encode", 1);
+    EXPECT(wait_jobs(b, &other, 1) && other.jobs[0] == 5, "job 5 goes to the other worker");
+    fake_result(&other, 5, 0, 0, "img", 3);
+    mm_pool_result r;
+    EXPECT(wait_result(b, &r) && r.job_id == 5 && r.status == MM_OK, "the real answer arrives");
+    free(r.payload);
+    mm_pool_stats st;
+    mm_pool_broker_stats(b, &st);
+    EXPECT(st.workers_alive == 2 && st.redispatches == 1, "busy is no fault: alive %d, redispatches %llu",
+           st.workers_alive, (unsigned long long)st.redispatches);
+    fake_close(&full);
+    fake_close(&other);
+    mm_pool_broker_free(b);
+}
+
 static void test_no_worker_then_one(void) {
     mm_pool_settings s = quiet_settings();
     mm_pool_broker *b = broker_new(&s, NULL);
@@ -888,6 +919,7 @@ int main(void) {
     test_misbehaving_workers();
     test_refusals_at_ready();
     test_bye_requeues_at_once();
+    test_busy_requeues();
     test_no_worker_then_one();
     test_error_result_passes_through();
     test_encoder_pool_cache();
