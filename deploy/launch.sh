@@ -3,7 +3,9 @@
 # ranks, plus the encoder and decoder pool workers of this host -- from a JSON config
 # file and keeps it up: when the job dies (a stage crashed: the coordinator reports
 # NOT_SERVING, then aborts the job) it is started again after restart_delay_ms; a pool
-# worker that dies is started again too (the coordinator re-dispatches its jobs).
+# worker that dies is started again too (the coordinator re-dispatches its jobs). Either
+# one that keeps dying within RESTART_QUICK_S of its start waits twice as long each time,
+# up to RESTART_MAX_MS, so a broken setup does not spin; a long run resets the delay.
 # SIGINT/SIGTERM stop it all cleanly (the coordinator fails in-flight requests with
 # UNAVAILABLE, stops the stages, exits 0; workers say BYE and exit).
 #
@@ -43,6 +45,12 @@ fi
 cmd=(mpiexec "${where[@]}" -disable-auto-cleanup
      -n 1 "$bin/coordinator/mm-coordinator" "$cfg" : -n "$P" "$bin/worker/mm-stage" "$cfg")
 
+RESTART_QUICK_S=10
+RESTART_MAX_MS=30000
+# next_delay DELAY_MS: the wait after a further quick death (doubled, capped)
+next_delay() { echo $(($1 * 2 > RESTART_MAX_MS ? RESTART_MAX_MS : $1 * 2)); }
+ms_to_s() { awk "BEGIN {print $1 / 1000}"; }
+
 stop=0
 pid=
 workers=()
@@ -55,14 +63,19 @@ trap on_signal INT TERM
 
 # One pool worker, restarted when it dies until the launcher stops.
 supervise_worker() {  # KIND ENDPOINT INDEX
-  local bin=$bin/worker/mm-$1 name=$1-$(hostname)-$3 child=
+  local bin=$bin/worker/mm-$1 name=$1-$(hostname)-$3 child= delay=$delay_ms started rc
   trap '[[ -n $child ]] && { kill -TERM "$child" 2>/dev/null; wait "$child"; }; exit 0' TERM INT
   while :; do
+    started=$SECONDS
     "$bin" --model "$model" --connect "$2" --threads "$wthreads" --name "$name" &
     child=$!
     wait "$child"
-    echo "launch: $name exited with $?, restarting in 1 s" >&2
-    sleep 1
+    rc=$?
+    ((SECONDS - started >= RESTART_QUICK_S)) && delay=$delay_ms
+    echo "launch: $name exited with $rc, restarting in $(ms_to_s "$delay") s" >&2
+    sleep "$(ms_to_s "$delay")" & child=$!
+    wait "$child"  # a signal ends the wait at once (and the trap ends the sleep)
+    delay=$(next_delay "$delay")
   done
 }
 if [[ $enc_ep != - ]]; then
@@ -79,8 +92,10 @@ stop_workers() {
 }
 
 starts=0
+delay=$delay_ms
 while :; do
   starts=$((starts + 1))
+  started=$SECONDS
   echo "launch: start #$starts: ${cmd[*]}" >&2
   "${cmd[@]}" &
   pid=$!
@@ -95,9 +110,12 @@ while :; do
     echo "launch: stopped (job exit $rc)" >&2
     exit 0
   fi
-  echo "launch: job exited with $rc" >&2
-  ((once)) && { stop_workers; exit "$rc"; }
-  sleep "$(awk "BEGIN {print $delay_ms / 1000}")" &
+  ((once)) && { echo "launch: job exited with $rc" >&2; stop_workers; exit "$rc"; }
+  ((SECONDS - started >= RESTART_QUICK_S)) && delay=$delay_ms
+  echo "launch: job exited with $rc, starting it again in $(ms_to_s "$delay") s" >&2
+  sleep "$(ms_to_s "$delay")" &
   wait $! 2>/dev/null
-  ((stop)) && { stop_workers; exit 0; }
+  kill $! 2>/dev/null  # a signal ended the wait: the sleep is not needed any more
+  delay=$(next_delay "$delay")
+  ((stop)) && { stop_workers; echo "launch: stopped (between restarts)" >&2; exit 0; }
 done
