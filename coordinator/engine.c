@@ -702,7 +702,7 @@ static void update_gauges(mm_engine *e) {
     mm_metrics_set(m, MM_METRIC_QUEUE_DEPTH, 0, st.waiting + e->n_encoding);
     mm_metrics_set(m, MM_METRIC_RUNNING_SEQUENCES, 0, st.running);
     mm_metrics_set(m, MM_METRIC_KV_BLOCKS_USED, 0, st.kv_blocks_used);
-    mm_metrics_set(m, MM_METRIC_KV_BLOCKS_TOTAL, 0, st.kv_blocks_total);
+    mm_metrics_set(m, MM_METRIC_KV_BLOCKS_CAPACITY, 0, st.kv_blocks_total);
     for (int k = 0; k < mm_driver_n_stages(e->p.drv); k++)
         mm_metrics_set(m, MM_METRIC_STAGE_BUSY_SECONDS_TOTAL, k, mm_driver_stage(e->p.drv, k)->busy_ms * 1e-3);
     mm_encoder_pool_stats es;

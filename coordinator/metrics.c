@@ -49,7 +49,7 @@ static const metric_def METRICS[MM_METRIC_COUNT] = {
     [MM_METRIC_RUNNING_SEQUENCES] = {"running_sequences", KIND_GAUGE, "Sequences being prefilled or decoded.",
                                      NO_LABEL},
     [MM_METRIC_KV_BLOCKS_USED] = {"kv_blocks_used", KIND_GAUGE, "KV cache blocks held by sequences.", NO_LABEL},
-    [MM_METRIC_KV_BLOCKS_TOTAL] = {"kv_blocks_total", KIND_GAUGE, "KV cache blocks per stage.", NO_LABEL},
+    [MM_METRIC_KV_BLOCKS_CAPACITY] = {"kv_blocks_capacity", KIND_GAUGE, "KV cache blocks per stage.", NO_LABEL},
     [MM_METRIC_TTFT_SECONDS] = {"ttft_seconds", KIND_HISTOGRAM, "Time from arrival to the first output.", NO_LABEL},
     [MM_METRIC_TPOT_SECONDS] = {"tpot_seconds", KIND_HISTOGRAM, "Time between consecutive output tokens.",
                                 NO_LABEL},

@@ -17,7 +17,7 @@ typedef enum {
     MM_METRIC_QUEUE_DEPTH,                /* gauge: requests admitted, not yet running */
     MM_METRIC_RUNNING_SEQUENCES,          /* gauge */
     MM_METRIC_KV_BLOCKS_USED,             /* gauge */
-    MM_METRIC_KV_BLOCKS_TOTAL,            /* gauge */
+    MM_METRIC_KV_BLOCKS_CAPACITY,            /* gauge */
     MM_METRIC_TTFT_SECONDS,               /* histogram: arrival -> first token or image out */
     MM_METRIC_TPOT_SECONDS,               /* histogram: time between consecutive output tokens */
     MM_METRIC_REQUEST_DURATION_SECONDS,   /* histogram: arrival -> final status */

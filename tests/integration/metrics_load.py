@@ -133,7 +133,7 @@ for what, got, want in checks_against(after):
 n_ok = N_TEXT + N_DRAW + N_IMAGE
 for pool in ("encode", "decode"):
     assert value(after, "metamorph_pool_workers", pool=pool) == 1, (pool, value(after, "metamorph_pool_workers", pool=pool))
-assert value(after, "metamorph_kv_blocks_total") > 0
+assert value(after, "metamorph_kv_blocks_capacity") > 0
 assert value(after, "metamorph_stage_busy_seconds_total", stage="1") > 0
 for s in scrapes:  # counters never go backwards during the load
     assert value(s, "metamorph_requests_total", status="OK") <= value(after, "metamorph_requests_total", status="OK")

@@ -86,7 +86,7 @@ static void test_render_exact(void) {
     EXPECT(mm_metrics_create(3, &m) == MM_OK, "%s", mm_error_last());
     if (!m) return;
     EXPECT(mm_metrics_inc(m, MM_METRIC_REQUESTS_TOTAL, 3) == MM_OK, "%s", mm_error_last());
-    EXPECT(mm_metrics_set(m, MM_METRIC_KV_BLOCKS_TOTAL, 0, 1024) == MM_OK, "%s", mm_error_last());
+    EXPECT(mm_metrics_set(m, MM_METRIC_KV_BLOCKS_CAPACITY, 0, 1024) == MM_OK, "%s", mm_error_last());
     EXPECT(mm_metrics_set(m, MM_METRIC_STAGE_BUSY_SECONDS_TOTAL, 2, 0.1) == MM_OK, "%s", mm_error_last());
     EXPECT(mm_metrics_add(m, MM_METRIC_POOL_JOBS_IN_FLIGHT, MM_METRICS_POOL_DECODE, 5) == MM_OK, "%s",
            mm_error_last());
@@ -109,8 +109,8 @@ static void test_render_exact(void) {
         "metamorph_requests_total{status=\"OK\"} 0",
         "metamorph_requests_total{status=\"INVALID_ARGUMENT\"} 1",
         "metamorph_requests_total{status=\"UNAUTHENTICATED\"} 0",
-        "# TYPE metamorph_kv_blocks_total gauge",
-        "metamorph_kv_blocks_total 1024",
+        "# TYPE metamorph_kv_blocks_capacity gauge",
+        "metamorph_kv_blocks_capacity 1024",
         "metamorph_stage_busy_seconds_total{stage=\"1\"} 0",
         "metamorph_stage_busy_seconds_total{stage=\"3\"} 0.1",
         "metamorph_pool_jobs_in_flight{pool=\"encode\"} 0",
