@@ -24,6 +24,8 @@ typedef struct {
     int32_t mm_hidden;        /* mm_hidden_size: width of a visual token (1152 for so400m) */
     int32_t n_image_tokens;   /* num_image_tokens (64) */
     int normalize_vision;     /* L2-normalise predicted tokens (default 1, DESIGN section 1) */
+    int32_t vision_select_layer; /* mm_vision_select_layer: the SigLIP hidden_states index the
+                                  * visual tokens come from (default -2, as the reference) */
     int32_t image_start_id, image_end_id; /* from the tokenizer's added tokens */
 } mm_metamorph_config;
 

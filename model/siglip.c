@@ -202,6 +202,7 @@ mm_status mm_siglip_load(const char *dir, mm_backend *be, mm_siglip **out) {
     m->layers = calloc((size_t)m->cfg.n_layers, sizeof *m->layers);
     CHECK_GOTO(CHECK_ALLOC(m->layers), s, fail);
     for (int32_t l = 0; l < m->cfg.n_layers; l++) CHECK_GOTO(load_layer(m, l, &m->layers[l]), s, fail);
+    m->run_layers = m->cfg.n_layers;
     *out = m;
     return MM_OK;
 fail:
@@ -313,6 +314,15 @@ static mm_status encoder_layer(mm_siglip *m, const mm_siglip_layer *L, int64_t B
     return MM_OK;
 }
 
+mm_status mm_siglip_select_layer(mm_siglip *m, int32_t select_layer) {
+    int32_t L = m->cfg.n_layers, idx = select_layer < 0 ? L + 1 + select_layer : select_layer;
+    if (idx < 0 || idx > L)
+        return MM_ERROR(MM_ERR_INVALID, "SigLIP select layer %d: the tower has hidden states 0..%d (-%d..-1)",
+                        select_layer, L, L + 1);
+    m->run_layers = idx;
+    return MM_OK;
+}
+
 mm_status mm_siglip_encode(mm_siglip *m, const float *pixels, int64_t B, int32_t n_tokens, float *features,
                            float *tokens) {
     const mm_siglip_config *c = &m->cfg;
@@ -331,7 +341,7 @@ mm_status mm_siglip_encode(mm_siglip *m, const float *pixels, int64_t B, int32_t
     CHECK_GOTO(op->patchify(be, b.pix, b.xn, B, c->n_channels, S, S, c->patch_size), s, out);
     CHECK_GOTO(linear(be, &m->patch_embedding_w, &m->patch_embedding_b, b.xn, b.x, M), s, out);
     for (int64_t i = 0; i < B; i++) CHECK_GOTO(op->add(be, b.x + i * N * D, m->position_embedding, N * D), s, out);
-    for (int32_t l = 0; l < c->n_layers; l++) CHECK_GOTO(encoder_layer(m, &m->layers[l], B, &b), s, out);
+    for (int32_t l = 0; l < m->run_layers; l++) CHECK_GOTO(encoder_layer(m, &m->layers[l], B, &b), s, out);
     if (features) CHECK_GOTO(op->download(be, features, b.x, (size_t)(M * D) * sizeof(float)), s, out);
     if (tokens) {
         const float *grid = b.x;

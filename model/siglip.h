@@ -60,6 +60,7 @@ typedef struct {
     mm_tensor patch_embedding_b; /* [hidden] */
     float *position_embedding;   /* [grid*grid, hidden] f32, backend memory */
     mm_siglip_layer *layers;     /* [n_layers] */
+    int32_t run_layers;          /* layers encode runs: its features are hidden_states[run_layers] */
 } mm_siglip;
 
 /* dir: config.json, preprocessor_config.json (optional: SigLIP defaults at image_size),
@@ -72,8 +73,15 @@ void mm_siglip_free(mm_siglip *m);
  * pixels: [3, height, width] host memory. */
 mm_status mm_siglip_preprocess(const mm_siglip_preproc *pp, const mm_image *img, float *pixels);
 
+/* Which hidden state the features are: hidden_states[select_layer] of the HF model
+ * (0: the embeddings, i: after layer i, negative: from the end, -1 the last layer,
+ * which is the default after load). MetaMorph's mm_vision_select_layer. INVALID when
+ * outside [-(n_layers + 1), n_layers]. */
+mm_status mm_siglip_select_layer(mm_siglip *m, int32_t select_layer);
+
 /* The vision tower on B preprocessed images pixels [B, 3, S, S] (host memory).
- * features [B, grid*grid, hidden] (host, may be NULL): the last encoder layer's output.
+ * features [B, grid*grid, hidden] (host, may be NULL): the selected layer's output
+ * (mm_siglip_select_layer), before the post-layernorm, as the reference takes it.
  * tokens [B, n_tokens, hidden] (host, may be NULL): bilinear to sqrt(n_tokens)^2 (skipped
  * when n_tokens == grid*grid, as the reference does), then L2-normalised. */
 mm_status mm_siglip_encode(mm_siglip *m, const float *pixels, int64_t B, int32_t n_tokens, float *features,

@@ -62,10 +62,12 @@ static mm_status encode_job(void *user, const mm_pool_job_ctx *ctx, const Metamo
     return MM_OK;
 }
 
-/* The LLM's MetaMorph config when dir is a model root with a MetaMorph LLM (n_image_tokens
- * and mm_hidden), else *mc zeroed: a SigLIP directory given directly. */
+/* The LLM's MetaMorph config when dir is a model root with a MetaMorph LLM (n_image_tokens,
+ * mm_hidden, the SigLIP layer), else *mc zeroed but for the last layer: a SigLIP
+ * directory given directly. */
 static mm_status metamorph_config(const char *dir, mm_metamorph_config *mc) {
     memset(mc, 0, sizeof *mc);
+    mc->vision_select_layer = -1;
     mm_model_paths paths;
     if (mm_model_paths_resolve(dir, &paths) != MM_OK || !mm_metamorph_is_checkpoint(paths.llm)) {
         mm_error_clear();
@@ -88,6 +90,7 @@ static mm_status encoder_load(const mm_pool_worker_config *c, encoder *e) {
     e->n_tokens = mc.n_image_tokens ? mc.n_image_tokens : DEFAULT_IMAGE_TOKENS;
     CHECK(mm_backend_init(c->backend, c->threads, &e->be));
     CHECK(mm_siglip_load(dir, e->be, &e->sig));
+    CHECK(mm_siglip_select_layer(e->sig, mc.vision_select_layer));
     if (mc.mm_hidden && mc.mm_hidden != e->sig->cfg.hidden)
         return MM_ERROR(MM_ERR_FORMAT, "%s: SigLIP hidden size %d != the LLM's mm_hidden_size %d", dir,
                         e->sig->cfg.hidden, mc.mm_hidden);
@@ -95,8 +98,8 @@ static mm_status encoder_load(const mm_pool_worker_config *c, encoder *e) {
     e->pixels = malloc(3 * S * S * sizeof(float));
     CHECK(CHECK_ALLOC(e->pixels));
     e->lim.max_bytes = (size_t)c->max_message_mb << 20;
-    LOG_INFO("mm-encoder: SigLIP %s on %s, %d tokens x %d per image", dir, e->be->ops->name, e->n_tokens,
-             e->sig->cfg.hidden);
+    LOG_INFO("mm-encoder: SigLIP %s on %s, %d tokens x %d per image from hidden state %d of %d", dir,
+             e->be->ops->name, e->n_tokens, e->sig->cfg.hidden, e->sig->run_layers, e->sig->cfg.n_layers);
     return MM_OK;
 }
 

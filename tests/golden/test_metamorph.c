@@ -168,7 +168,10 @@ int main(int argc, char **argv) {
         return 1;
     }
     EXPECT(mm_metamorph_is_checkpoint(mm_asset_path("tiny/llm")), "tiny llm is metamorph_llama");
-    EXPECT(mm->cfg.image_start_id == 1792 && mm->cfg.image_end_id == 1793 && mm->cfg.mm_hidden == 48, "tiny config");
+    EXPECT(mm->cfg.image_start_id == 1792 && mm->cfg.image_end_id == 1793 && mm->cfg.mm_hidden == 48 &&
+               mm->cfg.vision_select_layer == -1,
+           "tiny config");
+    EXPECT(mm_siglip_select_layer(sig, mm->cfg.vision_select_layer) == MM_OK, "%s", mm_error_last()); /* as mm-encoder */
     check_projector();
     FILE *f = fopen(mm_golden_path("tiny/metamorph.jsonl"), "r");
     char line[1 << 16];

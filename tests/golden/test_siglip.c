@@ -2,7 +2,8 @@
  * tools/reference/make_tiny_vision.py): SiglipImageProcessor pixels (PIL bicubic,
  * rescale, normalise) for every test image, the last encoder layer's features, and the
  * 64 reduced, L2-normalised visual tokens; on the reference and the fast backend, one
- * image at a time and batched (rows bit-identical). */
+ * image at a time and batched (rows bit-identical); tokens from earlier hidden states
+ * (MetaMorph's mm_vision_select_layer). */
 #include <jansson.h>
 #include <math.h>
 #include <string.h>
@@ -78,8 +79,34 @@ int main(void) {
     }
     float dummy;
     EXPECT(mm_siglip_encode(models[1], pix_all, 1, 63, NULL, &dummy) == MM_ERR_INVALID, "63 tokens rejected");
-    printf("max |pixels - PIL/transformers| %g; features %g (ref) %g (fast); tokens %g (ref) %g (fast)\n", max_pix,
-           max_feat[0], max_feat[1], max_tok[0], max_tok[1]);
+    /* mm_vision_select_layer: tokens from an earlier hidden state (golden.json's
+     * select_layers x select_images), on the fast backend */
+    json_t *sel_layers = json_object_get(g, "select_layers"), *sel_imgs = json_object_get(g, "select_images");
+    int n_sel = 0;
+    float max_sel = 0;
+    for (size_t li = 0; li < json_array_size(sel_layers); li++) {
+        int32_t layer = (int32_t)json_integer_value(json_array_get(sel_layers, li));
+        EXPECT(mm_siglip_select_layer(models[1], layer) == MM_OK, "select layer %d: %s", layer, mm_error_last());
+        for (size_t k = 0; k < json_array_size(sel_imgs); k++) {
+            const char *name = json_string_value(json_array_get(sel_imgs, k));
+            char kind[64];
+            snprintf(kind, sizeof kind, "tokens.select%d", layer);
+            const float *gp = golden(st, "pixels", name, 3 * S * S), *gt = golden(st, kind, name, T * D);
+            float *tok = malloc((size_t)(T * D) * sizeof(float));
+            EXPECT(gp && mm_siglip_encode(models[1], gp, 1, (int32_t)T, NULL, tok) == MM_OK, "%s", mm_error_last());
+            float d = gp && gt ? mm_max_abs_diff(tok, gt, (size_t)(T * D)) : INFINITY;
+            max_sel = d > max_sel ? d : max_sel;
+            EXPECT(d <= TOL, "%s, hidden state %d: tokens %g off", name, layer, d);
+            free(tok);
+            n_sel++;
+        }
+    }
+    EXPECT(n_sel == 4, "%d select-layer goldens checked", n_sel);
+    EXPECT(mm_siglip_select_layer(models[1], 3) == MM_ERR_INVALID && mm_siglip_select_layer(models[1], -4) == MM_ERR_INVALID,
+           "hidden states outside 0..2 (-3..-1) refused");
+    EXPECT(mm_siglip_select_layer(models[1], -1) == MM_OK && models[1]->run_layers == 2, "-1 is the last layer");
+    printf("max |pixels - PIL/transformers| %g; features %g (ref) %g (fast); tokens %g (ref) %g (fast); earlier hidden "
+           "states' tokens %g\n", max_pix, max_feat[0], max_feat[1], max_tok[0], max_tok[1], max_sel);
     free(pix_all), free(tok_one), free(tok_b);
     mm_siglip_free(models[0]), mm_siglip_free(models[1]);
     mm_backend_free(bes[0]), mm_backend_free(bes[1]);

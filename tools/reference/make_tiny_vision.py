@@ -14,6 +14,9 @@ Writes
       rgb.<name>       [h, w, 3]   u8, the convert('RGB') pixels themselves
       features.<name>  [N, D]      SiglipVisionModel hidden_states[-1] (before post_layernorm)
       tokens.<name>    [64, D]     bilinear (align_corners=False) to 8x8, then L2-normalised
+      tokens.select<L>.<name> [64, D]  the same from hidden_states[L] (mm_vision_select_layer
+                                    L = -2: after the first of the 2 layers; L = 0: the patch
+                                    + position embeddings), for SELECT_IMAGES
 
 The tiny SigLIP: hidden 48, 2 layers, 4 heads, MLP 96 (gelu_pytorch_tanh), image 126,
 patch 14, so a 9x9 grid: the 9x9 -> 8x8 bilinear reduction is really exercised.
@@ -41,6 +44,8 @@ VISION = os.path.join(ROOT, "assets", "tiny", "vision")
 GOLD = os.path.join(ROOT, "tests", "golden", "vision")
 N_TOKENS = 64
 SIZE = 126
+SELECT_LAYERS = (-2, 0)
+SELECT_IMAGES = ("rgb_37x23", "baseline_45x33")
 
 
 def make_siglip():
@@ -172,11 +177,16 @@ def main():
         tensors[f"pixels.{key}"] = pix[0].contiguous()
         tensors[f"features.{key}"] = feats[0].contiguous()
         tensors[f"tokens.{key}"] = toks[0].contiguous()
+        if key in SELECT_IMAGES:
+            for layer in SELECT_LAYERS:
+                _, sel = metamorph_ref.vision_tower(siglip, pix, N_TOKENS, select_layer=layer)
+                tensors[f"tokens.select{layer}.{key}"] = sel[0].contiguous()
         meta.append({"name": key, "file": "images/" + name, "pil_mode": mode, "width": rgb.width,
                      "height": rgb.height})
     save_file(tensors, os.path.join(GOLD, "golden.safetensors"), metadata={"format": "pt"})
     refutil.write_json(os.path.join(GOLD, "golden.json"), {
         "image_size": SIZE, "grid": SIZE // 14, "n_tokens": N_TOKENS, "hidden": 48,
+        "select_layers": list(SELECT_LAYERS), "select_images": list(SELECT_IMAGES),
         "pillow": Image.__version__, "images": meta,
         "corrupt": sorted(corrupt_images(imgs["rgb_37x23.png"], imgs["baseline_45x33.jpg"]))})
     print("vision: images", [m["name"] + ":" + m["pil_mode"] for m in meta])
