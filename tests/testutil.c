@@ -34,6 +34,15 @@ float mm_max_abs_diff(const float *a, const float *b, size_t n) {
     return m;
 }
 
+void mm_test_transpose_bc(const float *x, float *y, int64_t B, int64_t C, int64_t hw, int to_nhwc) {
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t p = 0; p < hw; p++) {
+                if (to_nhwc) y[(b * hw + p) * C + c] = x[(b * C + c) * hw + p];
+                else y[(b * C + c) * hw + p] = x[(b * hw + p) * C + c];
+            }
+}
+
 double mm_nmse(const float *a, const float *ref, int64_t n) {
     double num = 0, den = 0;
     for (int64_t i = 0; i < n; i++) {

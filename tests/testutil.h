@@ -31,6 +31,9 @@ const char *mm_asset_path(const char *rel);
 /* Normalised MSE sum (a-ref)^2 / sum ref^2, in double; +inf on any non-finite value
  * (op tests in the manner of llama.cpp's test-backend-ops). */
 double mm_nmse(const float *a, const float *ref, int64_t n);
+/* [B, C, hw] (the references' NCHW) -> [B, hw, C] (our channels-last) when to_nhwc,
+ * else back. */
+void mm_test_transpose_bc(const float *x, float *y, int64_t B, int64_t C, int64_t hw, int to_nhwc);
 /* Runs argv[0] with argv (no shell) and returns its whole stdout (malloc'd), or NULL
  * when it could not run or exited non-zero (the status goes to stderr). */
 char *mm_test_run_capture(char *const argv[]);

@@ -180,16 +180,6 @@ static void from_gpu(float *d, float *y, int64_t n) {
     gpu->ops->dealloc(gpu, d);
 }
 
-/* [B, C, hw] <-> [B, hw, C] */
-static void transpose_bc(const float *x, float *y, int64_t B, int64_t C, int64_t hw, int to_nhwc) {
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t c = 0; c < C; c++)
-            for (int64_t p = 0; p < hw; p++) {
-                if (to_nhwc) y[(b * hw + p) * C + c] = x[(b * C + c) * hw + p];
-                else y[(b * C + c) * hw + p] = x[(b * hw + p) * C + c];
-            }
-}
-
 static const float *golden_f32(mm_safetensors *g, const char *name, int64_t numel) {
     const mm_st_tensor *t = mm_safetensors_find(g, name);
     EXPECT(t && t->dtype == MM_DTYPE_F32 && t->numel == numel, "decoder golden %s (%lld values)", name, (long long)numel);
@@ -224,7 +214,7 @@ static void test_decoder(void) {
     memset(ctx2, 0, sizeof ctx2);
     memcpy(ctx2 + T * X, ad, sizeof ctx);
     float x[2 * n], eps[2 * n], eps_nchw[2 * n];
-    transpose_bc(ux, x, 2, C, L * L, 1);
+    mm_test_transpose_bc(ux, x, 2, C, L * L, 1);
     float *x_d = to_gpu(x, 2 * n), *c2_d = to_gpu(ctx2, 2 * T * X);
     json_t *ts = json_object_get(meta, "unet_timesteps");
     EXPECT(json_array_size(ts) > 0, "golden.json: unet_timesteps");
@@ -236,7 +226,7 @@ static void test_decoder(void) {
         float tt[2] = {(float)t, (float)t}, *eps_d = gpu->ops->alloc(gpu, sizeof eps);
         EXPECT(mm_unet_forward(d->unet, x_d, tt, c2_d, 2, L, L, T, eps_d) == MM_OK, "unet: %s", mm_error_last());
         from_gpu(eps_d, eps, 2 * n);
-        transpose_bc(eps, eps_nchw, 2, C, L * L, 0);
+        mm_test_transpose_bc(eps, eps_nchw, 2, C, L * L, 0);
         e = want ? mm_max_abs_diff(eps_nchw, want, 2 * n) : INFINITY;
         printf("decoder unet eps t=%d cuda max|diff| %.3g (bound %.1g)\n", t, e, BOUND_DECODER);
         EXPECT(e < BOUND_DECODER, "unet eps t=%d: %g", t, e);
@@ -244,8 +234,8 @@ static void test_decoder(void) {
     gpu->ops->dealloc(gpu, x_d), gpu->ops->dealloc(gpu, c2_d);
     /* VAE: golden latents and image are NCHW; ours channels-last */
     float z[n], img[npx], ref[npx];
-    transpose_bc(vz, z, 1, C, L * L, 1);
-    transpose_bc(vi, ref, 1, 3, 64 * 64, 1);
+    mm_test_transpose_bc(vz, z, 1, C, L * L, 1);
+    mm_test_transpose_bc(vi, ref, 1, 3, 64 * 64, 1);
     float *z_d = to_gpu(z, n), *img_d = gpu->ops->alloc(gpu, sizeof img);
     EXPECT(mm_vae_decode(d->vae, z_d, 1, L, L, img_d) == MM_OK, "%s", mm_error_last());
     from_gpu(img_d, img, npx);

@@ -21,16 +21,6 @@ static const float *golden(const char *name, int64_t numel) {
     return t && t->numel == numel ? (const float *)t->data : NULL;
 }
 
-/* [B, C, h*w] <-> [B, h*w, C] */
-static void transpose_bc(const float *x, float *y, int64_t B, int64_t C, int64_t hw, int to_nhwc) {
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t c = 0; c < C; c++)
-            for (int64_t p = 0; p < hw; p++) {
-                if (to_nhwc) y[(b * hw + p) * C + c] = x[(b * C + c) * hw + p];
-                else y[(b * C + c) * hw + p] = x[(b * hw + p) * C + c];
-            }
-}
-
 static void test_components(mm_backend *be, float bound_unet) {
     mm_decoder *d = NULL;
     mm_status s = mm_decoder_load(mm_asset_path("tiny/decoder"), be, &d);
@@ -52,7 +42,7 @@ static void test_components(mm_backend *be, float bound_unet) {
     memset(ctx2, 0, sizeof ctx2);
     memcpy(ctx2 + T * X, adapter_out, sizeof ctx);
     float x[2 * n], eps[2 * n], eps_nchw[2 * n];
-    transpose_bc(unet_x, x, 2, C, L * L, 1);
+    mm_test_transpose_bc(unet_x, x, 2, C, L * L, 1);
     json_t *ts = json_object_get(meta, "unet_timesteps");
     for (size_t i = 0; i < json_array_size(ts); i++) {
         int t = (int)json_integer_value(json_array_get(ts, i));
@@ -61,7 +51,7 @@ static void test_components(mm_backend *be, float bound_unet) {
         const float *want = golden(name, 2 * n);
         float tt[2] = {(float)t, (float)t};
         EXPECT(mm_unet_forward(d->unet, x, tt, ctx2, 2, L, L, T, eps) == MM_OK, "unet: %s", mm_error_last());
-        transpose_bc(eps, eps_nchw, 2, C, L * L, 0);
+        mm_test_transpose_bc(eps, eps_nchw, 2, C, L * L, 0);
         e = want ? mm_max_abs_diff(eps_nchw, want, 2 * n) : INFINITY;
         printf("%s unet eps t=%d max|diff| %.3g\n", be->ops->name, t, e);
         EXPECT(e < bound_unet, "unet eps t=%d max abs diff %g", t, e);
@@ -69,9 +59,9 @@ static void test_components(mm_backend *be, float bound_unet) {
 
     /* VAE decode: raw decoder output in [-1, 1] */
     float z[n], img[3 * 64 * 64], img_nchw[3 * 64 * 64];
-    transpose_bc(vae_z, z, 1, C, L * L, 1);
+    mm_test_transpose_bc(vae_z, z, 1, C, L * L, 1);
     EXPECT(mm_vae_decode(d->vae, z, 1, L, L, img) == MM_OK, "vae: %s", mm_error_last());
-    transpose_bc(img, img_nchw, 1, 3, 64 * 64, 0);
+    mm_test_transpose_bc(img, img_nchw, 1, 3, 64 * 64, 0);
     e = mm_max_abs_diff(img_nchw, vae_image, 3 * 64 * 64);
     printf("%s vae max|diff| %.3g\n", be->ops->name, e);
     EXPECT(e < 1e-4f, "vae max abs diff %g", e);
