@@ -410,10 +410,9 @@ static void on_coordinator(socket_side *ss) {
                      ss->c->connect, ss->c->capacity, ss->c->heartbeat_ms, ss->connects > 1 ? ", again" : "");
         }
         pool_header *h = metamorph__internal__pool_header__unpack(NULL, zmq_msg_size(&f[0]), zmq_msg_data(&f[0]));
-        if (!h) {
-            char why[128];
-            snprintf(why, sizeof why, "undecodable pool header (%zu bytes)", zmq_msg_size(&f[0]));
-            refuse_job(ss, 0, MM_ERR_FORMAT, why);
+        if (!h) { /* no job id to answer: a JOB it was is re-sent when its time is up */
+            LOG_ERROR("%s: undecodable pool header (%zu bytes) from the coordinator ignored (is it another version?)",
+                      ss->c->name, zmq_msg_size(&f[0]));
         } else if (h->type == METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_JOB) {
             dispatch_job(ss, h, f, n);
         } else if (h->type == METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_CANCEL) {
