@@ -7,7 +7,6 @@
  * machine and the ratio is printed. Weights are random (f16, SD 1.5 module tree and
  * config), written into --workdir (default: a temp dir). MM_BENCH_TRACE=1 prints the
  * time of every convolution on stderr. Run by hand, never by ctest. */
-#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,19 +78,10 @@ static double gemm_peak(mm_backend *be) {
 }
 
 int main(int argc, char **argv) {
-    const char *workdir = NULL;
-    int runs = 1, with_torch = 1;
-    static const struct option opts[] = {{"workdir", required_argument, 0, 'w'}, {"runs", required_argument, 0, 'r'},
-                                         {"no-torch", no_argument, 0, 'n'}, {0, 0, 0, 0}};
-    for (int c; (c = getopt_long(argc, argv, "w:r:n", opts, NULL)) != -1;) {
-        if (c == 'w') workdir = optarg;
-        else if (c == 'r') runs = atoi(optarg);
-        else if (c == 'n') with_torch = 0;
-        else {
-            fprintf(stderr, "usage: decoder_cpu [--workdir DIR] [--runs N] [--no-torch]\n");
-            return 2;
-        }
-    }
+    mm_bench_decoder_args args = {.runs = 1};
+    if (mm_bench_decoder_args_parse(argc, argv, "decoder_cpu", &args)) return 2;
+    const char *workdir = args.workdir;
+    int runs = args.runs, with_torch = args.with_torch;
     char tmpdir[] = "/tmp/mm_bench_decoder.XXXXXX";
     if (!workdir && !(workdir = mkdtemp(tmpdir))) return 1;
     char unet_dir[4096], vae_dir[4096];

@@ -6,7 +6,6 @@
  * arithmetic: f16 weights computed in f32, no TF32) and in f16 (what pipelines run),
  * through bench/decoder_torch.py when torch and diffusers are importable. Weights are
  * random (bench/sd15_weights.c). Prints {"skipped": ...} without a GPU. */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -25,19 +24,10 @@ static int fail(const char *what) {
 }
 
 int main(int argc, char **argv) {
-    const char *workdir = NULL;
-    int runs = 5, with_torch = 1;
-    static const struct option opts[] = {{"workdir", required_argument, 0, 'w'}, {"runs", required_argument, 0, 'r'},
-                                         {"no-torch", no_argument, 0, 'n'}, {0, 0, 0, 0}};
-    for (int c; (c = getopt_long(argc, argv, "w:r:n", opts, NULL)) != -1;) {
-        if (c == 'w') workdir = optarg;
-        else if (c == 'r') runs = atoi(optarg);
-        else if (c == 'n') with_torch = 0;
-        else {
-            fprintf(stderr, "usage: decoder_gpu [--workdir DIR] [--runs N (5)] [--no-torch]\n");
-            return 2;
-        }
-    }
+    mm_bench_decoder_args args = {.runs = 5};
+    if (mm_bench_decoder_args_parse(argc, argv, "decoder_gpu", &args)) return 2;
+    const char *workdir = args.workdir;
+    int runs = args.runs, with_torch = args.with_torch;
     if (runs < 1 || runs > MAX_RUNS) runs = runs < 1 ? 1 : MAX_RUNS;
     mm_crash_trace_install();
     if (mm_cuda_device_count() == 0) {

@@ -2,6 +2,7 @@
 #include "bench/sd15_weights.h"
 
 #include <errno.h>
+#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -205,6 +206,22 @@ static int write_model(const char *dir, const char *part, const char *config, in
     for (int i = 0; i < L.n; i++) free((void *)L.t[i].name), free((void *)L.t[i].data);
     free(L.t);
     return e;
+}
+
+int mm_bench_decoder_args_parse(int argc, char **argv, const char *prog, mm_bench_decoder_args *a) {
+    static const struct option opts[] = {{"workdir", required_argument, 0, 'w'}, {"runs", required_argument, 0, 'r'},
+                                         {"no-torch", no_argument, 0, 'n'}, {0, 0, 0, 0}};
+    a->workdir = NULL, a->with_torch = 1;
+    for (int c; (c = getopt_long(argc, argv, "w:r:n", opts, NULL)) != -1;) {
+        if (c == 'w') a->workdir = optarg;
+        else if (c == 'r') a->runs = atoi(optarg);
+        else if (c == 'n') a->with_torch = 0;
+        else {
+            fprintf(stderr, "usage: %s [--workdir DIR] [--runs N (%d)] [--no-torch]\n", prog, a->runs);
+            return 2;
+        }
+    }
+    return 0;
 }
 
 int mm_bench_sd15_write(const char *dir) {
