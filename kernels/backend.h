@@ -1,8 +1,10 @@
 /* The compute backend interface (like ggml_backend_i): a table of function pointers
  * plus a context. Model code calls only these; each backend (cpu reference, cpu fast,
- * cuda) implements them over its own memory. Every op is batch-invariant: the result
- * of one row never depends on the other rows, the batch size or the thread count
- * (reductions run in a fixed order per output element).
+ * cuda) implements them over its own memory. On the CPU backends every op is
+ * batch-invariant: the result of one row never depends on the other rows, the batch
+ * size or the thread count (reductions run in a fixed order per output element). The
+ * CUDA backend is not, where cuBLAS chooses kernels by shape: matmul beyond one row and
+ * attention over groups of 16+ rows sharing keys (kernels/cuda/gemm.cu, attention.cu).
  *
  * Shapes: M rows of activations; weights W are [N, K] (nn.Linear layout); heads are
  * laid out [M, n_heads, head_dim]. The paged KV cache of one layer is

@@ -15,8 +15,9 @@
 #include "scheduler/serve_config.h"
 #include "transport.h"
 
-/* Visual rows are projected / predicted this many at a time (one image's worth): row
- * results are batch-invariant up to 256 rows, so the chunking never changes a bit. */
+/* Visual rows are projected / predicted this many at a time (one image's worth): on the
+ * CPU backends row results are batch-invariant up to 256 rows, so the chunking never
+ * changes a bit (on CUDA, cuBLAS results depend on the batch shape). */
 #define MM_STAGE_VISUAL_CHUNK 64
 
 typedef struct {

@@ -23,7 +23,7 @@
 #define ATT_PART_MAX ((size_t)64 << 20) /* split partials per launch, bytes */
 #define GEMM_SCORES_MAX ((size_t)256 << 20) /* score matrix per GEMM pass, bytes */
 #define GEMM_ROWS_CAUSAL 256 /* rows per pass of a causal group: later passes see more keys */
-#define GEMM_KV_MAX ((size_t)1 << 30) /* gathered K + V of one group; longer groups take the kernel */
+#define GEMM_KV_MAX ((size_t)256 << 20) /* gathered K + V of one group; longer groups take the kernel */
 
 typedef struct {
     const float *q;          /* [M, H, hd] */
@@ -206,6 +206,11 @@ static mm_status attention_group_gemm(mm_backend *be, const float *q, const void
         int64_t p1 = p0 + pass < r1 ? p0 + pass : r1;
         int32_t tk = 0;
         for (int64_t r = p0; r < p1; r++) tk = rows[r].n_keys > tk ? rows[r].n_keys : tk;
+        if (tk == 0) { /* rows that see no keys: zeros, as the reference (and no 0-sized GEMMs) */
+            CUDA_CHECK(cudaMemsetAsync(out + p0 * H * hd, 0, (size_t)((p1 - p0) * H * hd) * sizeof(float),
+                                       mm_cuda_ctx_of(be)->stream));
+            continue;
+        }
         mm_attn_gemm g = {};
         g.q = q + p0 * H * hd, g.ldq = H * hd, g.sq = hd;
         g.k = kc, g.v = vc, g.ldk = hd, g.sk = (int64_t)need * hd;
@@ -223,8 +228,9 @@ mm_status mm_cuda_attention(mm_backend *be, const float *q, const void *k_cache,
         return MM_ERROR(MM_ERR_UNSUPPORTED, "KV cache dtype %s", mm_dtype_name(s->kv_dtype));
     if (M <= 0) return MM_OK;
     if (M > INT32_MAX / 4) return MM_ERROR(MM_ERR_UNSUPPORTED, "attention over %lld rows", (long long)M);
-    if (s->n_heads % s->n_kv_heads) return MM_ERROR(MM_ERR_INVALID, "attention: %d heads not a multiple of %d KV heads",
-                                                    s->n_heads, s->n_kv_heads);
+    if (s->n_heads <= 0 || s->n_kv_heads <= 0 || s->n_heads % s->n_kv_heads)
+        return MM_ERROR(MM_ERR_INVALID, "attention: %d heads not a positive multiple of %d KV heads", s->n_heads,
+                        s->n_kv_heads);
     /* meta [M, 2] then the block tables; consecutive rows of one sequence share theirs */
     for (int64_t m = 0; m < M; m++)
         if (rows[m].n_keys < 0) return MM_ERROR(MM_ERR_INVALID, "attention row %lld: %d keys", (long long)m, rows[m].n_keys);
@@ -249,7 +255,7 @@ mm_status mm_cuda_attention(mm_backend *be, const float *q, const void *k_cache,
             if (rows[m].block_table[i] < 0) return MM_ERROR(MM_ERR_INVALID, "attention row %lld: block id %d", (long long)m, rows[m].block_table[i]);
             h[2 * M + off + i] = rows[m].block_table[i];
         }
-        int gemm = g - m >= MM_CUDA_ATTN_GEMM_MIN_ROWS &&
+        int gemm = g - m >= MM_CUDA_ATTN_GEMM_MIN_ROWS && need > 0 &&
                    (size_t)2 * s->n_kv_heads * need * s->head_dim * sizeof(float) <= GEMM_KV_MAX;
         for (int64_t r = m; r < g; r++) {
             h[2 * r] = gemm ? -1 : rows[r].n_keys;
@@ -282,6 +288,7 @@ mm_status mm_cuda_attention(mm_backend *be, const float *q, const void *k_cache,
 mm_status mm_cuda_attention_dense(mm_backend *be, const float *q, const float *k, const float *v, int64_t batch,
                                   int64_t Tq, int64_t Tk, int32_t n_heads, int32_t head_dim, float scale, float *out) {
     if (Tk > INT32_MAX) return MM_ERROR(MM_ERR_UNSUPPORTED, "attention over %lld keys", (long long)Tk);
+    if (n_heads <= 0) return MM_ERROR(MM_ERR_INVALID, "attention: %d heads", n_heads);
     if (Tq >= MM_CUDA_ATTN_GEMM_MIN_ROWS && Tk > 0) {
         const int64_t H = n_heads, hd = head_dim;
         int64_t pass = (int64_t)(GEMM_SCORES_MAX / mm_cuda_attn_gemm_scores_bytes(n_heads, 1, Tk));
