@@ -6,7 +6,9 @@
  * (medians). Baselines from the same run: a device-to-device copy (batch-1 decode =
  * weight bytes per step / step time against it; target >= 0.85) and a cuBLAS bf16
  * GEMM (prefill FLOP/s against it; target >= 0.70). The PyTorch baseline is
- * bench/llm_torch.py; tests/gpu/run.sh puts the two side by side. */
+ * bench/llm_torch.py; tests/gpu/run.sh puts the two side by side. --profile adds, for
+ * decode at batch 1 and 64, each op kind's own time per step (bench/op_profile.c)
+ * against the unwrapped step: where a step's time goes. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +18,7 @@
 #include <unistd.h>
 
 #include "bench/bench_util.h"
+#include "bench/op_profile.h"
 #include "common/crash.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/backend_cuda.h"
@@ -119,6 +122,26 @@ static double bench_decode(runner *r, int B, int steps) {
     return mm_bench_median(t, REPEATS);
 }
 
+/* {"batch": B, "step_ms": unwrapped, "ops_ms": {...}} for `steps` decode steps of B
+ * sequences after a PROMPT-token prefill, into buf. */
+static void profile_decode(runner *r, int B, int steps, char *buf, size_t n) {
+    int32_t nn[256];
+    for (int b = 0; b < B; b++) nn[b] = PROMPT;
+    step(r, B, nn);
+    for (int b = 0; b < B; b++) nn[b] = 1;
+    step(r, B, nn);
+    double t0 = mm_bench_now();
+    for (int i = 0; i < steps; i++) step(r, B, nn);
+    double plain_ms = (mm_bench_now() - t0) * 1e3 / steps;
+    char ops[1024];
+    mm_op_profile_begin(r->be);
+    for (int i = 0; i < steps; i++) step(r, B, nn);
+    mm_op_profile_end(r->be);
+    mm_op_profile_json(steps, ops, sizeof ops);
+    reset(r);
+    snprintf(buf, n, "{\"batch\": %d, \"step_ms\": %.3f, \"ops_ms\": %s}", B, plain_ms, ops);
+}
+
 static double weight_bytes(const mm_llama_config *c) { /* read per decode step at batch 1 (bf16) */
     double per_layer = (double)c->dim * c->head_dim * (2.0 * c->n_heads + 2.0 * c->n_kv_heads) + 3.0 * c->dim * c->hidden_dim;
     return (per_layer * c->n_layers + (double)c->vocab_size * c->dim) * 2.0;
@@ -134,18 +157,20 @@ static double prefill_flops(const mm_llama_config *c, int T) {
 
 int main(int argc, char **argv) {
     const char *workdir = NULL;
-    int layers = 32, steps = 32;
+    int layers = 32, steps = 32, profile = 0;
     static const struct option opts[] = {{"workdir", required_argument, 0, 'w'},
                                          {"layers", required_argument, 0, 'l'},
                                          {"steps", required_argument, 0, 's'},
+                                         {"profile", no_argument, 0, 'p'},
                                          {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (o == 'w') workdir = optarg;
         else if (o == 'l') layers = atoi(optarg);
         else if (o == 's') steps = atoi(optarg);
+        else if (o == 'p') profile = 1;
         else {
-            fprintf(stderr, "usage: llm_gpu [--workdir DIR] [--layers N (32)] [--steps N (32)]\n");
+            fprintf(stderr, "usage: llm_gpu [--workdir DIR] [--layers N (32)] [--steps N (32)] [--profile]\n");
             return 2;
         }
     }
@@ -198,6 +223,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "llm_gpu: decode batch %d\n", batches[i]);
         decode[i] = bench_decode(&r, batches[i], steps);
     }
+    char prof[2][1400] = {"", ""};
+    if (profile) {
+        fprintf(stderr, "llm_gpu: per-op profile at batch 1 and 64\n");
+        profile_decode(&r, 1, steps, prof[0], sizeof prof[0]);
+        profile_decode(&r, 64, steps, prof[1], sizeof prof[1]);
+    }
     double wb = weight_bytes(c), fl = prefill_flops(c, 2048) / 2048.0; /* per prefill token */
     mm_cuda_mem mem;
     mm_backend_cuda_mem(be, &mem);
@@ -210,8 +241,10 @@ int main(int argc, char **argv) {
            prefill, prefill * fl * 1e-12, prefill * fl * 1e-12 / gemm_tflops);
     printf("  \"decode_tokens_per_s\": {\"1\": %.1f, \"8\": %.1f, \"64\": %.1f, \"256\": %.1f},\n", decode[0], decode[1],
            decode[2], decode[3]);
-    printf("  \"weight_bytes_per_step\": %.0f, \"decode_b1_gbs\": %.1f, \"decode_b1_fraction_of_copy_bandwidth\": %.3f\n}\n",
+    printf("  \"weight_bytes_per_step\": %.0f, \"decode_b1_gbs\": %.1f, \"decode_b1_fraction_of_copy_bandwidth\": %.3f,\n",
            wb, decode[0] * wb * 1e-9, decode[0] * wb * 1e-9 / copy_gbs);
+    if (profile) printf("  \"profile\": [%s, %s]\n}\n", prof[0], prof[1]);
+    else printf("  \"profile\": null\n}\n");
     mm_kv_cache_free(r.kv);
     be->ops->dealloc(be, r.x), be->ops->dealloc(be, r.sel), be->ops->dealloc(be, r.logits);
     mm_llama_free(r.m);

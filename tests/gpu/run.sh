@@ -164,7 +164,7 @@ if ((build_only == 0 && build_rc == 0)); then
     wait "$mk_pid" || log "mm-mkmodel failed: $(tail -3 "$out/mkmodel.log")"
   fi
   log "bench/llm_gpu (layers $layers)"
-  ours timeout 150 "$bin_bench/llm_gpu" --workdir "$models" --layers "$layers" >"$out/llm_gpu.json" 2>"$out/llm_gpu.log"
+  ours timeout 150 "$bin_bench/llm_gpu" --workdir "$models" --layers "$layers" --profile >"$out/llm_gpu.json" 2>"$out/llm_gpu.log"
   bench_rc=$?
   cat "$out/llm_gpu.json"
   ((bench_rc)) && tail -20 "$out/llm_gpu.log"
