@@ -222,6 +222,16 @@ static mm_status attention_group_gemm(mm_backend *be, const float *q, const void
     return MM_OK;
 }
 
+/* Rows [m, end) share rows[m]'s block table (one sequence's rows are consecutive); *need
+ * is their longest key count, how far the table is read. Returns end. */
+static int64_t group_end(const mm_attn_row *rows, int64_t m, int64_t M, int32_t *need) {
+    int64_t g = m;
+    *need = 0;
+    for (; g < M && rows[g].block_table == rows[m].block_table; g++)
+        if (rows[g].n_keys > *need) *need = rows[g].n_keys;
+    return g;
+}
+
 mm_status mm_cuda_attention(mm_backend *be, const float *q, const void *k_cache, const void *v_cache,
                             const mm_attn_row *rows, int64_t M, const mm_attn_shape *s, float *out) {
     if (s->kv_dtype != MM_DTYPE_F32 && s->kv_dtype != MM_DTYPE_BF16)
@@ -236,9 +246,8 @@ mm_status mm_cuda_attention(mm_backend *be, const float *q, const void *k_cache,
         if (rows[m].n_keys < 0) return MM_ERROR(MM_ERR_INVALID, "attention row %lld: %d keys", (long long)m, rows[m].n_keys);
     int64_t n_tab = 0; /* each group of rows sharing a table needs it up to its longest row */
     for (int64_t m = 0, g = 0; m < M; m = g) {
-        int32_t need = 0;
-        for (g = m; g < M && rows[g].block_table == rows[m].block_table; g++)
-            if (rows[g].n_keys > need) need = rows[g].n_keys;
+        int32_t need;
+        g = group_end(rows, m, M, &need);
         n_tab += (need + s->block_size - 1) / s->block_size;
     }
     size_t bytes = (size_t)(2 * M + n_tab) * sizeof(int32_t);
@@ -247,9 +256,8 @@ mm_status mm_cuda_attention(mm_backend *be, const float *q, const void *k_cache,
     int64_t off = 0, kernel_rows = 0;
     int32_t max_keys = 0; /* over the rows the kernel takes */
     for (int64_t m = 0, g = 0; m < M; m = g) {
-        int32_t need = 0;
-        for (g = m; g < M && rows[g].block_table == rows[m].block_table; g++)
-            if (rows[g].n_keys > need) need = rows[g].n_keys;
+        int32_t need;
+        g = group_end(rows, m, M, &need);
         int32_t nb = (need + s->block_size - 1) / s->block_size;
         for (int32_t i = 0; i < nb; i++) {
             if (rows[m].block_table[i] < 0) return MM_ERROR(MM_ERR_INVALID, "attention row %lld: block id %d", (long long)m, rows[m].block_table[i]);
@@ -275,9 +283,8 @@ mm_status mm_cuda_attention(mm_backend *be, const float *q, const void *k_cache,
     }
     off = 0;
     for (int64_t m = 0, g = 0; m < M && kernel_rows < M; m = g) {
-        int32_t need = 0;
-        for (g = m; g < M && rows[g].block_table == rows[m].block_table; g++)
-            if (rows[g].n_keys > need) need = rows[g].n_keys;
+        int32_t need;
+        g = group_end(rows, m, M, &need);
         if (h[2 * m] < 0) /* this group was given to the GEMMs above */
             CHECK(attention_group_gemm(be, q, k_cache, v_cache, rows, m, g, s, d + 2 * M + off, d + 2 * m + 1, need, out));
         off += (need + s->block_size - 1) / s->block_size;
