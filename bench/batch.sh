@@ -79,7 +79,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() { "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 scrape() {  # the coordinator's /metrics -> FILE
   "$py" -c 'import sys, urllib.request
 sys.stdout.write(urllib.request.urlopen("http://" + sys.argv[1] + "/metrics", timeout=10).read().decode())' \
@@ -101,11 +100,13 @@ fresh_info() {
 
 start_service() {  # DECODERS RUN_DIR
   local cfg=$2/service.json log=$2/service.log
-  server=127.0.0.1:$(free_port) metrics=127.0.0.1:$(free_port)
+  local port eport dport mport
+  read -r port eport dport mport < <("$bin/tools/mmctl" free-port 4)
+  server=127.0.0.1:$port metrics=127.0.0.1:$mport
   cat > "$cfg" <<JSON
 {"model": "$src/assets/tiny", "listen": "$server", "stages": $stages, "threads": 1,
  "encoders": 1, "decoders": $1, "worker_threads": 1, "image_steps": $steps,
- "encode_bind": "tcp://127.0.0.1:$(free_port)", "decode_bind": "tcp://127.0.0.1:$(free_port)",
+ "encode_bind": "tcp://127.0.0.1:$eport", "decode_bind": "tcp://127.0.0.1:$dport",
  "metrics_listen": "$metrics"}
 JSON
   MM_BIN_DIR=$bin setsid "$src/deploy/launch.sh" "$cfg" --once > "$log" 2>&1 &

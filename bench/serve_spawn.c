@@ -1,33 +1,20 @@
 /* See serve_spawn.h. */
 #include "serve_spawn.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/free_port.h"
 #include "common/http_client.h"
 #include "bench/serve_load.h"
 
 static const char *const POOL[2] = {"encode", "decode"};
 static const char *const WORKER_BIN[2] = {"mm-encoder", "mm-decoder"};
-
-/* A loopback TCP port free right now, or -1. */
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t n = sizeof a;
-    int ok = fd >= 0 && !bind(fd, (struct sockaddr *)&a, sizeof a) && !getsockname(fd, (struct sockaddr *)&a, &n);
-    if (fd >= 0) close(fd);
-    return ok ? ntohs(a.sin_port) : -1;
-}
 
 /* In a forked child: dies with bench/serve, writes to log, runs argv. Never returns. */
 static void exec_child(const char *log, char *const argv[]) {
@@ -98,7 +85,7 @@ int serve_spawn_start(serve_service *s, const char *model, int stages, int threa
     }
     int port[4];
     for (int i = 0; i < 4; i++)
-        if ((port[i] = free_port()) < 0) {
+        if ((port[i] = mm_free_port()) < 0) {
             perror("serve: no free port");
             goto fail;
         }

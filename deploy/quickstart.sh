@@ -15,14 +15,13 @@ mkdir -p "$out"
 image=assets/images/example.png
 mmctl=./build/tools/mmctl
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-port=$(free_port)
+read -r port eport dport mport < <("$mmctl" free-port 4)
 server=127.0.0.1:$port
 cat > "$out/service.json" <<JSON
 {"model": "$PWD/assets/tiny", "listen": "$server", "stages": 2, "threads": 1,
  "encoders": 1, "decoders": 1, "worker_threads": 1, "image_steps": 20,
- "encode_bind": "tcp://127.0.0.1:$(free_port)", "decode_bind": "tcp://127.0.0.1:$(free_port)",
- "metrics_listen": "127.0.0.1:$(free_port)"}
+ "encode_bind": "tcp://127.0.0.1:$eport", "decode_bind": "tcp://127.0.0.1:$dport",
+ "metrics_listen": "127.0.0.1:$mport"}
 JSON
 echo "== starting the service (log: $out/service.log)"
 deploy/launch.sh "$out/service.json" --once > "$out/service.log" 2>&1 &

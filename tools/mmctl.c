@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "common/free_port.h"
 #include "common/safetensors.h"
 #include "proto/health.pb-c.h"
 #include "proto/metamorph.pb-c.h"
@@ -40,7 +41,10 @@ static void usage(FILE *f) {
             "                            parameters (defaults: the server's steps, the model's guidance,\n"
             "                            pndm, seed 0)\n"
             "  health   exit 0 when SERVING, 14 otherwise\n"
-            "  info     model, stages and live KV/queue figures\n");
+            "  info     model, stages and live KV/queue figures\n"
+            "  free-port [N]  print N (default 1) distinct loopback TCP ports, free now and below\n"
+            "           the kernel's ephemeral range (so no outgoing connection takes one before\n"
+            "           the service binds it), for a config the service is then started with\n");
     mmctl_batch_usage(f);
     fprintf(f, "The exit code is the gRPC status code of the call (batch: 0 all ok, 1 not).\n");
 }
@@ -302,6 +306,16 @@ int main(int argc, char **argv) {
     }
     if (i >= argc) return usage(stderr), EXIT_USAGE;
     const char *cmd = argv[i];
+    if (!strcmp(cmd, "free-port")) {
+        int n = i + 1 < argc ? atoi(argv[i + 1]) : 1;
+        if (n < 1 || n > 64) return usage(stderr), EXIT_USAGE;
+        for (int k = 0; k < n; k++) {
+            int port = mm_free_port();
+            if (port < 0) return fprintf(stderr, "mmctl: no free loopback port\n"), 1;
+            printf("%d%c", port, k + 1 < n ? ' ' : '\n');
+        }
+        return 0;
+    }
     mm_client *cl;
     if (mm_client_open(server, &cl) != MM_OK) return fail(14, mm_error_last());
     int rc;

@@ -13,7 +13,6 @@ bin=$1 src=$2 backend=${3:-cuda}
 dir=$(mktemp -d /tmp/mm-service-check-XXXXXX)
 export PATH=$bin:$PATH
 ours() { if [[ -n ${MM_LD_LIBRARY_PATH:-} ]]; then LD_LIBRARY_PATH=$MM_LD_LIBRARY_PATH "$@"; else "$@"; fi; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 prompts=("Hello" "The capital of France is" "1, 2, 3, 4," "Once upon a time")
 svc_pid=
 
@@ -29,12 +28,12 @@ trap stop_service EXIT
 
 # run_side NAME BACKEND: starts the service, writes NAME.ids (one line of ids per prompt)
 run_side() {
-  local name=$1 be=$2 port
-  port=$(free_port)
+  local name=$1 be=$2 port eport dport mport
+  read -r port eport dport mport < <(ours mmctl free-port 4)
   cat >"$dir/$name.json" <<JSON
 {"model": "$src/assets/tiny", "listen": "127.0.0.1:$port", "threads": 2, "backend": "$be",
- "encode_bind": "tcp://127.0.0.1:$(free_port)", "decode_bind": "tcp://127.0.0.1:$(free_port)",
- "metrics_listen": "127.0.0.1:$(free_port)"}
+ "encode_bind": "tcp://127.0.0.1:$eport", "decode_bind": "tcp://127.0.0.1:$dport",
+ "metrics_listen": "127.0.0.1:$mport"}
 JSON
   # setsid execs env execs mpiexec: one pid, the process group stop_service ends
   setsid env ${MM_LD_LIBRARY_PATH:+LD_LIBRARY_PATH=$MM_LD_LIBRARY_PATH} mpiexec -launcher fork -hosts localhost -disable-auto-cleanup -n 1 "$bin/mm-coordinator" "$dir/$name.json" \

@@ -1,18 +1,16 @@
 /* See service.h. */
 #include "service.h"
 
-#include <arpa/inet.h>
 #include <math.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "common/free_port.h"
 #include "common/http_client.h"
 #include "proto/health.pb-c.h"
 
@@ -20,16 +18,6 @@ double now_s(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t n = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) || getsockname(fd, (struct sockaddr *)&a, &n)) return -1;
-    close(fd);
-    return ntohs(a.sin_port);
 }
 
 pid_t svc_worker_start(mm_service *s, const char *pool) {
@@ -63,6 +51,18 @@ void svc_worker_kill(mm_service *s, pid_t pid, int sig) {
         if (s->workers[i] == pid) s->workers[i] = 0;
 }
 
+/* The last max_bytes of the file at path, to stderr (so CI's output shows why). */
+static void print_tail(const char *path, long max_bytes) {
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    if (fseek(f, 0, SEEK_END) == 0 && ftell(f) > max_bytes) fseek(f, -max_bytes, SEEK_END);
+    else rewind(f);
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) fwrite(buf, 1, n, stderr);
+    fclose(f);
+}
+
 int svc_start(mm_service *s, const char *coordinator, const char *stage, int n_stages, const char *extra_json) {
     return svc_start_pools(s, coordinator, stage, n_stages, extra_json, 1, 1);
 }
@@ -78,10 +78,16 @@ int svc_start_pools(mm_service *s, const char *coordinator, const char *stage, i
         char *slash = strrchr(s->bin_dir, '/');
         if (slash) *slash = 0;
     }
-    snprintf(s->target, sizeof s->target, "127.0.0.1:%d", free_port());
-    snprintf(s->encode_ep, sizeof s->encode_ep, "tcp://127.0.0.1:%d", free_port());
-    snprintf(s->decode_ep, sizeof s->decode_ep, "tcp://127.0.0.1:%d", free_port());
-    snprintf(s->metrics, sizeof s->metrics, "127.0.0.1:%d", free_port());
+    int port[4]; /* gRPC, encode pool, decode pool, metrics */
+    for (int i = 0; i < 4; i++)
+        if ((port[i] = mm_free_port()) < 0) {
+            fprintf(stderr, "no free loopback port\n");
+            return -1;
+        }
+    snprintf(s->target, sizeof s->target, "127.0.0.1:%d", port[0]);
+    snprintf(s->encode_ep, sizeof s->encode_ep, "tcp://127.0.0.1:%d", port[1]);
+    snprintf(s->decode_ep, sizeof s->decode_ep, "tcp://127.0.0.1:%d", port[2]);
+    snprintf(s->metrics, sizeof s->metrics, "127.0.0.1:%d", port[3]);
     char cfg[512], log[512];
     snprintf(cfg, sizeof cfg, "%s/cfg.json", s->dir);
     snprintf(log, sizeof log, "%s/service.log", s->dir);
@@ -114,7 +120,8 @@ int svc_start_pools(mm_service *s, const char *coordinator, const char *stage, i
     while (now_s() - t0 < 60) {
         int st;
         if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
-            fprintf(stderr, "service exited during start (see %s)\n", log);
+            fprintf(stderr, "service exited during start; the end of %s:\n", log);
+            print_tail(log, 4096);
             s->pid = 0;
             return -1;
         }

@@ -6,8 +6,7 @@ set -uo pipefail
 build=$1 src=$2
 mmctl=$build/tools/mmctl
 dir=$(mktemp -d /tmp/mm-launch-XXXXXX)
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-port=$(free_port) eport=$(free_port) dport=$(free_port) mport=$(free_port)
+read -r port eport dport mport < <("$mmctl" free-port 4)
 cat > "$dir/cfg.json" <<JSON
 {"model": "$src/assets/tiny", "listen": "127.0.0.1:$port", "threads": 1, "stages": 2,
  "fail_exit_ms": 500, "restart_delay_ms": 200, "worker_threads": 1, "image_steps": 10,
