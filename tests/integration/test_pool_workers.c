@@ -29,6 +29,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "common/free_port.h"
 #include "common/status.h"
 #include "model/decoder.h"
 #include "model/siglip.h"
@@ -544,7 +545,11 @@ int main(int argc, char **argv) {
         return 2;
     }
     fake_coordinator fc = {.zctx = zmq_ctx_new()};
-    if (router_bind(&fc, "tcp://127.0.0.1:*") != 0) return 1;
+    /* a port below the ephemeral range: while the reconnect test has it closed, the
+     * worker's retried connects cannot take it as their source port */
+    char endpoint[64];
+    snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", mm_free_port());
+    if (router_bind(&fc, endpoint) != 0) return 1;
     const char *mode = argv[1];
     if (!strcmp(mode, "encode")) test_encode(&fc, argv[2]);
     else if (!strcmp(mode, "decode") && argc >= 5) test_decode(&fc, argv[2], argv[3], argv[4]);
