@@ -119,10 +119,10 @@ static void reply_delta(mm_engine *e, job *j, const char *text, size_t len, cons
         mm_reply_free(r);
         return;
     }
-    memcpy(r->text, text, len);
+    if (len) memcpy(r->text, text, len); /* text and ids may be NULL when empty */
     r->text[len] = 0;
     r->text_len = len;
-    memcpy(r->ids, ids, (size_t)n_ids * sizeof *ids);
+    if (n_ids) memcpy(r->ids, ids, (size_t)n_ids * sizeof *ids);
     r->n_ids = n_ids;
     send_reply(e, r);
 }
@@ -181,7 +181,7 @@ static int held_append(job *j, const char *s, size_t n) {
 /* Sends held[0, n) and keeps the rest. */
 static void held_emit(mm_engine *e, job *j, size_t n, const int32_t *ids, int n_ids) {
     reply_delta(e, j, j->held, n, ids, n_ids);
-    memmove(j->held, j->held + n, j->held_len - n);
+    if (j->held_len > n) memmove(j->held, j->held + n, j->held_len - n); /* held may still be NULL */
     j->held_len -= n;
 }
 
