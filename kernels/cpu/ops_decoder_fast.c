@@ -1,6 +1,6 @@
 /* Fast CPU ops of the diffusion decoder: convolution through oneDNN (conv_dnnl.c),
- * OpenMP over independent rows or pixel blocks, vectorisable loops (a polynomial exp
- * instead of libm's scalar expf). Every output element is computed in an order that
+ * OpenMP over independent rows or pixel blocks, vectorisable loops (vmath.h's polynomial
+ * exp and erfc instead of libm's scalar calls). Every output element is computed in an order that
  * depends only on the shapes, never on the thread count, so results are identical
  * with 1 and N threads. Must stay numerically close to ops_decoder_ref.c. */
 #include <math.h>
@@ -10,34 +10,13 @@
 
 #include "cpu_backend.h"
 #include "cpu_ops.h"
+#include "vec16.h"  /* MM_VEC_CLONES */
+#include "vmath.h"
 
-#define MM_VEC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 /* Pixels per group-norm statistics block: partial sums are per (block, channel) and are
  * combined in block order, so the sum order is fixed whatever the thread count. */
 #define GN_BLOCK 64
 
-/* e^x for x in [-87, 88] within 2 ulp: x = n ln2 + r, |r| <= ln2/2, e^r by the
- * Cephes expf polynomial, 2^n built in the exponent bits. Branch-free so that loops
- * calling it vectorise. */
-static inline __attribute__((always_inline)) float exp_poly(float x) {
-    x = fminf(fmaxf(x, -87.0f), 88.0f);
-    float n = floorf(x * 1.44269504088896341f + 0.5f);
-    float r = x - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-
-static inline __attribute__((always_inline)) float silu_poly(float v) { return v / (1.0f + exp_poly(-v)); }
 
 mm_status mm_cpu_fast_conv2d(mm_backend *be, const mm_tensor *w, const float *bias, const float *x, float *y, int64_t B,
                              int64_t H, int64_t W, int32_t stride, int32_t pad) {
@@ -153,13 +132,13 @@ mm_status mm_cpu_fast_activation(mm_backend *be, float *x, int64_t n, mm_activat
     return MM_OK;
 }
 
+MM_VEC_CLONES static void geglu_row(const float *h, const float *g, float *y, int64_t F) {
+    for (int64_t f = 0; f < F; f++) y[f] = h[f] * gelu_erf_poly(g[f]);
+}
+
 mm_status mm_cpu_fast_geglu(mm_backend *be, const float *x, float *y, int64_t M, int64_t F) {
 #pragma omp parallel for num_threads(be->n_threads) schedule(static) if (M * F > 65536)
-    for (int64_t m = 0; m < M; m++) {
-        const float *h = x + m * 2 * F, *g = h + F;
-        float *yr = y + m * F;
-        for (int64_t f = 0; f < F; f++) yr[f] = h[f] * (0.5f * g[f] * (1.0f + erff(g[f] * 0.7071067811865476f)));
-    }
+    for (int64_t m = 0; m < M; m++) geglu_row(x + m * 2 * F, x + m * 2 * F + F, y + m * F, F);
     return MM_OK;
 }
 

@@ -10,6 +10,7 @@
 #include "cpu_backend.h"
 #include "cpu_ops.h"
 #include "vec16.h"
+#include "vmath.h"
 
 /* Inlined into their (cloned) callers so each ISA level gets its own vector code. */
 static inline __attribute__((always_inline)) float dot_f32(const float *a, const float *b, int32_t n) {
@@ -365,9 +366,17 @@ mm_status mm_cpu_fast_add_bias(mm_backend *be, float *y, const float *bias, int6
     return MM_OK;
 }
 
+MM_VEC_CLONES static void gelu_span(float *x, int64_t n, int tanh_approx) {
+    if (tanh_approx)
+        for (int64_t i = 0; i < n; i++) x[i] = gelu_tanh_poly(x[i]);
+    else
+        for (int64_t i = 0; i < n; i++) x[i] = gelu_erf_poly(x[i]);
+}
+
 mm_status mm_cpu_fast_gelu(mm_backend *be, float *x, int64_t n, int tanh_approx) {
+    const int64_t per = 16384;
 #pragma omp parallel for num_threads(be->n_threads) schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; i++) x[i] = mm_gelu_scalar(x[i], tanh_approx);
+    for (int64_t i = 0; i < n; i += per) gelu_span(x + i, n - i < per ? n - i : per, tanh_approx);
     return MM_OK;
 }
 

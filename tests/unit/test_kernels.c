@@ -306,6 +306,21 @@ static void test_encoder_ops(void) {
         ref_be->ops->gelu(ref_be, r, M * D, approx);
         EXPECT(mm_nmse(a, r, M * D) < 1e-12, "gelu (tanh %d) nmse %g", approx, mm_nmse(a, r, M * D));
     }
+    { /* a sweep over -12..12 (both tails): each value within 1e-6 of libm's, relative to
+       * max(1, |value|), and with the same bits wherever it sits (offset by 3 and cut short) */
+        enum { SWEEP = 1537 };
+        float sw[SWEEP], sr[SWEEP], sh[SWEEP + 3];
+        for (int approx = 0; approx < 2; approx++) {
+            for (int i = 0; i < SWEEP; i++) sw[i] = sr[i] = sh[i + 3] = -12.0f + (float)i / 64.0f;
+            fast_be->ops->gelu(fast_be, sw, SWEEP, approx);
+            ref_be->ops->gelu(ref_be, sr, SWEEP, approx);
+            fast_be->ops->gelu(fast_be, sh + 3, SWEEP - 5, approx);
+            float worst = 0.0f;
+            for (int i = 0; i < SWEEP; i++) worst = fmaxf(worst, fabsf(sw[i] - sr[i]) / fmaxf(1.0f, fabsf(sr[i])));
+            EXPECT(worst < 1e-6f, "gelu (tanh %d) sweep: max relative error %g", approx, worst);
+            EXPECT(memcmp(sw, sh + 3, (SWEEP - 5) * sizeof(float)) == 0, "gelu (tanh %d) depends on position", approx);
+        }
+    }
     float g = 1.0f;
     ref_be->ops->gelu(ref_be, &g, 1, 0);
     EXPECT(fabsf(g - 0.8413447f) < 1e-6f, "gelu(1) = %g", g); /* x * Phi(x) */
