@@ -6,6 +6,8 @@ set -euo pipefail
 MM_DEBIAN_PACKAGES=(
   build-essential cmake pkg-config   # toolchain
   libdnnl-dev                        # oneDNN: CPU GEMM
+  ocl-icd-opencl-dev                 # oneDNN's CMake config (Debian builds it with the OpenCL GPU runtime) find_package()s OpenCL
+  procps                             # pgrep/ps in the launcher's tests (not in a minimal Debian)
   libjansson-dev                     # JSON configs
   libpcre2-dev                       # tokenizer pre-tokenizer regex
   libpng-dev libjpeg62-turbo-dev     # image decoding (common/image.c)
