@@ -38,6 +38,7 @@ static const int_tunable INT_TUNABLES[] = {
     T(pool_max_message_mb, 64, 1, 2047),
     T(embed_cache_mb, 256, 0, 1 << 20),
     T(image_steps, 50, 1, 1000),
+    T(http_max_body_mb, 96, 1, 2047),
 };
 #undef T
 
@@ -55,6 +56,7 @@ static const str_tunable STR_TUNABLES[] = {
     {"encode_bind", offsetof(mm_serve_config, encode_bind), sizeof(((mm_serve_config *)0)->encode_bind), "tcp://127.0.0.1:50052"},
     {"decode_bind", offsetof(mm_serve_config, decode_bind), sizeof(((mm_serve_config *)0)->decode_bind), "tcp://127.0.0.1:50053"},
     {"metrics_listen", offsetof(mm_serve_config, metrics_listen), sizeof(((mm_serve_config *)0)->metrics_listen), "127.0.0.1:9464"},
+    {"http_listen", offsetof(mm_serve_config, http_listen), sizeof(((mm_serve_config *)0)->http_listen), "127.0.0.1:8000"},
 };
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))

@@ -41,6 +41,8 @@ typedef struct {
     int32_t embed_cache_mb;    /* visual tokens of recently seen images (LRU by image hash), 0 = off */
     int32_t image_steps;       /* diffusion steps when a request does not say */
     char metrics_listen[256];  /* Prometheus /metrics, /healthz, /readyz over HTTP, "host:port"; "" = off */
+    char http_listen[256];     /* OpenAI-compatible HTTP API, "host:port"; "" = off */
+    int32_t http_max_body_mb;  /* largest HTTP request body (base64 images inflate by 4/3) */
     int32_t stage_layers[MM_MAX_STAGES]; /* layers per stage; n_stage_layers == 0: even split */
     int32_t n_stage_layers;
 } mm_serve_config;
