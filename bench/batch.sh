@@ -107,7 +107,7 @@ start_service() {  # DECODERS RUN_DIR
 {"model": "$src/assets/tiny", "listen": "$server", "stages": $stages, "threads": 1,
  "encoders": 1, "decoders": $1, "worker_threads": 1, "image_steps": $steps,
  "encode_bind": "tcp://127.0.0.1:$eport", "decode_bind": "tcp://127.0.0.1:$dport",
- "metrics_listen": "$metrics"}
+ "metrics_listen": "$metrics", "http_listen": ""}
 JSON
   MM_BIN_DIR=$bin setsid "$src/deploy/launch.sh" "$cfg" --once > "$log" 2>&1 &
   launcher=$!

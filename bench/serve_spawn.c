@@ -45,7 +45,7 @@ static int write_config(serve_service *s, const char *path, int stages, int thre
     }
     fprintf(f,
             "{\"model\": \"%s\", \"listen\": \"%s\", \"stages\": %d, \"threads\": %d, \"encoders\": 0, \"decoders\": 0,\n"
-            " \"encode_bind\": \"%s\", \"decode_bind\": \"%s\", \"metrics_listen\": \"%s\"}\n",
+            " \"encode_bind\": \"%s\", \"decode_bind\": \"%s\", \"metrics_listen\": \"%s\", \"http_listen\": \"\"}\n",
             s->model, s->target, stages, threads, s->endpoint[SPAWN_ENCODE], s->endpoint[SPAWN_DECODE], s->metrics);
     if (fclose(f) != 0) {
         perror(path);

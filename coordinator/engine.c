@@ -56,7 +56,9 @@ typedef struct {
 struct mm_engine {
     mm_engine_params p;
     mm_sched *sched;
-    void *requests, *replies;  /* PULL (bound), PUSH (bound) */
+    void *requests;            /* PULL (bound): both front doors' mm_msg */
+    void *replies;             /* PUSH (bound): mm_reply to the gRPC door */
+    void *http_replies;        /* PUSH (bound): mm_reply to the HTTP door (call ids with MM_CALL_ID_HTTP) */
     job **jobs;
     int n_jobs, cap_jobs;
     in_flight fifo[MM_MAX_STAGES];
@@ -88,11 +90,15 @@ int32_t mm_engine_max_context(const mm_serve_config *cfg, const mm_llama_config 
 /* Never waits (this is the scheduler thread: pools' heartbeats and the pipeline must
  * not stall behind a slow reply thread): the PUSH has no high-water mark, so the send
  * can only fail when nobody is connected, and then the reply is dropped and logged. */
-static void send_reply(mm_engine *e, mm_reply *r) {
-    if (zmq_send(e->replies, &r, sizeof r, ZMQ_DONTWAIT) != (int)sizeof r) {
+static void send_reply_to(void *socket, mm_reply *r) {
+    if (zmq_send(socket, &r, sizeof r, ZMQ_DONTWAIT) != (int)sizeof r) {
         LOG_ERROR("zmq_send reply: %s", zmq_strerror(zmq_errno()));
         mm_reply_free(r);
     }
+}
+
+static void send_reply(mm_engine *e, mm_reply *r) {
+    send_reply_to(r->call_id & MM_CALL_ID_HTTP ? e->http_replies : e->replies, r);
 }
 
 static mm_reply *reply_new(mm_reply_type type, uint64_t call_id) {
@@ -741,10 +747,13 @@ mm_status mm_engine_init(const mm_engine_params *p, mm_engine **out) {
     if (s == MM_OK) {
         e->requests = zmq_socket(p->zmq_ctx, ZMQ_PULL);
         e->replies = zmq_socket(p->zmq_ctx, ZMQ_PUSH);
-        int unbounded = 0; /* the reply queue never blocks the scheduler (send_reply) */
-        if (!e->requests || !e->replies ||
+        e->http_replies = zmq_socket(p->zmq_ctx, ZMQ_PUSH);
+        int unbounded = 0; /* the reply queues never block the scheduler (send_reply) */
+        if (!e->requests || !e->replies || !e->http_replies ||
             zmq_setsockopt(e->replies, ZMQ_SNDHWM, &unbounded, sizeof unbounded) ||
-            zmq_bind(e->requests, MM_ENDPOINT_REQUESTS) || zmq_bind(e->replies, MM_ENDPOINT_REPLIES))
+            zmq_setsockopt(e->http_replies, ZMQ_SNDHWM, &unbounded, sizeof unbounded) ||
+            zmq_bind(e->requests, MM_ENDPOINT_REQUESTS) || zmq_bind(e->replies, MM_ENDPOINT_REPLIES) ||
+            zmq_bind(e->http_replies, MM_ENDPOINT_HTTP_REPLIES))
             s = MM_ERROR(MM_ERR_IO, "inproc sockets: %s", zmq_strerror(zmq_errno()));
     }
     if (s != MM_OK) {
@@ -830,9 +839,10 @@ int mm_engine_run(mm_engine *e) {
     }
 }
 
-void mm_engine_stop_replies(mm_engine *e) {
+void mm_engine_stop_replies(mm_engine *e, int http_door) {
     mm_reply *r = reply_new(MM_REPLY_STOP, 0);
-    if (r) send_reply(e, r);
+    if (r) send_reply_to(e->replies, r);
+    if (http_door && (r = reply_new(MM_REPLY_STOP, MM_CALL_ID_HTTP))) send_reply_to(e->http_replies, r);
 }
 
 void mm_engine_free(mm_engine *e) {
@@ -843,5 +853,6 @@ void mm_engine_free(mm_engine *e) {
     mm_sched_free(e->sched);
     if (e->requests) zmq_close(e->requests);
     if (e->replies) zmq_close(e->replies);
+    if (e->http_replies) zmq_close(e->http_replies);
     free(e);
 }

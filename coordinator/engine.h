@@ -42,8 +42,9 @@ mm_status mm_engine_init(const mm_engine_params *p, mm_engine **out);
 /* Runs until a stop is asked (returns 0 after a clean pipeline stop) or the pipeline
  * has failed and fail_exit_ms has passed (returns 1). */
 int mm_engine_run(mm_engine *e);
-/* Tells the gRPC reply thread to end (call before mm_grpc_stop). */
-void mm_engine_stop_replies(mm_engine *e);
+/* Tells the reply threads to end: gRPC's, and the HTTP door's when it runs (call before
+ * mm_grpc_stop / mm_http_stop). */
+void mm_engine_stop_replies(mm_engine *e, int http_door);
 void mm_engine_free(mm_engine *e);
 /* Tokens a sequence may hold: the model context and the KV cache. */
 int32_t mm_engine_max_context(const mm_serve_config *cfg, const mm_llama_config *llm);

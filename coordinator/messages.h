@@ -10,7 +10,12 @@
 #include "kernels/backend.h"
 
 #define MM_ENDPOINT_REQUESTS "inproc://mm-requests"
-#define MM_ENDPOINT_REPLIES "inproc://mm-replies"
+#define MM_ENDPOINT_REPLIES "inproc://mm-replies"           /* replies to the gRPC front door */
+#define MM_ENDPOINT_HTTP_REPLIES "inproc://mm-http-replies" /* replies to the HTTP front door */
+
+/* Call ids are made by the front doors: the HTTP door's have this bit set, so the
+ * scheduler thread sends each reply to the door its call came through. */
+#define MM_CALL_ID_HTTP (UINT64_C(1) << 63)
 
 /* A validated, tokenized request. */
 typedef struct {
@@ -57,7 +62,7 @@ typedef enum {
     MM_REPLY_FINAL,           /* status OK, usage, timings */
     MM_REPLY_ERROR,           /* status code + message */
     MM_REPLY_INFO,            /* packed metamorph.v1.ModelInfo */
-    MM_REPLY_STOP,            /* the reply thread ends */
+    MM_REPLY_STOP,            /* the reply thread ends (sent to every door) */
 } mm_reply_type;
 
 typedef struct {

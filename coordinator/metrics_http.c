@@ -1,20 +1,17 @@
-/* See metrics_http.h. We bind the listening socket ourselves (so a taken port is a
- * clear error naming the address) and hand it to libmicrohttpd, which accepts and
+/* See metrics_http.h. We bind the listening socket ourselves (common/tcp_listen.c: a
+ * taken port is a clear error naming the address) and hand it to libmicrohttpd, which accepts and
  * answers on its internal polling thread and closes it on stop. */
 #include "metrics_http.h"
 
-#include <errno.h>
 #include <microhttpd.h>
-#include <netdb.h>
-#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/tcp_listen.h"
 
 struct mm_metrics_http {
     struct MHD_Daemon *daemon;
@@ -22,63 +19,6 @@ struct mm_metrics_http {
     const atomic_int *serving;
     int port;
 };
-
-/* Splits "host:port" / "[v6]:port" / ":port" into host (NULL: every interface) and port. */
-static mm_status split_address(const char *address, char *host, size_t host_cap, char *port, size_t port_cap) {
-    const char *colon = strrchr(address, ':');
-    if (!colon || !colon[1])
-        return MM_ERROR(MM_ERR_INVALID, "metrics_listen \"%s\": want \"host:port\"", address);
-    size_t n = (size_t)(colon - address);
-    const char *h = address;
-    if (n >= 2 && h[0] == '[' && h[n - 1] == ']') h++, n -= 2;
-    if (n >= host_cap || strlen(colon + 1) >= port_cap)
-        return MM_ERROR(MM_ERR_INVALID, "metrics_listen \"%s\" is too long", address);
-    memcpy(host, h, n);
-    host[n] = '\0';
-    snprintf(port, port_cap, "%s", colon + 1);
-    return MM_OK;
-}
-
-/* A listening TCP socket on the first resolution of address that binds. */
-static mm_status open_listener(const char *address, int *fd_out) {
-    char host[256], port[16];
-    CHECK(split_address(address, host, sizeof host, port, sizeof port));
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV}, *res = NULL;
-    int gai = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
-    if (gai != 0) return MM_ERROR(MM_ERR_INVALID, "metrics_listen \"%s\": %s", address, gai_strerror(gai));
-    int fd = -1, err = 0;
-    for (struct addrinfo *a = res; a && fd < 0; a = a->ai_next) {
-        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-        if (fd < 0) {
-            err = errno;
-            continue;
-        }
-        int one = 1;
-        if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-            bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, 64) != 0) {
-            err = errno;
-            close(fd);
-            fd = -1;
-        }
-    }
-    freeaddrinfo(res);
-    if (fd < 0)
-        return MM_ERROR(MM_ERR_IO, "metrics_listen \"%s\": %s%s", address, strerror(err),
-                        err == EADDRINUSE ? " (another process serves this port; change metrics_listen)" : "");
-    *fd_out = fd;
-    return MM_OK;
-}
-
-/* The port the kernel gave the socket (differs from the asked one only for port 0). */
-static int bound_port(int fd) {
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof ss;
-    if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) return -1;
-    if (ss.ss_family == AF_INET) return ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    if (ss.ss_family == AF_INET6) return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-    return -1;
-}
 
 /* libmicrohttpd's own diagnostics go to our log (its messages end with a newline). */
 static void log_mhd(void *cls, const char *fmt, va_list ap) {
@@ -138,12 +78,12 @@ mm_status mm_metrics_http_start(const char *address, const mm_metrics *registry,
     CHECK(CHECK_ALLOC(s));
     s->registry = registry, s->serving = serving;
     int fd = -1;
-    mm_status rc = open_listener(address, &fd);
+    mm_status rc = mm_tcp_listen("metrics_listen", address, &fd);
     if (rc != MM_OK) {
         free(s);
         return rc;
     }
-    s->port = bound_port(fd);
+    s->port = mm_tcp_bound_port(fd);
     s->daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG, 0, NULL, NULL,
                                  answer, s, MHD_OPTION_EXTERNAL_LOGGER, log_mhd, NULL, MHD_OPTION_LISTEN_SOCKET,
                                  (MHD_socket)fd, MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64,

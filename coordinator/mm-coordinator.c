@@ -14,10 +14,13 @@
 
 #include "common/runtime.h"
 #include "common/log.h"
+#include "coord_cli.h"
 #include "decoder_pool.h"
 #include "engine.h"
 #include "grpc_server.h"
+#include "http_server.h"
 #include "metrics_http.h"
+#include "model/decoder.h"
 #include "model/manifest.h"
 #include "model/metamorph.h"
 #include "worker/pipeline_mpi.h"
@@ -44,7 +47,22 @@ typedef struct {
     void *zctx;
     mm_encoder *encoder;        /* the encoder pool; NULL: no vision input */
     mm_decoder_pool *decoder;   /* NULL: generated images as tokens only */
+    int32_t image_side;         /* pixels of the decoder's images; 0: no decoder */
+    char model_name[256];       /* the model's id in the HTTP API */
 } coord_setup;
+
+/* served_model_name, or the model directory's last path component. */
+static void model_name(const mm_serve_config *cfg, char *out, size_t cap) {
+    if (cfg->served_model_name[0]) {
+        snprintf(out, cap, "%s", cfg->served_model_name);
+        return;
+    }
+    size_t n = strlen(cfg->model);
+    while (n > 1 && cfg->model[n - 1] == '/') n--;
+    size_t b = n;
+    while (b > 0 && cfg->model[b - 1] != '/') b--;
+    snprintf(out, cap, "%.*s", (int)(n - b), cfg->model + b);
+}
 
 static mm_pool_settings pool_settings(const coord_setup *c, const char *endpoint) {
     return (mm_pool_settings){c->zctx, endpoint, c->cfg.pool_heartbeat_ms, c->cfg.pool_liveness,
@@ -53,6 +71,7 @@ static mm_pool_settings pool_settings(const coord_setup *c, const char *endpoint
 
 static mm_status setup(const char *cfg_path, coord_setup *c) {
     CHECK(mm_serve_config_load(cfg_path, &c->cfg));
+    model_name(&c->cfg, c->model_name, sizeof c->model_name);
     CHECK(mm_model_paths_resolve(c->cfg.model, &c->paths));
     CHECK(mm_llama_config_load(c->paths.llm, &c->llm));
     char tok_path[4200];
@@ -71,6 +90,7 @@ static mm_status setup(const char *cfg_path, coord_setup *c) {
     if (c->paths.decoder[0] && c->cfg.decode_bind[0]) {
         mm_pool_settings dp = pool_settings(c, c->cfg.decode_bind);
         CHECK(mm_decoder_pool_init(&dp, c->mm.n_image_tokens, c->mm.mm_hidden, &c->decoder));
+        CHECK(mm_decoder_default_side(c->paths.decoder, &c->image_side));
         LOG_INFO("decoder pool on %s", c->cfg.decode_bind);
     }
     return MM_OK;
@@ -91,6 +111,7 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
     void *zctx = c->zctx ? c->zctx : (c->zctx = zmq_ctx_new());
     mm_engine *eng = NULL;
     mm_grpc_server *srv = NULL;
+    mm_http_server *api = NULL;
     mm_metrics *metrics = NULL;
     mm_metrics_http *http = NULL;
     int rc = 1;
@@ -120,7 +141,8 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
         .limits = {.tok = c->tok, .max_context = mm_engine_max_context(&c->cfg, &c->llm), .vocab_size = c->llm.vocab_size,
                    .max_new_tokens = c->cfg.max_new_tokens, .max_images = c->cfg.max_images,
                    .max_stop_strings = c->cfg.max_stop_strings, .image_start_id = image_start,
-                   .n_image_tokens = c->mm.n_image_tokens, .vision_input = vision_input, .image_generation = image_output},
+                   .n_image_tokens = c->mm.n_image_tokens, .vision_input = vision_input, .image_generation = image_output,
+                   .bos_id = c->llm.bos_id},
         .serving = &serving, .metrics = metrics};
     block_signals(1);
     mm_status s = mm_grpc_start(&gp, &srv);
@@ -130,11 +152,29 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
         mm_driver_shutdown(drv);
         goto out;
     }
+    if (c->cfg.http_listen[0]) {
+        mm_http_params hp = {.listen = c->cfg.http_listen, .max_body_bytes = (size_t)c->cfg.http_max_body_mb << 20,
+                             .max_connections = (unsigned)c->cfg.http_max_connections, .zmq_ctx = zctx,
+                             .limits = gp.limits, .model_name = c->model_name,
+                             .image_side = image_output && c->decoder ? c->image_side : 0, .serving = &serving,
+                             .metrics = metrics};
+        block_signals(1);
+        s = mm_http_start(&hp, &api);
+        block_signals(0);
+        if (s != MM_OK) {
+            LOG_ERROR("%s", mm_error_last());
+            mm_engine_stop_replies(eng, 0);
+            mm_grpc_stop(srv);
+            mm_driver_shutdown(drv);
+            goto out;
+        }
+    }
     atomic_store(&serving, 1);
     LOG_INFO("serving %s on %s with %d stages", c->cfg.model, c->cfg.listen, mm_driver_n_stages(drv));
     rc = mm_engine_run(eng);
-    mm_engine_stop_replies(eng);
+    mm_engine_stop_replies(eng, api != NULL);
     mm_grpc_stop(srv);
+    mm_http_stop(api);
 out:
     mm_engine_free(eng);
     mm_metrics_http_stop(http);
@@ -143,7 +183,10 @@ out:
 }
 
 int main(int argc, char **argv) {
+    int cli = mm_coord_cli(argc, argv); /* --help, --print-config, --check: no MPI */
+    if (cli >= 0) return cli;
     mm_runtime_init(argv); /* before any OpenMP region: see common/runtime.h */
+    mm_runtime_die_with_parent(SIGKILL); /* an orphaned rank would serve unsupervised */
     int rank = -1, size = 0;
     if (mm_mpi_init(&argc, &argv, &rank, &size) != MM_OK) {
         fprintf(stderr, "mm-coordinator: %s\n", mm_error_last());

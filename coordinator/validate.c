@@ -204,6 +204,44 @@ out:
     return code;
 }
 
+/* raw_prompt: one message of text parts, no template: BOS + its text (mm-run --raw). */
+static int encode_raw(const Metamorph__V1__GenerateRequest *g, const mm_limits *lim, mm_request *r, char *msg,
+                      size_t cap) {
+    if (g->n_messages != 1)
+        return fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "raw_prompt: want exactly one message (got %zu)", g->n_messages);
+    if (g->generate_image)
+        return fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "raw_prompt: generate_image needs the chat template");
+    const Metamorph__V1__ChatMessage *m = g->messages[0];
+    size_t total = 0;
+    for (size_t j = 0; j < m->n_parts; j++) {
+        if (m->parts[j]->kind_case != METAMORPH__V1__CONTENT_PART__KIND_TEXT)
+            return fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "raw_prompt: messages[0].parts[%zu] is not text", j);
+        total += strlen(m->parts[j]->text);
+    }
+    if (total > MAX_TEXT_BYTES)
+        return fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "messages: more than %u bytes of text", MAX_TEXT_BYTES);
+    char *text = malloc(total + 1);
+    if (!text) return fail(GRPC_STATUS_RESOURCE_EXHAUSTED, msg, cap, "out of memory");
+    size_t at = 0;
+    for (size_t j = 0; j < m->n_parts; j++) {
+        size_t n = strlen(m->parts[j]->text);
+        memcpy(text + at, m->parts[j]->text, n);
+        at += n;
+    }
+    text[at] = 0;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    mm_status s = mm_metamorph_prompt_encode_raw(lim->tok, lim->bos_id, text, &ids, &n);
+    free(text);
+    if (s != MM_OK) return fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "messages: %s", mm_error_last());
+    r->prompt = ids, r->n_prompt = (int32_t)n, r->n_rows = (int32_t)n;
+    if (n == 0) return fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "raw_prompt: the prompt is empty");
+    if ((int64_t)n >= lim->max_context)
+        return fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "the prompt has %zu tokens, the context holds %d", n,
+                    lim->max_context);
+    return 0;
+}
+
 int mm_request_build(const Metamorph__V1__GenerateRequest *g, const mm_limits *lim, mm_request **out, char *msg,
                      size_t cap) {
     *out = NULL;
@@ -214,7 +252,7 @@ int mm_request_build(const Metamorph__V1__GenerateRequest *g, const mm_limits *l
     snprintf(r->request_id, sizeof r->request_id, "%s", g->request_id);
     int code = check_sampling(g->sampling, lim, r, msg, cap);
     if (!code) code = check_image_params(g->image, r, msg, cap);
-    if (!code) code = encode_chat(g, lim, r, msg, cap);
+    if (!code) code = g->raw_prompt ? encode_raw(g, lim, r, msg, cap) : encode_chat(g, lim, r, msg, cap);
     if (code) {
         mm_request_free(r);
         return code;

@@ -47,6 +47,18 @@ fail:
     return s;
 }
 
+mm_status mm_decoder_default_side(const char *dir, int32_t *side) {
+    char sub[4096];
+    mm_unet_config uc;
+    mm_vae_config vc;
+    snprintf(sub, sizeof sub, "%s/unet", dir);
+    CHECK(mm_unet_config_load(sub, &uc));
+    snprintf(sub, sizeof sub, "%s/vae", dir);
+    CHECK(mm_vae_config_load(sub, &vc));
+    *side = uc.sample_size * (1 << (vc.n_blocks - 1)); /* as mm_decoder_load's vae_scale */
+    return MM_OK;
+}
+
 void mm_decoder_free(mm_decoder *d) {
     if (!d) return;
     mm_adapter_free(d->adapter);

@@ -44,6 +44,10 @@ void mm_decode_params_default(mm_decode_params *p);
 mm_status mm_decoder_load(const char *dir, mm_backend *be, mm_decoder **out);
 void mm_decoder_free(mm_decoder *d);
 
+/* The side in pixels of the images the decoder in dir draws by default (the UNet's
+ * sample_size * the VAE's scale), from its configs alone (no weights mapped). */
+mm_status mm_decoder_default_side(const char *dir, int32_t *side);
+
 /* Image size of p (its height/width, or the model's default when 0). */
 void mm_decoder_image_size(const mm_decoder *d, const mm_decode_params *p, int32_t *height, int32_t *width);
 

@@ -249,6 +249,25 @@ mm_status mm_metamorph_prompt_encode(const mm_tokenizer *tok, const mm_chat_mess
     return s;
 }
 
+mm_status mm_metamorph_prompt_encode_raw(const mm_tokenizer *tok, int32_t bos_id, const char *text, int32_t **ids,
+                                         size_t *n_ids) {
+    int32_t *body;
+    size_t nb;
+    CHECK(mm_tokenizer_encode(tok, text, strlen(text), 1, &body, &nb));
+    int32_t bos = bos_id >= 0 ? bos_id : mm_tokenizer_bos_id(tok);
+    size_t has_bos = bos >= 0;
+    *ids = malloc((nb + has_bos) * sizeof **ids + 1);
+    if (!*ids) {
+        free(body);
+        return MM_ERROR(MM_ERR_NOMEM, "prompt ids");
+    }
+    if (has_bos) (*ids)[0] = bos;
+    if (nb) memcpy(*ids + has_bos, body, nb * sizeof *body);
+    *n_ids = nb + has_bos;
+    free(body);
+    return MM_OK;
+}
+
 /* x[rows, dim] (backend) = the prompt's embeddings, each image placeholder expanded to
  * mm_projector(its n_image_tokens visual tokens). */
 static mm_status prompt_embed(mm_metamorph *mm, const int32_t *prompt, size_t n, const float *images, int n_images,

@@ -80,6 +80,12 @@ mm_status mm_metamorph_render_content(const mm_content_part *parts, size_t n, ch
 mm_status mm_metamorph_prompt_encode(const mm_tokenizer *tok, const mm_chat_message *msgs, size_t n_msgs,
                                      int generate_image, int32_t **ids, size_t *n_ids, int *n_images);
 
+/* Prompt ids without the chat template: BOS (bos_id, or the tokenizer's when < 0;
+ * none when neither has one) + the tokens of text. mm-run --raw and the service's raw
+ * prompts (OpenAI /v1/completions) both build them here. *ids is malloc'd. */
+mm_status mm_metamorph_prompt_encode_raw(const mm_tokenizer *tok, int32_t bos_id, const char *text, int32_t **ids,
+                                         size_t *n_ids);
+
 /* Chat ids (mm_chat_encode of content rendered with "<image_start><image_end>" per image)
  * -> the reference's ids: MM_IMAGE_TOKEN_INDEX inserted between every adjacent
  * <image_start>, <image_end> pair. *n_images gets the number inserted. *out is malloc'd. */

@@ -39,6 +39,7 @@ static const int_tunable INT_TUNABLES[] = {
     T(embed_cache_mb, 256, 0, 1 << 20),
     T(image_steps, 50, 1, 1000),
     T(http_max_body_mb, 96, 1, 2047),
+    T(http_max_connections, 256, 1, 65536),
 };
 #undef T
 
@@ -57,6 +58,7 @@ static const str_tunable STR_TUNABLES[] = {
     {"decode_bind", offsetof(mm_serve_config, decode_bind), sizeof(((mm_serve_config *)0)->decode_bind), "tcp://127.0.0.1:50053"},
     {"metrics_listen", offsetof(mm_serve_config, metrics_listen), sizeof(((mm_serve_config *)0)->metrics_listen), "127.0.0.1:9464"},
     {"http_listen", offsetof(mm_serve_config, http_listen), sizeof(((mm_serve_config *)0)->http_listen), "127.0.0.1:8000"},
+    {"served_model_name", offsetof(mm_serve_config, served_model_name), sizeof(((mm_serve_config *)0)->served_model_name), ""},
 };
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))

@@ -43,6 +43,8 @@ typedef struct {
     char metrics_listen[256];  /* Prometheus /metrics, /healthz, /readyz over HTTP, "host:port"; "" = off */
     char http_listen[256];     /* OpenAI-compatible HTTP API, "host:port"; "" = off */
     int32_t http_max_body_mb;  /* largest HTTP request body (base64 images inflate by 4/3) */
+    int32_t http_max_connections; /* HTTP connections at once (one thread each) */
+    char served_model_name[256]; /* the model's id in the HTTP API, "" = the model directory's name */
     int32_t stage_layers[MM_MAX_STAGES]; /* layers per stage; n_stage_layers == 0: even split */
     int32_t n_stage_layers;
 } mm_serve_config;

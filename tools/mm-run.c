@@ -127,21 +127,7 @@ static mm_status encode_prompt(const mm_tokenizer *tok, const mm_llama_config *c
         free(content);
         return s;
     }
-    int32_t *body;
-    size_t nb;
-    CHECK(mm_tokenizer_encode(tok, a->prompt, strlen(a->prompt), 1, &body, &nb));
-    int32_t bos = cfg->bos_id >= 0 ? cfg->bos_id : mm_tokenizer_bos_id(tok);
-    int has_bos = bos >= 0;
-    *ids = malloc((nb + 1) * sizeof **ids);
-    if (!*ids) {
-        free(body);
-        return MM_ERROR(MM_ERR_NOMEM, "prompt ids");
-    }
-    if (has_bos) (*ids)[0] = bos;
-    memcpy(*ids + has_bos, body, nb * sizeof *body);
-    *n = nb + (size_t)has_bos;
-    free(body);
-    return MM_OK;
+    return mm_metamorph_prompt_encode_raw(tok, cfg->bos_id, a->prompt, ids, n);
 }
 
 /* Streams generated ids to stdout as text (complete UTF-8 only) or as ids. */

@@ -33,7 +33,7 @@ run_side() {
   cat >"$dir/$name.json" <<JSON
 {"model": "$src/assets/tiny", "listen": "127.0.0.1:$port", "threads": 2, "backend": "$be",
  "encode_bind": "tcp://127.0.0.1:$eport", "decode_bind": "tcp://127.0.0.1:$dport",
- "metrics_listen": "127.0.0.1:$mport"}
+ "metrics_listen": "127.0.0.1:$mport", "http_listen": ""}
 JSON
   # setsid execs env execs mpiexec: one pid, the process group stop_service ends
   setsid env ${MM_LD_LIBRARY_PATH:+LD_LIBRARY_PATH=$MM_LD_LIBRARY_PATH} mpiexec -launcher fork -hosts localhost -disable-auto-cleanup -n 1 "$bin/mm-coordinator" "$dir/$name.json" \

@@ -78,8 +78,8 @@ int svc_start_pools(mm_service *s, const char *coordinator, const char *stage, i
         char *slash = strrchr(s->bin_dir, '/');
         if (slash) *slash = 0;
     }
-    int port[4]; /* gRPC, encode pool, decode pool, metrics */
-    for (int i = 0; i < 4; i++)
+    int port[5]; /* gRPC, encode pool, decode pool, metrics, HTTP API */
+    for (int i = 0; i < 5; i++)
         if ((port[i] = mm_free_port()) < 0) {
             fprintf(stderr, "no free loopback port\n");
             return -1;
@@ -88,6 +88,7 @@ int svc_start_pools(mm_service *s, const char *coordinator, const char *stage, i
     snprintf(s->encode_ep, sizeof s->encode_ep, "tcp://127.0.0.1:%d", port[1]);
     snprintf(s->decode_ep, sizeof s->decode_ep, "tcp://127.0.0.1:%d", port[2]);
     snprintf(s->metrics, sizeof s->metrics, "127.0.0.1:%d", port[3]);
+    snprintf(s->http, sizeof s->http, "127.0.0.1:%d", port[4]);
     char cfg[512], log[512];
     snprintf(cfg, sizeof cfg, "%s/cfg.json", s->dir);
     snprintf(log, sizeof log, "%s/service.log", s->dir);
@@ -95,8 +96,8 @@ int svc_start_pools(mm_service *s, const char *coordinator, const char *stage, i
     if (!f) return -1;
     fprintf(f,
             "{\"model\": \"%s/tiny\", \"listen\": \"%s\", \"threads\": 1, \"encode_bind\": \"%s\", "
-            "\"decode_bind\": \"%s\", \"pool_heartbeat_ms\": 100, \"metrics_listen\": \"%s\"%s%s}\n",
-            getenv("MM_ASSETS_DIR"), s->target, s->encode_ep, s->decode_ep, s->metrics, extra_json[0] ? ", " : "",
+            "\"decode_bind\": \"%s\", \"pool_heartbeat_ms\": 100, \"metrics_listen\": \"%s\", \"http_listen\": \"%s\"%s%s}\n",
+            getenv("MM_ASSETS_DIR"), s->target, s->encode_ep, s->decode_ep, s->metrics, s->http, extra_json[0] ? ", " : "",
             extra_json);
     fclose(f);
     for (int i = 0; i < n_encoders; i++)

@@ -20,6 +20,7 @@ typedef struct {
     char dir[256];       /* temporary directory: cfg.json, service.log, worker logs */
     char encode_ep[64], decode_ep[64]; /* the pools' tcp endpoints */
     char metrics[64];    /* 127.0.0.1:PORT of the Prometheus endpoint */
+    char http[64];       /* 127.0.0.1:PORT of the OpenAI-compatible HTTP API */
     char bin_dir[1024];  /* the build tree (workers: BIN/worker/mm-encoder, mm-decoder) */
     pid_t workers[SVC_MAX_WORKERS];    /* 0: slot free */
     int n_worker_starts;
