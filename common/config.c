@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define J(x) ((json_t *)(x)) /* mm_json is jansson's json_t under another name */
@@ -40,6 +41,13 @@ mm_json *mm_json_get(const mm_json *j, const char *key) {
     return (mm_json *)json_object_get(J(j), key);
 }
 
+int mm_json_has(const mm_json *j, const char *key) {
+    const json_t *v = J(mm_json_get(j, key));
+    return v && !json_is_null(v);
+}
+
+int mm_json_is_object(const mm_json *j) { return j && json_is_object(J(j)); }
+
 /* Finds obj[key]: *out = NULL when obj is NULL or the member is absent or null; an error
  * when obj is not an object or the member fails `ok` (`want` says what was expected). */
 static mm_status json_member(const mm_json *obj, const char *file, const char *key,
@@ -51,9 +59,28 @@ static mm_status json_member(const mm_json *obj, const char *file, const char *k
                         file, key);
     const json_t *v = json_object_get(J(obj), key);
     if (!v || json_is_null(v)) return MM_OK;
-    if (!ok(v)) return MM_ERROR(MM_ERR_FORMAT, "%s: key '%s' must be %s", file, key, want);
+    if (!ok(v)) {
+        char shown[MM_JSON_SHOWN_CAP];
+        return MM_ERROR(MM_ERR_FORMAT, "%s: key '%s' = %s must be %s", file, key,
+                        mm_json_show((const mm_json *)v, shown, sizeof shown), want);
+    }
     *out = v;
     return MM_OK;
+}
+
+const char *mm_json_show(const mm_json *v, char *buf, size_t cap) {
+    /* JSON's own escaping turns control bytes into \uXXXX; ASCII keeps the line printable */
+    char *s = json_dumps(J(v), JSON_ENCODE_ANY | JSON_COMPACT | JSON_ENSURE_ASCII);
+    if (!s) {
+        snprintf(buf, cap, "(a value)");
+        return buf;
+    }
+    size_t n = strlen(s);
+    if (n < cap) memcpy(buf, s, n + 1);
+    else if (cap > 4) snprintf(buf, cap, "%.*s...", (int)(cap - 4), s);
+    else if (cap) buf[0] = 0;
+    free(s);
+    return buf;
 }
 
 static int is_int(const json_t *v) { return json_is_integer(v); }
@@ -68,6 +95,45 @@ mm_status mm_json_int(const mm_json *obj, const char *file, const char *key, int
     const json_t *v;
     CHECK(json_member(obj, file, key, is_int, "an integer", &v));
     *out = v ? (int64_t)json_integer_value(v) : def;
+    return MM_OK;
+}
+
+mm_status mm_json_int_in(const mm_json *obj, const char *file, const char *key, int64_t def, int64_t min,
+                         int64_t max, int64_t *out) {
+    const json_t *v;
+    CHECK(json_member(obj, file, key, is_int, "an integer", &v));
+    if (!v && (def < min || def > max))
+        return MM_ERROR(MM_ERR_FORMAT, "%s: key '%s' is missing (an integer in [%lld, %lld])", file, key,
+                        (long long)min, (long long)max);
+    int64_t x = v ? (int64_t)json_integer_value(v) : def;
+    if (x < min || x > max)
+        return MM_ERROR(MM_ERR_FORMAT, "%s: key '%s' = %lld outside [%lld, %lld]", file, key, (long long)x,
+                        (long long)min, (long long)max);
+    *out = x;
+    return MM_OK;
+}
+
+mm_status mm_json_i32_in(const mm_json *obj, const char *file, const char *key, int32_t def, int32_t min,
+                         int32_t max, int32_t *out) {
+    int64_t x;
+    CHECK(mm_json_int_in(obj, file, key, def, min, max, &x));
+    *out = (int32_t)x; /* in [min, max], so it fits */
+    return MM_OK;
+}
+
+mm_status mm_json_num_in(const mm_json *obj, const char *file, const char *key, double def, double min,
+                         double max, int open_min, double *out) {
+    const json_t *v;
+    CHECK(json_member(obj, file, key, is_num, "a number", &v));
+    int bad_def = !(open_min ? def > min : def >= min) || !(def <= max);
+    if (!v && bad_def)
+        return MM_ERROR(MM_ERR_FORMAT, "%s: key '%s' is missing (a number in %c%g, %g])", file, key,
+                        open_min ? '(' : '[', min, max);
+    double x = v ? json_number_value(v) : def;
+    if (!(open_min ? x > min : x >= min) || !(x <= max))
+        return MM_ERROR(MM_ERR_FORMAT, "%s: key '%s' = %.17g outside %c%g, %g]", file, key, x, open_min ? '(' : '[',
+                        min, max);
+    *out = x;
     return MM_OK;
 }
 

@@ -193,22 +193,31 @@ static int st_range_cmp(const void *a, const void *b) {
     return (x->end > y->end) - (x->end < y->end);
 }
 
-/* Rejects any two non-empty ranges that share a byte (sorting a copy: the caller keeps
- * header order, which becomes the iteration order). */
-static mm_status st_ranges_check_overlap(const char *path, const st_range *ranges, size_t n) {
+/* The layout the safetensors library itself accepts (its Metadata::validate and
+ * read_metadata): sorted by offset, the tensors tile the data section exactly, each one
+ * beginning where the previous ended, the last ending at the end of the file. A gap,
+ * an overlap or bytes after the last tensor are refused (InvalidOffset /
+ * MetadataIncompleteBuffer there). Sorts a copy: the caller keeps header order, which
+ * becomes the iteration order. */
+static mm_status st_ranges_check_layout(const char *path, const st_range *ranges, size_t n, uint64_t data_size) {
     st_range *r = malloc((n ? n : 1) * sizeof *r);
     if (!r) return MM_ERROR(MM_ERR_NOMEM, "%s: out of memory", path);
     memcpy(r, ranges, n * sizeof *r);
     qsort(r, n, sizeof *r, st_range_cmp);
-    const st_range *prev = NULL;
+    uint64_t at = 0;
     mm_status rc = MM_OK;
     for (size_t i = 0; i < n && rc == MM_OK; i++) {
-        if (r[i].begin == r[i].end) continue;
-        if (prev && r[i].begin < prev->end)
-            rc = MM_ERROR(MM_ERR_FORMAT, "%s: tensor '%s' overlaps tensor '%s'", path, r[i].name,
-                          prev->name);
-        if (!prev || r[i].end > prev->end) prev = &r[i];
+        if (r[i].begin < at)
+            rc = MM_ERROR(MM_ERR_FORMAT, "%s: tensor '%s' overlaps tensor '%s'", path, r[i].name, r[i - 1].name);
+        else if (r[i].begin > at)
+            rc = MM_ERROR(MM_ERR_FORMAT, "%s: tensor '%s': data_offsets begin at %llu, leaving %llu bytes no tensor "
+                          "covers", path, r[i].name, (unsigned long long)r[i].begin,
+                          (unsigned long long)(r[i].begin - at));
+        at = r[i].end;
     }
+    if (rc == MM_OK && at != data_size)
+        rc = MM_ERROR(MM_ERR_FORMAT, "%s: %llu bytes after the last tensor are not covered by the header",
+                      path, (unsigned long long)(data_size - at));
     free(r);
     return rc;
 }
@@ -241,7 +250,7 @@ static mm_status st_header_parse(const char *path, const unsigned char *map, siz
         CHECK(st_range_parse(path, name, v, size - *data_off, &(*ranges)[*n]));
         (*n)++;
     }
-    return st_ranges_check_overlap(path, *ranges, *n);
+    return st_ranges_check_layout(path, *ranges, *n, size - *data_off);
 }
 
 /* ---- shards ---- */
@@ -356,6 +365,22 @@ static mm_status st_open_file(mm_safetensors *st) {
     return st_shard_load(st, idx, NULL, 1);
 }
 
+/* A weight_map file name must stay inside the index's directory: relative, no ".."
+ * component (a symlink inside it may point anywhere, as the HF cache's do), not empty. */
+static mm_status st_shard_name_check(const char *index, const char *tensor, const char *file) {
+    int bad = !file[0] || file[0] == '/';
+    for (const char *c = file; !bad; c++) {
+        size_t len = strcspn(c, "/");
+        bad = len == 2 && c[0] == '.' && c[1] == '.';
+        c += len;
+        if (!*c) break;
+    }
+    if (bad)
+        return MM_ERROR(MM_ERR_FORMAT, "%s: weight_map entry for tensor '%s' = \"%s\" leaves the model directory",
+                        index, tensor, file);
+    return MM_OK;
+}
+
 /* Reads weight_map; shard names are relative to the index's directory. */
 static mm_status st_open_index(mm_safetensors *st) {
     mm_json *doc;
@@ -382,6 +407,7 @@ static mm_status st_open_index(mm_safetensors *st) {
         }
         uint32_t idx;
         st_entry *e;
+        CHECK_GOTO(st_shard_name_check(st->path, name, file), rc, out);
         CHECK_GOTO(st_path_join(slash ? dir : ".", file, &shard_path), rc, out);
         CHECK_GOTO(st_shard_add(st, shard_path, &idx), rc, out);
         CHECK_GOTO(st_entry_add(st, name, idx, &e), rc, out);

@@ -3,8 +3,9 @@
  * mapped lazily, on the first lookup of a tensor they hold, so a pipeline stage
  * touches only its own files and pages). Every header is validated strictly:
  * header length within the file, JSON well-formed, dtype known, shape x dtype size
- * equal to the byte range, ranges inside the data section and not overlapping the
- * header. Errors name the file and the tensor. Also a small writer for tools/tests. */
+ * equal to the byte range, the ranges tiling the data section exactly (no overlap, no
+ * gap, no bytes after the last tensor: what the safetensors library accepts), index
+ * entries inside the index's directory. Errors name the file and the tensor. Also a small writer for tools/tests. */
 #ifndef MM_SAFETENSORS_H
 #define MM_SAFETENSORS_H
 

@@ -29,8 +29,18 @@ mm_status mm_error_set(mm_status code, const char *file, int line, const char *f
     if (n < 0 || (size_t)n >= sizeof last_error) n = 0;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_error + n, sizeof last_error - (size_t)n, fmt, ap);
+    char text[sizeof last_error];
+    vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
+    /* Messages quote names and values read from files and requests: control bytes are
+     * written as \xNN so that one error stays one printable line (a log, a terminal, a
+     * gRPC status) whatever the file held. */
+    size_t o = (size_t)n;
+    for (const unsigned char *p = (const unsigned char *)text; *p && o + 5 < sizeof last_error; p++) {
+        if (*p < 0x20 || *p == 0x7f) o += (size_t)snprintf(last_error + o, sizeof last_error - o, "\\x%02x", *p);
+        else last_error[o++] = (char)*p;
+    }
+    last_error[o] = '\0';
     return code;
 }
 

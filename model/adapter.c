@@ -7,18 +7,14 @@
 
 static mm_status config_parse(const mm_json *root, const char *file, void *cfg) {
     mm_adapter_config *c = cfg;
-    int64_t in, hid, out, layers;
     const char *mode;
     CHECK(mm_json_str(root, file, "mode", "mlp", &mode));
     if (strcmp(mode, "mlp"))
         return MM_ERROR(MM_ERR_UNSUPPORTED, "%s: adapter mode '%s' is not supported (only 'mlp')", file, mode);
-    CHECK(mm_json_int(root, file, "input_dim", 1152, &in));
-    CHECK(mm_json_int(root, file, "hidden_dim", 4096, &hid));
-    CHECK(mm_json_int(root, file, "output_dim", 768, &out));
-    CHECK(mm_json_int(root, file, "num_layers", 6, &layers));
-    if (in <= 0 || hid <= 0 || out <= 0 || layers <= 0 || layers > 64)
-        return MM_ERROR(MM_ERR_FORMAT, "%s: input_dim, hidden_dim, output_dim must be positive and num_layers in 1..64", file);
-    c->input_dim = (int32_t)in, c->hidden_dim = (int32_t)hid, c->output_dim = (int32_t)out, c->num_layers = (int32_t)layers;
+    CHECK(mm_json_i32_in(root, file, "input_dim", 1152, 1, 1 << 20, &c->input_dim));
+    CHECK(mm_json_i32_in(root, file, "hidden_dim", 4096, 1, 1 << 20, &c->hidden_dim));
+    CHECK(mm_json_i32_in(root, file, "output_dim", 768, 1, 1 << 20, &c->output_dim));
+    CHECK(mm_json_i32_in(root, file, "num_layers", 6, 1, 64, &c->num_layers));
     return MM_OK;
 }
 

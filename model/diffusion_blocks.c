@@ -12,6 +12,17 @@
 
 /* ---------------------------------------------------------------- config helpers */
 
+/* One value of mm_dn_json_int_or_list, checked before it is narrowed. */
+static mm_status int_or_list_elem(const json_t *e, const char *file, const char *key, int32_t i, int32_t *out) {
+    char shown[MM_JSON_SHOWN_CAP];
+    json_int_t x = json_is_integer(e) ? json_integer_value(e) : 0;
+    if (x < 1 || x > MM_DN_JSON_MAX_COUNT)
+        return MM_ERROR(MM_ERR_FORMAT, "%s: key '%s[%d]' = %s must be an integer in [1, %d]", file, key, i,
+                        mm_json_show((const mm_json *)e, shown, sizeof shown), MM_DN_JSON_MAX_COUNT);
+    *out = (int32_t)x;
+    return MM_OK;
+}
+
 /* An int, or a list of n ints (one per block), into out[n]. */
 mm_status mm_dn_json_int_or_list(const mm_json *root, const char *file, const char *key, int32_t n, int64_t def, int32_t *out) {
     const json_t *v = (const json_t *)mm_json_get(root, key);
@@ -19,17 +30,13 @@ mm_status mm_dn_json_int_or_list(const mm_json *root, const char *file, const ch
         for (int32_t i = 0; i < n; i++) out[i] = (int32_t)def;
         return MM_OK;
     }
-    if (json_is_integer(v)) {
-        for (int32_t i = 0; i < n; i++) out[i] = (int32_t)json_integer_value(v);
+    if (!json_is_array(v)) {
+        for (int32_t i = 0; i < n; i++) CHECK(int_or_list_elem(v, file, key, i, &out[i]));
         return MM_OK;
     }
-    if (!json_is_array(v) || (int32_t)json_array_size(v) != n)
-        return MM_ERROR(MM_ERR_FORMAT, "%s: '%s' must be an integer or a list of %d integers", file, key, n);
-    for (int32_t i = 0; i < n; i++) {
-        const json_t *e = json_array_get(v, (size_t)i);
-        if (!json_is_integer(e)) return MM_ERROR(MM_ERR_FORMAT, "%s: '%s'[%d] is not an integer", file, key, i);
-        out[i] = (int32_t)json_integer_value(e);
-    }
+    if ((int32_t)json_array_size(v) != n)
+        return MM_ERROR(MM_ERR_FORMAT, "%s: key '%s' has %zu values for %d blocks", file, key, json_array_size(v), n);
+    for (int32_t i = 0; i < n; i++) CHECK(int_or_list_elem(json_array_get(v, (size_t)i), file, key, i, &out[i]));
     return MM_OK;
 }
 

@@ -14,7 +14,9 @@
 
 /* ---- config.json helpers (errors name the file and the key) ---- */
 #include "common/config.h"
-/* An int, or a list of n ints (one per block), into out[n]; absent or null: def. */
+#define MM_DN_JSON_MAX_COUNT 65536 /* heads, layers per block: larger is a corrupt config */
+/* An int, or a list of n ints (one per block), into out[n], each in [1, MM_DN_JSON_MAX_COUNT];
+ * absent or null: def. */
 mm_status mm_dn_json_int_or_list(const mm_json *root, const char *file, const char *key, int32_t n, int64_t def, int32_t *out);
 /* A list of 1..cap strings (owned by the document). */
 mm_status mm_dn_json_str_list(const mm_json *root, const char *file, const char *key, const char **out, int cap, int *n);

@@ -13,95 +13,116 @@
 
 /* ---------------------------------------------------------------- config */
 
+/* rope_scaling validated per rope_type as transformers' rope_config_validation and
+ * LlamaConfig do: absent or null means none; any other value must be an object whose
+ * rope_type (or legacy "type", which LlamaConfig copies over rope_type) names a type;
+ * each type's required keys must be present ("factor" alone has no type: refused, as
+ * transformers' KeyError). Types we cannot compute (dynamic, yarn, longrope, ...) and
+ * unknown ones are refused rather than run with another RoPE. */
 static mm_status config_rope_scaling(const mm_json *root, const char *file, mm_llama_config *c) {
     const mm_json *rs = mm_json_get(root, "rope_scaling");
     c->rope_type = MM_ROPE_DEFAULT;
-    if (!rs || !mm_json_get(rs, "factor")) return MM_OK; /* null or absent */
+    if (!mm_json_has(root, "rope_scaling")) return MM_OK;
+    char shown[MM_JSON_SHOWN_CAP];
+    if (!mm_json_is_object(rs))
+        return MM_ERROR(MM_ERR_FORMAT, "%s: key 'rope_scaling' = %s must be an object or null", file,
+                        mm_json_show(rs, shown, sizeof shown));
     const char *type = NULL;
-    CHECK(mm_json_str(rs, file, "rope_type", NULL, &type));
-    if (!type) CHECK(mm_json_str(rs, file, "type", "default", &type));
-    double factor, lo, hi;
-    int64_t orig;
-    CHECK(mm_json_num(rs, file, "factor", 1.0, &factor));
-    CHECK(mm_json_num(rs, file, "low_freq_factor", 1.0, &lo));
-    CHECK(mm_json_num(rs, file, "high_freq_factor", 4.0, &hi));
-    CHECK(mm_json_int(rs, file, "original_max_position_embeddings", 8192, &orig));
+    CHECK(mm_json_str(rs, file, "type", NULL, &type));
+    if (!type) CHECK(mm_json_str(rs, file, "rope_type", NULL, &type));
+    if (!type)
+        return MM_ERROR(MM_ERR_FORMAT, "%s: key 'rope_scaling' = %s has no rope_type", file,
+                        mm_json_show(rs, shown, sizeof shown));
+    static const char *const llama3_keys[] = {"factor", "original_max_position_embeddings", "low_freq_factor",
+                                              "high_freq_factor"};
+    size_t n_required = 0;
+    if (!strcmp(type, "llama3")) c->rope_type = MM_ROPE_LLAMA3, n_required = 4;
+    else if (!strcmp(type, "linear")) c->rope_type = MM_ROPE_LINEAR, n_required = 1;
+    else if (strcmp(type, "default"))
+        return MM_ERROR(MM_ERR_UNSUPPORTED, "%s: key 'rope_scaling.rope_type' = \"%s\" is not supported (default, "
+                        "linear, llama3)", file, type);
+    for (size_t i = 0; i < n_required; i++)
+        if (!mm_json_has(rs, llama3_keys[i]))
+            return MM_ERROR(MM_ERR_FORMAT, "%s: key 'rope_scaling.%s' is missing (required for rope_type \"%s\")", file,
+                            llama3_keys[i], type);
+    if (c->rope_type == MM_ROPE_DEFAULT) return MM_OK;
+    double factor, lo = 1.0, hi = 4.0;
+    int64_t orig = 8192;
+    /* factor < 1 only warns in transformers and still computes; <= 0 divides by zero */
+    CHECK(mm_json_num_in(rs, file, "factor", 0, 0, 1e6, 1, &factor));
+    if (c->rope_type == MM_ROPE_LLAMA3) {
+        CHECK(mm_json_num_in(rs, file, "low_freq_factor", 0, 0, 1e6, 1, &lo));
+        CHECK(mm_json_num_in(rs, file, "high_freq_factor", 0, 0, 1e6, 1, &hi));
+        CHECK(mm_json_int_in(rs, file, "original_max_position_embeddings", 0, 1, INT32_MAX, &orig));
+        if (!(hi > lo))
+            return MM_ERROR(MM_ERR_FORMAT, "%s: key 'rope_scaling.high_freq_factor' = %g must exceed low_freq_factor %g",
+                            file, hi, lo);
+    }
+    if (factor < 1.0) LOG_WARN("%s: rope_scaling.factor %g < 1 (transformers warns too)", file, factor);
     c->rope_factor = (float)factor, c->rope_low_freq_factor = (float)lo, c->rope_high_freq_factor = (float)hi;
     c->rope_original_max_pos = (int32_t)orig;
-    if (!strcmp(type, "llama3")) {
-        c->rope_type = MM_ROPE_LLAMA3;
-        if (!(hi > lo) || !(factor > 0) || orig <= 0)
-            return MM_ERROR(MM_ERR_FORMAT, "%s: rope_scaling llama3 needs high_freq_factor > low_freq_factor, factor > 0", file);
-    } else if (!strcmp(type, "linear")) {
-        c->rope_type = MM_ROPE_LINEAR;
-    } else if (strcmp(type, "default") != 0) {
-        return MM_ERROR(MM_ERR_UNSUPPORTED, "%s: rope_scaling type '%s' is not supported (llama3, linear, default)", file, type);
+    return MM_OK;
+}
+
+/* The largest sizes accepted: beyond them a config is corrupt, not a model (and every
+ * product of two of them still fits in 64 bits). */
+#define CFG_MAX_WIDTH (1 << 20)     /* hidden_size, intermediate_size */
+#define CFG_MAX_COUNT 4096          /* layers, heads */
+#define CFG_MAX_VOCAB (1 << 24)
+#define CFG_MAX_CONTEXT (1 << 30)   /* positions are int32 everywhere */
+
+static mm_status config_parse(const mm_json *root, const char *file, void *out) {
+    mm_llama_config *c = out;
+    memset(c, 0, sizeof *c);
+    const char *model_type, *act;
+    CHECK(mm_json_str(root, file, "model_type", "llama", &model_type));
+    if (strcmp(model_type, "llama") && strcmp(model_type, "metamorph_llama"))
+        return MM_ERROR(MM_ERR_UNSUPPORTED, "%s: key 'model_type' = \"%s\" is not a LLaMA (llama, metamorph_llama)",
+                        file, model_type);
+    CHECK(mm_json_i32_in(root, file, "hidden_size", 0, 1, CFG_MAX_WIDTH, &c->dim));
+    CHECK(mm_json_i32_in(root, file, "num_hidden_layers", 0, 1, CFG_MAX_COUNT, &c->n_layers));
+    CHECK(mm_json_i32_in(root, file, "num_attention_heads", 0, 1, CFG_MAX_COUNT, &c->n_heads));
+    CHECK(mm_json_i32_in(root, file, "num_key_value_heads", c->n_heads, 1, c->n_heads, &c->n_kv_heads));
+    CHECK(mm_json_i32_in(root, file, "intermediate_size", 0, 1, CFG_MAX_WIDTH, &c->hidden_dim));
+    CHECK(mm_json_i32_in(root, file, "vocab_size", 0, 1, CFG_MAX_VOCAB, &c->vocab_size));
+    CHECK(mm_json_i32_in(root, file, "max_position_embeddings", 2048, 1, CFG_MAX_CONTEXT, &c->max_pos));
+    double eps, theta;
+    CHECK(mm_json_num_in(root, file, "rms_norm_eps", 1e-6, 0, 1, 0, &eps));
+    CHECK(mm_json_num_in(root, file, "rope_theta", 10000.0, 0, 1e12, 1, &theta));
+    int attn_bias, mlp_bias;
+    CHECK(mm_json_bool(root, file, "tie_word_embeddings", 0, &c->tie_embeddings));
+    CHECK(mm_json_bool(root, file, "attention_bias", 0, &attn_bias));
+    CHECK(mm_json_bool(root, file, "mlp_bias", 0, &mlp_bias));
+    CHECK(mm_json_str(root, file, "hidden_act", "silu", &act));
+    CHECK(mm_json_i32_in(root, file, "bos_token_id", -1, -1, c->vocab_size - 1, &c->bos_id));
+    if (!mm_json_has(root, "head_dim") && c->dim % c->n_heads)
+        return MM_ERROR(MM_ERR_FORMAT, "%s: key 'hidden_size' = %d is not a multiple of num_attention_heads %d "
+                        "(and no head_dim is given)", file, c->dim, c->n_heads);
+    CHECK(mm_json_i32_in(root, file, "head_dim", c->dim / c->n_heads, 2, 4096, &c->head_dim));
+    if (c->head_dim % 2) return MM_ERROR(MM_ERR_FORMAT, "%s: key 'head_dim' = %d must be even (RoPE pairs)", file, c->head_dim);
+    if (c->n_heads % c->n_kv_heads)
+        return MM_ERROR(MM_ERR_FORMAT, "%s: key 'num_key_value_heads' = %d does not divide num_attention_heads %d", file,
+                        c->n_kv_heads, c->n_heads);
+    if (attn_bias || mlp_bias)
+        return MM_ERROR(MM_ERR_UNSUPPORTED, "%s: key '%s' = true is not supported", file,
+                        attn_bias ? "attention_bias" : "mlp_bias");
+    if (strcmp(act, "silu"))
+        return MM_ERROR(MM_ERR_UNSUPPORTED, "%s: key 'hidden_act' = \"%s\" is not supported (silu)", file, act);
+    c->norm_eps = (float)eps, c->rope_theta = (float)theta;
+    CHECK(config_rope_scaling(root, file, c));
+    int64_t eos[MM_LLAMA_MAX_EOS];
+    CHECK(mm_json_int_list(root, file, "eos_token_id", eos, MM_LLAMA_MAX_EOS, &c->n_eos));
+    for (int i = 0; i < c->n_eos; i++) {
+        if (eos[i] < 0 || eos[i] >= c->vocab_size)
+            return MM_ERROR(MM_ERR_FORMAT, "%s: key 'eos_token_id' = %lld outside [0, %d)", file, (long long)eos[i],
+                            c->vocab_size);
+        c->eos_ids[i] = (int32_t)eos[i];
     }
     return MM_OK;
 }
 
 mm_status mm_llama_config_load(const char *dir, mm_llama_config *c) {
-    char file[4096];
-    snprintf(file, sizeof file, "%s/config.json", dir);
-    mm_json *root;
-    CHECK(mm_json_load(file, &root));
-    mm_status s = MM_OK;
-    memset(c, 0, sizeof *c);
-    int64_t dim, layers, heads, kv_heads, head_dim, hidden, vocab, max_pos, bos;
-    double eps, theta;
-    int tie, attn_bias, mlp_bias;
-    const char *model_type, *act;
-    CHECK_GOTO(mm_json_str(root, file, "model_type", "llama", &model_type), s, out);
-    if (strcmp(model_type, "llama") && strcmp(model_type, "metamorph_llama")) {
-        s = MM_ERROR(MM_ERR_UNSUPPORTED, "%s: model_type '%s' is not a LLaMA (llama, metamorph_llama)", file, model_type);
-        goto out;
-    }
-    CHECK_GOTO(mm_json_int(root, file, "hidden_size", -1, &dim), s, out);
-    CHECK_GOTO(mm_json_int(root, file, "num_hidden_layers", -1, &layers), s, out);
-    CHECK_GOTO(mm_json_int(root, file, "num_attention_heads", -1, &heads), s, out);
-    CHECK_GOTO(mm_json_int(root, file, "num_key_value_heads", heads, &kv_heads), s, out);
-    CHECK_GOTO(mm_json_int(root, file, "intermediate_size", -1, &hidden), s, out);
-    CHECK_GOTO(mm_json_int(root, file, "vocab_size", -1, &vocab), s, out);
-    CHECK_GOTO(mm_json_int(root, file, "max_position_embeddings", 2048, &max_pos), s, out);
-    CHECK_GOTO(mm_json_num(root, file, "rms_norm_eps", 1e-6, &eps), s, out);
-    CHECK_GOTO(mm_json_num(root, file, "rope_theta", 10000.0, &theta), s, out);
-    CHECK_GOTO(mm_json_bool(root, file, "tie_word_embeddings", 0, &tie), s, out);
-    CHECK_GOTO(mm_json_bool(root, file, "attention_bias", 0, &attn_bias), s, out);
-    CHECK_GOTO(mm_json_bool(root, file, "mlp_bias", 0, &mlp_bias), s, out);
-    CHECK_GOTO(mm_json_str(root, file, "hidden_act", "silu", &act), s, out);
-    CHECK_GOTO(mm_json_int(root, file, "bos_token_id", -1, &bos), s, out);
-    if (dim <= 0 || layers <= 0 || heads <= 0 || kv_heads <= 0 || hidden <= 0 || vocab <= 0 || max_pos <= 0) {
-        s = MM_ERROR(MM_ERR_FORMAT, "%s: hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, "
-                     "intermediate_size, vocab_size and max_position_embeddings must be positive", file);
-        goto out;
-    }
-    const mm_json *hd_json = mm_json_get(root, "head_dim");
-    CHECK_GOTO(mm_json_int(root, file, "head_dim", dim / heads, &head_dim), s, out);
-    if (!hd_json && dim % heads) {
-        s = MM_ERROR(MM_ERR_FORMAT, "%s: hidden_size %lld not divisible by num_attention_heads %lld", file,
-                     (long long)dim, (long long)heads);
-        goto out;
-    }
-    if (heads % kv_heads || head_dim <= 0 || head_dim % 2) {
-        s = MM_ERROR(MM_ERR_FORMAT, "%s: num_attention_heads %lld must be a multiple of num_key_value_heads %lld "
-                     "and head_dim %lld even", file, (long long)heads, (long long)kv_heads, (long long)head_dim);
-        goto out;
-    }
-    if (attn_bias || mlp_bias || strcmp(act, "silu")) {
-        s = MM_ERROR(MM_ERR_UNSUPPORTED, "%s: attention_bias/mlp_bias true or hidden_act '%s' is not supported", file, act);
-        goto out;
-    }
-    c->dim = (int32_t)dim, c->n_layers = (int32_t)layers, c->n_heads = (int32_t)heads;
-    c->n_kv_heads = (int32_t)kv_heads, c->head_dim = (int32_t)head_dim, c->hidden_dim = (int32_t)hidden;
-    c->vocab_size = (int32_t)vocab, c->max_pos = (int32_t)max_pos, c->norm_eps = (float)eps;
-    c->rope_theta = (float)theta, c->tie_embeddings = tie, c->bos_id = (int32_t)bos;
-    CHECK_GOTO(config_rope_scaling(root, file, c), s, out);
-    int64_t eos[MM_LLAMA_MAX_EOS];
-    CHECK_GOTO(mm_json_int_list(root, file, "eos_token_id", eos, MM_LLAMA_MAX_EOS, &c->n_eos), s, out);
-    for (int i = 0; i < c->n_eos; i++) c->eos_ids[i] = (int32_t)eos[i];
-out:
-    mm_json_free(root);
-    return s;
+    return mm_json_load_parsed(dir, "config.json", config_parse, c);
 }
 
 /* transformers' default + llama3 rope init, in f32 like torch (see

@@ -32,34 +32,37 @@ static mm_status config_load(const char *dir, mm_siglip_config *c) {
         goto out;
     }
     /* defaults: SiglipVisionConfig's */
-    int64_t hidden, inter, layers, heads, chans, size, patch;
+    int32_t hidden, inter, layers, heads, chans, size, patch;
     double eps;
-    CHECK_GOTO(mm_json_int(vc, file, "hidden_size", 768, &hidden), s, out);
-    CHECK_GOTO(mm_json_int(vc, file, "intermediate_size", 3072, &inter), s, out);
-    CHECK_GOTO(mm_json_int(vc, file, "num_hidden_layers", 12, &layers), s, out);
-    CHECK_GOTO(mm_json_int(vc, file, "num_attention_heads", 12, &heads), s, out);
-    CHECK_GOTO(mm_json_int(vc, file, "num_channels", 3, &chans), s, out);
-    CHECK_GOTO(mm_json_int(vc, file, "image_size", 224, &size), s, out);
-    CHECK_GOTO(mm_json_int(vc, file, "patch_size", 16, &patch), s, out);
-    CHECK_GOTO(mm_json_num(vc, file, "layer_norm_eps", 1e-6, &eps), s, out);
+    CHECK_GOTO(mm_json_i32_in(vc, file, "hidden_size", 768, 1, 1 << 20, &hidden), s, out);
+    CHECK_GOTO(mm_json_i32_in(vc, file, "intermediate_size", 3072, 1, 1 << 22, &inter), s, out);
+    CHECK_GOTO(mm_json_i32_in(vc, file, "num_hidden_layers", 12, 1, 4096, &layers), s, out);
+    CHECK_GOTO(mm_json_i32_in(vc, file, "num_attention_heads", 12, 1, 4096, &heads), s, out);
+    CHECK_GOTO(mm_json_i32_in(vc, file, "num_channels", 3, 1, 4096, &chans), s, out);
+    CHECK_GOTO(mm_json_i32_in(vc, file, "image_size", 224, 1, 8192, &size), s, out);
+    CHECK_GOTO(mm_json_i32_in(vc, file, "patch_size", 16, 1, 8192, &patch), s, out);
+    CHECK_GOTO(mm_json_num_in(vc, file, "layer_norm_eps", 1e-6, 0, 1, 0, &eps), s, out);
     CHECK_GOTO(mm_json_str(vc, file, "hidden_act", "gelu_pytorch_tanh", &act), s, out);
-    if (hidden <= 0 || inter <= 0 || layers <= 0 || heads <= 0 || hidden % heads || patch <= 0 || size < patch ||
-        size <= 0 || hidden > (1 << 20) || inter > (1 << 22) || layers > 4096 || size > 8192) {
-        s = MM_ERROR(MM_ERR_FORMAT, "%s: bad SigLIP shape (hidden %lld, heads %lld, image %lld, patch %lld)", file,
-                     (long long)hidden, (long long)heads, (long long)size, (long long)patch);
+    if (hidden % heads) {
+        s = MM_ERROR(MM_ERR_FORMAT, "%s: key 'hidden_size' = %d is not a multiple of num_attention_heads %d", file,
+                     hidden, heads);
+        goto out;
+    }
+    if (size < patch) {
+        s = MM_ERROR(MM_ERR_FORMAT, "%s: key 'patch_size' = %d is larger than image_size %d", file, patch, size);
         goto out;
     }
     if (chans != 3) {
-        s = MM_ERROR(MM_ERR_UNSUPPORTED, "%s: num_channels %lld (RGB only)", file, (long long)chans);
+        s = MM_ERROR(MM_ERR_UNSUPPORTED, "%s: key 'num_channels' = %d is not supported (RGB only: 3)", file, chans);
         goto out;
     }
     if (strcmp(act, "gelu_pytorch_tanh") && strcmp(act, "gelu")) {
-        s = MM_ERROR(MM_ERR_UNSUPPORTED, "%s: hidden_act '%s' (gelu_pytorch_tanh, gelu)", file, act);
+        s = MM_ERROR(MM_ERR_UNSUPPORTED, "%s: key 'hidden_act' = \"%s\" is not supported (gelu_pytorch_tanh, gelu)", file, act);
         goto out;
     }
-    c->hidden = (int32_t)hidden, c->intermediate = (int32_t)inter, c->n_layers = (int32_t)layers;
-    c->n_heads = (int32_t)heads, c->head_dim = (int32_t)(hidden / heads), c->n_channels = (int32_t)chans;
-    c->image_size = (int32_t)size, c->patch_size = (int32_t)patch, c->grid = (int32_t)(size / patch);
+    c->hidden = hidden, c->intermediate = inter, c->n_layers = layers;
+    c->n_heads = heads, c->head_dim = hidden / heads, c->n_channels = chans;
+    c->image_size = size, c->patch_size = patch, c->grid = size / patch;
     c->eps = (float)eps, c->gelu_tanh = !strcmp(act, "gelu_pytorch_tanh");
 out:
     mm_json_free(root);
@@ -91,12 +94,18 @@ static mm_status preproc_load(const char *dir, const mm_siglip_config *c, mm_sig
     CHECK_GOTO(mm_json_bool(root, file, "do_resize", 1, &pp->do_resize), s, out);
     CHECK_GOTO(mm_json_bool(root, file, "do_rescale", 1, &pp->do_rescale), s, out);
     CHECK_GOTO(mm_json_bool(root, file, "do_normalize", 1, &pp->do_normalize), s, out);
-    CHECK_GOTO(mm_json_int(root, file, "resample", 3, &resample), s, out);
-    CHECK_GOTO(mm_json_num(root, file, "rescale_factor", 1.0 / 255.0, &pp->rescale_factor), s, out);
-    const mm_json *size = mm_json_get(root, "size");
-    if (size) {
-        CHECK_GOTO(mm_json_int(size, file, "height", -1, &h), s, out);
-        CHECK_GOTO(mm_json_int(size, file, "width", -1, &w), s, out);
+    CHECK_GOTO(mm_json_int_in(root, file, "resample", 3, 0, 5, &resample), s, out);
+    CHECK_GOTO(mm_json_num_in(root, file, "rescale_factor", 1.0 / 255.0, 0, 1e6, 1, &pp->rescale_factor), s, out);
+    if (mm_json_has(root, "size")) {
+        const mm_json *size = mm_json_get(root, "size");
+        char shown[MM_JSON_SHOWN_CAP];
+        if (!mm_json_is_object(size)) {
+            s = MM_ERROR(MM_ERR_FORMAT, "%s: key 'size' = %s must be {\"height\", \"width\"}", file,
+                         mm_json_show(size, shown, sizeof shown));
+            goto out;
+        }
+        CHECK_GOTO(mm_json_int_in(size, file, "height", -1, 1, 8192, &h), s, out);
+        CHECK_GOTO(mm_json_int_in(size, file, "width", -1, 1, 8192, &w), s, out);
     }
     CHECK_GOTO(triple(root, file, "image_mean", 0.5f, pp->mean), s, out);
     CHECK_GOTO(triple(root, file, "image_std", 0.5f, pp->std), s, out);

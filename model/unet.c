@@ -32,16 +32,16 @@ static mm_status config_parse(const mm_json *root, const char *file, void *cfg) 
     CHECK(mm_json_str(root, file, "_class_name", "UNet2DConditionModel", &cls));
     if (strcmp(cls, "UNet2DConditionModel"))
         return MM_ERROR(MM_ERR_UNSUPPORTED, "%s: _class_name '%s' is not UNet2DConditionModel", file, cls);
-    int64_t in_ch, out_ch, lpb, cross, groups, sample;
+    int32_t in_ch, out_ch, lpb, cross, groups, sample;
     double eps, shift;
-    CHECK(mm_json_int(root, file, "in_channels", 4, &in_ch));
-    CHECK(mm_json_int(root, file, "out_channels", 4, &out_ch));
-    CHECK(mm_json_int(root, file, "layers_per_block", 2, &lpb));
-    CHECK(mm_json_int(root, file, "cross_attention_dim", 1280, &cross));
-    CHECK(mm_json_int(root, file, "norm_num_groups", 32, &groups));
-    CHECK(mm_json_int(root, file, "sample_size", 64, &sample));
-    CHECK(mm_json_num(root, file, "norm_eps", 1e-5, &eps));
-    CHECK(mm_json_num(root, file, "freq_shift", 0, &shift));
+    CHECK(mm_json_i32_in(root, file, "in_channels", 4, 1, 4096, &in_ch));
+    CHECK(mm_json_i32_in(root, file, "out_channels", 4, 1, 4096, &out_ch));
+    CHECK(mm_json_i32_in(root, file, "layers_per_block", 2, 1, MM_UNET_MAX_BLOCKS - 1, &lpb));
+    CHECK(mm_json_i32_in(root, file, "cross_attention_dim", 1280, 1, 1 << 20, &cross));
+    CHECK(mm_json_i32_in(root, file, "norm_num_groups", 32, 1, 1 << 16, &groups));
+    CHECK(mm_json_i32_in(root, file, "sample_size", 64, 1, 1 << 16, &sample));
+    CHECK(mm_json_num_in(root, file, "norm_eps", 1e-5, 0, 1, 0, &eps));
+    CHECK(mm_json_num_in(root, file, "freq_shift", 0, -1e6, 1e6, 0, &shift));
     CHECK(mm_json_bool(root, file, "flip_sin_to_cos", 1, &c->flip_sin_to_cos));
     CHECK(mm_json_bool(root, file, "use_linear_projection", 0, &c->use_linear_projection));
     int center, only_cross, dual;
@@ -80,10 +80,10 @@ static mm_status config_parse(const mm_json *root, const char *file, void *cfg) 
         return MM_ERROR(MM_ERR_FORMAT, "%s: %d down_block_types and %d up_block_types for %d block_out_channels", file, nd, nu, n);
     c->n_blocks = n;
     for (int i = 0; i < n; i++) {
+        if (boc[i] <= 0 || boc[i] > (1 << 20) || boc[i] % groups)
+            return MM_ERROR(MM_ERR_FORMAT, "%s: key 'block_out_channels[%d]' = %lld is not a multiple of norm_num_groups "
+                            "%d in [1, 2^20]", file, i, (long long)boc[i], groups);
         c->block_out_channels[i] = (int32_t)boc[i];
-        if (boc[i] <= 0 || boc[i] % groups)
-            return MM_ERROR(MM_ERR_FORMAT, "%s: block_out_channels[%d] = %lld not a positive multiple of norm_num_groups %lld",
-                            file, i, (long long)boc[i], (long long)groups);
         if (!strcmp(down[i], "CrossAttnDownBlock2D")) c->cross_attn[i] = 1;
         else if (strcmp(down[i], "DownBlock2D"))
             return MM_ERROR(MM_ERR_UNSUPPORTED, "%s: down_block_types[%d] '%s' (CrossAttnDownBlock2D, DownBlock2D)", file, i, down[i]);
@@ -100,12 +100,9 @@ static mm_status config_parse(const mm_json *root, const char *file, void *cfg) 
         if (c->heads[i] <= 0 || c->block_out_channels[i] % c->heads[i] || c->transformer_layers[i] <= 0)
             return MM_ERROR(MM_ERR_FORMAT, "%s: block %d: %d channels, %d heads, %d transformer layers", file, i,
                             c->block_out_channels[i], c->heads[i], c->transformer_layers[i]);
-    if (in_ch <= 0 || out_ch <= 0 || lpb <= 0 || lpb >= MM_UNET_MAX_BLOCKS || cross <= 0 || groups <= 0)
-        return MM_ERROR(MM_ERR_FORMAT, "%s: in_channels, out_channels, layers_per_block (< %d), cross_attention_dim and "
-                        "norm_num_groups must be positive", file, MM_UNET_MAX_BLOCKS);
-    c->in_channels = (int32_t)in_ch, c->out_channels = (int32_t)out_ch, c->layers_per_block = (int32_t)lpb;
-    c->cross_attention_dim = (int32_t)cross, c->norm_num_groups = (int32_t)groups, c->norm_eps = (float)eps;
-    c->freq_shift = (float)shift, c->sample_size = (int32_t)sample;
+    c->in_channels = in_ch, c->out_channels = out_ch, c->layers_per_block = lpb;
+    c->cross_attention_dim = cross, c->norm_num_groups = groups, c->norm_eps = (float)eps;
+    c->freq_shift = (float)shift, c->sample_size = sample;
     return MM_OK;
 }
 

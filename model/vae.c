@@ -18,15 +18,16 @@ static mm_status config_parse(const mm_json *root, const char *file, void *cfg) 
     const char *cls;
     CHECK(mm_json_str(root, file, "_class_name", "AutoencoderKL", &cls));
     if (strcmp(cls, "AutoencoderKL")) return MM_ERROR(MM_ERR_UNSUPPORTED, "%s: _class_name '%s' is not AutoencoderKL", file, cls);
-    int64_t latent, out_ch, lpb, groups, boc[MM_VAE_MAX_BLOCKS];
+    int32_t latent, out_ch, lpb, groups;
+    int64_t boc[MM_VAE_MAX_BLOCKS];
     int n = 0;
     double scale, shift;
-    CHECK(mm_json_int(root, file, "latent_channels", 4, &latent));
-    CHECK(mm_json_int(root, file, "out_channels", 3, &out_ch));
-    CHECK(mm_json_int(root, file, "layers_per_block", 1, &lpb));
-    CHECK(mm_json_int(root, file, "norm_num_groups", 32, &groups));
-    CHECK(mm_json_num(root, file, "scaling_factor", 0.18215, &scale));
-    CHECK(mm_json_num(root, file, "shift_factor", 0.0, &shift)); /* null in SD 1.x: 0 */
+    CHECK(mm_json_i32_in(root, file, "latent_channels", 4, 1, 4096, &latent));
+    CHECK(mm_json_i32_in(root, file, "out_channels", 3, 1, 4096, &out_ch));
+    CHECK(mm_json_i32_in(root, file, "layers_per_block", 1, 1, MM_VAE_MAX_BLOCKS - 1, &lpb));
+    CHECK(mm_json_i32_in(root, file, "norm_num_groups", 32, 1, 1 << 16, &groups));
+    CHECK(mm_json_num_in(root, file, "scaling_factor", 0.18215, 0, 1e6, 1, &scale));
+    CHECK(mm_json_num_in(root, file, "shift_factor", 0.0, -1e6, 1e6, 0, &shift)); /* null in SD 1.x: 0 */
     CHECK(mm_json_bool(root, file, "use_post_quant_conv", 1, &c->use_post_quant_conv));
     CHECK(mm_json_bool(root, file, "mid_block_add_attention", 1, &c->mid_block_add_attention));
     CHECK(mm_dn_json_require_str(root, file, "act_fn", "silu", "silu"));
@@ -39,15 +40,13 @@ static mm_status config_parse(const mm_json *root, const char *file, void *cfg) 
     for (int i = 0; i < n; i++) {
         if (strcmp(up[i], "UpDecoderBlock2D"))
             return MM_ERROR(MM_ERR_UNSUPPORTED, "%s: up_block_types[%d] '%s' (only UpDecoderBlock2D)", file, i, up[i]);
-        if (boc[i] <= 0 || groups <= 0 || boc[i] % groups)
-            return MM_ERROR(MM_ERR_FORMAT, "%s: block_out_channels[%d] = %lld not a positive multiple of norm_num_groups",
-                            file, i, (long long)boc[i]);
+        if (boc[i] <= 0 || boc[i] > (1 << 20) || boc[i] % groups)
+            return MM_ERROR(MM_ERR_FORMAT, "%s: key 'block_out_channels[%d]' = %lld is not a multiple of norm_num_groups "
+                            "%d in [1, 2^20]", file, i, (long long)boc[i], groups);
         c->block_out_channels[i] = (int32_t)boc[i];
     }
-    if (latent <= 0 || out_ch <= 0 || lpb <= 0 || lpb >= MM_VAE_MAX_BLOCKS || !(scale > 0))
-        return MM_ERROR(MM_ERR_FORMAT, "%s: latent_channels, out_channels, layers_per_block and scaling_factor must be positive", file);
-    c->latent_channels = (int32_t)latent, c->out_channels = (int32_t)out_ch, c->n_blocks = n;
-    c->layers_per_block = (int32_t)lpb, c->norm_num_groups = (int32_t)groups;
+    c->latent_channels = latent, c->out_channels = out_ch, c->n_blocks = n;
+    c->layers_per_block = lpb, c->norm_num_groups = groups;
     c->scaling_factor = (float)scale, c->shift_factor = (float)shift;
     return MM_OK;
 }

@@ -1,6 +1,7 @@
 /* JSON config getters: values, defaults for absent (or null) keys, wrong-type errors that
  * name file and key, int lists (eos_token_id as int or array), parse errors with
  * line/column, missing files. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,6 +121,31 @@ static void test_load_errors(void) {
     EXPECT_ERR(mm_json_load(missing, &j), MM_ERR_NOT_FOUND, "missing.json", NULL);
 }
 
+/* Ranged getters: the value is checked before any narrowing and every refusal names the
+ * file, the key and the value; a default outside the range makes the key required. */
+static void test_ranges(void) {
+    mm_json *j = NULL;
+    EXPECT(mm_json_load(write_json("range.json", "{\"big\": 4294967392, \"neg\": -3, \"ok\": 96, \"f\": 0.5, "
+                                                 "\"zero\": 0, \"s\": \"x\\u0001y\", \"null\": null}"), &j) == MM_OK,
+           "load: %s", mm_error_last());
+    int64_t v = 0;
+    int32_t v32 = 0;
+    double d = 0;
+    EXPECT_ERR(mm_json_int_in(j, "range.json", "big", 0, 1, INT32_MAX, &v), MM_ERR_FORMAT, "'big'", "4294967392");
+    EXPECT_ERR(mm_json_i32_in(j, "range.json", "big", 0, 1, INT32_MAX, &v32), MM_ERR_FORMAT, "range.json", "4294967392");
+    EXPECT_ERR(mm_json_int_in(j, "range.json", "neg", 0, 0, 10, &v), MM_ERR_FORMAT, "'neg'", "-3");
+    EXPECT(mm_json_i32_in(j, "range.json", "ok", 0, 1, 100, &v32) == MM_OK && v32 == 96, "in range: %d", v32);
+    EXPECT(mm_json_i32_in(j, "range.json", "absent", 7, 1, 100, &v32) == MM_OK && v32 == 7, "default: %d", v32);
+    EXPECT(mm_json_i32_in(j, "range.json", "null", 7, 1, 100, &v32) == MM_OK && v32 == 7, "null: %d", v32);
+    EXPECT_ERR(mm_json_i32_in(j, "range.json", "absent", 0, 1, 100, &v32), MM_ERR_FORMAT, "'absent'", "missing");
+    EXPECT_ERR(mm_json_int_in(j, "range.json", "f", 0, 0, 10, &v), MM_ERR_FORMAT, "'f'", "0.5");
+    EXPECT(mm_json_num_in(j, "range.json", "f", 0, 0, 1, 1, &d) == MM_OK && d == 0.5, "number in (0, 1]");
+    EXPECT_ERR(mm_json_num_in(j, "range.json", "zero", 1, 0, 1, 1, &d), MM_ERR_FORMAT, "'zero'", "(0, 1]");
+    EXPECT(mm_json_num_in(j, "range.json", "zero", 1, 0, 1, 0, &d) == MM_OK && d == 0, "0 in [0, 1]");
+    EXPECT_ERR(mm_json_num_in(j, "range.json", "s", 1, 0, 1, 0, &d), MM_ERR_FORMAT, "'s'", "\"x\\u0001y\"");
+    mm_json_free(j);
+}
+
 int main(void) {
     if (!mkdtemp(tmp_dir)) {
         perror("mkdtemp");
@@ -127,7 +153,8 @@ int main(void) {
     }
     test_getters();
     test_load_errors();
-    const char *files[] = {"config.json", "gen.json", "bad.json", "dup.json", "empty.json"};
+    test_ranges();
+    const char *files[] = {"config.json", "gen.json", "bad.json", "dup.json", "empty.json", "range.json"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         char path[600];
         snprintf(path, sizeof path, "%s/%s", tmp_dir, files[i]);

@@ -113,6 +113,24 @@ static void test_dirs(void) {
     fresh_copy();
     edit("vae/config.json", "\"scaling_factor\": 0.18215", "\"scaling_factor\": -1");
     expect_load_error("VAE scaling", "scaling_factor");
+    /* sizes beyond 32 bits are refused with the value, never read as their low bits */
+    static const char *const wide[][4] = {
+        {"unet/config.json", "\"in_channels\": 4", "\"in_channels\": 4294967300", "'in_channels' = 4294967300"},
+        {"unet/config.json", "\"attention_head_dim\": 4", "\"attention_head_dim\": 4294967300", "4294967300"},
+        {"unet/config.json", "\"norm_num_groups\": 8", "\"norm_num_groups\": 4294967304", "'norm_num_groups' = 4294967304"},
+        {"vae/config.json", "\"latent_channels\": 4", "\"latent_channels\": 4294967300", "'latent_channels' = 4294967300"},
+        {"adapter/config.json", "\"output_dim\": 32", "\"output_dim\": 4294967328", "'output_dim' = 4294967328"},
+        {"scheduler/scheduler_config.json", "\"num_train_timesteps\": 1000", "\"num_train_timesteps\": 4294968296",
+         "'num_train_timesteps' = 4294968296"},
+        {"scheduler/scheduler_config.json", "\"beta_end\": 0.012", "\"beta_end\": \"0.012\"", "'beta_end' = \"0.012\""},
+        {"unet/config.json", "\"in_channels\": 4", "\"in_channels\": 4.0", "'in_channels' = 4.0 must be an integer"},
+    };
+    for (size_t i = 0; i < sizeof wide / sizeof *wide; i++) {
+        fresh_copy();
+        edit(wide[i][0], wide[i][1], wide[i][2]);
+        expect_load_error(wide[i][2], wide[i][3]);
+        EXPECT(strstr(mm_error_last(), wide[i][0]) != NULL, "%s: file not named: %s", wide[i][2], mm_error_last());
+    }
 }
 
 static void write_tokens(const char *name, mm_dtype dt, int ndim, const int64_t *shape, const void *data) {

@@ -74,6 +74,112 @@ static void expect_load_error(const char *what, mm_status want, const char *need
     mm_backend_free(be);
 }
 
+/* config.json = the golden one with key set to the JSON text value (key2/value2 too when
+ * given; "null" removes a key's meaning, as HF configs write it). */
+static void write_config_with(const char *golden, const char *key, const char *value, const char *key2,
+                              const char *value2) {
+    json_error_t err;
+    json_t *root = json_loads(golden, 0, &err);
+    json_t *v = json_loads(value, JSON_DECODE_ANY, &err), *v2 = key2 ? json_loads(value2, JSON_DECODE_ANY, &err) : NULL;
+    EXPECT(root && v && (!key2 || v2), "test JSON for %s: %s", key, err.text);
+    if (!root || !v) return;
+    json_object_set_new(root, key, v);
+    if (v2) json_object_set_new(root, key2, v2);
+    char *text = json_dumps(root, JSON_INDENT(1));
+    write_text("config.json", text);
+    free(text);
+    json_decref(root);
+}
+
+typedef struct {
+    const char *key, *value, *key2, *value2;
+    mm_status want;
+    const char *needle1, *needle2; /* the message names the key and the value */
+} config_case;
+
+/* Each refused as transformers refuses it, or as a value that cannot be the model it
+ * claims (a size read into 32 bits would silently become another one). */
+static const config_case bad_configs[] = {
+    {"hidden_size", "4294967392", NULL, NULL, MM_ERR_FORMAT, "'hidden_size'", "4294967392"},
+    {"num_hidden_layers", "4294967298", NULL, NULL, MM_ERR_FORMAT, "'num_hidden_layers'", "4294967298"},
+    {"num_attention_heads", "4294967300", NULL, NULL, MM_ERR_FORMAT, "'num_attention_heads'", "4294967300"},
+    {"vocab_size", "4294967553", NULL, NULL, MM_ERR_FORMAT, "'vocab_size'", "4294967553"},
+    {"intermediate_size", "4294967396", NULL, NULL, MM_ERR_FORMAT, "'intermediate_size'", "4294967396"},
+    {"head_dim", "4294967308", NULL, NULL, MM_ERR_FORMAT, "'head_dim'", "4294967308"},
+    {"head_dim", "13", NULL, NULL, MM_ERR_FORMAT, "'head_dim'", "13"},
+    {"max_position_embeddings", "10000000000", NULL, NULL, MM_ERR_FORMAT, "'max_position_embeddings'", "10000000000"},
+    {"max_position_embeddings", "2147483648", NULL, NULL, MM_ERR_FORMAT, "'max_position_embeddings'", "2147483648"},
+    {"max_position_embeddings", "1e10", NULL, NULL, MM_ERR_FORMAT, "'max_position_embeddings'", "must be an integer"},
+    {"max_position_embeddings", "0", NULL, NULL, MM_ERR_FORMAT, "'max_position_embeddings'", "= 0"},
+    {"num_key_value_heads", "3", NULL, NULL, MM_ERR_FORMAT, "'num_key_value_heads'", "3"},
+    {"num_key_value_heads", "8", NULL, NULL, MM_ERR_FORMAT, "'num_key_value_heads'", "8"},
+    {"hidden_size", "50", "head_dim", "null", MM_ERR_FORMAT, "'hidden_size'", "50"},
+    {"rms_norm_eps", "-1", NULL, NULL, MM_ERR_FORMAT, "'rms_norm_eps'", "-1"},
+    {"rope_theta", "0", NULL, NULL, MM_ERR_FORMAT, "'rope_theta'", "= 0"},
+    {"rope_theta", "\"1e4\"", NULL, NULL, MM_ERR_FORMAT, "'rope_theta'", "\"1e4\""},
+    {"rope_scaling", "\"llama3\"", NULL, NULL, MM_ERR_FORMAT, "'rope_scaling'", "\"llama3\""},
+    {"rope_scaling", "[8.0]", NULL, NULL, MM_ERR_FORMAT, "'rope_scaling'", "[8.0]"},
+    {"rope_scaling", "{}", NULL, NULL, MM_ERR_FORMAT, "'rope_scaling'", "rope_type"},
+    {"rope_scaling", "{\"factor\": 8.0}", NULL, NULL, MM_ERR_FORMAT, "'rope_scaling'", "rope_type"},
+    {"rope_scaling", "{\"rope_type\": \"llama3\"}", NULL, NULL, MM_ERR_FORMAT, "'rope_scaling.factor'", "missing"},
+    {"rope_scaling", "{\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0}",
+     NULL, NULL, MM_ERR_FORMAT, "'rope_scaling.original_max_position_embeddings'", "missing"},
+    {"rope_scaling", "{\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 4.0, \"high_freq_factor\": 1.0, "
+     "\"original_max_position_embeddings\": 64}", NULL, NULL, MM_ERR_FORMAT, "'rope_scaling.high_freq_factor'", "= 1"},
+    {"rope_scaling", "{\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
+     "\"original_max_position_embeddings\": 64.5}", NULL, NULL, MM_ERR_FORMAT, "'original_max_position_embeddings'", "64.5"},
+    {"rope_scaling", "{\"rope_type\": \"linear\"}", NULL, NULL, MM_ERR_FORMAT, "'rope_scaling.factor'", "missing"},
+    {"rope_scaling", "{\"rope_type\": \"linear\", \"factor\": \"2\"}", NULL, NULL, MM_ERR_FORMAT, "'factor'", "\"2\""},
+    {"rope_scaling", "{\"rope_type\": \"linear\", \"factor\": 0}", NULL, NULL, MM_ERR_FORMAT, "'factor'", "= 0"},
+    {"rope_scaling", "{\"rope_type\": \"yarn\", \"factor\": 4.0}", NULL, NULL, MM_ERR_UNSUPPORTED, "rope_type", "yarn"},
+    {"rope_scaling", "{\"rope_type\": \"foo\"}", NULL, NULL, MM_ERR_UNSUPPORTED, "rope_type", "foo"},
+    {"rope_scaling", "{\"type\": 3}", NULL, NULL, MM_ERR_FORMAT, "'type'", "3"},
+    {"eos_token_id", "[1, 300]", NULL, NULL, MM_ERR_FORMAT, "'eos_token_id'", "300"},
+    {"bos_token_id", "257", NULL, NULL, MM_ERR_FORMAT, "'bos_token_id'", "257"},
+    {"hidden_act", "\"gelu\"", NULL, NULL, MM_ERR_UNSUPPORTED, "'hidden_act'", "gelu"},
+    {"attention_bias", "1", NULL, NULL, MM_ERR_FORMAT, "'attention_bias'", "= 1"},
+    {"model_type", "\"ll\\u0007ama\\u001b[2J\"", NULL, NULL, MM_ERR_UNSUPPORTED, "'model_type'", "ll\\x07ama\\x1b[2J"},
+};
+
+/* Accepted, with the RoPE that transformers computes for them. */
+typedef struct {
+    const char *rope_scaling;
+    mm_rope_type type;
+    float factor;
+} rope_case;
+
+static const rope_case good_ropes[] = {
+    {"null", MM_ROPE_DEFAULT, 0},
+    {"{\"rope_type\": \"default\"}", MM_ROPE_DEFAULT, 0},
+    {"{\"type\": \"linear\", \"factor\": 2.0}", MM_ROPE_LINEAR, 2.0f}, /* legacy key */
+    {"{\"type\": \"linear\", \"rope_type\": \"llama3\", \"factor\": 3.0}", MM_ROPE_LINEAR, 3.0f}, /* LlamaConfig: type wins */
+    {"{\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
+     "\"original_max_position_embeddings\": 8192}", MM_ROPE_LLAMA3, 8.0f}, /* > max_position_embeddings: a warning there */
+};
+
+static void test_configs(const char *golden) {
+    for (size_t i = 0; i < sizeof bad_configs / sizeof *bad_configs; i++) {
+        const config_case *c = &bad_configs[i];
+        char what[160];
+        snprintf(what, sizeof what, "config %s = %s", c->key, c->value);
+        write_config_with(golden, c->key, c->value, c->key2, c->value2);
+        expect_load_error(what, c->want, c->needle1, c->needle2);
+        const char *msg = mm_error_last();
+        for (const char *p = msg; *p; p++)
+            EXPECT((unsigned char)*p >= 0x20 && *p != 0x7f, "%s: a control byte in the message", what);
+        EXPECT(strstr(msg, "config.json") != NULL, "%s: the file is not named: %s", what, msg);
+    }
+    for (size_t i = 0; i < sizeof good_ropes / sizeof *good_ropes; i++) {
+        write_config_with(golden, "rope_scaling", good_ropes[i].rope_scaling, NULL, NULL);
+        mm_llama_config cfg;
+        mm_status s = mm_llama_config_load(tmpdir, &cfg);
+        EXPECT(s == MM_OK && cfg.rope_type == good_ropes[i].type &&
+                   (cfg.rope_type == MM_ROPE_DEFAULT || cfg.rope_factor == good_ropes[i].factor),
+               "rope_scaling %s: %s", good_ropes[i].rope_scaling, s == MM_OK ? "another RoPE" : mm_error_last());
+    }
+    write_text("config.json", golden);
+}
+
 int main(void) {
     if (!mkdtemp(tmpdir)) return 1;
     char golden_dir[4096], path[4200];
@@ -112,6 +218,7 @@ int main(void) {
 
     /* configs */
     write_model(golden_dir, NULL, KEEP);
+    test_configs(config);
     write_text("config.json", "{\"hidden_size\": 48, \"num_hidden_layers\": ");
     expect_load_error("bad JSON", MM_ERR_FORMAT, "config.json", NULL);
     write_text("config.json", "{\"hidden_size\": \"48\"}");

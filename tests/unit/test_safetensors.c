@@ -273,6 +273,19 @@ static void test_sharded(void) {
     expect_open_fails("model.safetensors.index.json", MM_ERR_FORMAT, "'a'");
     write_bytes(tmp_path("model.safetensors.index.json"), "{}", 2);
     expect_open_fails("model.safetensors.index.json", MM_ERR_FORMAT, "weight_map");
+    /* entries that leave the model directory (whether or not the file exists) */
+    static const char *const outside[] = {"{\"a\": \"../a.safetensors\"}", "{\"a\": \"/etc/passwd\"}",
+                                          "{\"a\": \"sub/../../a.safetensors\"}", "{\"a\": \"..\"}",
+                                          "{\"a\": \"\"}"};
+    for (size_t i = 0; i < sizeof outside / sizeof *outside; i++) {
+        write_index(outside[i]);
+        expect_open_fails("model.safetensors.index.json", MM_ERR_FORMAT, "leaves the model directory");
+    }
+    /* a name quoting control bytes is escaped in the message: one printable line */
+    write_index("{\"a\\u0007\\n\": \"../x\\u001b[31m\"}");
+    EXPECT(mm_safetensors_open(tmp_dir, &st) == MM_ERR_FORMAT && strstr(mm_error_last(), "'a\\x07\\x0a'") &&
+               strstr(mm_error_last(), "../x\\x1b[31m") && !strpbrk(mm_error_last(), "\a\n\x1b"),
+           "control bytes: %s", mm_error_last());
     unlink(tmp_path("model.safetensors.index.json"));
 }
 
@@ -351,6 +364,16 @@ static const bad_case bad_cases[] = {
     {"contained",
      "{\"x\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]},"
      "\"y\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[4,6]}}", 16, MM_ERR_FORMAT, "'x'"},
+    /* what the safetensors library refuses (InvalidOffset, MetadataIncompleteBuffer) */
+    {"bytes after the last tensor", "{\"w\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]}}", 6,
+     MM_ERR_FORMAT, "2 bytes after the last tensor"},
+    {"gap", "{\"x\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]},"
+     "\"y\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[8,12]}}", 12, MM_ERR_FORMAT, "'y'"},
+    {"gap at the start", "{\"x\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[4,8]}}", 8, MM_ERR_FORMAT, "'x'"},
+    {"empty tensor inside another",
+     "{\"x\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]},"
+     "\"e\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[4,4]}}", 16, MM_ERR_FORMAT, "'e'"},
+    {"no tensors, some bytes", "{}", 4, MM_ERR_FORMAT, "4 bytes after the last tensor"},
     {"duplicate name",
      "{\"x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
      "\"x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]}}", 2, MM_ERR_FORMAT, "x"},
@@ -371,12 +394,13 @@ static void test_malformed(void) {
     expect_open_fails("bad.safetensors", MM_ERR_FORMAT, "9223372036854775808");
     write_st_raw(tmp_path("bad.safetensors"), UINT64_MAX, "{}", 0);
     expect_open_fails("bad.safetensors", MM_ERR_FORMAT, NULL);
-    /* Accepted: metadata, an empty tensor inside another's range, gaps, trailing spaces. */
+    /* Accepted: metadata, header order unlike data order, empty tensors where one ends,
+     * trailing spaces. */
     write_st(tmp_path("ok.safetensors"),
              "{\"__metadata__\":{\"format\":\"pt\"},"
+             "\"y\":{\"dtype\":\"BF16\",\"shape\":[1,2],\"data_offsets\":[16,20]},"
              "\"x\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]},"
-             "\"e\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[4,4]},"
-             "\"y\":{\"dtype\":\"BF16\",\"shape\":[1,2],\"data_offsets\":[20,24]}}   ", 24);
+             "\"e\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[16,16]}}   ", 20);
     mm_safetensors *st = NULL;
     EXPECT(mm_safetensors_open(tmp_path("ok.safetensors"), &st) == MM_OK, "%s", mm_error_last());
     EXPECT(st && mm_safetensors_count(st) == 3, "metadata counted as a tensor");
