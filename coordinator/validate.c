@@ -183,7 +183,7 @@ static int encode_chat(const Metamorph__V1__GenerateRequest *g, const mm_limits 
     r->generate_image = g->generate_image;
     if ((size_t)n_marked != n_images) {
         code = fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap,
-                    "messages: the text holds <image_start><image_end> markers (%d pairs for %zu image parts); "
+                    "messages: the text holds <image> markers (%d for %zu image parts); "
                     "send images as image parts", n_marked, n_images);
         goto out;
     }

@@ -189,28 +189,8 @@ mm_status mm_metamorph_predict(mm_metamorph *mm, const float *h, int64_t M, floa
 
 /* ---------------------------------------------------------------- prompts */
 
-static mm_status mark_images(int32_t start_id, int32_t end_id, const int32_t *ids, size_t n, int32_t **out,
-                             size_t *n_out, int *n_images) {
-    int k = 0;
-    for (size_t i = 0; i + 1 < n; i++) k += ids[i] == start_id && ids[i + 1] == end_id;
-    int32_t *o = malloc((n + (size_t)k + 1) * sizeof *o);
-    CHECK(CHECK_ALLOC(o));
-    size_t j = 0;
-    for (size_t i = 0; i < n; i++) {
-        o[j++] = ids[i];
-        if (i + 1 < n && ids[i] == start_id && ids[i + 1] == end_id) o[j++] = MM_IMAGE_TOKEN_INDEX;
-    }
-    *out = o, *n_out = j, *n_images = k;
-    return MM_OK;
-}
-
-mm_status mm_metamorph_mark_images(const mm_metamorph *mm, const int32_t *ids, size_t n, int32_t **out,
-                                   size_t *n_out, int *n_images) {
-    return mark_images(mm->cfg.image_start_id, mm->cfg.image_end_id, ids, n, out, n_out, n_images);
-}
-
 mm_status mm_metamorph_render_content(const mm_content_part *parts, size_t n, char **out) {
-    static const char pair[] = "<image_start><image_end>";
+    static const char pair[] = "<image_start><image><image_end>"; /* inference/demo.py's image_token_se */
     size_t len = 1;
     for (size_t i = 0; i < n; i++) len += parts[i].is_image ? sizeof pair : strlen(parts[i].text);
     char *c = malloc(len);
@@ -231,9 +211,12 @@ mm_status mm_metamorph_prompt_encode(const mm_tokenizer *tok, const mm_chat_mess
                                      int generate_image, int32_t **ids, size_t *n_ids, int *n_images) {
     int32_t start_id = mm_tokenizer_token_id(tok, "<image_start>"), end_id = mm_tokenizer_token_id(tok, "<image_end>");
     if (generate_image && start_id < 0) return MM_ERROR(MM_ERR_UNSUPPORTED, "the tokenizer has no <image_start> token");
+    /* as tokenizer_image_token: only the string "<image>" stands for an image (a plain
+     * LLaMA has no image ids: nothing is marked there) */
+    const char *marker = start_id >= 0 && end_id >= 0 ? "<image>" : NULL;
     int32_t *chat = NULL;
     size_t n = 0;
-    CHECK(mm_chat_encode(tok, msgs, n_msgs, 1, &chat, &n));
+    CHECK(mm_chat_encode_marked(tok, msgs, n_msgs, 1, marker, MM_IMAGE_TOKEN_INDEX, &chat, &n, n_images));
     if (generate_image) {
         int32_t *g = realloc(chat, (n + 1) * sizeof *g);
         if (!g) {
@@ -242,11 +225,8 @@ mm_status mm_metamorph_prompt_encode(const mm_tokenizer *tok, const mm_chat_mess
         }
         chat = g, chat[n++] = start_id;
     }
-    mm_status s = MM_OK;
-    if (start_id >= 0 && end_id >= 0) s = mark_images(start_id, end_id, chat, n, ids, n_ids, n_images);
-    else *ids = chat, chat = NULL, *n_ids = n, *n_images = 0; /* a plain LLaMA: nothing to mark */
-    free(chat);
-    return s;
+    *ids = chat, *n_ids = n;
+    return MM_OK;
 }
 
 mm_status mm_metamorph_prompt_encode_raw(const mm_tokenizer *tok, int32_t bos_id, const char *text, int32_t **ids,

@@ -66,17 +66,17 @@ typedef struct {
 } mm_content_part;
 
 /* A message's content as inference/demo.py lays it out: text parts as they are, each
- * run of image parts as one "<image_start><image_end>" per image followed by "\n" (so
- * images-then-text gives the demo's "<image_start><image><image_end>\n" + text).
- * *out is malloc'd. */
+ * run of image parts as one "<image_start><image><image_end>" per image followed by "\n"
+ * (so images-then-text gives the demo's prompt). *out is malloc'd. */
 mm_status mm_metamorph_render_content(const mm_content_part *parts, size_t n, char **out);
 
 /* Prompt ids of a conversation whose contents were rendered by
  * mm_metamorph_render_content: the chat template with the assistant header, then
- * <image_start> when generate_image (a request for an image), then the reference's
- * MM_IMAGE_TOKEN_INDEX between every <image_start>, <image_end> pair (*n_images of
- * them). Only the tokenizer is needed. mm-run and the coordinator both build prompts
- * here, so the service sees exactly mm-run's ids. *ids is malloc'd. */
+ * <image_start> when generate_image (a request for an image). As the reference's
+ * tokenizer_image_token, each "<image>" in the text becomes one MM_IMAGE_TOKEN_INDEX
+ * (*n_images of them) and only that string counts: "<image_start><image_end>" typed in
+ * a text stays text. Only the tokenizer is needed. mm-run and the coordinator both
+ * build prompts here, so the service sees exactly mm-run's ids. *ids is malloc'd. */
 mm_status mm_metamorph_prompt_encode(const mm_tokenizer *tok, const mm_chat_message *msgs, size_t n_msgs,
                                      int generate_image, int32_t **ids, size_t *n_ids, int *n_images);
 
@@ -85,12 +85,6 @@ mm_status mm_metamorph_prompt_encode(const mm_tokenizer *tok, const mm_chat_mess
  * prompts (OpenAI /v1/completions) both build them here. *ids is malloc'd. */
 mm_status mm_metamorph_prompt_encode_raw(const mm_tokenizer *tok, int32_t bos_id, const char *text, int32_t **ids,
                                          size_t *n_ids);
-
-/* Chat ids (mm_chat_encode of content rendered with "<image_start><image_end>" per image)
- * -> the reference's ids: MM_IMAGE_TOKEN_INDEX inserted between every adjacent
- * <image_start>, <image_end> pair. *n_images gets the number inserted. *out is malloc'd. */
-mm_status mm_metamorph_mark_images(const mm_metamorph *mm, const int32_t *ids, size_t n, int32_t **out,
-                                   size_t *n_out, int *n_images);
 
 typedef struct {
     mm_sampler *sampler;     /* text tokens */

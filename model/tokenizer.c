@@ -765,6 +765,12 @@ mm_status mm_tokenizer_load(const char *path, mm_tokenizer **out) {
 
 int32_t mm_tokenizer_n_vocab(const mm_tokenizer *tok) { return tok->n_vocab; }
 
+const char *mm_tokenizer_unicode_version(void) {
+    static char version[32]; /* the same bytes from every thread: a benign race */
+    if (!version[0] && pcre2_config(PCRE2_CONFIG_UNICODE_VERSION, version) < 0) snprintf(version, sizeof version, "?");
+    return version;
+}
+
 int32_t mm_tokenizer_token_id(const mm_tokenizer *tok, const char *token) {
     if (!token) return -1;
     size_t len = strlen(token);
@@ -1188,12 +1194,36 @@ int mm_detok_flush(mm_detok *d, char *out, size_t cap) {
  * the image embeddings between the <image_start> and <image_end> ids, which gives the
  * reference ids with the -200 placeholder removed, since both neighbours of "<image>"
  * are special tokens in MetaMorph's prompts. */
+/* text[0..len) encoded with every occurrence of marker (NULL: none) replaced by
+ * marker_id, each piece encoded on its own (*n_marked counts the markers). */
+static mm_status encode_marked(const mm_tokenizer *tok, const char *text, size_t len, const char *marker,
+                               int32_t marker_id, enc_work *w, id_vec *out, int *n_marked) {
+    size_t mlen = marker ? strlen(marker) : 0;
+    for (;;) {
+        const char *at = mlen ? memmem(text, len, marker, mlen) : NULL;
+        size_t piece = at ? (size_t)(at - text) : len;
+        CHECK(encode_append(tok, text, piece, 1, w, out));
+        if (!at) return MM_OK;
+        CHECK(id_vec_push(out, marker_id));
+        (*n_marked)++;
+        text += piece + mlen, len -= piece + mlen;
+    }
+}
+
 mm_status mm_chat_encode(const mm_tokenizer *tok, const mm_chat_message *msgs, size_t n_msgs,
                          int add_generation_prompt, int32_t **ids, size_t *n_ids) {
-    if (!tok || (!msgs && n_msgs) || !ids || !n_ids)
+    int n_marked;
+    return mm_chat_encode_marked(tok, msgs, n_msgs, add_generation_prompt, NULL, 0, ids, n_ids, &n_marked);
+}
+
+mm_status mm_chat_encode_marked(const mm_tokenizer *tok, const mm_chat_message *msgs, size_t n_msgs,
+                                int add_generation_prompt, const char *marker, int32_t marker_id, int32_t **ids,
+                                size_t *n_ids, int *n_marked) {
+    if (!tok || (!msgs && n_msgs) || !ids || !n_ids || !n_marked)
         return MM_ERROR(MM_ERR_INVALID, "mm_chat_encode: NULL argument");
     *ids = NULL;
     *n_ids = 0;
+    *n_marked = 0;
     for (int k = 0; k < 4; k++)
         if (tok->chat_ids[k] < 0)
             return MM_ERROR(MM_ERR_UNSUPPORTED, "tokenizer has no %s token; the LLaMA-3 chat template needs it",
@@ -1226,7 +1256,7 @@ mm_status mm_chat_encode(const mm_tokenizer *tok, const mm_chat_message *msgs, s
         CHECK_GOTO(id_vec_push(&out, tok->chat_ids[CHAT_HEADER_START]), rc, done);
         CHECK_GOTO(encode_append(tok, role, strlen(role), 0, &w, &out), rc, done);
         CHECK_GOTO(id_vec_push(&out, tok->chat_ids[CHAT_HEADER_END]), rc, done);
-        CHECK_GOTO(encode_append(tok, span, clen + 1, 1, &w, &out), rc, done);
+        CHECK_GOTO(encode_marked(tok, span, clen + 1, marker, marker_id, &w, &out, n_marked), rc, done);
         if (clen > 0) CHECK_GOTO(id_vec_push(&out, tok->chat_ids[CHAT_EOT]), rc, done);
     }
 done:

@@ -20,6 +20,11 @@ void mm_tokenizer_free(mm_tokenizer *tok);
 
 /* Total ids (vocab + added tokens, max id + 1). */
 int32_t mm_tokenizer_n_vocab(const mm_tokenizer *tok);
+/* The Unicode version of the character classes (\p{L}, \p{N}, \s) the pre-tokenizer
+ * splits with: PCRE2's tables ("14.0.0" with Debian 12's PCRE2 10.42). Code points added
+ * in later versions are unassigned here, so text holding them can split differently from
+ * HF tokenizers (see README, "Tokenizer"). */
+const char *mm_tokenizer_unicode_version(void);
 /* Id of an exact token string (vocab or added), or -1. */
 int32_t mm_tokenizer_token_id(const mm_tokenizer *tok, const char *token);
 /* Special-token ids from tokenizer.json's post-processor / added tokens; -1 if none. */
@@ -65,8 +70,7 @@ int mm_detok_flush(mm_detok *d, char *out, size_t cap);
  * "<|eot_id|>" (empty content: the header alone), then
  * "<|start_header_id|>assistant<|end_header_id|>\n" when add_generation_prompt. As in the
  * reference, special-token strings inside content are recognised (allow_special=1):
- * callers that must keep users from injecting control tokens reject them first.
- * "<image>" is plain text; image embeddings go between the <image_start>/<image_end> ids. */
+ * callers that must keep users from injecting control tokens reject them first. */
 typedef struct {
     const char *role;    /* "user", "assistant" or "system" */
     const char *content; /* UTF-8 text */
@@ -74,5 +78,12 @@ typedef struct {
 
 mm_status mm_chat_encode(const mm_tokenizer *tok, const mm_chat_message *msgs, size_t n_msgs,
                          int add_generation_prompt, int32_t **ids, size_t *n_ids);
+/* The same, with every occurrence of the string marker in a content replaced by the id
+ * marker_id and the text around it encoded piece by piece: MetaMorph's
+ * tokenizer_image_token, which splits the prompt on "<image>" and tokenizes each chunk
+ * alone, putting IMAGE_TOKEN_INDEX between them. *n_marked counts the markers. */
+mm_status mm_chat_encode_marked(const mm_tokenizer *tok, const mm_chat_message *msgs, size_t n_msgs,
+                                int add_generation_prompt, const char *marker, int32_t marker_id, int32_t **ids,
+                                size_t *n_ids, int *n_marked);
 
 #endif

@@ -1,7 +1,9 @@
 /* See testutil.h. */
 #include "testutil.h"
 
+#include <dirent.h>
 #include <math.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <string.h>
@@ -115,4 +117,45 @@ char *mm_test_read_file(const char *path, size_t *len) {
     d[n] = 0;
     if (len) *len = (size_t)n;
     return d;
+}
+
+int mm_test_model_root(const char *vision_dir, int select_layer, char *out, size_t cap) {
+    char llm[4096], path[4600], target[4600];
+    snprintf(out, cap, "/tmp/mm_root_XXXXXX");
+    if (!mkdtemp(out)) return -1;
+    snprintf(llm, sizeof llm, "%s", mm_asset_path("tiny/llm"));
+    snprintf(path, sizeof path, "%s/llm", out);
+    DIR *d = opendir(llm);
+    if (!d || mkdir(path, 0755) != 0) {
+        if (d) closedir(d);
+        return -1;
+    }
+    int rc = 0;
+    for (struct dirent *e; rc == 0 && (e = readdir(d));) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(target, sizeof target, "%s/%s", llm, e->d_name);
+        snprintf(path, sizeof path, "%s/llm/%s", out, e->d_name);
+        if (strcmp(e->d_name, "config.json")) {
+            rc = symlink(target, path);
+            continue;
+        }
+        char *text = mm_test_read_file(target, NULL);
+        const char *key = "\"mm_vision_select_layer\": -1";
+        char *at = text ? strstr(text, key) : NULL;
+        FILE *f = at ? fopen(path, "w") : NULL;
+        if (!f) rc = -1;
+        else {
+            fprintf(f, "%.*s\"mm_vision_select_layer\": %d%s", (int)(at - text), text, select_layer, at + strlen(key));
+            rc = fclose(f) ? -1 : 0;
+        }
+        free(text);
+    }
+    closedir(d);
+    snprintf(path, sizeof path, "%s/vision", out);
+    if (rc == 0) rc = symlink(vision_dir, path);
+    snprintf(path, sizeof path, "%s/metamorph.json", out);
+    FILE *f = rc == 0 ? fopen(path, "w") : NULL;
+    if (!f) return -1;
+    fputs("{\"format\": \"metamorph\", \"version\": 1, \"llm\": \"llm\", \"vision\": \"vision\", \"decoder\": null}\n", f);
+    return fclose(f) ? -1 : 0;
 }

@@ -42,6 +42,10 @@ int mm_test_ids_equal(const json_t *want, const int32_t *got, size_t n);
 /* A whole file, malloc'd with a NUL after its *len bytes (so text can be used as a
  * string); len may be NULL. NULL when it cannot be read. */
 char *mm_test_read_file(const char *path, size_t *len);
+/* A model root in a new temporary directory (path in out): assets/tiny's llm/ with its
+ * files linked but config.json, copied with mm_vision_select_layer = select_layer, and
+ * vision_dir linked as vision/ (no decoder). 0 on success; the caller removes it. */
+int mm_test_model_root(const char *vision_dir, int select_layer, char *out, size_t cap);
 /* Max |a-b| over n floats. */
 float mm_max_abs_diff(const float *a, const float *b, size_t n);
 

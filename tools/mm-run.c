@@ -17,7 +17,7 @@
 #include "model/manifest.h"
 #include "model/metamorph.h"
 #include "model/sampler.h"
-#include "model/siglip.h"
+#include "model/vision_tower.h"
 #include "model/tokenizer.h"
 
 #define MAX_IMAGES 16
@@ -156,30 +156,31 @@ static void print_image(void *ud, int index, const float *tokens) {
     fprintf(stderr, "[image %d: visual tokens ready]\n", index);
 }
 
-/* SigLIP visual tokens of the --image files: [n_images, n_tokens, D] (malloc'd). */
-static mm_status encode_images(const run_args *a, const char *vision_dir, mm_backend *be, const mm_metamorph *mm,
-                               float **out) {
+/* SigLIP visual tokens of the --image files: [n_images, n_tokens, D] (malloc'd), from
+ * the tower as the model's config names it (mm_vision_tower_load: select layer, token
+ * count), exactly as the encoder pool computes them. */
+static mm_status encode_images(const run_args *a, mm_backend *be, const mm_metamorph *mm, float **out) {
     *out = NULL;
     if (!a->n_images) return MM_OK;
-    if (!vision_dir[0]) return MM_ERROR(MM_ERR_INVALID, "%s: the model has no vision part for --image", a->model);
-    mm_siglip *sig = NULL;
-    CHECK(mm_siglip_load(vision_dir, be, &sig));
-    int64_t S = sig->cfg.image_size, T = mm->cfg.n_image_tokens;
-    mm_status s = sig->cfg.hidden == mm->cfg.mm_hidden
+    mm_vision_tower vt;
+    CHECK(mm_vision_tower_load(a->model, be, &vt));
+    int64_t S = vt.sig->cfg.image_size, T = vt.n_tokens;
+    mm_status s = T == mm->cfg.n_image_tokens && vt.sig->cfg.hidden == mm->cfg.mm_hidden
                       ? MM_OK
-                      : MM_ERROR(MM_ERR_FORMAT, "SigLIP hidden %d != mm_hidden_size %d", sig->cfg.hidden, mm->cfg.mm_hidden);
+                      : MM_ERROR(MM_ERR_INTERNAL, "the vision tower gives %lld x %d tokens, the LLM takes %d x %d",
+                                 (long long)T, vt.sig->cfg.hidden, mm->cfg.n_image_tokens, mm->cfg.mm_hidden);
     float *pix = malloc((size_t)(a->n_images * 3 * S * S) * sizeof(float));
-    float *tok = malloc((size_t)(a->n_images * T * sig->cfg.hidden) * sizeof(float));
+    float *tok = malloc((size_t)(a->n_images * T * vt.sig->cfg.hidden) * sizeof(float));
     if (s == MM_OK && (!pix || !tok)) s = MM_ERROR(MM_ERR_NOMEM, "image buffers");
     for (int i = 0; s == MM_OK && i < a->n_images; i++) {
         mm_image img;
         s = mm_image_load(a->images[i], NULL, &img);
-        if (s == MM_OK) s = mm_siglip_preprocess(&sig->pp, &img, pix + (size_t)i * 3 * S * S);
+        if (s == MM_OK) s = mm_siglip_preprocess(&vt.sig->pp, &img, pix + (size_t)i * 3 * S * S);
         mm_image_free(&img);
     }
-    if (s == MM_OK) s = mm_siglip_encode(sig, pix, a->n_images, (int32_t)T, NULL, tok);
+    if (s == MM_OK) s = mm_siglip_encode(vt.sig, pix, a->n_images, (int32_t)T, NULL, tok);
     free(pix);
-    mm_siglip_free(sig);
+    mm_vision_tower_free(&vt);
     if (s != MM_OK) free(tok);
     else *out = tok;
     return s;
@@ -229,7 +230,7 @@ static mm_status run(const run_args *a) {
     CHECK_GOTO(mm_sampler_init(&sampler, a->temperature, a->top_p, a->top_k, a->seed), s, out);
     int n_marked_images = 0;
     CHECK_GOTO(encode_prompt(tok, cfg, a, &prompt, &n_prompt, &n_marked_images), s, out);
-    if (mm) CHECK_GOTO(encode_images(a, paths.vision, be, mm, &images), s, out);
+    if (mm) CHECK_GOTO(encode_images(a, be, mm, &images), s, out);
     rows = (int64_t)n_prompt + (int64_t)n_marked_images * (mm ? mm->cfg.n_image_tokens - 1 : 0);
     int32_t total = (int32_t)(rows + a->max_tokens > cfg->max_pos ? cfg->max_pos : rows + a->max_tokens);
     if (rows >= cfg->max_pos) {

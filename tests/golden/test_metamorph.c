@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "model/metamorph.h"
-#include "model/siglip.h"
+#include "model/vision_tower.h"
 #include "tests/testutil.h"
 
 #define TOL 1e-4f
@@ -20,6 +20,7 @@ static mm_backend *be;
 static mm_tokenizer *tok;
 static mm_llama *llm;
 static mm_metamorph *mm;
+static mm_vision_tower vt; /* as every entry point loads it */
 static mm_siglip *sig;
 static mm_safetensors *gold, *vgold;
 static float worst_proj, worst_gen;
@@ -35,25 +36,27 @@ static void check_line(const char *mm_run, json_t *row, int lineno) {
     json_t *msg = json_array_get(json_object_get(row, "messages"), 0), *content = json_object_get(msg, "content");
     json_t *files = json_object_get(row, "images");
     int n_img = (int)json_array_size(files);
-    /* the content as inference/demo.py renders it, "<image>" left to mark_images */
-    char text[1024] = "";
+    /* the content as inference/demo.py renders it: images first, then the text */
     const char *user_text = json_is_string(content) ? json_string_value(content) : NULL;
-    for (int k = 0; k < n_img; k++) strcat(text, "<image_start><image_end>");
-    if (n_img) strcat(text, "\n");
     for (size_t i = 0; !user_text && i < json_array_size(content); i++) {
         json_t *part = json_array_get(content, i);
         if (!strcmp(json_string_value(json_object_get(part, "type")), "text"))
             user_text = json_string_value(json_object_get(part, "text"));
     }
-    strcat(text, user_text);
+    mm_content_part parts[8];
+    for (int k = 0; k < n_img && k < 7; k++) parts[k] = (mm_content_part){1, NULL};
+    parts[n_img < 7 ? n_img : 7] = (mm_content_part){0, user_text};
+    char *text = NULL;
+    EXPECT(mm_metamorph_render_content(parts, (size_t)(n_img < 7 ? n_img : 7) + 1, &text) == MM_OK, "%s",
+           mm_error_last());
     mm_chat_message m = {"user", text};
-    int32_t *ids = NULL, *marked = NULL;
-    size_t n = 0, nm = 0;
+    int32_t *marked = NULL;
+    size_t nm = 0;
     int n_marked = 0;
-    EXPECT(mm_chat_encode(tok, &m, 1, 1, &ids, &n) == MM_OK, "%s", mm_error_last());
     int want_image = json_object_get(row, "assistant_prefix") != NULL;
-    if (want_image) ids = realloc(ids, (n + 1) * sizeof *ids), ids[n++] = mm->cfg.image_start_id;
-    EXPECT(mm_metamorph_mark_images(mm, ids, n, &marked, &nm, &n_marked) == MM_OK, "%s", mm_error_last());
+    EXPECT(mm_metamorph_prompt_encode(tok, &m, 1, want_image, &marked, &nm, &n_marked) == MM_OK, "%s",
+           mm_error_last());
+    free(text);
     EXPECT(n_marked == n_img && mm_test_ids_equal(json_object_get(row, "prompt_ids"), marked, nm),
            "line %d: prompt ids differ from the reference's", lineno);
     /* visual tokens of the prompt images, through the whole encoder path */
@@ -131,7 +134,7 @@ static void check_line(const char *mm_run, json_t *row, int lineno) {
     mm_metamorph_output_free(&o);
     mm_kv_seq_release(kv, &seq.kv);
     mm_kv_cache_free(kv);
-    free(ids), free(marked), free(pix), free(toks);
+    free(marked), free(pix), free(toks);
 }
 
 /* mm_projector of the reference's visual tokens */
@@ -161,7 +164,7 @@ int main(int argc, char **argv) {
     if (mm_backend_init("cpu", 2, &be) != MM_OK || mm_tokenizer_load(mm_asset_path("tiny/llm/tokenizer.json"), &tok) ||
         mm_llama_load(mm_asset_path("tiny/llm"), be, 0, -1, MM_LLAMA_EMBED | MM_LLAMA_HEAD, &llm) ||
         mm_metamorph_load(mm_asset_path("tiny/llm"), llm, tok, &mm) ||
-        mm_siglip_load(mm_asset_path("tiny/vision"), be, &sig) ||
+        mm_vision_tower_load(mm_asset_path("tiny"), be, &vt) ||
         mm_safetensors_open(mm_golden_path("tiny/metamorph.safetensors"), &gold) ||
         mm_safetensors_open(mm_golden_path("vision/golden.safetensors"), &vgold)) {
         fprintf(stderr, "setup: %s\n", mm_error_last());
@@ -171,7 +174,8 @@ int main(int argc, char **argv) {
     EXPECT(mm->cfg.image_start_id == 1792 && mm->cfg.image_end_id == 1793 && mm->cfg.mm_hidden == 48 &&
                mm->cfg.vision_select_layer == -1,
            "tiny config");
-    EXPECT(mm_siglip_select_layer(sig, mm->cfg.vision_select_layer) == MM_OK, "%s", mm_error_last()); /* as mm-encoder */
+    sig = vt.sig;
+    EXPECT(vt.select_layer == -1 && vt.n_tokens == 64 && sig->run_layers == sig->cfg.n_layers, "tiny tower");
     check_projector();
     FILE *f = fopen(mm_golden_path("tiny/metamorph.jsonl"), "r");
     char line[1 << 16];
@@ -187,6 +191,6 @@ int main(int argc, char **argv) {
     EXPECT(lineno == 3, "%d golden lines", lineno);
     printf("max |projector - reference| %g, |generated visual tokens - reference| %g\n", worst_proj, worst_gen);
     mm_safetensors_close(gold), mm_safetensors_close(vgold);
-    mm_siglip_free(sig), mm_metamorph_free(mm), mm_llama_free(llm), mm_tokenizer_free(tok), mm_backend_free(be);
+    mm_vision_tower_free(&vt), mm_metamorph_free(mm), mm_llama_free(llm), mm_tokenizer_free(tok), mm_backend_free(be);
     return mm_test_finish("test_metamorph");
 }

@@ -20,6 +20,15 @@ double now_s(void) {
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
+const char *svc_model = NULL;
+
+/* The model root the service and its workers load: svc_model, else the embedded one. */
+static const char *model_root(char *buf, size_t cap) {
+    if (svc_model) return svc_model;
+    snprintf(buf, cap, "%s/tiny", getenv("MM_ASSETS_DIR"));
+    return buf;
+}
+
 pid_t svc_worker_start(mm_service *s, const char *pool) {
     int slot = 0;
     while (slot < SVC_MAX_WORKERS && s->workers[slot]) slot++;
@@ -27,14 +36,13 @@ pid_t svc_worker_start(mm_service *s, const char *pool) {
     int encode = !strcmp(pool, "encode");
     char bin[1200], model[1024], log[512], name[64];
     snprintf(bin, sizeof bin, "%s/worker/%s", s->bin_dir, encode ? "mm-encoder" : "mm-decoder");
-    snprintf(model, sizeof model, "%s/tiny", getenv("MM_ASSETS_DIR"));
     int k = s->n_worker_starts++;
     snprintf(name, sizeof name, "%s-test-%d", pool, k);
     snprintf(log, sizeof log, "%s/%s.log", s->dir, name);
     pid_t pid = fork();
     if (pid == 0) {
         if (!freopen(log, "w", stdout) || !freopen(log, "a", stderr)) _exit(127);
-        execl(bin, bin, "--model", model, "--connect", encode ? s->encode_ep : s->decode_ep, "--threads", "1",
+        execl(bin, bin, "--model", model_root(model, sizeof model), "--connect", encode ? s->encode_ep : s->decode_ep, "--threads", "1",
               "--name", name, "--heartbeat-ms", "100", (char *)NULL);
         _exit(127);
     }
@@ -89,15 +97,15 @@ int svc_start_pools(mm_service *s, const char *coordinator, const char *stage, i
     snprintf(s->decode_ep, sizeof s->decode_ep, "tcp://127.0.0.1:%d", port[2]);
     snprintf(s->metrics, sizeof s->metrics, "127.0.0.1:%d", port[3]);
     snprintf(s->http, sizeof s->http, "127.0.0.1:%d", port[4]);
-    char cfg[512], log[512];
+    char cfg[512], log[512], model[1024];
     snprintf(cfg, sizeof cfg, "%s/cfg.json", s->dir);
     snprintf(log, sizeof log, "%s/service.log", s->dir);
     FILE *f = fopen(cfg, "w");
     if (!f) return -1;
     fprintf(f,
-            "{\"model\": \"%s/tiny\", \"listen\": \"%s\", \"threads\": 1, \"encode_bind\": \"%s\", "
+            "{\"model\": \"%s\", \"listen\": \"%s\", \"threads\": 1, \"encode_bind\": \"%s\", "
             "\"decode_bind\": \"%s\", \"pool_heartbeat_ms\": 100, \"metrics_listen\": \"%s\", \"http_listen\": \"%s\"%s%s}\n",
-            getenv("MM_ASSETS_DIR"), s->target, s->encode_ep, s->decode_ep, s->metrics, s->http, extra_json[0] ? ", " : "",
+            model_root(model, sizeof model), s->target, s->encode_ep, s->decode_ep, s->metrics, s->http, extra_json[0] ? ", " : "",
             extra_json);
     fclose(f);
     for (int i = 0; i < n_encoders; i++)

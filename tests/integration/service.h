@@ -27,6 +27,10 @@ typedef struct {
     mm_client *cl;
 } mm_service;
 
+/* The model root that svc_start and svc_worker_start use; NULL (the default): the
+ * embedded $MM_ASSETS_DIR/tiny. */
+extern const char *svc_model;
+
 /* argv of the test: COORDINATOR STAGE ... ; extra_json: more config keys ("" or
  * "\"kv_blocks\": 40, ..."). Starts one encoder and one decoder worker (from the build
  * tree of COORDINATOR) and waits until health says SERVING. Returns 0 on success. */

@@ -23,7 +23,7 @@
 #include "common/image.h"
 #include "model/manifest.h"
 #include "model/metamorph.h"
-#include "model/siglip.h"
+#include "model/vision_tower.h"
 #include "service.h"
 #include "tests/testutil.h"
 
@@ -347,7 +347,7 @@ static int reference(const msg_spec *msgs, int n_msgs, int generate_image, int m
     mm_tokenizer *tok = NULL;
     mm_llama *llm = NULL;
     mm_metamorph *mm = NULL;
-    mm_siglip *sig = NULL;
+    mm_vision_tower vt = {0};
     mm_kv_cache *kv = NULL;
     mm_llama_seq seq = {0};
     int32_t *ids = NULL;
@@ -363,7 +363,8 @@ static int reference(const msg_spec *msgs, int n_msgs, int generate_image, int m
     CHECK_GOTO(mm_tokenizer_load(tok_path, &tok), s, out);
     CHECK_GOTO(mm_llama_load(paths.llm, be, 0, -1, MM_LLAMA_EMBED | MM_LLAMA_HEAD, &llm), s, out);
     CHECK_GOTO(mm_metamorph_load(paths.llm, llm, tok, &mm), s, out);
-    CHECK_GOTO(mm_siglip_load(paths.vision, be, &sig), s, out);
+    CHECK_GOTO(mm_vision_tower_load(root, be, &vt), s, out);
+    mm_siglip *sig = vt.sig;
     mm_chat_message cm[MAX_MSGS];
     for (int i = 0; i < n_msgs; i++) {
         mm_content_part parts[MAX_PARTS];
@@ -408,7 +409,7 @@ out:
     mm_kv_cache_free(kv);
     for (int i = 0; i < n_msgs; i++) free(texts[i]);
     free(ids), free(pix), free(vis);
-    mm_siglip_free(sig);
+    mm_vision_tower_free(&vt);
     mm_metamorph_free(mm);
     mm_llama_free(llm);
     mm_tokenizer_free(tok);
@@ -554,8 +555,15 @@ static int test_bad(const char *coord, const char *stage) {
     expect_code(&s, "100000 x 100000 pixels", &big, 1, raw, 3, "100000x100000, over the 4096x4096 limit");
     msg_spec many = {"user", {"#4", "#4", "#4", "three images"}};
     expect_code(&s, "too many images", &many, 1, raw, 3, "3 images, at most 2");
-    msg_spec fake = {"user", {"<image_start><image_end> no image here"}};
-    expect_code(&s, "image markers in the text", &fake, 1, raw, 3, "<image_start><image_end> markers");
+    msg_spec fake = {"user", {"<image> no image here"}};
+    expect_code(&s, "an image marker in the text", &fake, 1, raw, 3, "<image> markers");
+    /* as the reference's tokenizer_image_token, only "<image>" marks an image: the
+     * start/end tokens side by side in a text are text */
+    msg_spec pair = {"user", {"<image_start><image_end> no image here"}};
+    static img_result p0;
+    call(&s, &pair, 1, 0, 4, 0, &p0);
+    EXPECT(p0.code == 0 && p0.n_ids == 4, "<image_start><image_end> in a text: %d %s", p0.code, p0.msg);
+    result_free(&p0);
     /* still serving images correctly afterwards */
     msg_spec good = {"user", {"@rgb_37x23.png", "What is this?"}};
     static img_result a, b;
@@ -573,14 +581,65 @@ static int test_bad(const char *coord, const char *stage) {
     return 0;
 }
 
+/* mm_vision_select_layer through the service (the encoder pool's mm-encoder): the
+ * reference's answers of tests/golden/select_layer/ (a 4-layer SigLIP, select layer -2
+ * and 1), each unlike the last layer's, for the service on a model root whose config
+ * names that layer. */
+static int test_select(const char *coord, const char *stage) {
+    char path[1200], line[1 << 15];
+    snprintf(path, sizeof path, "%s/tests/golden/select_layer/golden.jsonl", getenv("MM_SOURCE_DIR"));
+    FILE *f = fopen(path, "r");
+    EXPECT(f != NULL, "%s", path);
+    int n = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        json_t *row = json_loads(line, 0, NULL);
+        const char *file = json_string_value(json_array_get(json_object_get(row, "images"), 0));
+        if (!row || !file || strcmp(file, "images/rgb_300x211.png")) { /* one image per layer is enough here */
+            json_decref(row);
+            continue;
+        }
+        int layer = (int)json_integer_value(json_object_get(row, "select_layer"));
+        json_t *parts = json_object_get(json_array_get(json_object_get(row, "messages"), 0), "content");
+        const char *text = json_string_value(json_object_get(json_array_get(parts, 1), "text"));
+        char root[256], vision[1200], cmd[400];
+        snprintf(vision, sizeof vision, "%s/tests/golden/select_layer/vision", getenv("MM_SOURCE_DIR"));
+        EXPECT(text && mm_test_model_root(vision, layer, root, sizeof root) == 0, "layer %d: model root", layer);
+        svc_model = root;
+        mm_service s;
+        EXPECT(svc_start(&s, coord, stage, 1, "") == 0, "start on select layer %d", layer);
+        if (s.cl) {
+            msg_spec m = {"user", {"@rgb_300x211.png", text}};
+            static img_result r;
+            int max_new = (int)json_integer_value(json_object_get(row, "max_new_tokens"));
+            call(&s, &m, 1, 0, max_new, 0, &r);
+            EXPECT(r.code == 0 && mm_test_ids_equal(json_object_get(row, "greedy_ids"), r.ids, (size_t)r.n_ids),
+                   "select layer %d: the service's ids differ from the reference (%d %s)", layer, r.code, r.msg);
+            EXPECT(!mm_test_ids_equal(json_object_get(row, "last_layer_ids"), r.ids, (size_t)r.n_ids),
+                   "select layer %d: the last layer's answer", layer);
+            result_free(&r);
+            int stc = svc_stop(&s);
+            EXPECT(WIFEXITED(stc) && WEXITSTATUS(stc) == 0, "clean stop (status %d)", stc);
+        }
+        svc_model = NULL;
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+        EXPECT(system(cmd) == 0, "%s", cmd);
+        json_decref(row);
+        n++;
+    }
+    if (f) fclose(f);
+    EXPECT(n == 2, "%d select-layer cases", n);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     if (argc >= 6 && !strcmp(argv[1], "understand")) test_understand(atoi(argv[2]), argv[3], argv[4], argv[5]);
     else if (argc >= 7 && !strcmp(argv[1], "generate")) test_generate(atoi(argv[2]), argv[3], argv[4], argv[5], argv[6]);
     else if (argc >= 4 && !strcmp(argv[1], "mixed")) test_mixed(argv[2], argv[3]);
     else if (argc >= 4 && !strcmp(argv[1], "bad")) test_bad(argv[2], argv[3]);
+    else if (argc >= 4 && !strcmp(argv[1], "select")) test_select(argv[2], argv[3]);
     else {
-        fprintf(stderr, "usage: test_images understand|generate|mixed|bad ...\n");
+        fprintf(stderr, "usage: test_images understand|generate|mixed|bad|select ...\n");
         return 2;
     }
     return mm_test_finish(argv[1]);

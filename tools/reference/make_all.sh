@@ -37,4 +37,5 @@ fi
 "$PYTHON" "$here/make_tiny_vision.py"   # before make_tiny_model.py, which reads its goldens
 "$PYTHON" "$here/make_decoder_goldens.py" # before make_tiny_model.py, which lists assets/tiny/decoder
 "$PYTHON" "$here/make_tiny_model.py"
+"$PYTHON" "$here/make_select_layer_goldens.py" # after make_tiny_model.py: it reads assets/tiny/llm
 echo "make_all: done"

@@ -48,13 +48,14 @@ SELECT_LAYERS = (-2, 0)
 SELECT_IMAGES = ("rgb_37x23", "baseline_45x33")
 
 
-def make_siglip():
-    cfg = SiglipVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+def build_siglip(num_hidden_layers=2, seed=7):
+    """The tiny SigLIP's shape with num_hidden_layers layers, seeded weights (not saved)."""
+    cfg = SiglipVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=num_hidden_layers,
                              num_attention_heads=4, num_channels=3, image_size=SIZE, patch_size=14,
                              hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, attention_dropout=0.0)
-    torch.manual_seed(7)
+    torch.manual_seed(seed)
     model = SiglipVisionModel(cfg).eval()
-    g = torch.Generator().manual_seed(7)
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
             if "norm" in name and name.endswith("weight"):
@@ -65,12 +66,21 @@ def make_siglip():
                 fan_in = p[0].numel() if p.dim() > 1 else p.numel()
                 std = 0.2 if "position_embedding" in name else 1.0 / fan_in ** 0.5
                 p.copy_(std * torch.randn(p.shape, generator=g))
-    model.save_pretrained(VISION, safe_serialization=True)
+    return model
+
+
+def save_siglip(model, out_dir):
+    """Writes model + its SiglipImageProcessor to out_dir; returns them read back."""
+    model.save_pretrained(out_dir, safe_serialization=True)
     proc = SiglipImageProcessor(do_resize=True, size={"height": SIZE, "width": SIZE}, resample=3,
                                 do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
                                 image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
-    proc.save_pretrained(VISION)
-    return SiglipVisionModel.from_pretrained(VISION, dtype=torch.float32).eval(), proc
+    proc.save_pretrained(out_dir)
+    return SiglipVisionModel.from_pretrained(out_dir, dtype=torch.float32).eval(), proc
+
+
+def make_siglip():
+    return save_siglip(build_siglip(), VISION)
 
 
 # ---------------------------------------------------------------- images
