@@ -156,6 +156,14 @@ mm_dtype mm_llama_kv_dtype(const mm_llama *m) {
     return MM_DTYPE_F32;
 }
 
+mm_status mm_llama_kv_dtype_parse(const mm_llama *m, const char *name, mm_dtype *out) {
+    if (!strcmp(name, "auto")) *out = mm_llama_kv_dtype(m);
+    else if (!strcmp(name, "f32")) *out = MM_DTYPE_F32;
+    else if (!strcmp(name, "bf16")) *out = MM_DTYPE_BF16;
+    else return MM_ERROR(MM_ERR_INVALID, "kv_dtype \"%s\" (auto, f32, bf16)", name);
+    return MM_OK;
+}
+
 int mm_llama_is_eos(const mm_llama_config *cfg, int32_t id) {
     for (int i = 0; i < cfg->n_eos; i++)
         if (cfg->eos_ids[i] == id) return 1;

@@ -141,6 +141,10 @@ mm_status mm_llama_eval_embeds(mm_llama *m, mm_kv_cache *kv, mm_llama_seq *const
 /* The KV cache dtype that matches the checkpoint: BF16 when its layer weights are bf16
  * (transformers keeps K/V in the model dtype), F32 otherwise. */
 mm_dtype mm_llama_kv_dtype(const mm_llama *m);
+/* The KV cache dtype a kv_dtype setting names: "auto" (mm_llama_kv_dtype: the model's
+ * dtype, as transformers and vLLM's kv_cache_dtype "auto"; f16 checkpoints get f32, the
+ * cache has no f16), "f32" or "bf16". INVALID for anything else. */
+mm_status mm_llama_kv_dtype_parse(const mm_llama *m, const char *name, mm_dtype *out);
 
 /* Is id one of the config's EOS ids? */
 int mm_llama_is_eos(const mm_llama_config *cfg, int32_t id);

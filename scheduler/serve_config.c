@@ -53,6 +53,7 @@ static const str_tunable STR_TUNABLES[] = {
     {"model", offsetof(mm_serve_config, model), sizeof(((mm_serve_config *)0)->model), "assets/tiny"},
     {"listen", offsetof(mm_serve_config, listen), sizeof(((mm_serve_config *)0)->listen), "127.0.0.1:50051"},
     {"backend", offsetof(mm_serve_config, backend), sizeof(((mm_serve_config *)0)->backend), "cpu"},
+    {"kv_dtype", offsetof(mm_serve_config, kv_dtype), sizeof(((mm_serve_config *)0)->kv_dtype), "auto"},
     {"hostfile", offsetof(mm_serve_config, hostfile), sizeof(((mm_serve_config *)0)->hostfile), ""},
     {"encode_bind", offsetof(mm_serve_config, encode_bind), sizeof(((mm_serve_config *)0)->encode_bind), "tcp://127.0.0.1:50052"},
     {"decode_bind", offsetof(mm_serve_config, decode_bind), sizeof(((mm_serve_config *)0)->decode_bind), "tcp://127.0.0.1:50053"},
@@ -89,6 +90,9 @@ static mm_status load_key(const char *path, const char *key, json_t *v, mm_serve
         if (!json_is_string(v)) return MM_ERROR(MM_ERR_FORMAT, "%s: \"%s\" must be a string", path, key);
         if (strlen(json_string_value(v)) >= t->cap)
             return MM_ERROR(MM_ERR_INVALID, "%s: \"%s\" is longer than %zu bytes", path, key, t->cap - 1);
+        const char *sv = json_string_value(v);
+        if (!strcmp(key, "kv_dtype") && strcmp(sv, "auto") && strcmp(sv, "f32") && strcmp(sv, "bf16"))
+            return MM_ERROR(MM_ERR_INVALID, "%s: \"kv_dtype\" = \"%s\" (auto, f32, bf16)", path, sv);
         snprintf((char *)c + t->offset, t->cap, "%s", json_string_value(v));
         return MM_OK;
     }

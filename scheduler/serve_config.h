@@ -14,6 +14,7 @@ typedef struct {
     char model[4096];          /* model root (metamorph.json) or an HF LLaMA directory */
     char listen[256];          /* gRPC address, "host:port" */
     char backend[32];          /* compute backend of the stages: "cpu", "cpu-ref", "cuda" */
+    char kv_dtype[8];          /* KV cache type: "auto" (the checkpoint's dtype), "f32", "bf16" */
     char hostfile[1024];       /* deploy/launch.sh: MPICH hostfile, "" = this host only */
     int32_t threads;           /* backend threads per stage, 0 = all cores */
     int32_t kv_blocks;         /* KV blocks per stage (each stage: its own layers) */

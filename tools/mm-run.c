@@ -23,7 +23,7 @@
 #define MAX_IMAGES 16
 
 typedef struct {
-    const char *model, *prompt, *backend, *visual_out;
+    const char *model, *prompt, *backend, *visual_out, *kv_dtype;
     const char *images[MAX_IMAGES];
     int n_images, generate_image;
     int max_tokens, top_k, threads, raw, print_ids;
@@ -43,6 +43,7 @@ static void usage(FILE *f) {
             "  --seed S            sampling seed (default 0)\n"
             "  --threads N         CPU threads (default: all cores)\n"
             "  --backend NAME      cpu (default) or cpu-ref\n"
+            "  --kv-dtype T        KV cache: auto (default: the checkpoint's dtype), f32 or bf16\n"
             "  --raw               no chat template: BOS + the prompt's tokens\n"
             "  --ids               print generated token ids (one line) instead of text\n"
             "  --image FILE        PNG/JPEG put before the prompt text (repeatable, MetaMorph models)\n"
@@ -61,8 +62,9 @@ static int parse_args(int argc, char **argv, run_args *a) {
         {"backend", required_argument, 0, 'b'},    {"raw", no_argument, 0, 'r'},
         {"ids", no_argument, 0, 'i'},              {"help", no_argument, 0, 'h'},
         {"image", required_argument, 0, 'I'},      {"generate-image", no_argument, 0, 'G'},
-        {"visual-tokens-out", required_argument, 0, 'V'}, {0, 0, 0, 0}};
-    *a = (run_args){.backend = "cpu", .max_tokens = 256, .top_p = 1.0f};
+        {"visual-tokens-out", required_argument, 0, 'V'}, {"kv-dtype", required_argument, 0, 'K'},
+        {0, 0, 0, 0}};
+    *a = (run_args){.backend = "cpu", .kv_dtype = "auto", .max_tokens = 256, .top_p = 1.0f};
     int c;
     char *end;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -87,6 +89,7 @@ static int parse_args(int argc, char **argv, run_args *a) {
             break;
         case 'G': a->generate_image = 1; break;
         case 'V': a->visual_out = optarg; break;
+        case 'K': a->kv_dtype = optarg; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return -1;
         }
@@ -237,8 +240,10 @@ static mm_status run(const run_args *a) {
         s = MM_ERROR(MM_ERR_INVALID, "prompt has %lld rows, the context is %d", (long long)rows, cfg->max_pos);
         goto out;
     }
+    mm_dtype kv_dtype;
+    CHECK_GOTO(mm_llama_kv_dtype_parse(m, a->kv_dtype, &kv_dtype), s, out);
     CHECK_GOTO(mm_kv_cache_init_typed(be, cfg->n_layers, mm_kv_cache_blocks_for(total, 16), 16, cfg->n_kv_heads,
-                                      cfg->head_dim, mm_llama_kv_dtype(m), &kv), s, out);
+                                      cfg->head_dim, kv_dtype, &kv), s, out);
     logits = malloc((size_t)cfg->vocab_size * sizeof *logits);
     CHECK_GOTO(CHECK_ALLOC(logits), s, out);
 

@@ -45,8 +45,10 @@ mm_status mm_stage_init(const mm_serve_config *cfg, int32_t layer_begin, int32_t
     int parts = (first ? MM_LLAMA_EMBED : 0) | (last ? MM_LLAMA_HEAD : 0);
     CHECK_GOTO(mm_llama_load(paths.llm, st->be, layer_begin, layer_end, parts, &st->llm), s, fail);
     const mm_llama_config *c = &st->llm->cfg;
-    CHECK_GOTO(mm_kv_cache_init(st->be, layer_end - layer_begin, cfg->kv_blocks, cfg->kv_block_size, c->n_kv_heads,
-                                c->head_dim, &st->kv), s, fail);
+    mm_dtype kv_dtype;
+    CHECK_GOTO(mm_llama_kv_dtype_parse(st->llm, cfg->kv_dtype, &kv_dtype), s, fail);
+    CHECK_GOTO(mm_kv_cache_init_typed(st->be, layer_end - layer_begin, cfg->kv_blocks, cfg->kv_block_size,
+                                      c->n_kv_heads, c->head_dim, kv_dtype, &st->kv), s, fail);
     if ((first || last) && mm_metamorph_is_checkpoint(paths.llm)) CHECK_GOTO(metamorph_load(st, paths.llm), s, fail);
     *out = st;
     return MM_OK;
