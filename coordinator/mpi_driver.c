@@ -20,7 +20,25 @@ struct mm_mpi_driver {
     int32_t visual_dim;
     plan_send *sends;  /* plans whose Isends have not all completed */
     int n_sends, cap_sends;
+    int64_t unanswered; /* plans sent whose result has not come back */
+    struct timespec last_idle_poll;
 };
+
+/* With no plan out, only a stage's last statistics can still arrive: MPI is polled
+ * every IDLE_POLL_MS then, not at every turn of the scheduler loop (each poll runs
+ * MPI's progress engine, ~20-40 us here: most of an idle coordinator's CPU). */
+#define IDLE_POLL_MS 100
+
+static int idle_poll_due(mm_mpi_driver *d) {
+    if (d->unanswered > 0 || d->n_sends > 0) return 1;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    double ms = (double)(now.tv_sec - d->last_idle_poll.tv_sec) * 1e3 +
+                (double)(now.tv_nsec - d->last_idle_poll.tv_nsec) * 1e-6;
+    if (ms < IDLE_POLL_MS) return 0;
+    d->last_idle_poll = now;
+    return 1;
+}
 
 mm_status mm_driver_init(int n_stages, mm_mpi_driver **out) {
     if (n_stages < 1 || n_stages > MM_MAX_STAGES)
@@ -99,6 +117,7 @@ mm_status mm_driver_send_plan(mm_mpi_driver *d, uint8_t *buf, size_t len) {
         return MM_ERROR(MM_ERR_NOMEM, "plan requests");
     }
     d->n_sends++;
+    d->unanswered++;
     if (len > (size_t)INT32_MAX) return MM_ERROR(MM_ERR_INVALID, "step plan of %zu bytes", len);
     for (int k = 0; k < d->P; k++)
         CHECK(MPI_CHECK(MPI_Isend(buf, (int)len, MPI_BYTE, k + 1, MM_TAG_PLAN, MPI_COMM_WORLD, &ps->reqs[k])));
@@ -124,6 +143,7 @@ static mm_status progress_sends(mm_mpi_driver *d) {
 
 mm_status mm_driver_poll(mm_mpi_driver *d, Metamorph__Internal__StepResult **res) {
     *res = NULL;
+    if (!idle_poll_due(d)) return MM_OK;
     CHECK(progress_sends(d));
     uint8_t *buf;
     size_t len;
@@ -142,6 +162,7 @@ mm_status mm_driver_poll(mm_mpi_driver *d, Metamorph__Internal__StepResult **res
     }
     CHECK(mm_mpi_poll_msg(MPI_ANY_SOURCE, MM_TAG_RESULT, &buf, &len, &st, &got));
     if (!got) return MM_OK;
+    if (d->unanswered > 0) d->unanswered--; /* a failed step may answer twice */
     *res = metamorph__internal__step_result__unpack(NULL, len, buf);
     free(buf);
     if (!*res) return MM_ERROR(MM_ERR_FORMAT, "undecodable step result from rank %d", st.MPI_SOURCE);

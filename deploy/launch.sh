@@ -6,52 +6,143 @@
 # worker that dies is started again too (the coordinator re-dispatches its jobs). Either
 # one that keeps dying within RESTART_QUICK_S of its start waits twice as long each time,
 # up to RESTART_MAX_MS, so a broken setup does not spin; a long run resets the delay.
+# A permanent error is not retried: before every start `mm-coordinator --check` validates
+# the config and the model files, and a worker that cannot load its model exits 78; the
+# launcher then stops everything and exits 78 (EX_CONFIG) with the message.
+# Nothing outlives the launcher, even when it is SIGKILLed: mpiexec and the worker
+# supervisors run with a parent-death signal (setpriv --pdeathsig), the ranks and the
+# workers ask for one themselves (common/runtime.h, MM_SUPERVISED).
+# Pool workers run only for the parts the model has (an HF LLaMA directory: none).
 # SIGINT/SIGTERM stop it all cleanly (the coordinator fails in-flight requests with
 # UNAVAILABLE, stops the stages, exits 0; workers say BYE and exit).
 #
-# usage: deploy/launch.sh CONFIG.json [--once]
-# config keys used here (the rest are the service's own, scheduler/serve_config.c):
-#   "stages": P (default 1), "hostfile": MPICH hostfile (default: this host only, fork
-#   launcher), "restart_delay_ms" (default 1000), "encoders" / "decoders": pool workers
-#   to run on this host (default 1 each; workers on other hosts join by themselves:
-#   mm-encoder --model DIR --connect tcp://COORDINATOR:50052), "worker_threads" (0 = all
-#   cores), "model", "encode_bind", "decode_bind". MM_BIN_DIR overrides build/.
+# usage: deploy/launch.sh CONFIG.json [--once] [--dry-run] [--hostfile FILE] [--stages P]
+#   --once      do not restart the job; exit with its status
+#   --dry-run   check the config and the model, print the commands, start nothing
+#   --hostfile, --stages  override the config's (deploy/slurm/metamorph.sbatch uses them)
+# config keys used here (all are the service's, scheduler/serve_config.c; see README):
+#   "stages", "hostfile" (default: this host only, fork launcher), "restart_delay_ms",
+#   "encoders" / "decoders" (pool workers on this host; workers on other hosts join by
+#   themselves: mm-encoder --model DIR --connect tcp://COORDINATOR:50052),
+#   "worker_threads", "model", "encode_bind", "decode_bind". MM_BIN_DIR overrides build/.
 set -uo pipefail
-
-cfg=${1:?usage: deploy/launch.sh CONFIG.json [--once]}
-once=0
-[[ ${2:-} == --once ]] && once=1
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${MM_BIN_DIR:-$here/build}
-py=/usr/bin/python3
-[[ -x $py ]] || py=python3
-read -r P hostfile delay_ms n_enc n_dec wthreads model enc_ep dec_ep < <("$py" -c '
-import json, sys
-c = json.load(open(sys.argv[1]))
-def local(ep):  # a bind address as seen by a worker on this host
-    return (ep.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:") or "-")
-print(c.get("stages", 1), c.get("hostfile", "") or "-", c.get("restart_delay_ms", 1000),
-      c.get("encoders", 1), c.get("decoders", 1), c.get("worker_threads", 0), c.get("model", "assets/tiny"),
-      local(c.get("encode_bind", "tcp://127.0.0.1:50052")), local(c.get("decode_bind", "tcp://127.0.0.1:50053")))' "$cfg") || {
-  echo "launch: cannot read $cfg" >&2; exit 2; }
-
-if [[ $hostfile == - ]]; then
-  where=(-launcher fork -hosts localhost)
-else
-  where=(-f "$hostfile")
-fi
-# -disable-auto-cleanup: a dead stage must not take the coordinator down at once; it
-# answers UNAVAILABLE / NOT_SERVING and then aborts the job itself.
-cmd=(mpiexec "${where[@]}" -disable-auto-cleanup
-     -n 1 "$bin/coordinator/mm-coordinator" "$cfg" : -n "$P" "$bin/worker/mm-stage" "$cfg")
-
+EXIT_CONFIG=78
 RESTART_QUICK_S=10
 RESTART_MAX_MS=30000
 # next_delay DELAY_MS: the wait after a further quick death (doubled, capped)
 next_delay() { echo $(($1 * 2 > RESTART_MAX_MS ? RESTART_MAX_MS : $1 * 2)); }
 ms_to_s() { awk "BEGIN {print $1 / 1000}"; }
+# a parent-death signal for what we start, where util-linux has it
+pdeath=()
+setpriv --help 2>/dev/null | grep -q pdeathsig && pdeath=(setpriv --pdeathsig TERM --)
+export MM_SUPERVISED=1
 
-stop=0
+# --- one pool worker, restarted when it dies: `launch.sh --supervise-worker KIND ENDPOINT
+# INDEX` (started by the launcher itself, so that it can carry a parent-death signal)
+if [[ ${1:-} == --supervise-worker ]]; then
+  kind=$2 ep=$3 name=$2-$(hostname)-$4 child= delay=$MM_LAUNCH_DELAY_MS
+  trap '[[ -n $child ]] && { kill -TERM "$child" 2>/dev/null; wait "$child"; }; exit 0' TERM INT
+  while :; do
+    started=$SECONDS
+    "$bin/worker/mm-$kind" --model "$MM_LAUNCH_MODEL" --connect "$ep" --threads "$MM_LAUNCH_THREADS" --name "$name" &
+    child=$!
+    wait "$child"
+    rc=$?
+    if ((rc == EXIT_CONFIG)); then
+      echo "launch: $name cannot load the model (exit $rc): not restarting" >&2
+      kill -USR1 "$PPID" 2>/dev/null  # the launcher stops everything
+      exit "$rc"
+    fi
+    ((SECONDS - started >= RESTART_QUICK_S)) && delay=$MM_LAUNCH_DELAY_MS
+    echo "launch: $name exited with $rc, restarting in $(ms_to_s "$delay") s" >&2
+    sleep "$(ms_to_s "$delay")" & child=$!
+    wait "$child"  # a signal ends the wait at once (and the trap ends the sleep)
+    delay=$(next_delay "$delay")
+  done
+fi
+
+usage="usage: deploy/launch.sh CONFIG.json [--once] [--dry-run] [--hostfile FILE] [--stages P]"
+cfg=${1:?$usage}
+shift
+once=0 dry=0 hostfile_arg= stages_arg=
+while (($#)); do
+  case $1 in
+    --once) once=1 ;;
+    --dry-run) dry=1 ;;
+    --hostfile) hostfile_arg=${2:?$usage}; shift ;;
+    --stages) stages_arg=${2:?$usage}; shift ;;
+    *) echo "$usage" >&2; exit 2 ;;
+  esac
+  shift
+done
+py=/usr/bin/python3
+[[ -x $py ]] || py=python3
+
+# check_config: validates the config and the model (the coordinator's own check, with
+# the environment's overrides) and sets the settings below; fails on a permanent error.
+check_config() {
+  local out rc
+  out=$("$bin/coordinator/mm-coordinator" --check "$cfg")
+  rc=$?
+  if ((rc)); then
+    echo "launch: $cfg: permanent error (mm-coordinator --check exit $rc), not starting" >&2
+    return "$rc"
+  fi
+  read -r P hostfile delay_ms n_enc n_dec wthreads model enc_ep dec_ep vision decoder < <("$py" -c '
+import json, sys
+j = json.load(sys.stdin); c, parts = j["config"], j["parts"]
+def local(ep):  # a bind address as seen by a worker on this host
+    return (ep.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:") or "-")
+print(c["stages"], c["hostfile"] or "-", c["restart_delay_ms"], c["encoders"], c["decoders"], c["worker_threads"],
+      c["model"], local(c["encode_bind"]), local(c["decode_bind"]), parts["vision"] or "-", parts["decoder"] or "-")' \
+    <<<"$out") || { echo "launch: cannot read the checked config of $cfg" >&2; return 2; }
+  [[ -n $stages_arg ]] && P=$stages_arg
+  [[ -n $hostfile_arg ]] && hostfile=$hostfile_arg
+  if [[ $hostfile == - ]]; then
+    where=(-launcher fork -hosts localhost)
+  else
+    where=(-f "$hostfile")
+  fi
+  # -disable-auto-cleanup: a dead stage must not take the coordinator down at once; it
+  # answers UNAVAILABLE / NOT_SERVING and then aborts the job itself.
+  cmd=(mpiexec "${where[@]}" -disable-auto-cleanup
+       -n 1 "$bin/coordinator/mm-coordinator" "$cfg" : -n "$P" "$bin/worker/mm-stage" "$cfg")
+}
+check_config || exit
+export MM_LAUNCH_MODEL=$model MM_LAUNCH_THREADS=$wthreads MM_LAUNCH_DELAY_MS=$delay_ms MM_BIN_DIR=$bin
+
+# The pools the model has and the config binds; their workers on this host.
+pools=()
+if [[ $vision == - ]]; then
+  echo "launch: $model has no vision part: no encoder workers (image inputs are refused)" >&2
+elif [[ $enc_ep == - ]]; then
+  echo "launch: encode_bind is \"\": no encoder workers" >&2
+else
+  for ((k = 0; k < n_enc; k++)); do pools+=("encoder $enc_ep $k"); done
+fi
+if [[ $decoder == - ]]; then
+  echo "launch: $model has no decoder part: no decoder workers (images are generated as tokens only)" >&2
+elif [[ $dec_ep == - ]]; then
+  echo "launch: decode_bind is \"\": no decoder workers" >&2
+else
+  for ((k = 0; k < n_dec; k++)); do pools+=("decoder $dec_ep $k"); done
+fi
+
+if ((dry)); then
+  printf 'launch: dry run: job:'; printf ' %q' "${cmd[@]}"; printf '\n'
+  [[ $hostfile != - ]] && echo "launch: dry run: hostfile $hostfile: $(tr '\n' ' ' < "$hostfile")"
+  for w in "${pools[@]}"; do
+    read -r kind ep k <<<"$w"
+    printf 'launch: dry run: worker:'
+    printf ' %q' "$bin/worker/mm-$kind" --model "$model" --connect "$ep" --threads "$wthreads" --name "$kind-$(hostname)-$k"
+    printf '\n'
+  done
+  exit 0
+fi
+
+stop=0 permanent=0
 pid=
 workers=()
 on_signal() {
@@ -60,44 +151,40 @@ on_signal() {
   ((${#workers[@]})) && kill -TERM "${workers[@]}" 2>/dev/null
 }
 trap on_signal INT TERM
-
-# One pool worker, restarted when it dies until the launcher stops.
-supervise_worker() {  # KIND ENDPOINT INDEX
-  local bin=$bin/worker/mm-$1 name=$1-$(hostname)-$3 child= delay=$delay_ms started rc
-  trap '[[ -n $child ]] && { kill -TERM "$child" 2>/dev/null; wait "$child"; }; exit 0' TERM INT
-  while :; do
-    started=$SECONDS
-    "$bin" --model "$model" --connect "$2" --threads "$wthreads" --name "$name" &
-    child=$!
-    wait "$child"
-    rc=$?
-    ((SECONDS - started >= RESTART_QUICK_S)) && delay=$delay_ms
-    echo "launch: $name exited with $rc, restarting in $(ms_to_s "$delay") s" >&2
-    sleep "$(ms_to_s "$delay")" & child=$!
-    wait "$child"  # a signal ends the wait at once (and the trap ends the sleep)
-    delay=$(next_delay "$delay")
-  done
-}
-if [[ $enc_ep != - ]]; then
-  for ((k = 0; k < n_enc; k++)); do supervise_worker encoder "$enc_ep" "$k" & workers+=($!); done
-fi
-if [[ $dec_ep != - ]]; then
-  for ((k = 0; k < n_dec; k++)); do supervise_worker decoder "$dec_ep" "$k" & workers+=($!); done
-fi
-((${#workers[@]})) && echo "launch: ${#workers[@]} pool workers (encoders $n_enc on $enc_ep, decoders $n_dec on $dec_ep)" >&2
+trap 'permanent=1; on_signal' USR1  # a worker cannot load its model
+for w in "${pools[@]}"; do
+  read -r kind ep k <<<"$w"
+  "${pdeath[@]}" bash "$here/deploy/launch.sh" --supervise-worker "$kind" "$ep" "$k" &
+  workers+=($!)
+done
+((${#workers[@]})) && echo "launch: ${#workers[@]} pool workers (encoders on $enc_ep, decoders on $dec_ep)" >&2
 stop_workers() {
   ((${#workers[@]})) || return 0
   kill -TERM "${workers[@]}" 2>/dev/null
   wait "${workers[@]}" 2>/dev/null
 }
+# end RC MESSAGE: stops the workers and exits (78 after a worker's permanent error)
+end() {
+  stop_workers
+  if ((permanent)); then
+    echo "launch: stopped: a pool worker cannot load the model (see above)" >&2
+    exit "$EXIT_CONFIG"
+  fi
+  echo "launch: $2" >&2
+  exit "$1"
+}
 
 starts=0
 delay=$delay_ms
 while :; do
+  ((stop)) && end 0 "stopped (before start)"
   starts=$((starts + 1))
+  if ((starts > 1)); then
+    check_config || { rc=$?; stop_workers; exit "$rc"; }
+  fi
   started=$SECONDS
   echo "launch: start #$starts: ${cmd[*]}" >&2
-  "${cmd[@]}" &
+  "${pdeath[@]}" "${cmd[@]}" &
   pid=$!
   rc=0
   while kill -0 "$pid" 2>/dev/null; do  # wait returns early when a signal arrives
@@ -105,17 +192,13 @@ while :; do
     rc=$?
   done
   pid=
-  if ((stop)); then
-    stop_workers
-    echo "launch: stopped (job exit $rc)" >&2
-    exit 0
-  fi
-  ((once)) && { echo "launch: job exited with $rc" >&2; stop_workers; exit "$rc"; }
+  ((stop)) && end 0 "stopped (job exit $rc)"
+  ((once)) && end "$rc" "job exited with $rc"
   ((SECONDS - started >= RESTART_QUICK_S)) && delay=$delay_ms
   echo "launch: job exited with $rc, starting it again in $(ms_to_s "$delay") s" >&2
   sleep "$(ms_to_s "$delay")" &
   wait $! 2>/dev/null
   kill $! 2>/dev/null  # a signal ended the wait: the sleep is not needed any more
   delay=$(next_delay "$delay")
-  ((stop)) && { stop_workers; echo "launch: stopped (between restarts)" >&2; exit 0; }
+  ((stop)) && end 0 "stopped (between restarts)"
 done

@@ -5,41 +5,43 @@
 #include <jansson.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct {
     const char *key;
     size_t offset;
     int64_t def, min, max;
+    const char *doc; /* one line for --print-config and the README reference */
 } int_tunable;
 
-#define T(field, def, min, max) {#field, offsetof(mm_serve_config, field), def, min, max}
+#define T(field, def, min, max, doc) {#field, offsetof(mm_serve_config, field), def, min, max, doc}
 static const int_tunable INT_TUNABLES[] = {
-    T(threads, 0, 0, 1024),
-    T(kv_blocks, 1024, 1, 1 << 24),
-    T(kv_block_size, 16, 16, 16), /* fixed by the design: one block table serves all stages */
-    T(max_batch_tokens, 256, 1, 1 << 20),
-    T(max_batch_seqs, 64, 1, 4096),
-    T(max_queue, 256, 1, 1 << 20),
-    T(max_new_tokens, 256, 1, 1 << 20),
-    T(max_images, 4, 0, 64),
-    T(max_receive_mb, 64, 1, 2047),
-    T(max_stop_strings, 8, 0, 64),
-    T(stage_timeout_ms, 60000, 100, 1 << 30),
-    T(fail_exit_ms, 2000, 0, 1 << 30),
-    T(stages, 1, 1, MM_MAX_STAGES),
-    T(encoders, 1, 0, 256),
-    T(decoders, 1, 0, 256),
-    T(worker_threads, 0, 0, 1024),
-    T(restart_delay_ms, 1000, 0, 1 << 30),
-    T(pool_heartbeat_ms, 500, 10, 60000),
-    T(pool_liveness, 4, 2, 1000),
-    T(pool_job_timeout_ms, 600000, 100, 1 << 30),
-    T(pool_max_message_mb, 64, 1, 2047),
-    T(embed_cache_mb, 256, 0, 1 << 20),
-    T(image_steps, 50, 1, 1000),
-    T(http_max_body_mb, 96, 1, 2047),
-    T(http_max_connections, 256, 1, 65536),
+    T(threads, 0, 0, 1024, "backend threads per stage, 0 = all cores"),
+    T(kv_blocks, 1024, 1, 1 << 24, "KV cache blocks per stage (each stage holds its own layers)"),
+    T(kv_block_size, 16, 16, 16, "tokens per KV block (fixed: one block table serves all stages)"),
+    T(max_batch_tokens, 256, 1, 1 << 20, "per-step token budget (decodes + prefill chunks)"),
+    T(max_batch_seqs, 64, 1, 4096, "sequences in one micro-batch at most"),
+    T(max_queue, 256, 1, 1 << 20, "waiting requests at most; more get RESOURCE_EXHAUSTED"),
+    T(max_new_tokens, 256, 1, 1 << 20, "new tokens when a request does not say"),
+    T(max_images, 4, 0, 64, "image parts per request at most"),
+    T(max_receive_mb, 64, 1, 2047, "largest gRPC request in MiB (images)"),
+    T(max_stop_strings, 8, 0, 64, "stop strings per request at most"),
+    T(stage_timeout_ms, 60000, 100, 1 << 30, "a step in flight longer than this takes the pipeline down"),
+    T(fail_exit_ms, 2000, 0, 1 << 30, "after the pipeline went down, answer NOT_SERVING this long, then exit"),
+    T(stages, 1, 1, MM_MAX_STAGES, "launch.sh: pipeline stages P (mm-stage ranks)"),
+    T(encoders, 1, 0, 256, "launch.sh: mm-encoder workers on this host (more may join from others)"),
+    T(decoders, 1, 0, 256, "launch.sh: mm-decoder workers on this host (more may join from others)"),
+    T(worker_threads, 0, 0, 1024, "launch.sh: threads per pool worker, 0 = all cores"),
+    T(restart_delay_ms, 1000, 0, 1 << 30, "launch.sh: first pause before restarting a dead job or worker"),
+    T(pool_heartbeat_ms, 500, 10, 60000, "pool heartbeat period, both ways"),
+    T(pool_liveness, 4, 2, 1000, "heartbeats missed before a worker (or the coordinator) counts as dead"),
+    T(pool_job_timeout_ms, 600000, 100, 1 << 30, "a pool job unanswered this long on a live worker is sent elsewhere"),
+    T(pool_max_message_mb, 64, 1, 2047, "largest pool message in MiB (an image, its tokens, a PNG)"),
+    T(embed_cache_mb, 256, 0, 1 << 20, "visual tokens of recently seen images in MiB (LRU), 0 = off"),
+    T(image_steps, 50, 1, 1000, "diffusion steps when a request does not say"),
+    T(http_max_body_mb, 96, 1, 2047, "largest HTTP request body in MiB"),
+    T(http_max_connections, 256, 1, 65536, "HTTP connections at once (one thread each)"),
 };
 #undef T
 
@@ -47,20 +49,24 @@ typedef struct {
     const char *key;
     size_t offset, cap;
     const char *def;
+    const char *env; /* environment variable that overrides the file, or NULL */
+    const char *doc;
 } str_tunable;
 
+#define S(field, def, env, doc) {#field, offsetof(mm_serve_config, field), sizeof(((mm_serve_config *)0)->field), def, env, doc}
 static const str_tunable STR_TUNABLES[] = {
-    {"model", offsetof(mm_serve_config, model), sizeof(((mm_serve_config *)0)->model), "assets/tiny"},
-    {"listen", offsetof(mm_serve_config, listen), sizeof(((mm_serve_config *)0)->listen), "127.0.0.1:50051"},
-    {"backend", offsetof(mm_serve_config, backend), sizeof(((mm_serve_config *)0)->backend), "cpu"},
-    {"kv_dtype", offsetof(mm_serve_config, kv_dtype), sizeof(((mm_serve_config *)0)->kv_dtype), "auto"},
-    {"hostfile", offsetof(mm_serve_config, hostfile), sizeof(((mm_serve_config *)0)->hostfile), ""},
-    {"encode_bind", offsetof(mm_serve_config, encode_bind), sizeof(((mm_serve_config *)0)->encode_bind), "tcp://127.0.0.1:50052"},
-    {"decode_bind", offsetof(mm_serve_config, decode_bind), sizeof(((mm_serve_config *)0)->decode_bind), "tcp://127.0.0.1:50053"},
-    {"metrics_listen", offsetof(mm_serve_config, metrics_listen), sizeof(((mm_serve_config *)0)->metrics_listen), "127.0.0.1:9464"},
-    {"http_listen", offsetof(mm_serve_config, http_listen), sizeof(((mm_serve_config *)0)->http_listen), "127.0.0.1:8000"},
-    {"served_model_name", offsetof(mm_serve_config, served_model_name), sizeof(((mm_serve_config *)0)->served_model_name), ""},
+    S(model, "assets/tiny", "MM_MODEL", "model root (metamorph.json) or an HF LLaMA directory"),
+    S(listen, "127.0.0.1:50051", "MM_LISTEN", "gRPC API host:port"),
+    S(backend, "cpu", NULL, "compute backend of the stages: cpu, cpu-ref, cuda"),
+    S(kv_dtype, "auto", NULL, "KV cache type: auto (the checkpoint's, as transformers/vLLM: bf16 for bf16 weights, else f32), f32, bf16"),
+    S(hostfile, "", NULL, "launch.sh: MPICH hostfile, \"\" = this host only"),
+    S(encode_bind, "tcp://127.0.0.1:50052", NULL, "encoder pool endpoint (tcp://0.0.0.0:PORT for other hosts), \"\" = none"),
+    S(decode_bind, "tcp://127.0.0.1:50053", NULL, "decoder pool endpoint, \"\" = none"),
+    S(metrics_listen, "127.0.0.1:9464", NULL, "Prometheus /metrics, /healthz, /readyz host:port, \"\" = off"),
+    S(http_listen, "127.0.0.1:8000", NULL, "OpenAI-compatible HTTP API host:port, \"\" = off"),
+    S(served_model_name, "", NULL, "the model's id in the HTTP API, \"\" = the model directory's name"),
 };
+#undef S
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -129,7 +135,50 @@ mm_status mm_serve_config_load(const char *path, mm_serve_config *c) {
             if (s != MM_OK) break;
         }
     json_decref(root);
+    for (size_t i = 0; s == MM_OK && i < N_OF(STR_TUNABLES); i++) { /* the environment wins over the file */
+        const str_tunable *t = &STR_TUNABLES[i];
+        const char *v = t->env ? getenv(t->env) : NULL;
+        if (!v || !v[0]) continue;
+        if (strlen(v) >= t->cap) s = MM_ERROR(MM_ERR_INVALID, "%s is longer than %zu bytes", t->env, t->cap - 1);
+        else snprintf((char *)c + t->offset, t->cap, "%s", v);
+    }
     return s;
+}
+
+size_t mm_serve_config_n_tunables(void) { return N_OF(STR_TUNABLES) + N_OF(INT_TUNABLES) + 1; }
+
+/* v as JSON text into out (jansson escapes strings). */
+static void json_text(json_t *v, char *out, size_t cap) {
+    char *t = v ? json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+    snprintf(out, cap, "%s", t ? t : "null");
+    free(t);
+    json_decref(v);
+}
+
+void mm_serve_config_tunable(const mm_serve_config *c, size_t i, mm_serve_tunable *out) {
+    memset(out, 0, sizeof *out);
+    if (i < N_OF(STR_TUNABLES)) {
+        const str_tunable *t = &STR_TUNABLES[i];
+        out->key = t->key, out->doc = t->doc, out->env = t->env;
+        json_text(json_string((const char *)c + t->offset), out->value, sizeof out->value);
+        json_text(json_string(t->def), out->def, sizeof out->def);
+        return;
+    }
+    i -= N_OF(STR_TUNABLES);
+    if (i < N_OF(INT_TUNABLES)) {
+        const int_tunable *t = &INT_TUNABLES[i];
+        out->key = t->key, out->doc = t->doc;
+        snprintf(out->value, sizeof out->value, "%d", *(const int32_t *)((const char *)c + t->offset));
+        snprintf(out->def, sizeof out->def, "%lld", (long long)t->def);
+        return;
+    }
+    out->key = "stage_layers";
+    out->doc = "layers per stage, e.g. [10, 6]; [] = automatic split";
+    size_t n = snprintf(out->value, sizeof out->value, "[");
+    for (int32_t k = 0; k < c->n_stage_layers && n < sizeof out->value; k++)
+        n += snprintf(out->value + n, sizeof out->value - n, "%s%d", k ? ", " : "", c->stage_layers[k]);
+    if (n < sizeof out->value) snprintf(out->value + n, sizeof out->value - n, "]");
+    snprintf(out->def, sizeof out->def, "[]");
 }
 
 mm_status mm_serve_split_layers(const mm_serve_config *c, int32_t n_layers, int32_t n_stages, int32_t *begin,

@@ -4,6 +4,7 @@
 #ifndef MM_SERVE_CONFIG_H
 #define MM_SERVE_CONFIG_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "common/status.h"
@@ -52,8 +53,19 @@ typedef struct {
 
 /* Defaults for everything. */
 void mm_serve_config_defaults(mm_serve_config *c);
-/* Defaults, then the keys of the JSON object in path (NULL: defaults only). */
+/* Defaults, then the keys of the JSON object in path (NULL: defaults only), then the
+ * environment overrides (MM_MODEL, MM_LISTEN: see the table). */
 mm_status mm_serve_config_load(const char *path, mm_serve_config *c);
+/* One tunable as text, for mm-coordinator --print-config and the README reference:
+ * value (in the config given) and default as JSON text. */
+typedef struct {
+    const char *key, *doc;
+    const char *env; /* environment variable that overrides the file, NULL: none */
+    char value[4200], def[4200];
+} mm_serve_tunable;
+/* Number of tunables; mm_serve_config_tunable(c, i, t) for i below it fills t. */
+size_t mm_serve_config_n_tunables(void);
+void mm_serve_config_tunable(const mm_serve_config *c, size_t i, mm_serve_tunable *t);
 /* Splits n_layers over n_stages: begin[k], end[k] for k in [0, n_stages). Uses
  * c->stage_layers when given (must sum to n_layers), else an even split with the
  * remainder on the first stages. */

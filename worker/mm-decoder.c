@@ -87,12 +87,13 @@ int main(int argc, char **argv) {
     char dir[4096];
     mm_backend *be = NULL;
     mm_decoder *d = NULL;
-    int rc = 1;
+    int rc = MM_EXIT_CONFIG; /* loading fails only for the model files or the backend asked for */
     if (mm_model_part_dir(c.model, "decoder", dir, sizeof dir) != MM_OK ||
         mm_backend_init(c.backend, c.threads, &be) != MM_OK || mm_decoder_load(dir, be, &d) != MM_OK) {
         LOG_ERROR("mm-decoder: %s", mm_error_last());
         goto done;
     }
+    rc = 1;
     int32_t H, W;
     mm_decode_params def;
     mm_decode_params_default(&def);

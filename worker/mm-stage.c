@@ -135,6 +135,7 @@ static mm_status serve(mm_stage *st, int rank) {
 
 int main(int argc, char **argv) {
     mm_runtime_init(argv); /* before any OpenMP region: see common/runtime.h */
+    mm_runtime_die_with_parent(SIGKILL); /* an orphaned rank would hold its GPU forever */
     int rank = -1, size = 0;
     mm_status s = mm_mpi_init(&argc, &argv, &rank, &size);
     if (s != MM_OK) {

@@ -11,7 +11,7 @@ cat > "$dir/cfg.json" <<JSON
 {"model": "$src/assets/tiny", "listen": "127.0.0.1:$port", "threads": 1, "stages": 2,
  "fail_exit_ms": 500, "restart_delay_ms": 200, "worker_threads": 1, "image_steps": 10,
  "encode_bind": "tcp://127.0.0.1:$eport", "decode_bind": "tcp://127.0.0.1:$dport", "pool_heartbeat_ms": 100,
- "metrics_listen": "127.0.0.1:$mport"}
+ "metrics_listen": "127.0.0.1:$mport", "http_listen": ""}
 JSON
 MM_BIN_DIR=$build setsid "$src/deploy/launch.sh" "$dir/cfg.json" > "$dir/launch.log" 2>&1 &
 lpid=$!

@@ -11,6 +11,14 @@ for p in coordinator/mm-coordinator worker/mm-stage worker/mm-encoder worker/mm-
   printf '#!/bin/sh\nexit 3\n' > "$dir/bin/$p"
   chmod +x "$dir/bin/$p"
 done
+# the launcher's check of the config and the model passes (a model with an encoder part)
+cat > "$dir/bin/coordinator/mm-coordinator" <<'SH'
+#!/bin/sh
+[ "$1" = --check ] || exit 3
+echo '{"config": {"stages": 1, "hostfile": "", "restart_delay_ms": 100, "encoders": 1, "decoders": 0,
+ "worker_threads": 0, "model": "m", "encode_bind": "tcp://127.0.0.1:1", "decode_bind": ""},
+ "parts": {"llm": "m/llm", "vision": "m/vision", "decoder": ""}}'
+SH
 cat > "$dir/cfg.json" <<JSON
 {"model": "$src/assets/tiny", "stages": 1, "restart_delay_ms": 100, "encoders": 1, "decoders": 0,
  "encode_bind": "tcp://127.0.0.1:1"}
