@@ -164,7 +164,8 @@ mm_status mm_backend_cpu_ref_init(mm_backend **out) { return cpu_create(&cpu_ref
 mm_status mm_backend_cpu_init(int n_threads, mm_backend **out) {
     mm_backend *be = NULL;
     CHECK(cpu_create(&cpu_fast_ops, n_threads, &be));
-    mm_status s = mm_dnnl_init(n_threads, &mm_cpu_ctx(be)->dnnl);
+    /* dnnl stays NULL where gemm_rows.c computes the matmuls (weights then stay unpacked) */
+    mm_status s = mm_cpu_gemm_uses_dnnl() ? mm_dnnl_init(n_threads, &mm_cpu_ctx(be)->dnnl) : MM_OK;
     if (s == MM_OK) s = mm_dnnl_conv_init(n_threads, &mm_cpu_ctx(be)->conv);
     if (s != MM_OK) {
         cpu_free(be);

@@ -62,6 +62,12 @@ mm_status mm_cpu_sample(mm_backend *be, const float *logits, int64_t M, int64_t 
 MM_CPU_DECLARE_OPS(mm_cpu_ref)
 MM_CPU_DECLARE_OPS(mm_cpu_fast)
 
+/* Our own batch-invariant matmul (gemm_rows.c), on CPUs where oneDNN's is not. */
+mm_status mm_cpu_rows_matmul(mm_backend *be, const mm_tensor *w, const float *x, float *y, int64_t M);
+/* Which GEMM the fast backend uses: oneDNN on AVX-512 CPUs (measured batch-invariant
+ * there), gemm_rows.c elsewhere; MM_CPU_GEMM=dnnl|rows overrides (benchmarks, tests). */
+int mm_cpu_gemm_uses_dnnl(void);
+
 /* oneDNN matmul with a primitive cache (gemm_dnnl.c). */
 typedef struct mm_dnnl mm_dnnl;
 mm_status mm_dnnl_init(int n_threads, mm_dnnl **out);

@@ -35,7 +35,8 @@ mm_status mm_cpu_fast_embed(mm_backend *be, const mm_tensor *table, const int32_
 }
 
 mm_status mm_cpu_fast_matmul(mm_backend *be, const mm_tensor *w, const float *x, float *y, int64_t M) {
-    return mm_dnnl_matmul(mm_cpu_ctx(be)->dnnl, w, x, y, M);
+    mm_dnnl *d = mm_cpu_ctx(be)->dnnl;
+    return d ? mm_dnnl_matmul(d, w, x, y, M) : mm_cpu_rows_matmul(be, w, x, y, M);
 }
 
 MM_VEC_CLONES static float sum_squares(const float *x, int32_t n) { return dot_f32(x, x, n); }
