@@ -62,31 +62,23 @@ static mm_status config_load(const char *dir, mm_metamorph_config *cfg, int *pro
     mm_status s;
     int64_t mm_hidden, n_tok;
     const char *ptype, *htype;
-    CHECK_GOTO(mm_json_int(root, file, "mm_hidden_size", -1, &mm_hidden), s, out);
-    CHECK_GOTO(mm_json_int(root, file, "num_image_tokens", 64, &n_tok), s, out);
+    /* required: a MetaMorph checkpoint always writes it */
+    CHECK_GOTO(mm_json_int_in(root, file, "mm_hidden_size", -1, 1, 1 << 20, &mm_hidden), s, out);
+    CHECK_GOTO(mm_json_int_in(root, file, "num_image_tokens", 64, 1, 4096, &n_tok), s, out);
     CHECK_GOTO(mm_json_bool(root, file, "normalize_vision", 1, &cfg->normalize_vision), s, out);
     CHECK_GOTO(mm_json_str(root, file, "mm_projector_type", "linear", &ptype), s, out);
     CHECK_GOTO(mm_json_str(root, file, "vision_head_type", "", &htype), s, out);
     int64_t select_layer;
     const char *select_feature;
-    CHECK_GOTO(mm_json_int(root, file, "mm_vision_select_layer", -2, &select_layer), s, out);
+    CHECK_GOTO(mm_json_int_in(root, file, "mm_vision_select_layer", -2, -1024, 1024, &select_layer), s, out);
     CHECK_GOTO(mm_json_str(root, file, "mm_vision_select_feature", "patch", &select_feature), s, out);
     /* SigLIP has no CLS token: the reference takes every feature for both values */
     if (strcmp(select_feature, "patch") && strcmp(select_feature, "cls_patch")) {
-        s = MM_ERROR(MM_ERR_FORMAT, "%s: mm_vision_select_feature \"%s\" (expected \"patch\" or \"cls_patch\")", file,
-                     select_feature);
-        goto out;
-    }
-    if (select_layer < -1024 || select_layer > 1024) {
-        s = MM_ERROR(MM_ERR_FORMAT, "%s: mm_vision_select_layer %lld", file, (long long)select_layer);
+        s = MM_ERROR(MM_ERR_FORMAT, "%s: key 'mm_vision_select_feature' = \"%s\" (expected \"patch\" or \"cls_patch\")",
+                     file, select_feature);
         goto out;
     }
     cfg->vision_select_layer = (int32_t)select_layer;
-    if (mm_hidden <= 0 || n_tok <= 0 || n_tok > 4096) {
-        s = MM_ERROR(MM_ERR_FORMAT, "%s: mm_hidden_size (%lld) and num_image_tokens (%lld) must be positive; "
-                     "is this a metamorph_llama checkpoint?", file, (long long)mm_hidden, (long long)n_tok);
-        goto out;
-    }
     cfg->mm_hidden = (int32_t)mm_hidden, cfg->n_image_tokens = (int32_t)n_tok;
     CHECK_GOTO(projector_depth(file, ptype, proj_depth), s, out);
     /* the reference's vision heads: "mlp" 2 Linears, "mlp2x_gelu" 3, else one Linear */

@@ -103,6 +103,8 @@ int main(void) {
     expect_refused("llm/config.json", "\"mm_vision_select_feature\": \"patch\"", "\"mm_vision_select_feature\": \"cls\"",
                    "\"cls\"");
     expect_refused("llm/config.json", "\"mm_hidden_size\": 48", "\"mm_hidden_size\": 64", "'mm_hidden_size' = 64");
+    expect_refused("llm/config.json", "\"mm_hidden_size\": 48", "\"mm_hidden_size\": 4294967344",
+                   "'mm_hidden_size' = 4294967344");
     expect_refused("vision/config.json", "\"hidden_size\": 48", "\"hidden_size\": 4294967344",
                    "'hidden_size' = 4294967344");
     expect_refused("vision/config.json", "\"hidden_size\": 48", "\"hidden_size\": 50", "'hidden_size' = 50");
