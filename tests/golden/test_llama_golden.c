@@ -224,11 +224,15 @@ static void row_errors(const float *a, const float *ref, int n, int V, double *m
     }
 }
 
-/* The bf16 numerics measured (README, "bf16"): with bf16 weights our logits, for a KV
- * cache in f32 and in bf16, must be at least as close to exact arithmetic (logits: f32
- * on the same bf16-rounded weights, within ~1e-5 of f64) as transformers' own bf16 run
- * (logits_native), position by position, in max and in mean absolute error. */
-static void check_bf16_errors(mm_llama *m, const golden *g, mm_safetensors *st, mm_safetensors *native) {
+/* The bf16 numerics measured (README, "bf16 numerics"): with bf16 weights our logits,
+ * for a KV cache in f32 and in bf16, must be at least as close to exact arithmetic
+ * (logits: f32 on the same bf16-rounded weights, within ~1e-5 of f64) as transformers'
+ * own bf16 run (logits_native). per_position: at every position, in max and in mean
+ * absolute error. Otherwise (the fast backend, whose GEMM rounds activations to bf16 as
+ * transformers does, in other places) per prompt: the worst position's max and the
+ * average of the means; the positions where ours is the larger are counted and printed. */
+static void check_bf16_errors(mm_llama *m, const golden *g, mm_safetensors *st, mm_safetensors *native,
+                              int per_position) {
     static const mm_dtype kinds[] = {MM_DTYPE_F32, MM_DTYPE_BF16};
     const int V = m->cfg.vocab_size;
     mm_dtype saved = kv_dtype;
@@ -248,11 +252,14 @@ static void check_bf16_errors(mm_llama *m, const golden *g, mm_safetensors *st, 
                 for (int q = 0; q < 4; q++) worst[q] = fmax(worst[q], e[q * n + p]), sum[q] += e[q * n + p];
                 if (e[p] > e[2 * n + p] || e[n + p] > e[3 * n + p]) {
                     over++;
-                    EXPECT(0, "bf16 kv %s prompt %d position %d: our error (max %.4g, mean %.4g) exceeds transformers' bf16 "
-                           "(max %.4g, mean %.4g)", mm_dtype_name(kinds[k]), i, p, e[p], e[n + p], e[2 * n + p],
-                           e[3 * n + p]);
+                    EXPECT(!per_position, "bf16 kv %s prompt %d position %d: our error (max %.4g, mean %.4g) exceeds "
+                           "transformers' bf16 (max %.4g, mean %.4g)", mm_dtype_name(kinds[k]), i, p, e[p], e[n + p],
+                           e[2 * n + p], e[3 * n + p]);
                 }
             }
+            EXPECT(worst[0] <= worst[2] && sum[1] <= sum[3], "bf16 kv %s prompt %d: our error (worst max %.4g, mean %.4g) "
+                   "exceeds transformers' bf16 (%.4g, %.4g)", mm_dtype_name(kinds[k]), i, worst[0], sum[1] / n, worst[2],
+                   sum[3] / n);
             printf("bf16 weights, %s, kv %-4s, prompt %d (%3d positions): ours max %.3g mean %.3g | transformers bf16 "
                    "max %.3g mean %.3g (max: worst position, mean: averaged) | positions over: %d\n",
                    m->be->ops->name, mm_dtype_name(kinds[k]), i, n, worst[0], sum[1] / n, worst[2], sum[3] / n, over);
@@ -312,7 +319,7 @@ static void run_case(const model_case *c, const char *backend) {
             free(chunked);
         }
     }
-    if (c->rounds_to_bf16) check_bf16_errors(m, &g, st, native);
+    if (c->rounds_to_bf16) check_bf16_errors(m, &g, st, native, !bf16_act);
     check_batched_prefill(m, &g, single);
     if (!strcmp(backend, "cpu")) { /* one thread gives the same bits as two */
         mm_backend *be1 = NULL;
