@@ -8,9 +8,13 @@
  *           pool, latency percentiles per request kind.
  * With --spawn it starts the service itself (serve_spawn.h) and, for each count in
  * --workers, grows both pools to that many workers and runs encode, decode and mixed:
- * images/s per count and the ratio last count / first count. One JSON object on
+ * images/s per count and the ratio last count / first count. --http HOST:PORT sends the
+ * same requests through the OpenAI-compatible door (streamed chat completions) instead
+ * of gRPC, so the two doors can be compared. One JSON object on
  * stdout; timings are reported, never asserted. */
+#include <curl/curl.h>
 #include <getopt.h>
+#include <sodium.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +30,7 @@
 #define MAX_COUNTS 8
 
 typedef struct {
-    const char *server, *workload, *model, *image;
+    const char *server, *workload, *model, *image, *http;
     int n, concurrency, in_len, out_len, steps, repeats, spawn, stages, threads, worker_threads;
     int workers[MAX_COUNTS], n_counts;
     double rate, range, timeout_s;
@@ -38,6 +42,8 @@ static void usage(void) {
             "usage: serve [--server ADDR] [--workload text|encode|decode|mixed] [--num-prompts N]\n"
             "             [--rate R|inf] [--concurrency C] [--input-len L] [--output-len L] [--range-ratio F]\n"
             "             [--seed S] [--image-steps N] [--repeats N] [--image PNG] [--timeout S]\n"
+            "             [--http HOST:PORT]   requests through the OpenAI-compatible HTTP door\n"
+            "                                  (--server still serves GetModelInfo for stage figures)\n"
             "       serve --spawn --model DIR [--workers 1,2] [--stages P] [--threads T] [--worker-threads T]\n"
             "             [the options above but --server and --workload]\n");
 }
@@ -61,9 +67,10 @@ static int parse(int argc, char **argv, serve_args *a) {
         {"input-len", 1, 0, 'i'},  {"output-len", 1, 0, 'o'},  {"range-ratio", 1, 0, 'g'},   {"seed", 1, 0, 'S'},
         {"workload", 1, 0, 'w'},   {"image-steps", 1, 0, 'k'}, {"repeats", 1, 0, 'R'},       {"image", 1, 0, 'I'},
         {"timeout", 1, 0, 't'},    {"spawn", 0, 0, 'x'},       {"model", 1, 0, 'm'},         {"workers", 1, 0, 'W'},
-        {"stages", 1, 0, 'P'},     {"threads", 1, 0, 'T'},     {"worker-threads", 1, 0, 'U'}, {0, 0, 0, 0}};
+        {"stages", 1, 0, 'P'},     {"threads", 1, 0, 'T'},     {"worker-threads", 1, 0, 'U'}, {"http", 1, 0, 'H'},
+        {0, 0, 0, 0}};
     /* -1: the mode's default, set below */
-    *a = (serve_args){"127.0.0.1:50051", "text", NULL, MM_SOURCE_DIR "/assets/images/example.png", -1, -1, -1, -1,
+    *a = (serve_args){"127.0.0.1:50051", "text", NULL, MM_SOURCE_DIR "/assets/images/example.png", NULL, -1, -1, -1, -1,
                       10, -1, 0, 1, 1, 1, {1, 2}, 2, INFINITY, 0.0, 600, 0};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -92,6 +99,7 @@ static int parse(int argc, char **argv, serve_args *a) {
         case 'P': a->stages = atoi(optarg); break;
         case 'T': a->threads = atoi(optarg); break;
         case 'U': a->worker_threads = atoi(optarg); break;
+        case 'H': a->http = optarg; break;
         default: usage(); return -1;
         }
     }
@@ -157,8 +165,8 @@ static int run_text(const serve_args *a, mm_client *cl, const Metamorph__V1__Mod
         n_itl += q->n_itl;
     }
     if (wall > 0 && itl) {
-        printf("{\n  \"server\": \"%s\", \"model\": \"%s\", \"workload\": \"text\", \"stages\": %zu,\n", a->server,
-               before->model, before->n_stages);
+        printf("{\n  \"server\": \"%s\", \"door\": \"%s\", \"model\": \"%s\", \"workload\": \"text\", \"stages\": %zu,\n",
+               a->http ? a->http : a->server, a->http ? "http" : "grpc", before->model, before->n_stages);
         printf("  \"num_prompts\": %d, \"request_rate\": ", a->n);
         print_rate(a->rate);
         printf(", \"concurrency\": %d, \"input_len\": %d, \"output_len\": %d, \"range_ratio\": %.2f,\n", a->concurrency,
@@ -295,6 +303,11 @@ int main(int argc, char **argv) {
     serve_args a;
     if (parse(argc, argv, &a) != 0) return 2;
     if (a.spawn) return run_spawn(&a);
+    if (a.http) {
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+        if (sodium_init() < 0) return 1;
+        serve_load_use_http(a.http);
+    }
     mm_client *cl = NULL;
     if (mm_client_open(a.server, &cl) != MM_OK) {
         fprintf(stderr, "serve: %s: %s\n", a.server, mm_error_last());

@@ -1,6 +1,8 @@
 /* See serve_load.h. */
 #include "serve_load.h"
 
+#include "serve_http.h"
+
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -10,6 +12,10 @@
 #include <unistd.h>
 
 const char *const serve_kind_name[SERVE_N_KINDS] = {"text", "understand", "generate"};
+
+static const char *http_door; /* serve_load_use_http: NULL = gRPC */
+
+void serve_load_use_http(const char *hostport) { http_door = hostport; }
 
 typedef struct {
     mm_client *cl;
@@ -47,17 +53,22 @@ static int on_event(void *user, const uint8_t *d, size_t n) {
 static const char *WORDS[] = {"the", "cat", "sat", "on", "a", "mat", "and", "looked", "at", "sea", "mountain", "river"};
 #define N_WORDS (sizeof WORDS / sizeof *WORDS)
 
-/* The request of r (index i varies the words) packed into *buf; 0, or -1 without memory. */
-static int pack(const serve_req *r, int i, uint8_t **buf, size_t *len) {
+/* The prompt of r: in_len words (index i varies them); malloc'd, NULL without memory. */
+static char *prompt_of(const serve_req *r, int i) {
     char *prompt = malloc((size_t)r->in_len * 10 + 1);
-    if (!prompt) return -1;
+    if (!prompt) return NULL;
     size_t o = 0;
     prompt[0] = 0;
     for (int w = 0; w < r->in_len; w++)
         o += (size_t)sprintf(prompt + o, "%s%s", w ? " " : "", WORDS[(size_t)(i + w * 7) % N_WORDS]);
+    return prompt;
+}
+
+/* The request of r with its prompt packed into *buf; 0, or -1 without memory. */
+static int pack(const serve_req *r, int i, const char *prompt, uint8_t **buf, size_t *len) {
     Metamorph__V1__ContentPart text = METAMORPH__V1__CONTENT_PART__INIT, image = METAMORPH__V1__CONTENT_PART__INIT;
     Metamorph__V1__ContentPart *parts[2] = {&image, &text};
-    text.kind_case = METAMORPH__V1__CONTENT_PART__KIND_TEXT, text.text = prompt;
+    text.kind_case = METAMORPH__V1__CONTENT_PART__KIND_TEXT, text.text = (char *)prompt;
     int with_image = r->kind == SERVE_UNDERSTAND && r->image;
     if (with_image) {
         image.kind_case = METAMORPH__V1__CONTENT_PART__KIND_IMAGE;
@@ -75,7 +86,6 @@ static int pack(const serve_req *r, int i, uint8_t **buf, size_t *len) {
     *len = metamorph__v1__generate_request__get_packed_size(&req);
     *buf = malloc(*len ? *len : 1);
     if (*buf) metamorph__v1__generate_request__pack(&req, *buf);
-    free(prompt);
     return *buf ? 0 : -1;
 }
 
@@ -91,16 +101,20 @@ static void *slot(void *arg) {
         size_t len = 0;
         r->cap_itl = r->out_len + 1;
         r->itl = malloc((size_t)r->cap_itl * sizeof *r->itl);
+        char *prompt = prompt_of(r, i);
         r->start = serve_now();
-        if (!r->itl || pack(r, i, &buf, &len) != 0) {
+        if (!r->itl || !prompt || (!http_door && pack(r, i, prompt, &buf, &len) != 0)) {
             fprintf(stderr, "serve: out of memory for request %d\n", i);
             r->code = -1, r->cap_itl = 0;
+        } else if (http_door) {
+            r->code = serve_http_call(http_door, r, prompt, i, st->timeout_s);
         } else {
             r->code = mm_client_call(st->cl, "/metamorph.v1.MetaMorph/GenerateStream", buf, len, st->timeout_s,
                                      on_event, r, NULL, 0);
         }
         r->end = serve_now();
         free(buf);
+        free(prompt);
     }
 }
 

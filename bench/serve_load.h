@@ -32,6 +32,9 @@ typedef struct {
     double last;
 } serve_req;
 
+/* Send every request through the OpenAI-compatible HTTP door at hostport ("host:port")
+ * instead of gRPC (bench/serve --http). */
+void serve_load_use_http(const char *hostport);
 /* Seconds on the monotonic clock. */
 double serve_now(void);
 /* Plays r[0..n) over cl, at most concurrency at once, each call with a deadline of

@@ -95,7 +95,7 @@ static int get_string(json_t *o, const char *key, const char **out, mm_oai_error
     } while (0)
 
 /* Fields we cannot honour: refused when set to anything but their neutral value. */
-static int refuse_unsupported(json_t *o, mm_oai_error *err) {
+static int refuse_unsupported(json_t *o, mm_oai_kind kind, mm_oai_error *err) {
     static const char *const NON_NULL[] = {"tools", "tool_choice", "functions", "function_call", "logit_bias",
                                            "prediction", "audio", "suffix", "best_of"};
     for (size_t i = 0; i < sizeof NON_NULL / sizeof *NON_NULL; i++) {
@@ -116,7 +116,7 @@ static int refuse_unsupported(json_t *o, mm_oai_error *err) {
         READ(get_number(o, ZERO_ONLY[i], &x, err));
         if (x != 0) return fail(err, 400, ZERO_ONLY[i], "'%s' is not supported by this server (only 0)", ZERO_ONLY[i]);
     }
-    json_t *rf = json_object_get(o, "response_format");
+    json_t *rf = kind == MM_OAI_IMAGES ? NULL : json_object_get(o, "response_format"); /* images: its own */
     if (rf && !json_is_null(rf)) {
         json_t *t = json_is_object(rf) ? json_object_get(rf, "type") : NULL;
         if (!json_is_string(t) || strcmp(json_string_value(t), "text"))
@@ -431,7 +431,7 @@ int mm_oai_request_parse(mm_oai_kind kind, const char *body, size_t len, const m
             goto out;
         }
     }
-    if ((rc = refuse_unsupported(o, err))) goto out;
+    if ((rc = refuse_unsupported(o, kind, err))) goto out;
     long long n = 1;
     if (kind != MM_OAI_IMAGES) {
         if ((rc = get_int(o, "n", 1, 1, &n, err)) > 1) goto out;

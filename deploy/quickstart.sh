@@ -4,7 +4,8 @@
 # words are gibberish and its pictures noise, by design): mm-coordinator + 2 pipeline
 # stages (one MPI job) + 1 encoder worker + 1 decoder worker, through deploy/launch.sh.
 # It asks one understanding question about a bundled image and one generation request
-# over gRPC (mmctl), prints the answer and where the image was written, and stops it all.
+# over gRPC (mmctl), one chat request through the OpenAI-compatible HTTP API (curl),
+# prints the answers and where the image was written, and stops it all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source deploy/deps.sh
@@ -15,13 +16,13 @@ mkdir -p "$out"
 image=assets/images/example.png
 mmctl=./build/tools/mmctl
 
-read -r port eport dport mport < <("$mmctl" free-port 4)
-server=127.0.0.1:$port
+read -r port eport dport mport hport < <("$mmctl" free-port 5)
+server=127.0.0.1:$port http=127.0.0.1:$hport
 cat > "$out/service.json" <<JSON
 {"model": "$PWD/assets/tiny", "listen": "$server", "stages": 2, "threads": 1,
  "encoders": 1, "decoders": 1, "worker_threads": 1, "image_steps": 20,
  "encode_bind": "tcp://127.0.0.1:$eport", "decode_bind": "tcp://127.0.0.1:$dport",
- "metrics_listen": "127.0.0.1:$mport"}
+ "metrics_listen": "127.0.0.1:$mport", "http_listen": "$http"}
 JSON
 echo "== starting the service (log: $out/service.log)"
 deploy/launch.sh "$out/service.json" --once > "$out/service.log" 2>&1 &
@@ -38,6 +39,10 @@ for _ in $(seq 1 300); do
 done
 "$mmctl" --server "$server" health >/dev/null || { echo "the service is not SERVING:"; tail -20 "$out/service.log"; exit 1; }
 
+echo "== serving: gRPC on $server, OpenAI-compatible HTTP on http://$http/v1"
+echo "   (the embedded model has random weights: its words are gibberish and its picture is"
+echo "    noise, 64x64 pixels because the tiny decoder's UNet works on 8x8 latents; a real"
+echo "    MetaMorph checkpoint answers in words and draws 512x512)"
 echo
 echo "== understanding: \"What is in this image?\" + $image"
 "$mmctl" --server "$server" --timeout 120 generate --image "$image" --prompt "What is in this image?" --max-tokens 24
@@ -48,6 +53,11 @@ echo "== generation: \"Draw a cat.\""
     --sampler dpmpp2m --image-seed 0 --out "$out"
 echo
 echo "== image written to $out/image_0.png"
+echo
+echo "== the OpenAI API: curl http://$http/v1/chat/completions"
+curl -sS "http://$http/v1/chat/completions" -H "Content-Type: application/json" \
+    -d '{"model": "tiny", "messages": [{"role": "user", "content": "Describe a cat."}], "max_tokens": 16, "temperature": 0}'
+echo
 stop_service
 trap - EXIT
 echo "== service stopped"

@@ -6,7 +6,9 @@
  *                                               queue full, 1 ms deadline, client cancel
  *   test_service kill       COORD STAGE         a killed stage: UNAVAILABLE fast, NOT_SERVING, job exits
  *   test_service python     COORD STAGE SCRIPT  a Python grpcio client as an independent client
- *                                               (args: TARGET SOURCE_DIR WORK_DIR METRICS_ADDR) */
+ *                                               (args: TARGET SOURCE_DIR WORK_DIR METRICS_ADDR HTTP_ADDR;
+ *                                               $MM_PYTHON runs it, default Debian's python3;
+ *                                               $MM_SERVICE_EXTRA adds config keys) */
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -320,10 +322,11 @@ static int test_kill(const char *coord, const char *stage) {
 
 static int test_python(const char *coord, const char *stage, const char *script) {
     mm_service s;
-    EXPECT(svc_start(&s, coord, stage, 2, "\"image_steps\": 5") == 0, "start");
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd, "/usr/bin/python3 '%s' %s '%s' '%s' %s", script, s.target, getenv("MM_SOURCE_DIR"), s.dir,
-             s.metrics);
+    const char *extra = getenv("MM_SERVICE_EXTRA"), *python = getenv("MM_PYTHON");
+    EXPECT(svc_start(&s, coord, stage, 2, extra && extra[0] ? extra : "\"image_steps\": 5") == 0, "start");
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "'%s' '%s' %s '%s' '%s' %s %s", python && python[0] ? python : "/usr/bin/python3", script,
+             s.target, getenv("MM_SOURCE_DIR"), s.dir, s.metrics, s.http);
     int rc = system(cmd);
     EXPECT(rc == 0, "python client: %s exited %d", script, rc);
     svc_stop(&s);
