@@ -9,6 +9,8 @@
 
 #include <grpc/status.h>
 #include <microhttpd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -577,6 +579,8 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
         x->s = s, x->kind = (mm_oai_kind)POST_ROUTES[found].r, x->t_arrival_ms = now_ms(), x->grpc_code = -1, x->fd = -1;
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
         if (ci) x->fd = ci->connect_fd;
+        int one = 1; /* stream chunks leave at once: Nagle + the client's delayed ACK held each ~40 ms */
+        if (x->fd >= 0) setsockopt(x->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         *req_cls = x;
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && strtoull(cl, NULL, 10) > s->p.max_body_bytes) { /* refused before reading it */
