@@ -14,6 +14,7 @@
 #include "common/dtype.h"
 #include "common/safetensors.h"
 #include "model/llama.h"
+#include "model/tokenizer.h"
 #include "tools/mkmodel.h"
 
 typedef struct {
@@ -88,14 +89,51 @@ static int write_json(const char *path, json_t *j) {
     return rc;
 }
 
-static int write_configs(const char *dir, const preset *p, mm_dtype dt) {
+/* The special ids config.json names, from the tokenizer the checkpoint ships. */
+typedef struct {
+    int32_t bos, eos[2];
+    int n_eos;
+} special_ids;
+
+/* Loads the tokenizer at path: its BOS (<|begin_of_text|>) and EOS (<|end_of_text|>,
+ * <|eot_id|>) ids, and a check that every id fits the model's vocabulary. */
+static int tokenizer_ids(const char *path, int32_t vocab, special_ids *sp) {
+    mm_tokenizer *tok;
+    if (mm_tokenizer_load(path, &tok) != MM_OK) {
+        fprintf(stderr, "mm-mkmodel: %s\n", mm_error_last());
+        return -1;
+    }
+    int32_t n = mm_tokenizer_n_vocab(tok);
+    sp->bos = mm_tokenizer_token_id(tok, "<|begin_of_text|>");
+    if (sp->bos < 0) sp->bos = mm_tokenizer_bos_id(tok);
+    sp->n_eos = 0;
+    static const char *const EOS[] = {"<|end_of_text|>", "<|eot_id|>"};
+    for (int i = 0; i < 2; i++) {
+        int32_t id = mm_tokenizer_token_id(tok, EOS[i]);
+        if (id >= 0) sp->eos[sp->n_eos++] = id;
+    }
+    mm_tokenizer_free(tok);
+    if (n > vocab) {
+        fprintf(stderr, "mm-mkmodel: %s has %d tokens, more than the model's vocabulary of %d (raise --vocab)\n", path, n,
+                vocab);
+        return -1;
+    }
+    if (sp->bos < 0 || sp->n_eos == 0) {
+        fprintf(stderr, "mm-mkmodel: %s has no <|begin_of_text|> or no <|end_of_text|>/<|eot_id|> token\n", path);
+        return -1;
+    }
+    return 0;
+}
+
+static int write_configs(const char *dir, const preset *p, mm_dtype dt, const special_ids *sp) {
     char path[4096];
     json_t *c = json_pack("{s:[s], s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:b, s:i, s:[i,i], s:s, s:b, s:b, s:s}",
                           "architectures", "LlamaForCausalLM", "model_type", "llama", "hidden_size", p->dim,
                           "num_hidden_layers", p->layers, "num_attention_heads", p->heads, "num_key_value_heads",
                           p->kv_heads, "intermediate_size", p->hidden, "vocab_size", p->vocab,
                           "max_position_embeddings", p->max_pos, "rms_norm_eps", 1e-5, "rope_theta", (double)p->theta,
-                          "tie_word_embeddings", p->tied, "bos_token_id", 1, "eos_token_id", 2, 2,
+                          "tie_word_embeddings", p->tied, "bos_token_id", sp->bos, "eos_token_id", sp->eos[0],
+                          sp->eos[sp->n_eos - 1],
                           "hidden_act", "silu", "attention_bias", 0, "mlp_bias", 0, "torch_dtype",
                           dt == MM_DTYPE_F32 ? "float32" : dt == MM_DTYPE_BF16 ? "bfloat16" : "float16");
     if (!c) return -1;
@@ -106,7 +144,8 @@ static int write_configs(const char *dir, const preset *p, mm_dtype dt) {
     snprintf(path, sizeof path, "%s/config.json", dir);
     if (write_json(path, c)) return -1;
     snprintf(path, sizeof path, "%s/generation_config.json", dir);
-    return write_json(path, json_pack("{s:i, s:i, s:b}", "bos_token_id", 1, "eos_token_id", 2, "do_sample", 0));
+    return write_json(path, json_pack("{s:i, s:[i,i], s:b}", "bos_token_id", sp->bos, "eos_token_id", sp->eos[0],
+                                      sp->eos[sp->n_eos - 1], "do_sample", 0));
 }
 
 /* Writes the tensors in shards of at most shard_bytes, and the index. */
@@ -173,7 +212,10 @@ static int copy_file(const char *src, const char *dst) {
 
 static void usage(FILE *f) {
     fprintf(f, "usage: mm-mkmodel --out DIR [--preset tiny|110m|llama3-8b|siglip-so400m] [--dtype f32|bf16|f16]\n"
-               "                  [--layers N] [--vocab N] [--seed S] [--shard-mb MB] [--tokenizer FILE]\n");
+               "                  [--layers N] [--vocab N] [--seed S] [--shard-mb MB] [--tokenizer FILE]\n"
+               "  --tokenizer FILE  tokenizer.json to ship (default: the embedded tiny model's, %s);\n"
+               "                    config.json takes its <|begin_of_text|> / <|end_of_text|>, <|eot_id|> ids\n",
+            MM_DEFAULT_TOKENIZER);
 }
 
 int main(int argc, char **argv) {
@@ -182,7 +224,7 @@ int main(int argc, char **argv) {
                                          {"vocab", required_argument, 0, 'v'},  {"seed", required_argument, 0, 's'},
                                          {"shard-mb", required_argument, 0, 'S'}, {"tokenizer", required_argument, 0, 't'},
                                          {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
-    const char *out = NULL, *preset_name = "tiny", *dtype = "bf16", *tokenizer = NULL;
+    const char *out = NULL, *preset_name = "tiny", *dtype = "bf16", *tokenizer = MM_DEFAULT_TOKENIZER;
     int layers = 0, vocab = 0, c;
     unsigned long long seed = 0;
     long shard_mb = 2048;
@@ -222,12 +264,23 @@ int main(int argc, char **argv) {
         fprintf(stderr, "mm-mkmodel: mkdir %s: %s\n", out, strerror(errno));
         return 1;
     }
+    special_ids sp;
+    mm_tokenizer *probe;
+    if (!vocab && mm_tokenizer_load(tokenizer, &probe) == MM_OK) { /* the preset's vocabulary, grown to hold it */
+        int32_t n = mm_tokenizer_n_vocab(probe);
+        mm_tokenizer_free(probe);
+        if (n > chosen.vocab) {
+            fprintf(stderr, "mm-mkmodel: vocabulary %d -> %d to hold %s\n", chosen.vocab, n, tokenizer);
+            chosen.vocab = n;
+        }
+    }
+    if (tokenizer_ids(tokenizer, chosen.vocab, &sp)) return 1;
     int n_specs = 2 + 9 * chosen.layers + 1;
     tensor_spec *specs = calloc((size_t)n_specs, sizeof *specs);
     if (!specs) return 1;
     n_specs = spec_list(&chosen, specs);
-    int rc = write_configs(out, &chosen, dt) || write_weights(out, specs, n_specs, dt, (size_t)shard_mb << 20, seed);
-    if (!rc && tokenizer) {
+    int rc = write_configs(out, &chosen, dt, &sp) || write_weights(out, specs, n_specs, dt, (size_t)shard_mb << 20, seed);
+    if (!rc) { /* the service and mm-run need one: a checkpoint without it cannot be served */
         char dst[4096];
         snprintf(dst, sizeof dst, "%s/tokenizer.json", out);
         rc = copy_file(tokenizer, dst);

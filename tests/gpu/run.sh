@@ -122,7 +122,8 @@ if ((build_only == 0 && build_rc == 0)); then
   mk_pid=
   if [[ ! -f $mdir/config.json ]]; then
     log "mm-mkmodel llama3-8b bf16, $layers layers (background)"
-    ours "$bin_tools/mm-mkmodel" --preset llama3-8b --dtype bf16 --layers "$layers" --out "$mdir" >"$out/mkmodel.log" 2>&1 &
+    ours "$bin_tools/mm-mkmodel" --preset llama3-8b --dtype bf16 --layers "$layers" \
+      --tokenizer "$root/assets/tiny/llm/tokenizer.json" --out "$mdir" >"$out/mkmodel.log" 2>&1 &
     mk_pid=$!
   fi
   : >"$out/tests.tsv"

@@ -18,6 +18,14 @@ for dt in f32 bf16 f16; do
   check "mm-run on $dt" bash -c "'$run' --model '$tmp/$dt' --prompt hello --max-tokens 5 --ids --threads 2 > '$tmp/ids'"
   check "$dt gave 5 ids" bash -c "[ \$(wc -w < '$tmp/ids') -eq 5 ]"
 done
+# without --tokenizer: the embedded tiny model's, its special ids in config.json, servable
+check "mkmodel, default tokenizer" "$mkmodel" --preset tiny --dtype f32 --out "$tmp/def"
+check "mm-run on it" bash -c "'$run' --model '$tmp/def' --prompt hello --max-tokens 3 --ids --threads 2 > /dev/null"
+check "bos/eos are the tokenizer's" python3 -c "
+import json, sys
+ids = {a['content']: a['id'] for a in json.load(open('$tmp/def/tokenizer.json'))['added_tokens']}
+c = json.load(open('$tmp/def/config.json'))
+sys.exit(not (c['bos_token_id'] == ids['<|begin_of_text|>'] and c['eos_token_id'] == [ids['<|end_of_text|>'], ids['<|eot_id|>']]))"
 check "f32 (1.5 MB) is in two 1 MB shards" test -f "$tmp/f32/model-00002-of-00002.safetensors"
 check "refuses an unknown preset" bash -c "! '$mkmodel' --preset nope --out '$tmp/x'"
 check "refuses an unknown dtype" bash -c "! '$mkmodel' --dtype f8 --out '$tmp/x'"
