@@ -17,7 +17,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -292,18 +291,13 @@ static enum MHD_Result answer_get(mm_http_server *s, struct MHD_Connection *conn
 
 /* ---------------------------------------------------------------- POST: submit */
 
-/* X-Request-Id when the client sent a usable one, else 16 random hex digits. */
+/* X-Request-Id when the client sent a usable one (printable, at most 128 bytes), else ""
+ * (validate.c then makes one). */
 static void request_id(struct MHD_Connection *conn, char *out, size_t cap) {
     const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
     int ok = h && h[0] && strlen(h) < cap && strlen(h) <= 128;
     for (const char *p = h; ok && *p; p++) ok = *p > 0x20 && *p < 0x7f;
-    if (ok) {
-        snprintf(out, cap, "%s", h);
-        return;
-    }
-    uint8_t b[8] = {0};
-    if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) memcpy(b, &conn, sizeof b < sizeof conn ? sizeof b : sizeof conn);
-    for (int i = 0; i < 8 && 2 * i + 2 < (int)cap; i++) snprintf(out + 2 * i, 3, "%02x", b[i]);
+    snprintf(out, cap, "%s", ok ? h : "");
 }
 
 /* Builds and submits the request(s) of x->req; on a refusal fills err. */
@@ -331,6 +325,8 @@ static int submit(exchange *x, struct MHD_Connection *conn, mm_oai_error *err) {
             return -1;
         }
         x->calls[x->n_calls++] = c;
+        if (k == 0) snprintf(rid, sizeof rid, "%s", r->request_id); /* the client's or a server-made one */
+        q->g.request_id = rid;
         r->call_id = c->id;
         r->stream = q->stream;
         r->t_arrival_ms = x->t_arrival_ms;

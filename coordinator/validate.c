@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "model/diffusion_sched.h"
 #include "model/metamorph.h"
@@ -242,6 +243,17 @@ static int encode_raw(const Metamorph__V1__GenerateRequest *g, const mm_limits *
     return 0;
 }
 
+/* 16 random hex digits: the id of a request whose client gave none (the proto's promise). */
+static void server_request_id(char *out, size_t cap) {
+    uint8_t b[8];
+    if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) {
+        static _Atomic uint64_t fallback;
+        uint64_t x = ++fallback * 0x9E3779B97F4A7C15ull;
+        memcpy(b, &x, sizeof b);
+    }
+    for (size_t i = 0; i < sizeof b && 2 * i + 2 < cap; i++) snprintf(out + 2 * i, 3, "%02x", b[i]);
+}
+
 int mm_request_build(const Metamorph__V1__GenerateRequest *g, const mm_limits *lim, mm_request **out, char *msg,
                      size_t cap) {
     *out = NULL;
@@ -249,7 +261,8 @@ int mm_request_build(const Metamorph__V1__GenerateRequest *g, const mm_limits *l
         return fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "request_id is longer than 128 bytes");
     mm_request *r = calloc(1, sizeof *r);
     if (!r) return fail(GRPC_STATUS_RESOURCE_EXHAUSTED, msg, cap, "out of memory");
-    snprintf(r->request_id, sizeof r->request_id, "%s", g->request_id);
+    if (g->request_id[0]) snprintf(r->request_id, sizeof r->request_id, "%s", g->request_id);
+    else server_request_id(r->request_id, sizeof r->request_id);
     int code = check_sampling(g->sampling, lim, r, msg, cap);
     if (!code) code = check_image_params(g->image, r, msg, cap);
     if (!code) code = g->raw_prompt ? encode_raw(g, lim, r, msg, cap) : encode_chat(g, lim, r, msg, cap);

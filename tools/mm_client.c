@@ -14,7 +14,20 @@ struct mm_client {
     grpc_channel *ch;
 };
 
+/* "HOST:PORT" ("[v6]:PORT", or gRPC's "unix:PATH"): gRPC itself would take "localhost"
+ * as port 443 and "http://h:1" as a DNS name, and say so only in resolver jargon. */
+static int target_ok(const char *t) {
+    if (!strncmp(t, "unix:", 5)) return t[5] != 0;
+    const char *colon = strrchr(t, ':');
+    if (!colon || colon == t || !colon[1] || strstr(t, "://")) return 0;
+    for (const char *p = colon + 1; *p; p++)
+        if (*p < '0' || *p > '9') return 0;
+    return 1;
+}
+
 mm_status mm_client_open(const char *target, mm_client **out) {
+    if (!target_ok(target))
+        return MM_ERROR(MM_ERR_INVALID, "server address \"%s\": want HOST:PORT, e.g. 127.0.0.1:50051", target);
     mm_client *c = calloc(1, sizeof *c);
     CHECK(CHECK_ALLOC(c));
     grpc_init();

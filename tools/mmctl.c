@@ -116,6 +116,16 @@ static void print_ids(const int32_t *ids, size_t n, int *first) {
 }
 
 static int first_id = 1;
+static int mid_line; /* stdout's last line has not ended */
+
+/* The text's last line ends first (stdout is flushed before stderr speaks), then the figures. */
+static void print_stats(const Metamorph__V1__GenerateResponse *r) {
+    printf("\n");
+    fflush(stdout);
+    fprintf(stderr, "mmctl: %s, %d prompt + %d completion tokens, ttft %.1f ms, %.1f tokens/s\n", r->finish_reason,
+            r->usage ? r->usage->prompt_tokens : 0, r->usage ? r->usage->completion_tokens : 0,
+            r->timings ? r->timings->ttft_ms : 0, r->timings ? r->timings->tokens_per_s : 0);
+}
 
 static int on_unary(void *user, const uint8_t *d, size_t n) {
     gen_state *g = user;
@@ -123,12 +133,9 @@ static int on_unary(void *user, const uint8_t *d, size_t n) {
     if (!r) return 1;
     if (g->ids) print_ids(r->token_ids, r->n_token_ids, &first_id);
     else fputs(r->text, stdout);
-    printf("\n");
     save_text(g->out, r->text, strlen(r->text));
     for (size_t i = 0; i < r->n_images; i++) save_image(g->out, (int)i, r->images[i]);
-    fprintf(stderr, "mmctl: %s, %d prompt + %d completion tokens, ttft %.1f ms, %.1f tokens/s\n", r->finish_reason,
-            r->usage ? r->usage->prompt_tokens : 0, r->usage ? r->usage->completion_tokens : 0,
-            r->timings ? r->timings->ttft_ms : 0, r->timings ? r->timings->tokens_per_s : 0);
+    print_stats(r);
     metamorph__v1__generate_response__free_unpacked(r, NULL);
     return 0;
 }
@@ -141,6 +148,8 @@ static int on_event(void *user, const uint8_t *d, size_t n) {
     case METAMORPH__V1__GENERATE_EVENT__EVENT_DELTA:
         if (g->ids) print_ids(ev->delta->token_ids, ev->delta->n_token_ids, &first_id);
         else fputs(ev->delta->text, stdout);
+        if (g->ids ? ev->delta->n_token_ids > 0 : ev->delta->text[0] != 0)
+            mid_line = g->ids || ev->delta->text[strlen(ev->delta->text) - 1] != '\n';
         fflush(stdout);
         if (g->out) {
             size_t n = strlen(ev->delta->text);
@@ -148,15 +157,16 @@ static int on_event(void *user, const uint8_t *d, size_t n) {
             if (t) memcpy(t + g->text_len, ev->delta->text, n + 1), g->text = t, g->text_len += n;
         }
         break;
-    case METAMORPH__V1__GENERATE_EVENT__EVENT_IMAGE_STARTED: fprintf(stderr, "mmctl: [image %d started]\n", ev->image_started->index); break;
+    case METAMORPH__V1__GENERATE_EVENT__EVENT_IMAGE_STARTED:
+        if (mid_line) printf("\n"), mid_line = 0, first_id = 1;
+        fflush(stdout);
+        fprintf(stderr, "mmctl: [image %d started]\n", ev->image_started->index);
+        break;
     case METAMORPH__V1__GENERATE_EVENT__EVENT_IMAGE_READY: save_image(g->out, g->n_images++, ev->image_ready); break;
     case METAMORPH__V1__GENERATE_EVENT__EVENT_FINAL: {
         const Metamorph__V1__GenerateResponse *r = ev->final;
-        printf("\n");
         save_text(g->out, g->text ? g->text : "", g->text_len);
-        fprintf(stderr, "mmctl: %s, %d prompt + %d completion tokens, ttft %.1f ms, %.1f tokens/s\n", r->finish_reason,
-                r->usage ? r->usage->prompt_tokens : 0, r->usage ? r->usage->completion_tokens : 0,
-                r->timings ? r->timings->ttft_ms : 0, r->timings ? r->timings->tokens_per_s : 0);
+        print_stats(r);
         break;
     }
     default: break;
@@ -317,7 +327,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     mm_client *cl;
-    if (mm_client_open(server, &cl) != MM_OK) return fail(14, mm_error_last());
+    if (mm_client_open(server, &cl) != MM_OK) return fail(3, mm_error_last()); /* INVALID_ARGUMENT: a bad address */
     int rc;
     if (!strcmp(cmd, "generate")) rc = cmd_generate(cl, timeout, argc - i, argv + i);
     else if (!strcmp(cmd, "health")) rc = cmd_health(cl, timeout > 0 ? timeout : 5);

@@ -24,6 +24,9 @@ req = pb.GenerateRequest(request_id="py-1",
 r = generate(req, timeout=30)
 assert r.request_id == "py-1" and len(r.token_ids) > 0 and r.finish_reason in ("stop", "length"), r
 assert r.usage.completion_tokens == len(r.token_ids) and r.usage.prompt_tokens > 0, r.usage
+# no request_id: the server makes one (16 hex digits), as the proto promises
+anon = generate(pb.GenerateRequest(messages=req.messages, sampling=pb.SamplingParams(max_new_tokens=2)), timeout=30)
+assert len(anon.request_id) == 16 and all(ch in "0123456789abcdef" for ch in anon.request_id), anon.request_id
 
 ids, text, final = [], "", None
 for ev in stream(req, timeout=30):
