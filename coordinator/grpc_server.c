@@ -14,9 +14,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "common/log.h"
+#include "common/tcp_listen.h"
 #include "proto/health.pb-c.h"
 
 #define N_BUCKETS 1024
@@ -385,7 +387,13 @@ static void on_new_call(mm_grpc_server *s, call_ctx *c, int ok) {
 static void maybe_free(mm_grpc_server *s, call_ctx *c) {
     if (!c->close_done || c->outstanding > 0) return;
     table_remove(s, c);
-    if (c->submitted && !c->answered) to_sched(s, MM_MSG_CANCEL, c->id, NULL);
+    if (c->submitted && !c->answered) { /* the client went away first: counted as CANCELLED */
+        to_sched(s, MM_MSG_CANCEL, c->id, NULL);
+        if (c->method == M_GENERATE || c->method == M_STREAM) {
+            mm_metrics_inc(s->p.metrics, MM_METRIC_REQUESTS_TOTAL, GRPC_STATUS_CANCELLED);
+            mm_metrics_observe(s->p.metrics, MM_METRIC_REQUEST_DURATION_SECONDS, 0, (now_ms() - c->t_arrival_ms) * 1e-3);
+        }
+    }
     ctx_destroy(c);
 }
 
@@ -595,10 +603,17 @@ mm_status mm_grpc_start(const mm_grpc_params *p, mm_grpc_server **out) {
         rc = MM_ERROR(MM_ERR_IO, "inproc sockets: %s", zmq_strerror(zmq_errno()));
         goto fail;
     }
+    /* One owner per port: gRPC's default SO_REUSEPORT let a second coordinator share the
+     * port (and half the traffic) silently. A bind of our own first gives the precise
+     * error (e.g. "Address already in use"); gRPC then binds without SO_REUSEPORT. */
+    int probe = -1;
+    if ((rc = mm_tcp_listen("listen", p->listen, &probe)) != MM_OK) goto fail;
+    close(probe);
     grpc_init();
-    grpc_arg arg = {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
-                    .value.integer = p->max_receive_bytes};
-    grpc_channel_args args = {1, &arg};
+    grpc_arg arg[2] = {{.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+                        .value.integer = p->max_receive_bytes},
+                       {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_ALLOW_REUSEPORT, .value.integer = 0}};
+    grpc_channel_args args = {2, arg};
     s->server = grpc_server_create(&args, NULL);
     s->cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(s->server, s->cq, NULL);
