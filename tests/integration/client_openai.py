@@ -209,6 +209,12 @@ def main_tests():
     next(it), next(it)
     stream.close()
     wait_for(lambda: metric("metamorph_running_sequences") == 0, 10, "the cancelled sequence to leave")
+    # a gRPC client that cancels is counted too (metamorph_requests_total, status CANCELLED)
+    c0 = metric('metamorph_requests_total{status="CANCELLED"}')
+    call = stubs.stream(grpc_generate("Tell a long story", max_new_tokens=1500), timeout=60)
+    next(call), next(call)
+    call.cancel()
+    wait_for(lambda: metric('metamorph_requests_total{status="CANCELLED"}') == c0 + 1, 5, "a cancelled gRPC call counted")
 
     # SSE framing as curl sees it
     out = subprocess.run(["curl", "-sS", "-N", "-D", "-", f"{base}/chat/completions", "-H", "Content-Type: application/json",
