@@ -71,6 +71,8 @@ struct mm_engine {
     decode_wait *decodes;     /* [n_decodes] images with the decoder pool */
     int n_decodes, cap_decodes;
     double t_gauges;          /* when the metrics' gauges were last set */
+    double t_report;          /* when the last throughput line was logged */
+    uint64_t report_prompt, report_generated; /* prompt rows admitted, tokens generated since then */
     char detok_buf[DETOK_CAP];
 };
 
@@ -426,6 +428,7 @@ static mm_status process_result(mm_engine *e, Metamorph__Internal__StepResult *r
         job *j = en->seq->user;
         if (en->produced) {
             int32_t row = en->seq->tokens[en->seq->n_tokens - 1];
+            e->report_generated++;
             if (j->n_generated++ == 0) {
                 j->t_first_token = t;
                 mm_metrics_observe(e->p.metrics, MM_METRIC_TTFT_SECONDS, 0, (t - j->req->t_arrival_ms) * 1e-3);
@@ -529,6 +532,7 @@ static void job_admit(mm_engine *e, job *j) {
     if (s == MM_OK)
         s = mm_sched_add(e->sched, req->call_id, rows, n, req->visual, req->max_new_tokens, &req->sampling, req->seed,
                          req->generate_image ? sp->image_tokens : 0, j, &j->seq);
+    if (s == MM_OK) e->report_prompt += (uint64_t)n;
     free(rows);
     if (s != MM_OK)
         job_fail(e, j, s == MM_ERR_INVALID ? GRPC_STATUS_INVALID_ARGUMENT : GRPC_STATUS_INTERNAL, mm_error_last());
@@ -728,6 +732,37 @@ static void update_gauges(mm_engine *e) {
     }
 }
 
+/* One line every log_stats_ms while there is work (as vLLM's periodic stats): what runs
+ * and waits, prompt rows admitted and tokens generated per second since the last line,
+ * KV use, the pools' backlog. Nothing while idle. */
+static void report_throughput(mm_engine *e) {
+    double t = now_ms();
+    if (e->t_report == 0) e->t_report = t;
+    if (!e->p.cfg->log_stats_ms || t - e->t_report < e->p.cfg->log_stats_ms) return;
+    mm_sched_stats st;
+    mm_sched_get_stats(e->sched, &st);
+    double dt = (t - e->t_report) * 1e-3;
+    int busy = st.running + st.waiting + e->n_encoding + e->n_decodes > 0 || e->report_generated > 0;
+    if (busy) {
+        char pools[160] = "";
+        mm_encoder_pool_stats es;
+        if (e->p.encoder && mm_encoder_pool_get_stats(e->p.encoder, &es) == MM_OK)
+            snprintf(pools, sizeof pools, ", encode pool %d jobs on %d workers", es.pool.jobs_in_flight, es.pool.workers_alive);
+        if (e->p.decoder) {
+            mm_pool_stats ds;
+            mm_decoder_pool_stats(e->p.decoder, &ds);
+            size_t n = strlen(pools);
+            snprintf(pools + n, sizeof pools - n, ", decode pool %d jobs on %d workers", ds.jobs_in_flight, ds.workers_alive);
+        }
+        LOG_INFO("running %d, waiting %d (+%d encoding), prompt %.1f tok/s, generation %.1f tok/s, KV %d/%d blocks "
+                 "(%.1f%%)%s",
+                 st.running, st.waiting, e->n_encoding, (double)e->report_prompt / dt, (double)e->report_generated / dt,
+                 st.kv_blocks_used, st.kv_blocks_total,
+                 st.kv_blocks_total ? 100.0 * st.kv_blocks_used / st.kv_blocks_total : 0.0, pools);
+    }
+    e->t_report = t, e->report_prompt = 0, e->report_generated = 0;
+}
+
 /* ---------------------------------------------------------------- loop */
 
 mm_status mm_engine_init(const mm_engine_params *p, mm_engine **out) {
@@ -819,6 +854,7 @@ int mm_engine_run(mm_engine *e) {
         }
         expire_deadlines(e);
         update_gauges(e);
+        report_throughput(e);
         if (e->failed && now_ms() - e->failed_at_ms >= e->p.cfg->fail_exit_ms) return 1;
         if (work) {
             spins = 0;

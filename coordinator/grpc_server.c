@@ -8,6 +8,7 @@
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
+#include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "access_log.h"
 #include "common/log.h"
 #include "common/tcp_listen.h"
 #include "proto/health.pb-c.h"
@@ -58,6 +60,10 @@ struct call_ctx {
     grpc_metadata_array md;
     method_id method;
     double t_arrival_ms, deadline_ms;
+    char peer[64];            /* the client's address, for the access log */
+    char request_id[129];     /* Generate*: the request's id (the client's or a server-made one) */
+    int prompt_tokens, completion_tokens, n_images_done; /* from the final reply, for the access log */
+    double ttft_ms;
     grpc_byte_buffer *recv_bb;
     int close_cancelled;
     int outstanding;          /* batches started and not completed */
@@ -201,6 +207,12 @@ static void pump(mm_grpc_server *s, call_ctx *c) {
     c->outstanding++;
 }
 
+static void access_log(const call_ctx *c, int code) {
+    mm_access_entry a = {"grpc", c->peer, c->method == M_STREAM ? "GenerateStream" : "Generate", c->request_id, code,
+                         c->prompt_tokens, c->completion_tokens, c->n_images_done, c->ttft_ms, now_ms() - c->t_arrival_ms};
+    mm_access_log(&a);
+}
+
 /* Queues a message and/or the final status for c. */
 static void call_send(mm_grpc_server *s, call_ctx *c, grpc_byte_buffer *bb, int final, grpc_status_code code,
                       const char *details) {
@@ -215,6 +227,7 @@ static void call_send(mm_grpc_server *s, call_ctx *c, grpc_byte_buffer *bb, int 
     if (final && (c->method == M_GENERATE || c->method == M_STREAM)) { /* every request ends here, once */
         mm_metrics_inc(s->p.metrics, MM_METRIC_REQUESTS_TOTAL, (int)code);
         mm_metrics_observe(s->p.metrics, MM_METRIC_REQUEST_DURATION_SECONDS, 0, (now_ms() - c->t_arrival_ms) * 1e-3);
+        access_log(c, (int)code);
     }
     if (c->tail) c->tail->next = m;
     else c->head = m;
@@ -281,6 +294,7 @@ static void handle_generate(mm_grpc_server *s, call_ctx *c, const uint8_t *data,
         call_fail(s, c, (grpc_status_code)code, msg);
         return;
     }
+    snprintf(c->request_id, sizeof c->request_id, "%s", r->request_id);
     r->call_id = c->id;
     r->stream = c->method == M_STREAM;
     r->t_arrival_ms = c->t_arrival_ms;
@@ -349,6 +363,11 @@ static void on_new_call(mm_grpc_server *s, call_ctx *c, int ok) {
     }
     post_request_call(s);
     c->t_arrival_ms = now_ms();
+    char *peer = grpc_call_get_peer(c->call);
+    const char *shown = peer ? peer : ""; /* "ipv4:127.0.0.1:5000" -> "127.0.0.1:5000", as the HTTP door's */
+    if (!strncmp(shown, "ipv4:", 5) || !strncmp(shown, "ipv6:", 5)) shown += 5;
+    snprintf(c->peer, sizeof c->peer, "%s", shown);
+    gpr_free(peer);
     gpr_timespec dl = gpr_convert_clock_type(c->details.deadline, GPR_CLOCK_MONOTONIC);
     if (gpr_time_cmp(dl, gpr_inf_future(GPR_CLOCK_MONOTONIC)) != 0) {
         gpr_timespec left = gpr_time_sub(dl, gpr_now(GPR_CLOCK_MONOTONIC));
@@ -392,6 +411,7 @@ static void maybe_free(mm_grpc_server *s, call_ctx *c) {
         if (c->method == M_GENERATE || c->method == M_STREAM) {
             mm_metrics_inc(s->p.metrics, MM_METRIC_REQUESTS_TOTAL, GRPC_STATUS_CANCELLED);
             mm_metrics_observe(s->p.metrics, MM_METRIC_REQUEST_DURATION_SECONDS, 0, (now_ms() - c->t_arrival_ms) * 1e-3);
+            access_log(c, GRPC_STATUS_CANCELLED);
         }
     }
     ctx_destroy(c);
@@ -537,6 +557,8 @@ static void deliver(mm_grpc_server *s, call_ctx *c, mm_reply *r) {
         Metamorph__V1__Usage u = METAMORPH__V1__USAGE__INIT;
         Metamorph__V1__Timings tm = METAMORPH__V1__TIMINGS__INIT;
         fill_final(r, &resp, &u, &tm);
+        c->prompt_tokens = r->prompt_tokens, c->completion_tokens = r->completion_tokens, c->n_images_done = r->images;
+        c->ttft_ms = r->ttft_ms;
         grpc_byte_buffer *bb;
         if (stream) {
             ev.event_case = METAMORPH__V1__GENERATE_EVENT__EVENT_FINAL, ev.final = &resp;

@@ -9,6 +9,7 @@
 
 #include <grpc/status.h>
 #include <microhttpd.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -21,6 +22,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "access_log.h"
 #include "common/log.h"
 #include "common/tcp_listen.h"
 #include "openai_request.h"
@@ -72,6 +74,11 @@ typedef struct {
     int fd;                   /* the client's socket, watched while waiting */
     double t_arrival_ms;
     int grpc_code;            /* how it ended, for the metrics (-1: not counted yet) */
+    const char *path;         /* the route, for the access log */
+    char peer[64];            /* the client's address */
+    char rid[129];            /* the request's id */
+    int prompt_tokens, completion_tokens, images; /* from the final reply */
+    double ttft_ms;
     mm_oai_request *req;
     http_call *calls[MM_OAI_MAX_IMAGES_N];
     int n_calls;
@@ -325,7 +332,10 @@ static int submit(exchange *x, struct MHD_Connection *conn, mm_oai_error *err) {
             return -1;
         }
         x->calls[x->n_calls++] = c;
-        if (k == 0) snprintf(rid, sizeof rid, "%s", r->request_id); /* the client's or a server-made one */
+        if (k == 0) { /* the client's id or a server-made one */
+            snprintf(rid, sizeof rid, "%s", r->request_id);
+            snprintf(x->rid, sizeof x->rid, "%s", r->request_id);
+        }
         q->g.request_id = rid;
         r->call_id = c->id;
         r->stream = q->stream;
@@ -403,6 +413,9 @@ static enum MHD_Result answer_whole(exchange *x, struct MHD_Connection *conn) {
         out = respond_json(conn, MHD_HTTP_OK, mm_oai_completion_json(x->kind, &x->head, &res, final,
                                                                      x->req->return_token_ids));
     }
+    if (final)
+        x->prompt_tokens = final->prompt_tokens, x->completion_tokens = final->completion_tokens,
+        x->images = res.n_images, x->ttft_ms = final->ttft_ms;
     mm_reply_free(final);
     mm_oai_result_free(&res);
     return out;
@@ -458,6 +471,8 @@ static int sse_reply(exchange *x, const mm_reply *r) {
     }
     case MM_REPLY_FINAL: {
         x->finished = 1;
+        x->prompt_tokens = r->prompt_tokens, x->completion_tokens = r->completion_tokens, x->images = r->images;
+        x->ttft_ms = r->ttft_ms;
         const char *fr = mm_oai_finish_reason(r->finish_reason);
         if (sse_event(x, chat ? mm_oai_chunk_json(x->kind, h, json_object(), NULL, fr)
                               : mm_oai_chunk_json(x->kind, h, NULL, "", fr)))
@@ -558,6 +573,18 @@ static const struct {
     {"/v1/images/generations", ROUTE_IMAGES},
 };
 
+/* "ip:port" of the client. */
+static void peer_name(struct MHD_Connection *conn, char *out, size_t cap) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    char host[64], port[16];
+    out[0] = 0;
+    if (ci && ci->client_addr &&
+        getnameinfo(ci->client_addr, ci->client_addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                                               : sizeof(struct sockaddr_in),
+                    host, sizeof host, port, sizeof port, NI_NUMERICHOST | NI_NUMERICSERV) == 0)
+        if (snprintf(out, cap, "%s:%s", host, port) >= (int)cap) out[0] = 0;
+}
+
 static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                               const char *version, const char *upload_data, size_t *upload_data_size, void **req_cls) {
     mm_http_server *s = cls;
@@ -573,6 +600,8 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
         x = calloc(1, sizeof *x);
         if (!x) return MHD_NO;
         x->s = s, x->kind = (mm_oai_kind)POST_ROUTES[found].r, x->t_arrival_ms = now_ms(), x->grpc_code = -1, x->fd = -1;
+        x->path = POST_ROUTES[found].path;
+        peer_name(conn, x->peer, sizeof x->peer);
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
         if (ci) x->fd = ci->connect_fd;
         int one = 1; /* stream chunks leave at once: Nagle + the client's delayed ACK held each ~40 ms */
@@ -620,6 +649,9 @@ static void completed(void *cls, struct MHD_Connection *conn, void **req_cls, en
         x->grpc_code = GRPC_STATUS_CANCELLED;
     mm_metrics_inc(s->p.metrics, MM_METRIC_REQUESTS_TOTAL, x->grpc_code);
     mm_metrics_observe(s->p.metrics, MM_METRIC_REQUEST_DURATION_SECONDS, 0, (now_ms() - x->t_arrival_ms) * 1e-3);
+    mm_access_entry a = {"http", x->peer, x->path, x->rid, x->grpc_code, x->prompt_tokens, x->completion_tokens, x->images,
+                         x->ttft_ms, now_ms() - x->t_arrival_ms};
+    mm_access_log(&a);
     mm_reply_free(x->first);
     mm_oai_request_free(x->req);
     free(x->body);

@@ -85,15 +85,33 @@ static mm_status setup(const char *cfg_path, coord_setup *c) {
         mm_encoder_pool_params ep = {pool_settings(c, c->cfg.encode_bind), c->mm.n_image_tokens, c->mm.mm_hidden,
                                      c->cfg.embed_cache_mb};
         CHECK(mm_encoder_pool_init(&ep, &c->encoder));
-        LOG_INFO("encoder pool on %s", c->cfg.encode_bind);
     }
     if (c->paths.decoder[0] && c->cfg.decode_bind[0]) {
         mm_pool_settings dp = pool_settings(c, c->cfg.decode_bind);
         CHECK(mm_decoder_pool_init(&dp, c->mm.n_image_tokens, c->mm.mm_hidden, &c->decoder));
         CHECK(mm_decoder_default_side(c->paths.decoder, &c->image_side));
-        LOG_INFO("decoder pool on %s", c->cfg.decode_bind);
     }
     return MM_OK;
+}
+
+/* The start-up banner, at the default log level: what is served, where, by whom. */
+static void banner(const coord_setup *c, const mm_mpi_driver *drv, int vision_in, int images_out, int http_on,
+                   int metrics_on) {
+    const mm_llama_config *l = &c->llm;
+    LOG_INFO("serving \"%s\" (%s): %d layers, dim %d, vocab %d, context %d; image input %s, image output %s",
+             c->model_name, c->cfg.model, l->n_layers, l->dim, l->vocab_size, mm_engine_max_context(&c->cfg, l),
+             vision_in ? "on" : "off", images_out ? (c->decoder ? "on (PNG)" : "on (visual tokens only)") : "off");
+    for (int k = 0; k < mm_driver_n_stages(drv); k++) {
+        const mm_stage_info *st = mm_driver_stage(drv, k);
+        LOG_INFO("stage %d of %d: rank %d on %s (pid %d), layers [%d, %d)%s%s", k + 1, mm_driver_n_stages(drv), st->rank,
+                 st->host, st->pid, st->layer_begin, st->layer_end, k == 0 ? " + embed" : "",
+                 k + 1 == mm_driver_n_stages(drv) ? " + norm, lm_head" : "");
+    }
+    LOG_INFO("gRPC on %s; OpenAI HTTP %s%s%s; metrics %s%s%s", c->cfg.listen, http_on ? "on http://" : "off",
+             http_on ? c->cfg.http_listen : "", http_on ? "/v1" : "", metrics_on ? "on http://" : "off",
+             metrics_on ? c->cfg.metrics_listen : "", metrics_on ? "/metrics" : "");
+    LOG_INFO("pools: encode %s, decode %s (workers join and leave at any time); ready",
+             c->encoder ? c->cfg.encode_bind : "none", c->decoder ? c->cfg.decode_bind : "none");
 }
 
 /* The threads that are not the MPI thread must not take the signals. */
@@ -129,7 +147,6 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
         mm_driver_shutdown(drv);
         goto out;
     }
-    if (http) LOG_INFO("metrics on http://%s/metrics", c->cfg.metrics_listen);
     ep.metrics = metrics;
     if (!zctx || mm_engine_init(&ep, &eng) != MM_OK) {
         LOG_ERROR("scheduler: %s", zctx ? mm_error_last() : "zmq_ctx_new failed");
@@ -170,7 +187,7 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
         }
     }
     atomic_store(&serving, 1);
-    LOG_INFO("serving %s on %s with %d stages", c->cfg.model, c->cfg.listen, mm_driver_n_stages(drv));
+    banner(c, drv, vision_input, image_output, api != NULL, http != NULL);
     rc = mm_engine_run(eng);
     mm_engine_stop_replies(eng, api != NULL);
     mm_grpc_stop(srv);

@@ -2,6 +2,8 @@
  * and allowed range live; the struct fields are filled from it. */
 #include "serve_config.h"
 
+#include "common/log.h"
+
 #include <jansson.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -42,6 +44,7 @@ static const int_tunable INT_TUNABLES[] = {
     T(image_steps, 50, 1, 1000, "diffusion steps when a request does not say"),
     T(http_max_body_mb, 96, 1, 2047, "largest HTTP request body in MiB"),
     T(http_max_connections, 256, 1, 65536, "HTTP connections at once (one thread each)"),
+    T(log_stats_ms, 10000, 0, 3600000, "a throughput line (running, waiting, tok/s, KV use, pools) this often while busy, 0 = never"),
 };
 #undef T
 
@@ -65,6 +68,8 @@ static const str_tunable STR_TUNABLES[] = {
     S(metrics_listen, "127.0.0.1:9464", NULL, "Prometheus /metrics, /healthz, /readyz host:port, \"\" = off"),
     S(http_listen, "127.0.0.1:8000", NULL, "OpenAI-compatible HTTP API host:port, \"\" = off"),
     S(served_model_name, "", NULL, "the model's id in the HTTP API, \"\" = the model directory's name"),
+    S(log_level, "info", "MM_LOG_LEVEL", "log level of every program: error, warn, info, debug"),
+    S(log_format, "text", "MM_LOG_FORMAT", "log lines as text or json (time, level, prog, pid, src, msg)"),
 };
 #undef S
 
@@ -142,6 +147,7 @@ mm_status mm_serve_config_load(const char *path, mm_serve_config *c) {
         if (strlen(v) >= t->cap) s = MM_ERROR(MM_ERR_INVALID, "%s is longer than %zu bytes", t->env, t->cap - 1);
         else snprintf((char *)c + t->offset, t->cap, "%s", v);
     }
+    if (s == MM_OK) s = mm_log_configure(c->log_level, c->log_format); /* every process that reads the config */
     return s;
 }
 

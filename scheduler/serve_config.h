@@ -47,6 +47,9 @@ typedef struct {
     int32_t http_max_body_mb;  /* largest HTTP request body (base64 images inflate by 4/3) */
     int32_t http_max_connections; /* HTTP connections at once (one thread each) */
     char served_model_name[256]; /* the model's id in the HTTP API, "" = the model directory's name */
+    char log_level[16];        /* error, warn, info, debug (MM_LOG_LEVEL wins) */
+    char log_format[16];       /* text or json: one line per message (MM_LOG_FORMAT wins) */
+    int32_t log_stats_ms;      /* coordinator: a throughput line this often while busy, 0 = never */
     int32_t stage_layers[MM_MAX_STAGES]; /* layers per stage; n_stage_layers == 0: even split */
     int32_t n_stage_layers;
 } mm_serve_config;

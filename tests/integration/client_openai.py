@@ -9,6 +9,7 @@ Exits non-zero on any failure."""
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -209,12 +210,31 @@ def main_tests():
     next(it), next(it)
     stream.close()
     wait_for(lambda: metric("metamorph_running_sequences") == 0, 10, "the cancelled sequence to leave")
+    wait_for(lambda: metric('metamorph_requests_total{status="CANCELLED"}') == cancelled0 + 2, 5, "both counted")
     # a gRPC client that cancels is counted too (metamorph_requests_total, status CANCELLED)
     c0 = metric('metamorph_requests_total{status="CANCELLED"}')
     call = stubs.stream(grpc_generate("Tell a long story", max_new_tokens=1500), timeout=60)
     next(call), next(call)
     call.cancel()
     wait_for(lambda: metric('metamorph_requests_total{status="CANCELLED"}') == c0 + 1, 5, "a cancelled gRPC call counted")
+
+    # the operator's log: one access line per request through either door, and the
+    # periodic throughput line (log_stats_ms is 1000 in this service's config)
+    client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=3,
+                                   extra_headers={"X-Request-Id": "oai-log-1"})
+    stubs.generate(pb.GenerateRequest(request_id="grpc-log-1", messages=[pb.ChatMessage(role="user", parts=[
+        pb.ContentPart(text="Hi")])], sampling=pb.SamplingParams(max_new_tokens=3)), timeout=30)
+    log = open(os.path.join(work, "service.log")).read()
+    check(re.search(r"INFO  mm-coordinator\[\d+\] access_log\.c:\d+ request oai-log-1 http /v1/chat/completions "
+                    r"from 127\.0\.0\.1:\d+: OK, prompt \d+, completion 3, images 0, ttft [\d.]+ ms", log),
+          "HTTP access line")
+    check(re.search(r"request grpc-log-1 grpc Generate from 127\.0\.0\.1:\d+: OK, prompt \d+, completion 3", log),
+          "gRPC access line")
+    check(re.search(r"request \S+ http /v1/chat/completions from \S+: CANCELLED", log), "a cancelled request's line")
+    check(re.search(r"running \d+, waiting \d+ \(\+\d+ encoding\), prompt [\d.]+ tok/s, generation [\d.]+ tok/s, "
+                    r"KV \d+/\d+ blocks", log), "periodic throughput line")
+    check(re.search(r'serving "tiny" .*\n.*stage 1 of 2: rank 1 .*\n.*stage 2 of 2: rank 2 .*\n.*gRPC on .*OpenAI HTTP on', log),
+          "start-up banner")
 
     # SSE framing as curl sees it
     out = subprocess.run(["curl", "-sS", "-N", "-D", "-", f"{base}/chat/completions", "-H", "Content-Type: application/json",
