@@ -67,6 +67,9 @@ mm_status mm_cpu_rows_matmul(mm_backend *be, const mm_tensor *w, const float *x,
 /* Which GEMM the fast backend uses: oneDNN on AVX-512 CPUs (measured batch-invariant
  * there), gemm_rows.c elsewhere; MM_CPU_GEMM=dnnl|rows overrides (benchmarks, tests). */
 int mm_cpu_gemm_uses_dnnl(void);
+/* Whether the fast backend's GEMM rounds activations to bf16 for bf16 weights (oneDNN's
+ * bf16 kernels do; gemm_rows.c keeps them f32). */
+static inline int mm_cpu_gemm_rounds_activations(void) { return mm_cpu_gemm_uses_dnnl(); }
 
 /* oneDNN matmul with a primitive cache (gemm_dnnl.c). */
 typedef struct mm_dnnl mm_dnnl;

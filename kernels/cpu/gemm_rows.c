@@ -6,8 +6,9 @@
  * (16 lanes over k in steps of 16, the lanes added 0..15, then the K tail), whatever M,
  * the tile of rows it falls in, or the thread that computes it: batch invariance by
  * construction. Weights stay in the checkpoint layout [N, K] (mapped, not packed), f32
- * or bf16 widened on the fly; bf16 weights take activations rounded to bf16, as the
- * oneDNN path does (bf16 products are exact in f32, sums in f32).
+ * or bf16 widened on the fly; activations stay f32 (oneDNN's bf16 path rounds them to
+ * bf16 for its AMX/AVX512-BF16 kernels; here that would cost accuracy and buy nothing,
+ * so a bf16 checkpoint's logits are as close to exact arithmetic as cpu-ref's).
  *
  * Tiles of ROWS rows of x share each load of a weight chunk; threads split the columns,
  * so each thread streams its own slice of W once per tile of rows. */
@@ -86,18 +87,6 @@ mm_status mm_cpu_rows_matmul(mm_backend *be, const mm_tensor *w, const float *x,
     if (w->dtype != MM_DTYPE_F32 && w->dtype != MM_DTYPE_BF16)
         return MM_ERROR(MM_ERR_UNSUPPORTED, "matmul: weight dtype %s", mm_dtype_name(w->dtype));
     if (M <= 0) return MM_OK;
-    if (w->dtype == MM_DTYPE_BF16) { /* activations as bf16 values (held in f32) */
-        void *buf;
-        CHECK(mm_cpu_scratch(be, (size_t)(M * K) * (sizeof(float) + sizeof(uint16_t)), &buf));
-        float *xr = buf;
-        uint16_t *b = (uint16_t *)(xr + M * K);
-        mm_cpu_round_bf16(x, b, (size_t)(M * K));
-        for (int64_t i = 0; i < M * K; i++) {
-            uint32_t u = (uint32_t)b[i] << 16;
-            memcpy(&xr[i], &u, sizeof u);
-        }
-        x = xr;
-    }
     const int64_t tasks = (N + COLS_PER_TASK - 1) / COLS_PER_TASK;
 #pragma omp parallel for num_threads(be->n_threads) schedule(static) if (M * N * K > 65536)
     for (int64_t t = 0; t < tasks; t++) {
