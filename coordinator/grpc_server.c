@@ -21,11 +21,12 @@
 #include "access_log.h"
 #include "common/log.h"
 #include "common/tcp_listen.h"
+#include "grpc_reflection.h"
 #include "proto/health.pb-c.h"
 
 #define N_BUCKETS 1024
 
-typedef enum { M_UNKNOWN = 0, M_GENERATE, M_STREAM, M_INFO, M_HEALTH } method_id;
+typedef enum { M_UNKNOWN = 0, M_GENERATE, M_STREAM, M_INFO, M_HEALTH, M_REFLECTION } method_id;
 
 static const struct {
     const char *path;
@@ -35,6 +36,8 @@ static const struct {
     {"/metamorph.v1.MetaMorph/GenerateStream", M_STREAM},
     {"/metamorph.v1.MetaMorph/GetModelInfo", M_INFO},
     {"/grpc.health.v1.Health/Check", M_HEALTH},
+    {"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", M_REFLECTION},
+    {"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", M_REFLECTION}, /* same messages */
 };
 
 typedef enum { TAG_NEW_CALL = 1, TAG_RECV, TAG_CLOSE, TAG_SEND, TAG_SHUTDOWN } tag_kind;
@@ -303,7 +306,31 @@ static void handle_generate(mm_grpc_server *s, call_ctx *c, const uint8_t *data,
     to_sched(s, MM_MSG_SUBMIT, c->id, r);
 }
 
+static int start_batch(call_ctx *c, grpc_op *op, op_tag *tag);
+
+/* One request of a reflection stream: its answer, then a receive for the next one (the
+ * client's half-close ends the stream with OK: on_message). */
+static void handle_reflection(mm_grpc_server *s, call_ctx *c, const uint8_t *data, size_t len) {
+    uint8_t *out;
+    size_t n;
+    if (mm_reflection_answer(data, len, &out, &n) != 0) {
+        call_fail(s, c, GRPC_STATUS_INVALID_ARGUMENT, "malformed grpc.reflection.v1.ServerReflectionRequest");
+        return;
+    }
+    call_send(s, c, bytes_to_bb(out, n), 0, GRPC_STATUS_OK, NULL);
+    free(out);
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &c->recv_bb;
+    start_batch(c, &op, &c->t_recv);
+}
+
 static void on_message(mm_grpc_server *s, call_ctx *c) {
+    if (!c->recv_bb && c->method == M_REFLECTION) {
+        call_send(s, c, NULL, 1, GRPC_STATUS_OK, NULL);
+        return;
+    }
     if (!c->recv_bb) {
         call_fail(s, c, GRPC_STATUS_INVALID_ARGUMENT, "the request message is missing");
         return;
@@ -318,6 +345,7 @@ static void on_message(mm_grpc_server *s, call_ctx *c) {
     c->recv_bb = NULL;
     switch (c->method) {
     case M_HEALTH: handle_health(s, c, data, len); break;
+    case M_REFLECTION: handle_reflection(s, c, data, len); break;
     case M_GENERATE:
     case M_STREAM: handle_generate(s, c, data, len); break;
     case M_INFO:

@@ -19,6 +19,7 @@ MM_DEBIAN_PACKAGES=(
   protobuf-compiler python3-grpcio python3-protobuf  # service test with the Python grpcio client
   libmicrohttpd-dev python3-prometheus-client  # coordinator metrics over HTTP; its test parses them with prometheus_client
   libarchive-dev                     # mmctl batch --shards: WebDataset-style tar shards (plain, gzip, zstd)
+  protobuf-compiler-grpc             # grpc_python_plugin: clients/python/generate_stubs.sh (and its test) without pip
   python3-venv curl                  # OpenAI-door tests: the pinned openai client in a venv (pip, PyPI), SSE framing with curl
   libcurl4-openssl-dev               # bench/serve --http: the OpenAI door's load generator
 )

@@ -115,20 +115,18 @@ export MM_LAUNCH_MODEL=$model MM_LAUNCH_THREADS=$wthreads MM_LAUNCH_DELAY_MS=$de
 
 # The pools the model has and the config binds; their workers on this host.
 pools=()
-if [[ $vision == - ]]; then
-  echo "launch: $model has no vision part: no encoder workers (image inputs are refused)" >&2
-elif [[ $enc_ep == - ]]; then
-  echo "launch: encode_bind is \"\": no encoder workers" >&2
-else
-  for ((k = 0; k < n_enc; k++)); do pools+=("encoder $enc_ep $k"); done
-fi
-if [[ $decoder == - ]]; then
-  echo "launch: $model has no decoder part: no decoder workers (images are generated as tokens only)" >&2
-elif [[ $dec_ep == - ]]; then
-  echo "launch: decode_bind is \"\": no decoder workers" >&2
-else
-  for ((k = 0; k < n_dec; k++)); do pools+=("decoder $dec_ep $k"); done
-fi
+# plan_workers KIND PART_DIR PART_NAME BIND_KEY ENDPOINT COUNT WITHOUT_IT
+plan_workers() {
+  if [[ $2 == - ]]; then
+    echo "launch: $model has no $3 part: no $1 workers ($7)" >&2
+  elif [[ $5 == - ]]; then
+    echo "launch: $4 is \"\": no $1 workers" >&2
+  else
+    for ((k = 0; k < $6; k++)); do pools+=("$1 $5 $k"); done
+  fi
+}
+plan_workers encoder "$vision" vision encode_bind "$enc_ep" "$n_enc" "image inputs are refused"
+plan_workers decoder "$decoder" decoder decode_bind "$dec_ep" "$n_dec" "images are generated as tokens only"
 
 if ((dry)); then
   printf 'launch: dry run: job:'; printf ' %q' "${cmd[@]}"; printf '\n'

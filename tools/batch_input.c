@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 #include "tools/jsonl_results.h"
 
@@ -269,51 +270,97 @@ done:
     return s;
 }
 
-static int has_image_extension(const char *name) {
+int batch_input_is_image_name(const char *name) {
     const char *dot = strrchr(name, '.');
     return dot && (!strcasecmp(dot, ".png") || !strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg"));
 }
 
+void batch_input_note_skipped(batch_input *in, const char *name) {
+    if (in->n_skipped < BATCH_SKIPPED_SHOWN) in->skipped[in->n_skipped] = strdup(name); /* NULL: not shown */
+    in->n_skipped++;
+}
+
+mm_status batch_input_add_image(batch_input *in, size_t *cap, const char *id, const char *path, const char *prompt,
+                                const batch_input_options *o, batch_item **out) {
+    /* the line a user would have written: {"id": ID, "prompt": P, "images": [PATH]} */
+    batch_item *it;
+    CHECK(push_item(in, cap, (int)in->n + 1, &it));
+    json_t *obj = json_object(), *images = json_array();
+    mm_status s = MM_OK;
+    if (!obj || !images) s = MM_ERROR(MM_ERR_NOMEM, "out of memory");
+    else if (json_array_append_new(images, json_string(path)) || json_object_set_new(obj, "id", json_string(id)) ||
+             json_object_set_new(obj, "prompt", json_string(prompt)) || json_object_set(obj, "images", images))
+        line_error(it, "file name %s is not UTF-8", path);
+    else parse_item(it, obj, o, "");
+    json_decref(obj), json_decref(images);
+    *out = it;
+    return s;
+}
+
+mm_status batch_input_finish(batch_input *in) { return finish_items(in); }
+
 static int compare_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+typedef struct {
+    char **names; /* relative paths of the images found */
+    size_t n, cap;
+} name_list;
+
+/* Walks dir/rel (rel "" at the top), adding image paths to l and counting the rest in
+ * in. Directories given by a symbolic link are not entered (no cycles). */
+static mm_status walk_dir(const char *dir, const char *rel, name_list *l, batch_input *in, int depth) {
+    char path[8192];
+    snprintf(path, sizeof path, "%s%s%s", dir, rel[0] ? "/" : "", rel);
+    if (depth > 64) return MM_ERROR(MM_ERR_INVALID, "%s: directories nested deeper than 64", path);
+    DIR *d = opendir(path);
+    if (!d) return MM_ERROR(MM_ERR_IO, "cannot open directory %s: %s", path, strerror(errno));
+    mm_status s = MM_OK;
+    struct dirent *e;
+    while (s == MM_OK && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char child[4096], full[8192 + 4096];
+        if (snprintf(child, sizeof child, "%s%s%s", rel, rel[0] ? "/" : "", e->d_name) >= (int)sizeof child) {
+            s = MM_ERROR(MM_ERR_INVALID, "path too long under %s", path);
+            break;
+        }
+        snprintf(full, sizeof full, "%s/%s", path, e->d_name);
+        struct stat st;
+        if (lstat(full, &st) != 0) {
+            s = MM_ERROR(MM_ERR_IO, "cannot stat %s: %s", full, strerror(errno));
+        } else if (S_ISDIR(st.st_mode)) {
+            s = walk_dir(dir, child, l, in, depth + 1);
+        } else if (!batch_input_is_image_name(e->d_name)) {
+            batch_input_note_skipped(in, child);
+        } else {
+            if (l->n == l->cap) {
+                l->cap = l->cap ? l->cap * 2 : 256;
+                char **nn = realloc(l->names, l->cap * sizeof *nn);
+                if ((s = CHECK_ALLOC(nn)) != MM_OK) break;
+                l->names = nn;
+            }
+            if (!(l->names[l->n] = strdup(child))) s = MM_ERROR(MM_ERR_NOMEM, "out of memory");
+            else l->n++;
+        }
+    }
+    closedir(d);
+    return s;
+}
 
 mm_status batch_input_load_image_dir(const char *dir, const char *prompt, const batch_input_options *o,
                                      batch_input *out) {
     memset(out, 0, sizeof *out);
-    DIR *d = opendir(dir);
-    if (!d) return MM_ERROR(MM_ERR_IO, "cannot open directory %s: %s", dir, strerror(errno));
-    char **names = NULL;
-    size_t n = 0, names_cap = 0, cap = 0;
-    mm_status s = MM_OK;
-    struct dirent *e;
-    while (s == MM_OK && (e = readdir(d))) {
-        if (e->d_name[0] == '.' || !has_image_extension(e->d_name)) continue;
-        if (n == names_cap) {
-            names_cap = names_cap ? names_cap * 2 : 256;
-            char **nn = realloc(names, names_cap * sizeof *nn);
-            if ((s = CHECK_ALLOC(nn)) != MM_OK) break;
-            names = nn;
-        }
-        if (!(names[n] = strdup(e->d_name))) s = MM_ERROR(MM_ERR_NOMEM, "out of memory");
-        else n++;
-    }
-    closedir(d);
-    if (s == MM_OK) qsort(names, n, sizeof *names, compare_names);
-    for (size_t i = 0; i < n && s == MM_OK; i++) {
-        /* the line a user would have written: {"id": NAME, "prompt": P, "images": ["DIR/NAME"]} */
+    name_list l = {0};
+    size_t cap = 0;
+    mm_status s = walk_dir(dir, "", &l, out, 0);
+    if (s == MM_OK) qsort(l.names, l.n, sizeof *l.names, compare_names);
+    for (size_t i = 0; i < l.n && s == MM_OK; i++) {
+        char *path = resolve_path(dir, l.names[i]);
         batch_item *it;
-        if ((s = push_item(out, &cap, (int)i + 1, &it)) != MM_OK) break;
-        json_t *obj = json_object(), *images = json_array();
-        char *path = resolve_path(dir, names[i]);
-        if (!obj || !images || !path) s = MM_ERROR(MM_ERR_NOMEM, "out of memory");
-        else if (json_array_append_new(images, json_string(path)) || json_object_set_new(obj, "id", json_string(names[i])) ||
-                 json_object_set_new(obj, "prompt", json_string(prompt)) || json_object_set(obj, "images", images))
-            line_error(it, "file name %s is not UTF-8", names[i]);
-        else parse_item(it, obj, o, "");
-        json_decref(obj), json_decref(images);
+        s = path ? batch_input_add_image(out, &cap, l.names[i], path, prompt, o, &it) : MM_ERROR(MM_ERR_NOMEM, "out of memory");
         free(path);
     }
-    for (size_t i = 0; i < n; i++) free(names[i]);
-    free(names);
+    for (size_t i = 0; i < l.n; i++) free(l.names[i]);
+    free(l.names);
     if (s == MM_OK) s = finish_items(out);
     if (s != MM_OK) batch_input_free(out);
     return s;
@@ -324,7 +371,9 @@ void batch_input_free(batch_input *in) {
         batch_item *it = &in->items[i];
         for (size_t k = 0; k < it->n_images; k++) free(it->image_paths[k]);
         free(it->image_paths), free(it->id), free(it->key), free(it->error), free(it->prompt), free(it->sampler);
+        free(it->image_data);
     }
+    for (size_t i = 0; i < in->n_skipped && i < BATCH_SKIPPED_SHOWN; i++) free(in->skipped[i]);
     free(in->items);
     memset(in, 0, sizeof *in);
 }

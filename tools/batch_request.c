@@ -45,7 +45,11 @@ mm_status batch_request_pack(const batch_item *it, uint8_t **buf, size_t *len) {
     for (; s == MM_OK && n_read < it->n_images; n_read++) {
         metamorph__v1__content_part__init(&parts[n_read]);
         parts[n_read].kind_case = METAMORPH__V1__CONTENT_PART__KIND_IMAGE;
-        s = read_image_file(it->image_paths[n_read], &parts[n_read].image.data, &parts[n_read].image.len);
+        if (it->image_data) { /* a shard member, read with its shard: lent, not copied */
+            parts[n_read].image.data = it->image_data, parts[n_read].image.len = it->image_len;
+        } else {
+            s = read_image_file(it->image_paths[n_read], &parts[n_read].image.data, &parts[n_read].image.len);
+        }
         if (s != MM_OK) break;
         part_ptrs[n_read] = &parts[n_read];
     }
@@ -69,7 +73,7 @@ mm_status batch_request_pack(const batch_item *it, uint8_t **buf, size_t *len) {
         if (*buf) metamorph__v1__generate_request__pack(&req, *buf);
         else s = MM_ERROR(MM_ERR_NOMEM, "out of memory packing a request of %zu bytes", *len);
     }
-    for (size_t i = 0; parts && i < n_read; i++) free(parts[i].image.data);
+    for (size_t i = 0; parts && i < n_read && !it->image_data; i++) free(parts[i].image.data);
     free(parts), free(part_ptrs);
     return s;
 }

@@ -9,6 +9,7 @@
 #include <getopt.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@
 #include "tools/batch_input.h"
 #include "tools/batch_progress.h"
 #include "tools/batch_request.h"
+#include "tools/batch_shard.h"
 #include "tools/durable_file.h"
 #include "tools/jsonl_results.h"
 
@@ -35,15 +37,23 @@ void mmctl_batch_usage(FILE *f) {
     fprintf(f,
             "  batch    --input FILE.jsonl --out DIR [--task caption|generate|chat] [--concurrency N]\n"
             "           [--resume] [--defaults JSON] [--max-attempts N]\n"
-            "           --images DIR --prompt TEXT --out DIR [...]   caption every PNG/JPEG of DIR\n"
+            "           [--max-tokens N]\n"
+            "           --images DIR --prompt TEXT --out DIR [...]   caption every PNG/JPEG under DIR\n"
+            "           (subdirectories too; id = the path relative to DIR; other files are\n"
+            "           reported as skipped; no image at all is an error)\n"
+            "           --shards 'data-{000..099}.tar' --prompt TEXT [...]   caption every PNG/JPEG\n"
+            "           member of WebDataset-style tar shards (id = the sample key); each shard's\n"
+            "           results go next to it, in data-000.results/ (same layout as --out DIR)\n"
             "           Each input line: {\"id\": \"...\", \"prompt\": \"...\", \"images\": [\"path\", ...],\n"
             "           \"task\", \"max_tokens\", \"temperature\", \"top_p\", \"top_k\", \"seed\", \"steps\",\n"
             "           \"guidance\", \"sampler\", \"image_seed\"} (only id and prompt required; relative\n"
             "           image paths are from the input file's directory; --defaults gives fields for\n"
             "           every line; --task the task of lines without one, default chat, caption\n"
-            "           with --images). ids are unique strings or integers.\n"
+            "           with --images; --max-tokens the max_tokens of lines without one). ids are\n"
+            "           unique strings or integers.\n"
             "           Results: one JSON line per input line appended to DIR/results.jsonl:\n"
-            "           {\"id\", \"line\", \"status\": \"ok\"|\"error\", \"error\", \"text\", \"images\",\n"
+            "           {\"id\", \"line\", \"status\": \"ok\"|\"error\", \"error\", \"prompt\", \"source\" (the\n"
+            "           image read, SHARD#MEMBER for a shard, null without one), \"text\", \"images\",\n"
             "           \"prompt_tokens\", \"completion_tokens\", \"ttft_ms\", \"total_ms\", \"attempts\"};\n"
             "           a line without a usable id (bad JSON, no id, duplicate) has \"id\": null.\n"
             "           Images: DIR/images/ID-K.png, ID with bytes other than A-Z a-z 0-9 . _ -\n"
@@ -54,6 +64,7 @@ void mmctl_batch_usage(FILE *f) {
             "           rewrites results.jsonl with the latest line of each id, in input order.\n"
             "           RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED: retried with backoff\n"
             "           (--max-attempts, default %d); other errors are the line's result.\n"
+            "           Ctrl-C stops at once (\"interrupted: rerun with --resume\"; finished lines are kept).\n"
             "           Exit 0 when every line is ok, 1 otherwise.\n",
             FILE_STEM_MAX, DEFAULT_MAX_ATTEMPTS);
 }
@@ -112,6 +123,8 @@ static json_t *record_make(const batch_item *it, const char *error, const char *
     bad |= json_object_set_new(rec, "line", json_integer(it->line));
     bad |= json_object_set_new(rec, "status", json_string(error ? "error" : "ok"));
     bad |= json_object_set_new(rec, "error", json_string(error ? error : ""));
+    bad |= json_object_set_new(rec, "prompt", it->prompt ? json_string(it->prompt) : json_null());
+    bad |= json_object_set_new(rec, "source", it->n_images ? json_string(it->image_paths[0]) : json_null());
     bad |= json_object_set_new(rec, "text", json_string(text ? text : ""));
     bad |= json_object_set_new(rec, "images", images ? images : json_array());
     bad |= json_object_set_new(rec, "prompt_tokens", json_integer(r && r->usage ? r->usage->prompt_tokens : 0));
@@ -257,6 +270,20 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
+static volatile sig_atomic_t g_interrupted;
+static void on_interrupt(int sig) { g_interrupted = sig; }
+
+/* Ctrl-C: lines already recorded are durable and --resume skips them; the calls in
+ * flight are abandoned (a worker blocked in one cannot be joined soon), so the process
+ * ends the way the signal would have ended it (exit status 130 in a shell). */
+static void end_interrupted(batch_job *job) {
+    job->stop = 1;
+    if (job->progress.tty) fputc('\n', job->progress.out);
+    fprintf(stderr, "mmctl batch: interrupted: rerun with --resume (%zu lines done)\n", job->progress.ok + job->progress.failed);
+    signal(g_interrupted, SIG_DFL);
+    raise(g_interrupted);
+}
+
 /* Starts n workers and draws progress until they are all done. */
 static mm_status run_workers(batch_job *job, int n) {
     pthread_t *threads = calloc((size_t)n, sizeof *threads);
@@ -278,6 +305,7 @@ static mm_status run_workers(batch_job *job, int n) {
         until.tv_nsec += 100 * 1000000L;
         if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
         pthread_cond_timedwait(&job->changed, &job->mu, &until);
+        if (g_interrupted) end_interrupted(job);
         batch_progress_draw(&job->progress, 0);
     }
     batch_progress_draw(&job->progress, 1);
@@ -364,15 +392,61 @@ static int usage_error(const char *msg) {
     return EXIT_USAGE;
 }
 
+/* Says what the loader left out; an input without a single line is an error. */
+static int report_input(const batch_input *in, const char *what) {
+    if (in->n_skipped) {
+        fprintf(stderr, "mmctl batch: %s: skipped %zu files that are not PNG/JPEG:", what, in->n_skipped);
+        for (size_t i = 0; i < in->n_skipped && i < BATCH_SKIPPED_SHOWN; i++)
+            fprintf(stderr, "%s %s", i ? "," : "", in->skipped[i] ? in->skipped[i] : "?");
+        fprintf(stderr, "%s\n", in->n_skipped > BATCH_SKIPPED_SHOWN ? ", ..." : "");
+    }
+    if (in->n) return 0;
+    fprintf(stderr, "mmctl batch: %s: no input lines (no PNG/JPEG image, or an empty file)\n", what);
+    return EXIT_USAGE;
+}
+
+/* Each shard of the pattern, one after another, with its results next to it. */
+static int run_shards(mm_client *cl, double timeout_s, int concurrency, int max_attempts, int resume, const char *pattern,
+                      const char *prompt, const batch_input_options *o) {
+    char **shards;
+    size_t n_shards;
+    if (batch_shards_expand(pattern, &shards, &n_shards) != MM_OK) {
+        fprintf(stderr, "mmctl batch: %s\n", mm_error_without_location(mm_error_last()));
+        return EXIT_USAGE;
+    }
+    int rc = 0;
+    for (size_t i = 0; i < n_shards; i++) {
+        batch_input in;
+        char out_dir[4200];
+        batch_shard_results_dir(shards[i], out_dir, sizeof out_dir);
+        int r = 1;
+        if (batch_input_load_shard(shards[i], prompt, o, &in) != MM_OK) {
+            fprintf(stderr, "mmctl batch: %s\n", mm_error_without_location(mm_error_last()));
+        } else {
+            fprintf(stderr, "mmctl batch: shard %zu of %zu: %s (%zu images) -> %s/\n", i + 1, n_shards, shards[i], in.n,
+                    out_dir);
+            r = report_input(&in, shards[i]);
+            if (!r) r = run_job(cl, timeout_s, concurrency, max_attempts, resume, &in, out_dir);
+            batch_input_free(&in);
+        }
+        if (r > rc) rc = r;
+    }
+    batch_shards_free(shards, n_shards);
+    return rc;
+}
+
 int mmctl_batch(mm_client *cl, double timeout_s, int argc, char **argv) {
     static const struct option opts[] = {
         {"input", required_argument, 0, 'i'},       {"images", required_argument, 0, 'I'},
         {"prompt", required_argument, 0, 'p'},      {"out", required_argument, 0, 'o'},
         {"concurrency", required_argument, 0, 'c'}, {"task", required_argument, 0, 't'},
         {"resume", no_argument, 0, 'r'},            {"defaults", required_argument, 0, 'd'},
-        {"max-attempts", required_argument, 0, 'a'}, {0, 0, 0, 0}};
+        {"max-attempts", required_argument, 0, 'a'}, {"max-tokens", required_argument, 0, 'm'},
+        {"shards", required_argument, 0, 's'},      {0, 0, 0, 0}};
     const char *input = NULL, *images_dir = NULL, *prompt = NULL, *out_dir = NULL, *task = NULL, *defaults_text = NULL;
-    int concurrency = DEFAULT_CONCURRENCY, max_attempts = DEFAULT_MAX_ATTEMPTS, resume = 0, c;
+    const char *shards = NULL;
+    int concurrency = DEFAULT_CONCURRENCY, max_attempts = DEFAULT_MAX_ATTEMPTS, resume = 0, max_tokens = -1, c;
+    char *end;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -385,37 +459,57 @@ int mmctl_batch(mm_client *cl, double timeout_s, int argc, char **argv) {
         case 'r': resume = 1; break;
         case 'd': defaults_text = optarg; break;
         case 'a': max_attempts = atoi(optarg); break;
+        case 'm':
+            max_tokens = (int)strtol(optarg, &end, 10);
+            if (end == optarg || *end || max_tokens < 1) return usage_error("--max-tokens must be an integer >= 1");
+            break;
+        case 's': shards = optarg; break;
         default: return usage_error("unknown option");
         }
     }
     if (optind < argc) return usage_error("unexpected argument");
-    if (!out_dir) return usage_error("--out DIR is required");
-    if (!input == !images_dir) return usage_error("give exactly one of --input FILE.jsonl and --images DIR");
-    if (images_dir && (!prompt || !prompt[0])) return usage_error("--images needs --prompt TEXT");
+    if (!!input + !!images_dir + !!shards != 1)
+        return usage_error("give exactly one of --input FILE.jsonl, --images DIR and --shards PATTERN");
+    if (!out_dir && !shards) return usage_error("--out DIR is required");
+    if (out_dir && shards) return usage_error("--shards writes each shard's results next to it: no --out");
+    if ((images_dir || shards) && (!prompt || !prompt[0])) return usage_error("--images and --shards need --prompt TEXT");
     if (input && prompt) return usage_error("--prompt goes with --images (a JSONL line has its own)");
     if (concurrency < 1 || concurrency > MAX_CONCURRENCY) return usage_error("--concurrency must be in [1, 1024]");
     if (max_attempts < 1) return usage_error("--max-attempts must be >= 1");
-    batch_input_options o = {.task = images_dir ? BATCH_TASK_CAPTION : BATCH_TASK_CHAT};
+    batch_input_options o = {.task = input ? BATCH_TASK_CHAT : BATCH_TASK_CAPTION};
     if (task && batch_task_parse(task, &o.task)) return usage_error("--task must be caption, generate or chat");
-    json_t *defaults = NULL, *prompt_json = prompt ? json_string(prompt) : NULL;
+    json_t *prompt_json = prompt ? json_string(prompt) : NULL;
     if (prompt && !prompt_json) return usage_error("--prompt is not UTF-8");
     json_decref(prompt_json);
-    if (defaults_text) {
-        defaults = json_loads(defaults_text, 0, NULL);
-        if (!json_is_object(defaults) || json_object_get(defaults, "id")) {
-            json_decref(defaults);
-            return usage_error("--defaults must be a JSON object of line fields (without \"id\")");
+    json_t *defaults = defaults_text ? json_loads(defaults_text, 0, NULL) : json_object();
+    if (!json_is_object(defaults) || json_object_get(defaults, "id")) {
+        json_decref(defaults);
+        return usage_error("--defaults must be a JSON object of line fields (without \"id\")");
+    }
+    if (max_tokens > 0 && !json_object_get(defaults, "max_tokens")) /* --defaults says it more precisely */
+        json_object_set_new(defaults, "max_tokens", json_integer(max_tokens));
+    o.defaults = defaults;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_interrupt; /* no SA_RESTART: the progress wait returns early */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    int rc;
+    if (shards) {
+        rc = run_shards(cl, timeout_s, concurrency, max_attempts, resume, shards, prompt, &o);
+    } else {
+        batch_input in;
+        mm_status s = input ? batch_input_load_jsonl(input, &o, &in) : batch_input_load_image_dir(images_dir, prompt, &o, &in);
+        if (s != MM_OK) {
+            fprintf(stderr, "mmctl batch: %s\n", mm_error_last());
+            rc = EXIT_USAGE;
+        } else {
+            rc = report_input(&in, input ? input : images_dir);
+            if (!rc) rc = run_job(cl, timeout_s, concurrency, max_attempts, resume, &in, out_dir);
+            batch_input_free(&in);
         }
-        o.defaults = defaults;
     }
-    batch_input in;
-    mm_status s = input ? batch_input_load_jsonl(input, &o, &in) : batch_input_load_image_dir(images_dir, prompt, &o, &in);
     json_decref(defaults);
-    if (s != MM_OK) {
-        fprintf(stderr, "mmctl batch: %s\n", mm_error_last());
-        return EXIT_USAGE;
-    }
-    int rc = run_job(cl, timeout_s, concurrency, max_attempts, resume, &in, out_dir);
-    batch_input_free(&in);
     return rc;
 }
