@@ -35,8 +35,8 @@ static void usage(FILE *f) {
             "       mm-coordinator --config-reference     the README's configuration table (Markdown)\n"
             "       mm-coordinator --help\n"
             "CFG is a JSON object of the keys below (unknown keys are errors; keys starting with _ are\n"
-            "comments). The environment overrides a few: MM_MODEL (model), MM_LISTEN (listen);\n"
-            "MM_LOG_LEVEL=error|warn|info|debug sets the log level of every program.\n"
+            "comments). The environment overrides the keys whose line names an env variable\n"
+            "(MM_MODEL, MM_LISTEN, ...), in every program of the service.\n"
             "Exit status %d: the config or the model files are wrong (a supervisor must not retry).\n\n",
             MM_EXIT_CONFIG);
 }

@@ -81,7 +81,7 @@ for n in mm-coordinator mm-stage mm-encoder mm-decoder; do
 done
 [[ " $names" == *" exe "* ]] && fail "a process is still named exe"
 kill -KILL "$lpid"
-wait "$lpid" 2>/dev/null
+{ wait "$lpid"; } 2>/dev/null  # (bash reports the kill)
 gone=0
 for _ in $(seq 1 300); do
   if ! pgrep -f "$dir/cfg.json|tcp://127.0.0.1:($eport|$dport)" >/dev/null; then
