@@ -87,8 +87,8 @@ for k in 0 1; do
 done
 
 # 3. Ctrl-C: a message, exit by SIGINT (130), then --resume completes the job
-for i in $(seq 1 40); do
-  echo "{\"id\": \"q$i\", \"prompt\": \"Tell a long story number $i.\", \"max_tokens\": 16}"
+for i in $(seq 1 200); do
+  echo "{\"id\": \"q$i\", \"prompt\": \"Tell a long story number $i.\", \"max_tokens\": 32}"
 done > "$dir/long.jsonl"
 "$mmctl" --server 127.0.0.1:$port batch --input "$dir/long.jsonl" --out "$dir/o3" --concurrency 1 2> "$dir/int.log" &
 bpid=$!  # mmctl itself (a background job ignores SIGINT by default: mmctl catches it anyway)
@@ -103,7 +103,7 @@ rc=$?
 [[ $rc == 130 ]] || fail "Ctrl-C: exit $rc, expected 130 (a finished job cannot be interrupted: make it longer)"
 grep -q "interrupted: rerun with --resume" "$dir/int.log" || fail "no resume hint after Ctrl-C"
 b --input "$dir/long.jsonl" --out "$dir/o3" --concurrency 4 --resume 2> "$dir/resume.log" || fail "--resume: exit $?"
-[[ $(field "$dir/o3/results.jsonl" 'len(r)') == 40 ]] || fail "--resume did not finish the 40 lines"
+[[ $(field "$dir/o3/results.jsonl" 'len(r)') == 200 ]] || fail "--resume did not finish the 200 lines"
 
 kill -TERM "$lpid"
 wait "$lpid"
