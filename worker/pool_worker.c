@@ -538,7 +538,7 @@ static void free_payload(void *data, void *hint) { free(data); }
 static void compute_one(const pool_shared *sh, mm_pool_job_fn job, void *user, void *pair, uint32_t epoch, ticket *t,
                         zmq_msg_t *f, job_counts *counts) {
     double t0 = now_ms();
-    LOG_DEBUG("%s job %llu started (queued %.0f ms)", sh->pool, (unsigned long long)t->job_id, t0 - t->queued_at);
+    LOG_INFO("%s job %llu started (queued %.0f ms)", sh->pool, (unsigned long long)t->job_id, t0 - t->queued_at);
     mm_pool_output out = {0};
     pool_header *in = metamorph__internal__pool_header__unpack(NULL, zmq_msg_size(&f[0]), zmq_msg_data(&f[0]));
     mm_status s = in ? job(user, t, in, zmq_msg_data(&f[1]), zmq_msg_size(&f[1]), &out)
