@@ -16,7 +16,7 @@
 #include "scheduler/step_plan.h"
 
 #define DETOK_CAP 16384
-#define IDLE_POLL_MS 20
+#define IDLE_POLL_MS 250
 
 typedef struct {
     mm_request *req;

@@ -27,15 +27,15 @@ mm_status mm_mpi_init(int *argc, char ***argv, int *rank, int *size) {
 
 /* MPICH has no blocking wait that sleeps (a blocked MPI_Recv polls a core), so waits
  * poll with sleeps between: spin briefly (latency), then sleep in growing steps up to
- * 200 us, and once the wait is long, for 1/64 of the time waited so far, up to 50 ms.
+ * 200 us, and once the wait is long, for 1/64 of the time waited so far, up to 100 ms.
  * A busy pipeline sees the short steps (a step's wait is a few ms: at most ~1.6% late);
- * an idle stage wakes 20 times a second instead of 5000 (each poll runs MPI's progress
+ * an idle stage wakes 10 times a second instead of 5000 (each poll runs MPI's progress
  * engine, ~20-40 us here; bench/idle_cpu.sh: 4.7% of a core per idle stage before,
- * about 0.1% after), and a plan after more than 3 s of idleness is at most 50 ms late. */
+ * about 0.1% after), and a plan after more than 6 s of idleness is at most 100 ms late. */
 #define WAIT_SPINS 200
 #define WAIT_STEP_NS 2000L
 #define WAIT_SHORT_MAX_NS 200000L
-#define WAIT_LONG_MAX_NS 50000000L
+#define WAIT_LONG_MAX_NS 100000000L
 #define WAIT_LONG_FRACTION 64
 
 typedef struct {
