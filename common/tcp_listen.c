@@ -1,6 +1,8 @@
 /* See tcp_listen.h. */
 #include "tcp_listen.h"
 
+#include "log.h"
+
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -54,6 +56,14 @@ mm_status mm_tcp_listen(const char *key, const char *address, int *fd_out) {
                         err == EADDRINUSE ? key : "", err == EADDRINUSE ? ")" : "");
     *fd_out = fd;
     return MM_OK;
+}
+
+void mm_mhd_log(void *prefix, const char *fmt, va_list ap) {
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    if (n && msg[n - 1] == '\n') msg[n - 1] = '\0';
+    LOG_WARN("%s: %s", (const char *)prefix, msg);
 }
 
 int mm_tcp_bound_port(int fd) {

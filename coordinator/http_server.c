@@ -659,14 +659,6 @@ static void completed(void *cls, struct MHD_Connection *conn, void **req_cls, en
     free(x);
 }
 
-static void log_mhd(void *cls, const char *fmt, va_list ap) {
-    char msg[512];
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    size_t n = strlen(msg);
-    if (n && msg[n - 1] == '\n') msg[n - 1] = '\0';
-    LOG_WARN("http: %s", msg);
-}
-
 mm_status mm_http_start(const mm_http_params *p, mm_http_server **out) {
     *out = NULL;
     mm_http_server *s = calloc(1, sizeof *s);
@@ -687,7 +679,7 @@ mm_status mm_http_start(const mm_http_params *p, mm_http_server **out) {
     }
     s->daemon = MHD_start_daemon(
         MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL, answer, s,
-        MHD_OPTION_EXTERNAL_LOGGER, log_mhd, NULL, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd, MHD_OPTION_CONNECTION_LIMIT,
+        MHD_OPTION_EXTERNAL_LOGGER, mm_mhd_log, (void *)"http", MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd, MHD_OPTION_CONNECTION_LIMIT,
         p->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IDLE_CONNECTION_S, MHD_OPTION_THREAD_STACK_SIZE,
         (size_t)THREAD_STACK_BYTES, MHD_OPTION_NOTIFY_COMPLETED, completed, s, MHD_OPTION_END);
     if (!s->daemon) {

@@ -20,15 +20,6 @@ struct mm_metrics_http {
     int port;
 };
 
-/* libmicrohttpd's own diagnostics go to our log (its messages end with a newline). */
-static void log_mhd(void *cls, const char *fmt, va_list ap) {
-    char msg[512];
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    size_t n = strlen(msg);
-    if (n && msg[n - 1] == '\n') msg[n - 1] = '\0';
-    LOG_WARN("metrics http: %s", msg);
-}
-
 /* Queues one complete response; body is freed by libmicrohttpd when mode says so. */
 static enum MHD_Result respond(struct MHD_Connection *conn, unsigned int code, const char *content_type, char *body,
                                size_t len, enum MHD_ResponseMemoryMode mode) {
@@ -85,7 +76,7 @@ mm_status mm_metrics_http_start(const char *address, const mm_metrics *registry,
     }
     s->port = mm_tcp_bound_port(fd);
     s->daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-                                 answer, s, MHD_OPTION_EXTERNAL_LOGGER, log_mhd, NULL, MHD_OPTION_LISTEN_SOCKET,
+                                 answer, s, MHD_OPTION_EXTERNAL_LOGGER, mm_mhd_log, (void *)"metrics http", MHD_OPTION_LISTEN_SOCKET,
                                  (MHD_socket)fd, MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64,
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)10, MHD_OPTION_END);
     if (!s->daemon) {
