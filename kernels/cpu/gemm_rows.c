@@ -21,15 +21,19 @@
 #define ROWS 4          /* rows of x per tile */
 #define COLS_PER_TASK 8 /* columns of y (rows of W) per unit of thread work */
 
-MM_V16_INLINE void load_w16(const void *w, mm_dtype dt, int64_t at, v16 *out) {
-    if (dt == MM_DTYPE_BF16) {
-        v16h h;
-        memcpy(&h, (const uint16_t *)w + at, sizeof h);
-        v16u u = __builtin_convertvector(h, v16u) << 16;
-        memcpy(out, &u, sizeof *out);
-    } else {
-        memcpy(out, (const float *)w + at, sizeof *out);
-    }
+/* 8-lane vectors: one AVX2 register (GCC lowers 64-byte vectors on AVX2 through memory,
+ * ~20x slower here). An output's 16 lanes are two of them, lo = lanes 0..7, hi = 8..15. */
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8_unaligned __attribute__((vector_size(32), aligned(4)));
+typedef uint32_t v8u __attribute__((vector_size(32)));
+typedef uint16_t v8h_unaligned __attribute__((vector_size(16), aligned(2)));
+
+/* Vectors go by pointer: a by-value AVX vector would draw -Wpsabi notes in the default clone. */
+MM_V16_INLINE void load_w8(const void *w, mm_dtype dt, int64_t at, v8 *out) {
+    if (dt == MM_DTYPE_BF16)
+        *out = (v8)(__builtin_convertvector(*(const v8h_unaligned *)((const uint16_t *)w + at), v8u) << 16);
+    else
+        *out = *(const v8_unaligned *)((const float *)w + at);
 }
 
 MM_V16_INLINE float load_w1(const void *w, mm_dtype dt, int64_t at) {
@@ -40,29 +44,43 @@ MM_V16_INLINE float load_w1(const void *w, mm_dtype dt, int64_t at) {
     return f;
 }
 
-/* out[r] = x[r, :] . w[n, :] for r < R (R a constant at each call site, so every tile
- * size gets its own unrolled code with the same per-element arithmetic). */
+/* The lanes 0..15 added in order, then the K tail of one output. */
+MM_V16_INLINE float finish(const v8 *lo, const v8 *hi, const float *xr, const void *w, mm_dtype dt, int64_t row,
+                           int64_t k, int64_t K) {
+    float l[16], s = 0.0f;
+    memcpy(l, lo, sizeof *lo), memcpy(l + 8, hi, sizeof *hi);
+    for (int i = 0; i < 16; i++) s += l[i];
+    for (int64_t t = k; t < K; t++) s += xr[t] * load_w1(w, dt, row + t);
+    return s;
+}
+
+/* out[r * out_stride] = x[r, :] . w[n, :] for r < R (R a constant at each call site, so
+ * the unused accumulators vanish and the used ones live in registers; every output runs
+ * the same arithmetic whatever R). */
 MM_V16_INLINE void dot_tile(const int R, const float *x, int64_t K, const void *w, mm_dtype dt, int64_t n, float *out,
                             int64_t out_stride) {
-    v16 acc[ROWS];
-    for (int r = 0; r < R; r++) acc[r] = (v16){0};
+    v8 a0 = {0}, b0 = {0}, a1 = {0}, b1 = {0}, a2 = {0}, b2 = {0}, a3 = {0}, b3 = {0};
     const int64_t row = n * K;
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
-        v16 wv;
-        load_w16(w, dt, row + k, &wv);
-        for (int r = 0; r < R; r++) {
-            v16 xv;
-            memcpy(&xv, x + r * K + k, sizeof xv);
-            acc[r] += xv * wv;
-        }
+        v8 wl, wh;
+        load_w8(w, dt, row + k, &wl);
+        load_w8(w, dt, row + k + 8, &wh);
+#define ROW_FMA(r, a, b)                                                  \
+    if (R > r) {                                                          \
+        a += *(const v8_unaligned *)(x + r * K + k) * wl;                 \
+        b += *(const v8_unaligned *)(x + r * K + k + 8) * wh;             \
     }
-    for (int r = 0; r < R; r++) {
-        float s = 0.0f;
-        for (int l = 0; l < 16; l++) s += acc[r][l];
-        for (int64_t t = k; t < K; t++) s += x[r * K + t] * load_w1(w, dt, row + t);
-        out[r * out_stride] = s;
+        ROW_FMA(0, a0, b0)
+        ROW_FMA(1, a1, b1)
+        ROW_FMA(2, a2, b2)
+        ROW_FMA(3, a3, b3)
+#undef ROW_FMA
     }
+    out[0] = finish(&a0, &b0, x, w, dt, row, k, K);
+    if (R > 1) out[out_stride] = finish(&a1, &b1, x + K, w, dt, row, k, K);
+    if (R > 2) out[2 * out_stride] = finish(&a2, &b2, x + 2 * K, w, dt, row, k, K);
+    if (R > 3) out[3 * out_stride] = finish(&a3, &b3, x + 3 * K, w, dt, row, k, K);
 }
 
 MM_VEC_CLONES static void gemm_task(const float *x, const void *w, mm_dtype dt, float *y, int64_t M, int64_t K, int64_t N,
