@@ -118,10 +118,15 @@ static void print_ids(const int32_t *ids, size_t n, int *first) {
 static int first_id = 1;
 static int mid_line; /* stdout's last line has not ended */
 
-/* The text's last line ends first (stdout is flushed before stderr speaks), then the figures. */
-static void print_stats(const Metamorph__V1__GenerateResponse *r) {
+/* Ends the text's last line (stdout flushed before stderr speaks: notes about saved
+ * files and the figures never land inside the text). */
+static void end_text_line(void) {
     printf("\n");
     fflush(stdout);
+    mid_line = 0;
+}
+
+static void print_stats(const Metamorph__V1__GenerateResponse *r) {
     fprintf(stderr, "mmctl: %s, %d prompt + %d completion tokens, ttft %.1f ms, %.1f tokens/s\n", r->finish_reason,
             r->usage ? r->usage->prompt_tokens : 0, r->usage ? r->usage->completion_tokens : 0,
             r->timings ? r->timings->ttft_ms : 0, r->timings ? r->timings->tokens_per_s : 0);
@@ -133,6 +138,7 @@ static int on_unary(void *user, const uint8_t *d, size_t n) {
     if (!r) return 1;
     if (g->ids) print_ids(r->token_ids, r->n_token_ids, &first_id);
     else fputs(r->text, stdout);
+    end_text_line();
     save_text(g->out, r->text, strlen(r->text));
     for (size_t i = 0; i < r->n_images; i++) save_image(g->out, (int)i, r->images[i]);
     print_stats(r);
@@ -158,13 +164,19 @@ static int on_event(void *user, const uint8_t *d, size_t n) {
         }
         break;
     case METAMORPH__V1__GENERATE_EVENT__EVENT_IMAGE_STARTED:
-        if (mid_line) printf("\n"), mid_line = 0, first_id = 1;
+        if (mid_line) end_text_line(), first_id = 1;
         fflush(stdout);
         fprintf(stderr, "mmctl: [image %d started]\n", ev->image_started->index);
         break;
-    case METAMORPH__V1__GENERATE_EVENT__EVENT_IMAGE_READY: save_image(g->out, g->n_images++, ev->image_ready); break;
+    case METAMORPH__V1__GENERATE_EVENT__EVENT_IMAGE_READY:
+        if (mid_line) end_text_line(), first_id = 1;
+        save_image(g->out, g->n_images++, ev->image_ready);
+        fflush(stdout);
+        break;
     case METAMORPH__V1__GENERATE_EVENT__EVENT_FINAL: {
         const Metamorph__V1__GenerateResponse *r = ev->final;
+        if (mid_line) end_text_line();
+        fflush(stdout);
         save_text(g->out, g->text ? g->text : "", g->text_len);
         print_stats(r);
         break;
