@@ -18,7 +18,10 @@ grep -q "no such file\|cannot open\|unable to open" "$dir/help" && fail "--help 
 n_keys=$(grep -c '^| `' "$dir/table.md")
 [[ $(grep -c '# default' "$dir/help") == "$n_keys" ]] || fail "--help does not list the $n_keys keys"
 echo "{\"max_queue\": 7, \"listen\": \"127.0.0.1:1\", \"model\": \"$src/assets/tiny\"}" > "$dir/cfg.json"
-"$coord" --print-config "$dir/cfg.json" | grep -q '^max_queue *= 7 *# default 256' || fail "--print-config: value and default of max_queue"
+# into a file first: with pipefail, grep -q leaving after its match made the writer's second
+# write die of SIGPIPE (exit 141), a failure that depended on timing
+"$coord" --print-config "$dir/cfg.json" > "$dir/printed" || fail "--print-config exit $?"
+grep -q '^max_queue *= 7 *# default 256' "$dir/printed" || fail "--print-config: value and default of max_queue"
 MM_LISTEN=0.0.0.0:9 MM_MODEL=/m "$coord" --print-config "$dir/cfg.json" > "$dir/env" || fail "--print-config with overrides"
 grep -q '^listen *= "0.0.0.0:9"' "$dir/env" || fail "MM_LISTEN does not override the file"
 grep -q '^model *= "/m"' "$dir/env" || fail "MM_MODEL does not override the default"
