@@ -188,8 +188,10 @@ def main_tests():
     check(status == 404 and json.loads(body)["error"]["type"], "unknown route 404")
     status, body = post_raw("/v1/chat/completions", b"{not json")
     check(status == 400 and "JSON" in json.loads(body)["error"]["message"], "malformed JSON 400")
+    # a deadline the request cannot meet (a 999-step image; a long text could end early on EOS)
     status, body = post_raw("/v1/chat/completions", json.dumps(
-        {"messages": [{"role": "user", "content": "Write a very long story"}], "max_tokens": 2000, "timeout": 0.05}).encode())
+        {"messages": [{"role": "user", "content": "Draw a cat"}], "modalities": ["image"], "max_tokens": 70,
+         "num_inference_steps": 999, "timeout": 0.3}).encode())
     check(status == 504, f"deadline -> 504, got {status} {body[:200]}")
 
     # a client that hangs up cancels its request, down to the decoder pool
