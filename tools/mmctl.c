@@ -127,6 +127,7 @@ static void end_text_line(void) {
 }
 
 static void print_stats(const Metamorph__V1__GenerateResponse *r) {
+    fflush(stdout); /* the saved files' lines first */
     fprintf(stderr, "mmctl: %s, %d prompt + %d completion tokens, ttft %.1f ms, %.1f tokens/s\n", r->finish_reason,
             r->usage ? r->usage->prompt_tokens : 0, r->usage ? r->usage->completion_tokens : 0,
             r->timings ? r->timings->ttft_ms : 0, r->timings ? r->timings->tokens_per_s : 0);
