@@ -34,6 +34,21 @@ RESTART_MAX_MS=30000
 # next_delay DELAY_MS: the wait after a further quick death (doubled, capped)
 next_delay() { echo $(($1 * 2 > RESTART_MAX_MS ? RESTART_MAX_MS : $1 * 2)); }
 ms_to_s() { awk "BEGIN {print $1 / 1000}"; }
+py=/usr/bin/python3
+[[ -x $py ]] || py=python3
+# say LEVEL MESSAGE: one line in the service's log format (common/log.h): text, or JSON
+# when the config's log_format (exported as MM_LOG_FORMAT below) is json.
+say() {
+  local level=$1 when
+  shift
+  when=$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)
+  if [[ ${MM_LOG_FORMAT:-text} == json ]]; then
+    "$py" -c 'import json, sys; print(json.dumps({"time": sys.argv[1], "level": sys.argv[2], "prog": "launch",
+    "pid": int(sys.argv[3]), "src": sys.argv[4], "msg": sys.argv[5]}))' "$when" "$level" $$ "launch.sh:${BASH_LINENO[0]}" "$*" >&2
+  else
+    printf '%s %-5s launch[%d] launch.sh:%d %s\n' "$when" "${level^^}" $$ "${BASH_LINENO[0]}" "$*" >&2
+  fi
+}
 # a parent-death signal for what we start, where util-linux has it
 pdeath=()
 setpriv --help 2>/dev/null | grep -q pdeathsig && pdeath=(setpriv --pdeathsig TERM --)
@@ -51,12 +66,12 @@ if [[ ${1:-} == --supervise-worker ]]; then
     wait "$child"
     rc=$?
     if ((rc == EXIT_CONFIG)); then
-      echo "launch: $name cannot load the model (exit $rc): not restarting" >&2
+      say error "$name cannot load the model (exit $rc): not restarting"
       kill -USR1 "$PPID" 2>/dev/null  # the launcher stops everything
       exit "$rc"
     fi
     ((SECONDS - started >= RESTART_QUICK_S)) && delay=$MM_LAUNCH_DELAY_MS
-    echo "launch: $name exited with $rc, restarting in $(ms_to_s "$delay") s" >&2
+    say warn "$name exited with $rc, restarting in $(ms_to_s "$delay") s"
     sleep "$(ms_to_s "$delay")" & child=$!
     wait "$child"  # a signal ends the wait at once (and the trap ends the sleep)
     delay=$(next_delay "$delay")
@@ -77,9 +92,6 @@ while (($#)); do
   esac
   shift
 done
-py=/usr/bin/python3
-[[ -x $py ]] || py=python3
-
 # check_config: validates the config and the model (the coordinator's own check, with
 # the environment's overrides) and sets the settings below; fails on a permanent error.
 check_config() {
@@ -87,17 +99,18 @@ check_config() {
   out=$("$bin/coordinator/mm-coordinator" --check "$cfg")
   rc=$?
   if ((rc)); then
-    echo "launch: $cfg: permanent error (mm-coordinator --check exit $rc), not starting" >&2
+    say error "$cfg: permanent error (mm-coordinator --check exit $rc), not starting"
     return "$rc"
   fi
-  read -r P hostfile delay_ms n_enc n_dec wthreads model enc_ep dec_ep vision decoder < <("$py" -c '
+  read -r P hostfile delay_ms n_enc n_dec wthreads model enc_ep dec_ep vision decoder log_level log_format < <("$py" -c '
 import json, sys
 j = json.load(sys.stdin); c, parts = j["config"], j["parts"]
 def local(ep):  # a bind address as seen by a worker on this host
     return (ep.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:") or "-")
 print(c["stages"], c["hostfile"] or "-", c["restart_delay_ms"], c["encoders"], c["decoders"], c["worker_threads"],
-      c["model"], local(c["encode_bind"]), local(c["decode_bind"]), parts["vision"] or "-", parts["decoder"] or "-")' \
-    <<<"$out") || { echo "launch: cannot read the checked config of $cfg" >&2; return 2; }
+      c["model"], local(c["encode_bind"]), local(c["decode_bind"]), parts["vision"] or "-", parts["decoder"] or "-",
+      c.get("log_level", "info"), c.get("log_format", "text"))' \
+    <<<"$out") || { say error "cannot read the checked config of $cfg"; return 2; }
   [[ -n $stages_arg ]] && P=$stages_arg
   [[ -n $hostfile_arg ]] && hostfile=$hostfile_arg
   if [[ $hostfile == - ]]; then
@@ -111,6 +124,8 @@ print(c["stages"], c["hostfile"] or "-", c["restart_delay_ms"], c["encoders"], c
        -n 1 "$bin/coordinator/mm-coordinator" "$cfg" : -n "$P" "$bin/worker/mm-stage" "$cfg")
 }
 check_config || exit
+# the config's log settings for every program started here (pool workers read no config)
+export MM_LOG_LEVEL=$log_level MM_LOG_FORMAT=$log_format
 export MM_LAUNCH_MODEL=$model MM_LAUNCH_THREADS=$wthreads MM_LAUNCH_DELAY_MS=$delay_ms MM_BIN_DIR=$bin
 
 # The pools the model has and the config binds; their workers on this host.
@@ -118,9 +133,9 @@ pools=()
 # plan_workers KIND PART_DIR PART_NAME BIND_KEY ENDPOINT COUNT WITHOUT_IT
 plan_workers() {
   if [[ $2 == - ]]; then
-    echo "launch: $model has no $3 part: no $1 workers ($7)" >&2
+    say info "$model has no $3 part: no $1 workers ($7)"
   elif [[ $5 == - ]]; then
-    echo "launch: $4 is \"\": no $1 workers" >&2
+    say info "$4 is \"\": no $1 workers"
   else
     for ((k = 0; k < $6; k++)); do pools+=("$1 $5 $k"); done
   fi
@@ -155,7 +170,7 @@ for w in "${pools[@]}"; do
   "${pdeath[@]}" bash "$here/deploy/launch.sh" --supervise-worker "$kind" "$ep" "$k" &
   workers+=($!)
 done
-((${#workers[@]})) && echo "launch: ${#workers[@]} pool workers (encoders on $enc_ep, decoders on $dec_ep)" >&2
+((${#workers[@]})) && say info "${#workers[@]} pool workers (encoders on $enc_ep, decoders on $dec_ep)"
 stop_workers() {
   ((${#workers[@]})) || return 0
   kill -TERM "${workers[@]}" 2>/dev/null
@@ -165,10 +180,10 @@ stop_workers() {
 end() {
   stop_workers
   if ((permanent)); then
-    echo "launch: stopped: a pool worker cannot load the model (see above)" >&2
+    say error "stopped: a pool worker cannot load the model (see above)"
     exit "$EXIT_CONFIG"
   fi
-  echo "launch: $2" >&2
+  say info "$2"
   exit "$1"
 }
 
@@ -181,7 +196,7 @@ while :; do
     check_config || { rc=$?; stop_workers; exit "$rc"; }
   fi
   started=$SECONDS
-  echo "launch: start #$starts: ${cmd[*]}" >&2
+  say info "start #$starts: ${cmd[*]}"
   "${pdeath[@]}" "${cmd[@]}" &
   pid=$!
   rc=0
@@ -193,7 +208,7 @@ while :; do
   ((stop)) && end 0 "stopped (job exit $rc)"
   ((once)) && end "$rc" "job exited with $rc"
   ((SECONDS - started >= RESTART_QUICK_S)) && delay=$delay_ms
-  echo "launch: job exited with $rc, starting it again in $(ms_to_s "$delay") s" >&2
+  say warn "job exited with $rc, starting it again in $(ms_to_s "$delay") s"
   sleep "$(ms_to_s "$delay")" &
   wait $! 2>/dev/null
   kill $! 2>/dev/null  # a signal ended the wait: the sleep is not needed any more
