@@ -39,25 +39,27 @@ static int close_segment(mm_oai_result *res) {
     return 0;
 }
 
-static char *base64(const uint8_t *data, size_t n) {
-    size_t cap = sodium_base64_ENCODED_LEN(n, sodium_base64_VARIANT_ORIGINAL);
-    char *b = malloc(cap);
-    if (b) sodium_bin2base64(b, cap, data, n, sodium_base64_VARIANT_ORIGINAL);
-    return b;
+#define DATA_URL_PREFIX "data:image/png;base64,"
+
+/* "data:image/png;base64,<png in base64>", malloc'd; the base64 alone starts at
+ * + strlen(DATA_URL_PREFIX), so both response shapes share one encoding. */
+static char *png_data_url(const uint8_t *png, size_t n) {
+    size_t pre = strlen(DATA_URL_PREFIX), cap = sodium_base64_ENCODED_LEN(n, sodium_base64_VARIANT_ORIGINAL);
+    char *url = malloc(pre + cap);
+    if (!url) return NULL;
+    memcpy(url, DATA_URL_PREFIX, pre);
+    sodium_bin2base64(url + pre, cap, png, n, sodium_base64_VARIANT_ORIGINAL);
+    return url;
+}
+
+static json_t *image_part_of_url(const char *url) {
+    return json_pack("{s:s, s:{s:s}}", "type", "image_url", "image_url", "url", url);
 }
 
 json_t *mm_oai_image_part(const uint8_t *png, size_t n) {
-    char *b = base64(png, n);
-    if (!b) return NULL;
-    size_t len = strlen(b) + 32;
-    char *url = malloc(len);
-    json_t *part = NULL;
-    if (url) {
-        snprintf(url, len, "data:image/png;base64,%s", b);
-        part = json_pack("{s:s, s:{s:s}}", "type", "image_url", "image_url", "url", url);
-    }
+    char *url = png_data_url(png, n);
+    json_t *part = url ? image_part_of_url(url) : NULL;
     free(url);
-    free(b);
     return part;
 }
 
@@ -85,12 +87,13 @@ int mm_oai_result_add(mm_oai_result *res, const mm_reply *r) {
     if (r->type != MM_REPLY_IMAGE_READY) return 0;
     res->n_images++;
     if (!r->png) return 0; /* no decoder pool: visual tokens only, nothing to show */
-    json_t *part = mm_oai_image_part(r->png, r->n_png);
-    char *b = base64(r->png, r->n_png);
-    json_t *img = b ? json_pack("{s:s}", "b64_json", b) : NULL;
-    free(b);
+    char *url = png_data_url(r->png, r->n_png); /* one encoding for both shapes */
+    json_t *part = url ? image_part_of_url(url) : NULL;
+    json_t *img = url ? json_pack("{s:s}", "b64_json", url + strlen(DATA_URL_PREFIX)) : NULL;
+    free(url);
     if (!part || !img || json_array_append_new(res->images, img)) {
         json_decref(part);
+        if (!part) json_decref(img);
         return -1;
     }
     if (r->image_index >= 0 && r->image_index < res->n_slots)
