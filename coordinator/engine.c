@@ -492,6 +492,7 @@ static void send_info(mm_engine *e, uint64_t call_id) {
         metamorph__v1__stage_info__init(&si[k]);
         si[k].rank = s->rank, si[k].host = (char *)s->host, si[k].pid = s->pid;
         si[k].layer_begin = s->layer_begin, si[k].layer_end = s->layer_end;
+        si[k].block_begin = s->block_begin, si[k].block_end = s->block_end;
         si[k].busy_ms = s->busy_ms, si[k].steps = s->steps;
         sp[k] = &si[k];
     }

@@ -23,6 +23,7 @@
 #include "model/decoder.h"
 #include "model/manifest.h"
 #include "model/metamorph.h"
+#include "scheduler/stage_split.h"
 #include "worker/pipeline_mpi.h"
 
 static volatile sig_atomic_t g_stop, g_stage_failed;
@@ -103,8 +104,10 @@ static void banner(const coord_setup *c, const mm_mpi_driver *drv, int vision_in
              vision_in ? "on" : "off", images_out ? (c->decoder ? "on (PNG)" : "on (visual tokens only)") : "off");
     for (int k = 0; k < mm_driver_n_stages(drv); k++) {
         const mm_stage_info *st = mm_driver_stage(drv, k);
-        LOG_INFO("stage %d of %d: rank %d on %s (pid %d), layers [%d, %d)%s%s", k + 1, mm_driver_n_stages(drv), st->rank,
-                 st->host, st->pid, st->layer_begin, st->layer_end, k == 0 ? " + embed" : "",
+        char part[128];
+        mm_split_describe(st->block_begin, st->block_end, part, sizeof part);
+        LOG_INFO("stage %d of %d: rank %d on %s (pid %d), %s%s%s", k + 1, mm_driver_n_stages(drv), st->rank, st->host,
+                 st->pid, part, k == 0 ? " + embed" : "",
                  k + 1 == mm_driver_n_stages(drv) ? " + norm, lm_head" : "");
     }
     LOG_INFO("gRPC on %s; OpenAI HTTP %s%s%s; metrics %s%s%s", c->cfg.listen, http_on ? "on http://" : "off",

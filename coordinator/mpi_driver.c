@@ -88,6 +88,7 @@ mm_status mm_driver_hello(mm_mpi_driver *d, volatile sig_atomic_t *abort_flag) {
             got_all++;
             mm_stage_info *si = &d->stages[k];
             si->rank = h->rank, si->pid = h->pid, si->layer_begin = h->layer_begin, si->layer_end = h->layer_end;
+            si->block_begin = h->block_begin, si->block_end = h->block_end;
             snprintf(si->host, sizeof si->host, "%s", h->host);
             if (k == 0) d->projector = h->projector;
             if (k == d->P - 1) d->vision_head = h->vision_head;

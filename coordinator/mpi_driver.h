@@ -14,6 +14,7 @@
 
 typedef struct {
     int32_t rank, pid, layer_begin, layer_end;
+    int32_t block_begin, block_end; /* half-layer blocks (model/llama.h) */
     char host[256];
     double busy_ms;
     uint64_t steps;

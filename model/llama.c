@@ -152,7 +152,10 @@ void mm_llama_rope_inv_freq(const mm_llama_config *c, float *inv_freq) {
 }
 
 mm_dtype mm_llama_kv_dtype(const mm_llama *m) {
-    if (m->layer_end > m->layer_begin) return m->layers[0].k_proj.dtype == MM_DTYPE_BF16 ? MM_DTYPE_BF16 : MM_DTYPE_F32;
+    for (int32_t l = 0; l < m->layer_end - m->layer_begin; l++) {
+        const mm_tensor *w = m->layers[l].k_proj.data ? &m->layers[l].k_proj : &m->layers[l].gate_proj;
+        if (w->data) return w->dtype == MM_DTYPE_BF16 ? MM_DTYPE_BF16 : MM_DTYPE_F32;
+    }
     return MM_DTYPE_F32;
 }
 
@@ -180,6 +183,17 @@ static mm_status load_weight(mm_llama *m, const char *name, int64_t rows, int64_
     return m->be->ops->weight_load(m->be, t, use, out);
 }
 
+/* Does this model slice own layer l's attention / MLP block? (l: absolute layer) */
+static int owns_attention(const mm_llama *m, int32_t l) {
+    int32_t b = l * MM_LLAMA_BLOCKS_PER_LAYER;
+    return b >= m->block_begin && b < m->block_end;
+}
+static int owns_mlp(const mm_llama *m, int32_t l) {
+    int32_t b = l * MM_LLAMA_BLOCKS_PER_LAYER + 1;
+    return b >= m->block_begin && b < m->block_end;
+}
+
+/* Layer l's owned halves into L (the other half stays zeroed: not loaded). */
 static mm_status load_layer(mm_llama *m, int32_t l, mm_llama_layer *L) {
     const mm_llama_config *c = &m->cfg;
     int64_t q_out = (int64_t)c->n_heads * c->head_dim, kv_out = (int64_t)c->n_kv_heads * c->head_dim;
@@ -187,15 +201,19 @@ static mm_status load_layer(mm_llama *m, int32_t l, mm_llama_layer *L) {
 #define W(field, path, rows, cols, use)                                                            \
     snprintf(name, sizeof name, "model.layers.%d." path, l);                                       \
     CHECK(load_weight(m, name, rows, cols, use, &L->field))
-    W(input_layernorm, "input_layernorm.weight", c->dim, 0, MM_WEIGHT_VECTOR);
-    W(q_proj, "self_attn.q_proj.weight", q_out, c->dim, MM_WEIGHT_MATMUL);
-    W(k_proj, "self_attn.k_proj.weight", kv_out, c->dim, MM_WEIGHT_MATMUL);
-    W(v_proj, "self_attn.v_proj.weight", kv_out, c->dim, MM_WEIGHT_MATMUL);
-    W(o_proj, "self_attn.o_proj.weight", c->dim, q_out, MM_WEIGHT_MATMUL);
-    W(post_attention_layernorm, "post_attention_layernorm.weight", c->dim, 0, MM_WEIGHT_VECTOR);
-    W(gate_proj, "mlp.gate_proj.weight", c->hidden_dim, c->dim, MM_WEIGHT_MATMUL);
-    W(up_proj, "mlp.up_proj.weight", c->hidden_dim, c->dim, MM_WEIGHT_MATMUL);
-    W(down_proj, "mlp.down_proj.weight", c->dim, c->hidden_dim, MM_WEIGHT_MATMUL);
+    if (owns_attention(m, l)) {
+        W(input_layernorm, "input_layernorm.weight", c->dim, 0, MM_WEIGHT_VECTOR);
+        W(q_proj, "self_attn.q_proj.weight", q_out, c->dim, MM_WEIGHT_MATMUL);
+        W(k_proj, "self_attn.k_proj.weight", kv_out, c->dim, MM_WEIGHT_MATMUL);
+        W(v_proj, "self_attn.v_proj.weight", kv_out, c->dim, MM_WEIGHT_MATMUL);
+        W(o_proj, "self_attn.o_proj.weight", c->dim, q_out, MM_WEIGHT_MATMUL);
+    }
+    if (owns_mlp(m, l)) {
+        W(post_attention_layernorm, "post_attention_layernorm.weight", c->dim, 0, MM_WEIGHT_VECTOR);
+        W(gate_proj, "mlp.gate_proj.weight", c->hidden_dim, c->dim, MM_WEIGHT_MATMUL);
+        W(up_proj, "mlp.up_proj.weight", c->hidden_dim, c->dim, MM_WEIGHT_MATMUL);
+        W(down_proj, "mlp.down_proj.weight", c->dim, c->hidden_dim, MM_WEIGHT_MATMUL);
+    }
 #undef W
     return MM_OK;
 }
@@ -241,27 +259,39 @@ static mm_status scratch_reserve(mm_llama *m, int64_t rows) {
 
 mm_status mm_llama_load(const char *dir, mm_backend *be, int32_t layer_begin, int32_t layer_end, int parts,
                         mm_llama **out) {
+    if (layer_begin < 0) return MM_ERROR(MM_ERR_INVALID, "%s: layer range starts at %d", dir, layer_begin);
+    return mm_llama_load_blocks(dir, be, layer_begin * MM_LLAMA_BLOCKS_PER_LAYER,
+                                layer_end < 0 ? -1 : layer_end * MM_LLAMA_BLOCKS_PER_LAYER, parts, out);
+}
+
+mm_status mm_llama_load_blocks(const char *dir, mm_backend *be, int32_t block_begin, int32_t block_end, int parts,
+                               mm_llama **out) {
     mm_llama *m = calloc(1, sizeof *m);
     CHECK(CHECK_ALLOC(m));
     m->be = be;
     mm_status s;
     CHECK_GOTO(mm_llama_config_load(dir, &m->cfg), s, fail);
     const mm_llama_config *c = &m->cfg;
-    if (layer_end < 0) layer_end = c->n_layers;
-    if (layer_begin < 0 || layer_begin > layer_end || layer_end > c->n_layers) {
-        s = MM_ERROR(MM_ERR_INVALID, "%s: layer range [%d, %d) outside [0, %d)", dir, layer_begin, layer_end, c->n_layers);
+    int32_t n_blocks = c->n_layers * MM_LLAMA_BLOCKS_PER_LAYER;
+    if (block_end < 0) block_end = n_blocks;
+    if (block_begin < 0 || block_begin > block_end || block_end > n_blocks) {
+        s = MM_ERROR(MM_ERR_INVALID, "%s: block range [%d, %d) outside [0, %d) (%d layers of %d blocks)", dir,
+                     block_begin, block_end, n_blocks, c->n_layers, MM_LLAMA_BLOCKS_PER_LAYER);
         goto fail;
     }
-    m->layer_begin = layer_begin, m->layer_end = layer_end;
+    m->block_begin = block_begin, m->block_end = block_end;
+    m->layer_begin = block_begin / MM_LLAMA_BLOCKS_PER_LAYER;
+    m->layer_end = (block_end + MM_LLAMA_BLOCKS_PER_LAYER - 1) / MM_LLAMA_BLOCKS_PER_LAYER;
+    for (int32_t l = m->layer_begin; l < m->layer_end; l++) m->n_kv_layers += owns_attention(m, l);
     m->has_embed = !!(parts & MM_LLAMA_EMBED), m->has_head = !!(parts & MM_LLAMA_HEAD);
     CHECK_GOTO(mm_safetensors_open(dir, &m->st), s, fail);
     if (m->has_embed)
         CHECK_GOTO(load_weight(m, "model.embed_tokens.weight", c->vocab_size, c->dim, MM_WEIGHT_TABLE, &m->embed_tokens),
                    s, fail);
-    int32_t n = layer_end - layer_begin;
+    int32_t n = m->layer_end - m->layer_begin;
     m->layers = calloc((size_t)(n ? n : 1), sizeof *m->layers);
     CHECK_GOTO(CHECK_ALLOC(m->layers), s, fail);
-    for (int32_t l = 0; l < n; l++) CHECK_GOTO(load_layer(m, layer_begin + l, &m->layers[l]), s, fail);
+    for (int32_t l = 0; l < n; l++) CHECK_GOTO(load_layer(m, m->layer_begin + l, &m->layers[l]), s, fail);
     if (m->has_head) {
         CHECK_GOTO(load_weight(m, "model.norm.weight", c->dim, 0, MM_WEIGHT_VECTOR, &m->norm), s, fail);
         /* tied: the same checkpoint tensor, loaded a second time for its matmul use */
@@ -300,14 +330,14 @@ mm_status mm_llama_embed(mm_llama *m, const int32_t *ids, int64_t M, float *x) {
     return m->be->ops->embed(m->be, &m->embed_tokens, ids, M, x);
 }
 
-static mm_status forward_layer(mm_llama *m, const mm_llama_layer *L, mm_kv_cache *kv, int32_t kv_layer,
-                               const mm_llama_batch *b, float *x) {
+/* model.layers.N.self_attn with its input_layernorm: x += o_proj(attention(...)). */
+static mm_status self_attn_block(mm_llama *m, const mm_llama_layer *L, mm_kv_cache *kv, int32_t kv_layer,
+                                 const mm_llama_batch *b, float *x) {
     mm_backend *be = m->be;
     const mm_backend_ops *op = be->ops;
     const mm_llama_config *c = &m->cfg;
     mm_llama_scratch *s = &m->scratch;
     int64_t M = b->n_rows;
-    /* attention block */
     CHECK(op->rmsnorm(be, x, L->input_layernorm.data, s->xn, M, c->dim, c->norm_eps));
     CHECK(op->matmul(be, &L->q_proj, s->xn, s->q, M));
     CHECK(op->matmul(be, &L->k_proj, s->xn, s->k, M));
@@ -319,27 +349,40 @@ static mm_status forward_layer(mm_llama *m, const mm_llama_layer *L, mm_kv_cache
     CHECK(op->kv_store(be, kv->k[kv_layer], kv->v[kv_layer], s->k, s->v, b->slots, M, &shape));
     CHECK(op->attention(be, s->q, kv->k[kv_layer], kv->v[kv_layer], b->attn, M, &shape, s->attn));
     CHECK(op->matmul(be, &L->o_proj, s->attn, s->out, M));
-    CHECK(op->add(be, x, s->out, M * c->dim));
-    /* MLP block */
+    return op->add(be, x, s->out, M * c->dim);
+}
+
+/* model.layers.N.mlp with its post_attention_layernorm: x += down(silu(gate) * up). */
+static mm_status mlp_block(mm_llama *m, const mm_llama_layer *L, int64_t M, float *x) {
+    mm_backend *be = m->be;
+    const mm_backend_ops *op = be->ops;
+    const mm_llama_config *c = &m->cfg;
+    mm_llama_scratch *s = &m->scratch;
     CHECK(op->rmsnorm(be, x, L->post_attention_layernorm.data, s->xn, M, c->dim, c->norm_eps));
     CHECK(op->matmul(be, &L->gate_proj, s->xn, s->gate, M));
     CHECK(op->matmul(be, &L->up_proj, s->xn, s->up, M));
     CHECK(op->silu_mul(be, s->gate, s->up, M * c->hidden_dim));
     CHECK(op->matmul(be, &L->down_proj, s->gate, s->out, M));
-    CHECK(op->add(be, x, s->out, M * c->dim));
-    return MM_OK;
+    return op->add(be, x, s->out, M * c->dim);
 }
 
 mm_status mm_llama_forward_layers(mm_llama *m, mm_kv_cache *kv, const mm_llama_batch *b, float *x) {
     int32_t n = m->layer_end - m->layer_begin;
-    if (kv->n_layers != n || kv->n_kv_heads != m->cfg.n_kv_heads || kv->head_dim != m->cfg.head_dim)
+    if (kv->n_layers != m->n_kv_layers || kv->n_kv_heads != m->cfg.n_kv_heads || kv->head_dim != m->cfg.head_dim)
         return MM_ERROR(MM_ERR_INVALID, "KV cache geometry (%d layers, %d kv heads x %d) does not match the model slice "
-                        "(%d layers, %d x %d)", kv->n_layers, kv->n_kv_heads, kv->head_dim, n, m->cfg.n_kv_heads, m->cfg.head_dim);
+                        "(%d attention layers, %d x %d)", kv->n_layers, kv->n_kv_heads, kv->head_dim, m->n_kv_layers,
+                        m->cfg.n_kv_heads, m->cfg.head_dim);
     for (int64_t r = 0; r < b->n_rows; r++)
         if (b->pos[r] < 0 || b->pos[r] >= m->cfg.max_pos)
             return MM_ERROR(MM_ERR_INVALID, "position %d outside the context [0, %d)", b->pos[r], m->cfg.max_pos);
     CHECK(scratch_reserve(m, b->n_rows));
-    for (int32_t l = 0; l < n; l++) CHECK(forward_layer(m, &m->layers[l], kv, l, b, x));
+    /* a slice starting at an MLP block has no KV for its first layer */
+    int32_t kv_skip = owns_attention(m, m->layer_begin) ? 0 : 1;
+    for (int32_t l = 0; l < n; l++) {
+        if (owns_attention(m, m->layer_begin + l))
+            CHECK(self_attn_block(m, &m->layers[l], kv, l - kv_skip, b, x));
+        if (owns_mlp(m, m->layer_begin + l)) CHECK(mlp_block(m, &m->layers[l], b->n_rows, x));
+    }
     return MM_OK;
 }
 
@@ -386,7 +429,7 @@ static mm_status eval_buffers_reserve(mm_llama *m, int64_t rows, int64_t outs) {
 static mm_status eval_step(mm_llama *m, mm_kv_cache *kv, mm_llama_seq *const *seqs, const int32_t *const *tokens,
                            const float *embeds, const int32_t *n_tokens, int n_seqs, int all_logits, float *normed,
                            float *logits) {
-    if (!m->has_embed || !m->has_head || m->layer_begin != 0 || m->layer_end != m->cfg.n_layers)
+    if (!m->has_embed || !m->has_head || m->block_begin != 0 || m->block_end != m->cfg.n_layers * MM_LLAMA_BLOCKS_PER_LAYER)
         return MM_ERROR(MM_ERR_INVALID, "mm_llama_eval needs the whole model");
     mm_backend *be = m->be;
     const mm_llama_config *c = &m->cfg;

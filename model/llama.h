@@ -1,8 +1,10 @@
 /* The LLaMA / MetaMorph-LLaMA decoder, loaded from an HF checkpoint directory
  * (config.json + safetensors, tied or untied embeddings, f32/f16/bf16). A process may
- * own any contiguous slice of layers [layer_begin, layer_end) so that it can be one
- * pipeline stage; the embedding and the final norm + lm_head are separate calls that
- * the first and last stage make. Module and weight names mirror the checkpoint:
+ * own any contiguous slice of half-layer blocks [block_begin, block_end) so that it can
+ * be one pipeline stage (a stage boundary may fall between a layer's attention and its
+ * MLP: the residual stream is all that crosses it, so the split is exact); the
+ * embedding and the final norm + lm_head are separate calls that the first and last
+ * stage make. Module and weight names mirror the checkpoint:
  * model.embed_tokens, model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj,
  * post_attention_layernorm, mlp.{gate,up,down}_proj}, model.norm, lm_head. */
 #ifndef MM_LLAMA_H
@@ -15,6 +17,10 @@
 #include "kv_cache.h"
 
 #define MM_LLAMA_MAX_EOS 8
+/* The pipeline's unit of work: block 2l is layer l's self-attention (input_layernorm,
+ * q/k/v/o_proj; it owns the layer's KV cache), block 2l + 1 its MLP
+ * (post_attention_layernorm, gate/up/down_proj). */
+#define MM_LLAMA_BLOCKS_PER_LAYER 2
 
 typedef enum { MM_ROPE_DEFAULT = 0, MM_ROPE_LLAMA3, MM_ROPE_LINEAR } mm_rope_type;
 
@@ -78,10 +84,12 @@ typedef struct {
     mm_llama_config cfg;
     mm_backend *be;
     mm_safetensors *st;
-    int32_t layer_begin, layer_end;   /* owned layers */
+    int32_t block_begin, block_end;   /* owned half-layer blocks */
+    int32_t layer_begin, layer_end;   /* layers with at least one owned block */
+    int32_t n_kv_layers;              /* layers whose attention is owned: the KV cache's layers */
     int has_embed, has_head;
     mm_tensor embed_tokens;           /* [vocab, dim] */
-    mm_llama_layer *layers;           /* [layer_end - layer_begin] */
+    mm_llama_layer *layers;           /* [layer_end - layer_begin]; a half not owned is not loaded */
     mm_tensor norm;                   /* [dim] f32 */
     mm_tensor lm_head;                /* [vocab, dim]; aliases embed_tokens when tied */
     float *inv_freq;                  /* [head_dim/2] host, rope frequencies after scaling */
@@ -100,6 +108,9 @@ enum { MM_LLAMA_EMBED = 1, MM_LLAMA_HEAD = 2 };
  * and/or final norm + lm_head per parts (MM_LLAMA_EMBED | MM_LLAMA_HEAD). */
 mm_status mm_llama_load(const char *dir, mm_backend *be, int32_t layer_begin, int32_t layer_end, int parts,
                         mm_llama **out);
+/* The same for half-layer blocks [block_begin, block_end) (block_end < 0: to the last). */
+mm_status mm_llama_load_blocks(const char *dir, mm_backend *be, int32_t block_begin, int32_t block_end, int parts,
+                               mm_llama **out);
 void mm_llama_free(mm_llama *m);
 
 /* One row per token being computed in this step. */
@@ -112,7 +123,7 @@ typedef struct {
 
 /* x[M, dim] = embed_tokens[ids] */
 mm_status mm_llama_embed(mm_llama *m, const int32_t *ids, int64_t M, float *x);
-/* Runs the owned layers in place on x[n_rows, dim], storing K/V in kv. */
+/* Runs the owned blocks in place on x[n_rows, dim], storing K/V in kv (n_kv_layers layers). */
 mm_status mm_llama_forward_layers(mm_llama *m, mm_kv_cache *kv, const mm_llama_batch *b, float *x);
 /* normed[M, dim] = norm(x) (normed may alias x); logits[M, vocab] = lm_head(normed) if logits != NULL. */
 mm_status mm_llama_head(mm_llama *m, const float *x, int64_t M, float *normed, float *logits);

@@ -44,6 +44,7 @@ static const int_tunable INT_TUNABLES[] = {
     T(image_steps, 50, 1, 1000, "diffusion steps when a request does not say"),
     T(http_max_body_mb, 96, 1, 2047, "largest HTTP request body in MiB"),
     T(http_max_connections, 256, 1, 65536, "HTTP connections at once (one thread each)"),
+    T(split_decode_percent, 33, 0, 100, "stage split: sampled tokens per 100 computed (output / (prompt + output)), weighs lm_head"),
     T(log_stats_ms, 10000, 0, 3600000, "a throughput line (running, waiting, tok/s, KV use, pools) this often while busy, 0 = never"),
 };
 #undef T
@@ -179,36 +180,10 @@ void mm_serve_config_tunable(const mm_serve_config *c, size_t i, mm_serve_tunabl
         return;
     }
     out->key = "stage_layers";
-    out->doc = "layers per stage, e.g. [10, 6]; [] = automatic split";
+    out->doc = "whole layers per stage, e.g. [10, 6]; [] = split by modelled cost (half-layers, see split_decode_percent)";
     size_t n = snprintf(out->value, sizeof out->value, "[");
     for (int32_t k = 0; k < c->n_stage_layers && n < sizeof out->value; k++)
         n += snprintf(out->value + n, sizeof out->value - n, "%s%d", k ? ", " : "", c->stage_layers[k]);
     if (n < sizeof out->value) snprintf(out->value + n, sizeof out->value - n, "]");
     snprintf(out->def, sizeof out->def, "[]");
-}
-
-mm_status mm_serve_split_layers(const mm_serve_config *c, int32_t n_layers, int32_t n_stages, int32_t *begin,
-                                int32_t *end) {
-    if (n_stages < 1 || n_stages > MM_MAX_STAGES)
-        return MM_ERROR(MM_ERR_INVALID, "%d pipeline stages (1..%d)", n_stages, MM_MAX_STAGES);
-    if (n_stages > n_layers)
-        return MM_ERROR(MM_ERR_INVALID, "%d stages for a model of %d layers", n_stages, n_layers);
-    if (c->n_stage_layers) {
-        if (c->n_stage_layers != n_stages)
-            return MM_ERROR(MM_ERR_INVALID, "stage_layers names %d stages, the job has %d", c->n_stage_layers,
-                            n_stages);
-        int32_t a = 0;
-        for (int32_t k = 0; k < n_stages; k++) {
-            if (c->stage_layers[k] < 1) return MM_ERROR(MM_ERR_INVALID, "stage_layers[%d] must be >= 1", k);
-            begin[k] = a, a += c->stage_layers[k], end[k] = a;
-        }
-        if (a != n_layers)
-            return MM_ERROR(MM_ERR_INVALID, "stage_layers sum to %d, the model has %d layers", a, n_layers);
-        return MM_OK;
-    }
-    int32_t base = n_layers / n_stages, extra = n_layers % n_stages, a = 0;
-    for (int32_t k = 0; k < n_stages; k++) {
-        begin[k] = a, a += base + (k < extra), end[k] = a;
-    }
-    return MM_OK;
 }

@@ -50,7 +50,8 @@ typedef struct {
     char log_level[16];        /* error, warn, info, debug (MM_LOG_LEVEL wins) */
     char log_format[16];       /* text or json: one line per message (MM_LOG_FORMAT wins) */
     int32_t log_stats_ms;      /* coordinator: a throughput line this often while busy, 0 = never */
-    int32_t stage_layers[MM_MAX_STAGES]; /* layers per stage; n_stage_layers == 0: even split */
+    int32_t split_decode_percent; /* stage split: sampled tokens per 100 computed (stage_split.h) */
+    int32_t stage_layers[MM_MAX_STAGES]; /* layers per stage; n_stage_layers == 0: split by cost (stage_split.h) */
     int32_t n_stage_layers;
 } mm_serve_config;
 
@@ -69,10 +70,5 @@ typedef struct {
 /* Number of tunables; mm_serve_config_tunable(c, i, t) for i below it fills t. */
 size_t mm_serve_config_n_tunables(void);
 void mm_serve_config_tunable(const mm_serve_config *c, size_t i, mm_serve_tunable *t);
-/* Splits n_layers over n_stages: begin[k], end[k] for k in [0, n_stages). Uses
- * c->stage_layers when given (must sum to n_layers), else an even split with the
- * remainder on the first stages. */
-mm_status mm_serve_split_layers(const mm_serve_config *c, int32_t n_layers, int32_t n_stages, int32_t *begin,
-                                int32_t *end);
 
 #endif

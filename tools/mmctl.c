@@ -303,8 +303,10 @@ static int on_info(void *user, const uint8_t *d, size_t n) {
            m->kv_blocks_used, m->requests_running, m->requests_waiting);
     for (size_t i = 0; i < m->n_stages; i++) {
         const Metamorph__V1__StageInfo *s = m->stages[i];
-        printf("%s\n  {\"rank\": %d, \"host\": \"%s\", \"pid\": %d, \"layers\": [%d, %d], \"busy_ms\": %.1f, \"steps\": %llu}",
-               i ? "," : "", s->rank, s->host, s->pid, s->layer_begin, s->layer_end, s->busy_ms, (unsigned long long)s->steps);
+        printf("%s\n  {\"rank\": %d, \"host\": \"%s\", \"pid\": %d, \"layers\": [%d, %d], \"blocks\": [%d, %d], "
+               "\"busy_ms\": %.1f, \"steps\": %llu}",
+               i ? "," : "", s->rank, s->host, s->pid, s->layer_begin, s->layer_end, s->block_begin, s->block_end,
+               s->busy_ms, (unsigned long long)s->steps);
     }
     printf("]}\n");
     metamorph__v1__model_info__free_unpacked(m, NULL);

@@ -15,6 +15,7 @@
 #include "kernels/cuda/backend_cuda.h"
 #include "model/manifest.h"
 #include "pipeline_mpi.h"
+#include "scheduler/stage_split.h"
 #include "stage.h"
 
 #define STATS_EVERY_MS 250.0
@@ -72,7 +73,7 @@ static mm_status stage_load(const char *cfg_path, const char *backend, int rank,
     mm_llama_config lc;
     CHECK(mm_llama_config_load(paths.llm, &lc));
     int32_t P = size - 1, begin[MM_MAX_STAGES], end[MM_MAX_STAGES];
-    CHECK(mm_serve_split_layers(&cfg, lc.n_layers, P, begin, end));
+    CHECK(mm_split_stages(&cfg, &lc, P, begin, end));
     *a = begin[rank - 1], *b = end[rank - 1];
     CHECK(mm_stage_init(&cfg, *a, *b, rank == 1, rank == P, rank > 1 ? rank - 1 : -1, rank < P ? rank + 1 : -1, *tr, st));
 #ifdef MM_HAVE_NCCL
@@ -164,7 +165,9 @@ int main(int argc, char **argv) {
     char host[256] = "";
     gethostname(host, sizeof host - 1);
     char err[1024] = "";
-    h.rank = rank, h.host = host, h.pid = (int32_t)getpid(), h.layer_begin = a, h.layer_end = b;
+    h.rank = rank, h.host = host, h.pid = (int32_t)getpid(), h.block_begin = a, h.block_end = b;
+    h.layer_begin = a / MM_LLAMA_BLOCKS_PER_LAYER;
+    h.layer_end = (b + MM_LLAMA_BLOCKS_PER_LAYER - 1) / MM_LLAMA_BLOCKS_PER_LAYER;
     if (s != MM_OK) snprintf(err, sizeof err, "stage rank %d: %s", rank, mm_error_last());
     h.error = err;
     if (st) h.visual_dim = st->visual_dim, h.projector = st->first && st->visual_dim > 0,

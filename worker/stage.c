@@ -33,7 +33,7 @@ static mm_status metamorph_load(mm_stage *st, const char *llm_dir) {
     return MM_OK;
 }
 
-mm_status mm_stage_init(const mm_serve_config *cfg, int32_t layer_begin, int32_t layer_end, int first, int last,
+mm_status mm_stage_init(const mm_serve_config *cfg, int32_t block_begin, int32_t block_end, int first, int last,
                         int prev, int next, mm_transport *tr, mm_stage **out) {
     mm_stage *st = calloc(1, sizeof *st);
     CHECK(CHECK_ALLOC(st));
@@ -43,11 +43,11 @@ mm_status mm_stage_init(const mm_serve_config *cfg, int32_t layer_begin, int32_t
     CHECK_GOTO(mm_model_paths_resolve(cfg->model, &paths), s, fail);
     CHECK_GOTO(mm_backend_init(cfg->backend, cfg->threads, &st->be), s, fail);
     int parts = (first ? MM_LLAMA_EMBED : 0) | (last ? MM_LLAMA_HEAD : 0);
-    CHECK_GOTO(mm_llama_load(paths.llm, st->be, layer_begin, layer_end, parts, &st->llm), s, fail);
+    CHECK_GOTO(mm_llama_load_blocks(paths.llm, st->be, block_begin, block_end, parts, &st->llm), s, fail);
     const mm_llama_config *c = &st->llm->cfg;
     mm_dtype kv_dtype;
     CHECK_GOTO(mm_llama_kv_dtype_parse(st->llm, cfg->kv_dtype, &kv_dtype), s, fail);
-    CHECK_GOTO(mm_kv_cache_init_typed(st->be, layer_end - layer_begin, cfg->kv_blocks, cfg->kv_block_size,
+    CHECK_GOTO(mm_kv_cache_init_typed(st->be, st->llm->n_kv_layers, cfg->kv_blocks, cfg->kv_block_size,
                                       c->n_kv_heads, c->head_dim, kv_dtype, &st->kv), s, fail);
     if ((first || last) && mm_metamorph_is_checkpoint(paths.llm)) CHECK_GOTO(metamorph_load(st, paths.llm), s, fail);
     *out = st;

@@ -22,8 +22,8 @@
 
 typedef struct {
     mm_backend *be;
-    mm_llama *llm;      /* layers [layer_begin, layer_end) + embed (first) + head (last) */
-    mm_kv_cache *kv;    /* this stage's layers, cfg->kv_blocks blocks */
+    mm_llama *llm;      /* half-layer blocks [block_begin, block_end) + embed (first) + head (last) */
+    mm_kv_cache *kv;    /* this stage's attention layers, cfg->kv_blocks blocks */
     int first, last;
     int prev, next;     /* transport peers (ranks), -1 at the ends */
     mm_transport *tr;
@@ -46,7 +46,7 @@ typedef struct {
     uint64_t steps;
 } mm_stage;
 
-mm_status mm_stage_init(const mm_serve_config *cfg, int32_t layer_begin, int32_t layer_end, int first, int last,
+mm_status mm_stage_init(const mm_serve_config *cfg, int32_t block_begin, int32_t block_end, int first, int last,
                         int prev, int next, mm_transport *tr, mm_stage **out);
 void mm_stage_free(mm_stage *st);
 /* Runs one plan. On the last stage res gets one SeqResult per output (res->seqs and

@@ -179,21 +179,30 @@ static void check_batched_prefill(mm_llama *m, const golden *g, float *const *si
     mm_kv_cache_free(kv);
 }
 
-/* Two stage slices [0, s) and [s, L) chained by hand give the whole model's logits. */
-static void check_stage_split(const char *dir, mm_backend *be, const golden *g, const float *whole) {
-    mm_llama *full = NULL, *a = NULL, *b = NULL;
-    EXPECT(mm_llama_load(dir, be, 0, -1, MM_LLAMA_EMBED | MM_LLAMA_HEAD, &full) == MM_OK, "%s", mm_error_last());
-    if (!full) return;
-    int L = full->cfg.n_layers, split = L / 2 > 0 ? L / 2 : 1, V = full->cfg.vocab_size, D = full->cfg.dim;
-    EXPECT(mm_llama_load(dir, be, 0, split, MM_LLAMA_EMBED, &a) == MM_OK, "%s", mm_error_last());
-    EXPECT(mm_llama_load(dir, be, split, -1, MM_LLAMA_HEAD, &b) == MM_OK, "%s", mm_error_last());
-    if (a && b) {
-        EXPECT(a->lm_head.data == NULL && b->embed_tokens.data == NULL, "stage slices loaded parts they do not own");
-        int n = g->prompt_len[3];
-        mm_kv_cache *kva = new_cache(a, split), *kvb = new_cache(b, L - split);
+/* Stage slices of half-layer blocks [cut[k], cut[k + 1]) chained by hand give the whole
+ * model's logits bit for bit, whether the cuts fall between layers or inside one
+ * (between its self-attention and its MLP). */
+static void check_stage_split(const char *dir, mm_backend *be, const golden *g, const float *whole, const int32_t *cut,
+                              int n_slices) {
+    enum { MAX_SLICES = 4 };
+    mm_llama *m[MAX_SLICES] = {0};
+    mm_kv_cache *kv[MAX_SLICES] = {0};
+    int ok = n_slices <= MAX_SLICES;
+    for (int k = 0; k < n_slices && ok; k++) {
+        int parts = (k == 0 ? MM_LLAMA_EMBED : 0) | (k == n_slices - 1 ? MM_LLAMA_HEAD : 0);
+        ok = mm_llama_load_blocks(dir, be, cut[k], cut[k + 1], parts, &m[k]) == MM_OK;
+        EXPECT(ok, "blocks [%d, %d): %s", cut[k], cut[k + 1], mm_error_last());
+        if (ok) kv[k] = new_cache(m[k], m[k]->n_kv_layers);
+        ok = ok && kv[k];
+    }
+    if (ok) {
+        const mm_llama *first = m[0], *last = m[n_slices - 1];
+        EXPECT(n_slices < 2 || (first->lm_head.data == NULL && last->embed_tokens.data == NULL),
+               "stage slices loaded parts they do not own");
+        int n = g->prompt_len[3], V = first->cfg.vocab_size, D = first->cfg.dim;
         mm_kv_seq seq = {0};
-        mm_kv_seq_reserve(kva, &seq, n);
-        mm_kv_seq_reserve(kvb, &seq, n); /* same block ids in both stages: one table serves all */
+        for (int k = 0; k < n_slices; k++) /* same block ids in every stage: one table serves all */
+            mm_kv_seq_reserve(kv[k], &seq, n);
         int32_t *pos = malloc((size_t)n * 4), *slots = malloc((size_t)n * 4);
         mm_attn_row *rows = malloc((size_t)n * sizeof *rows);
         for (int t = 0; t < n; t++) {
@@ -202,15 +211,15 @@ static void check_stage_split(const char *dir, mm_backend *be, const golden *g, 
         }
         mm_llama_batch batch = {n, pos, slots, rows};
         float *x = malloc((size_t)n * D * 4), *lg = malloc((size_t)n * V * 4);
-        EXPECT(mm_llama_embed(a, g->prompts[3], n, x) == MM_OK, "%s", mm_error_last());
-        EXPECT(mm_llama_forward_layers(a, kva, &batch, x) == MM_OK, "%s", mm_error_last());
-        EXPECT(mm_llama_forward_layers(b, kvb, &batch, x) == MM_OK, "%s", mm_error_last());
-        EXPECT(mm_llama_head(b, x, n, x, lg) == MM_OK, "%s", mm_error_last());
-        EXPECT(memcmp(lg, whole, (size_t)n * V * 4) == 0, "two-stage logits not bit-identical to the whole model");
+        EXPECT(mm_llama_embed(m[0], g->prompts[3], n, x) == MM_OK, "%s", mm_error_last());
+        for (int k = 0; k < n_slices; k++)
+            EXPECT(mm_llama_forward_layers(m[k], kv[k], &batch, x) == MM_OK, "%s", mm_error_last());
+        EXPECT(mm_llama_head(m[n_slices - 1], x, n, x, lg) == MM_OK, "%s", mm_error_last());
+        EXPECT(memcmp(lg, whole, (size_t)n * V * 4) == 0, "%d-stage logits (first cut at block %d) not bit-identical "
+               "to the whole model", n_slices, cut[1]);
         free(pos), free(slots), free(rows), free(x), free(lg), free(seq.blocks);
-        mm_kv_cache_free(kva), mm_kv_cache_free(kvb);
     }
-    mm_llama_free(a), mm_llama_free(b), mm_llama_free(full);
+    for (int k = 0; k < n_slices; k++) mm_kv_cache_free(kv[k]), mm_llama_free(m[k]);
 }
 
 /* Max and mean |a - ref| over the vocab at each position: row[p] of n rows of V. */
@@ -341,7 +350,12 @@ static void run_case(const model_case *c, const char *backend) {
     char label[128];
     snprintf(label, sizeof label, "%s/%s", c->name, backend);
     check_greedy_batched(m, &g, label, worst);
-    check_stage_split(dir, be, &g, single[3]);
+    { /* two stages cut between layers; three cut inside layers (one holds a lone MLP) */
+        int32_t B = m->cfg.n_layers * MM_LLAMA_BLOCKS_PER_LAYER, half = m->cfg.n_layers / 2 * MM_LLAMA_BLOCKS_PER_LAYER;
+        int32_t two[] = {0, half > 0 ? half : MM_LLAMA_BLOCKS_PER_LAYER, B}, three[] = {0, 1, B - 1, B};
+        check_stage_split(dir, be, &g, single[3], two, 2);
+        if (B >= 3) check_stage_split(dir, be, &g, single[3], three, 3);
+    }
     for (int i = 0; i < g.n_prompts; i++) free(single[i]);
 out:
     mm_safetensors_close(st);
