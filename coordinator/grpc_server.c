@@ -19,6 +19,7 @@
 #include <zmq.h>
 
 #include "access_log.h"
+#include "api_keys.h"
 #include "common/log.h"
 #include "common/tcp_listen.h"
 #include "grpc_reflection.h"
@@ -65,6 +66,7 @@ struct call_ctx {
     double t_arrival_ms, deadline_ms;
     char peer[64];            /* the client's address, for the access log */
     char request_id[129];     /* Generate*: the request's id (the client's or a server-made one) */
+    char key_name[MM_API_KEY_NAME_MAX + 1]; /* the API key's name, "" without keys */
     int prompt_tokens, completion_tokens, n_images_done; /* from the final reply, for the access log */
     double ttft_ms;
     grpc_byte_buffer *recv_bb;
@@ -383,6 +385,19 @@ static void post_request_call(mm_grpc_server *s) {
     }
 }
 
+/* With api keys: does the call carry "authorization: Bearer KEY" for a key in force?
+ * (The health check passes without one when the operator opened it.) */
+static int authorized(mm_grpc_server *s, call_ctx *c) {
+    if (!s->p.keys || (c->method == M_HEALTH && s->p.health_open)) return 1;
+    for (size_t i = 0; i < c->md.count; i++) {
+        const grpc_metadata *m = &c->md.metadata[i];
+        if (GRPC_SLICE_LENGTH(m->key) != 13 || memcmp(GRPC_SLICE_START_PTR(m->key), "authorization", 13)) continue;
+        return mm_api_keys_check(s->p.keys, (const char *)GRPC_SLICE_START_PTR(m->value), GRPC_SLICE_LENGTH(m->value),
+                                 c->key_name);
+    }
+    return 0;
+}
+
 static void on_new_call(mm_grpc_server *s, call_ctx *c, int ok) {
     s->pending = NULL;
     if (!ok) { /* shutting down */
@@ -421,6 +436,8 @@ static void on_new_call(mm_grpc_server *s, call_ctx *c, int ok) {
         char msg[200];
         snprintf(msg, sizeof msg, "unknown method %s", method);
         call_fail(s, c, GRPC_STATUS_UNIMPLEMENTED, msg);
+    } else if (!authorized(s, c)) { /* says nothing about why: no oracle for guessing */
+        call_fail(s, c, GRPC_STATUS_UNAUTHENTICATED, "missing or invalid API key");
     } else {
         memset(&op, 0, sizeof op);
         op.op = GRPC_OP_RECV_MESSAGE;
@@ -639,6 +656,22 @@ static void *reply_main(void *arg) {
 
 /* ---------------------------------------------------------------- lifecycle */
 
+/* TLS from the PEM texts when given (client certificates required and verified when a
+ * client CA is given), else plain text. */
+static mm_status server_credentials(const mm_grpc_params *p, grpc_server_credentials **out) {
+    if (!p->tls || !p->tls->cert_pem) {
+        *out = grpc_insecure_server_credentials_create();
+        return MM_OK;
+    }
+    grpc_ssl_pem_key_cert_pair pair = {p->tls->key_pem, p->tls->cert_pem};
+    *out = grpc_ssl_server_credentials_create_ex(
+        p->tls->client_ca_pem, &pair, 1,
+        p->tls->client_ca_pem ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                              : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+        NULL);
+    return *out ? MM_OK : MM_ERROR(MM_ERR_INVALID, "gRPC TLS credentials from tls_cert / tls_key were refused");
+}
+
 mm_status mm_grpc_start(const mm_grpc_params *p, mm_grpc_server **out) {
     mm_grpc_server *s = calloc(1, sizeof *s);
     CHECK(CHECK_ALLOC(s));
@@ -667,7 +700,17 @@ mm_status mm_grpc_start(const mm_grpc_params *p, mm_grpc_server **out) {
     s->server = grpc_server_create(&args, NULL);
     s->cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(s->server, s->cq, NULL);
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+    grpc_server_credentials *creds = NULL;
+    if ((rc = server_credentials(p, &creds)) != MM_OK) {
+        grpc_server_destroy(s->server);
+        grpc_completion_queue_shutdown(s->cq);
+        while (grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type != GRPC_QUEUE_SHUTDOWN) {
+        }
+        grpc_completion_queue_destroy(s->cq);
+        s->server = NULL, s->cq = NULL;
+        grpc_shutdown();
+        goto fail;
+    }
     int port = grpc_server_add_http2_port(s->server, p->listen, creds);
     grpc_server_credentials_release(creds);
     if (port == 0) {

@@ -9,7 +9,9 @@
 
 #include <stdatomic.h>
 
+#include "api_keys.h"
 #include "metrics.h"
+#include "tls_files.h"
 #include "validate.h"
 
 typedef struct {
@@ -19,6 +21,9 @@ typedef struct {
     mm_limits limits;
     atomic_int *serving;      /* health: 1 SERVING, 0 NOT_SERVING (set by the scheduler thread) */
     mm_metrics *metrics;      /* request counts by status and durations; NULL: none */
+    const mm_tls_files *tls;  /* NULL or no cert: plain text */
+    mm_api_keys *keys;        /* NULL: no key needed */
+    int health_open;          /* with keys: the health check needs none */
 } mm_grpc_params;
 
 typedef struct mm_grpc_server mm_grpc_server;

@@ -25,6 +25,7 @@
 #include "access_log.h"
 #include "common/log.h"
 #include "common/tcp_listen.h"
+#include "http_auth.h"
 #include "openai_request.h"
 #include "openai_response.h"
 
@@ -590,6 +591,14 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
     mm_http_server *s = cls;
     exchange *x = *req_cls;
     if (!x) {
+        char key_name[MM_API_KEY_NAME_MAX + 1] = "";
+        int open = s->p.health_open && !strcmp(url, "/health");
+        if (!mm_http_client_cert_ok(conn, s->p.tls))
+            return respond_error_msg(conn, 401, "authentication_error", "a client certificate signed by the "
+                                     "service's tls_client_ca is required");
+        if (!open && !mm_http_key_ok(conn, s->p.keys, key_name)) /* nothing more: no oracle for guessing */
+            return respond_error_msg(conn, 401, "authentication_error", "missing or invalid API key "
+                                     "(Authorization: Bearer KEY)");
         if (!strcmp(method, MHD_HTTP_METHOD_GET)) return answer_get(s, conn, url);
         int found = -1;
         for (size_t i = 0; i < sizeof POST_ROUTES / sizeof *POST_ROUTES; i++)
@@ -677,8 +686,11 @@ mm_status mm_http_start(const mm_http_params *p, mm_http_server **out) {
         rc = MM_ERROR(MM_ERR_IO, "http: inproc sockets: %s", zmq_strerror(zmq_errno()));
         goto fail;
     }
+    struct MHD_OptionItem tls[4];
+    unsigned tls_flag = mm_http_tls_options(p->tls, tls);
     s->daemon = MHD_start_daemon(
-        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL, answer, s,
+        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | tls_flag, 0, NULL, NULL, answer, s,
+        MHD_OPTION_ARRAY, tls,
         MHD_OPTION_EXTERNAL_LOGGER, mm_mhd_log, (void *)"http", MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd, MHD_OPTION_CONNECTION_LIMIT,
         p->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IDLE_CONNECTION_S, MHD_OPTION_THREAD_STACK_SIZE,
         (size_t)THREAD_STACK_BYTES, MHD_OPTION_NOTIFY_COMPLETED, completed, s, MHD_OPTION_END);
@@ -693,7 +705,8 @@ mm_status mm_http_start(const mm_http_params *p, mm_http_server **out) {
         goto fail;
     }
     s->reply_started = 1;
-    LOG_INFO("OpenAI-compatible HTTP API on http://%s/v1 (model \"%s\")", p->listen, p->model_name);
+    LOG_INFO("OpenAI-compatible HTTP API on %s://%s/v1 (model \"%s\")", tls_flag ? "https" : "http", p->listen,
+             p->model_name);
     *out = s;
     return MM_OK;
 fail:

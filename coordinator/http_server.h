@@ -14,7 +14,9 @@
 
 #include <stdatomic.h>
 
+#include "api_keys.h"
 #include "metrics.h"
+#include "tls_files.h"
 #include "validate.h"
 
 typedef struct {
@@ -27,6 +29,9 @@ typedef struct {
     int32_t image_side;        /* pixels of a generated image; 0: no image generation */
     atomic_int *serving;       /* health: 1 SERVING */
     mm_metrics *metrics;       /* requests by status, durations; NULL: none */
+    const mm_tls_files *tls;   /* NULL or no cert: plain HTTP */
+    mm_api_keys *keys;         /* NULL: no key needed */
+    int health_open;           /* with keys: GET /health needs none */
 } mm_http_params;
 
 typedef struct mm_http_server mm_http_server;

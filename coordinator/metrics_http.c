@@ -12,11 +12,13 @@
 
 #include "common/log.h"
 #include "common/tcp_listen.h"
+#include "http_auth.h"
 
 struct mm_metrics_http {
     struct MHD_Daemon *daemon;
     const mm_metrics *registry;
     const atomic_int *serving;
+    mm_metrics_http_auth auth;
     int port;
 };
 
@@ -46,6 +48,11 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
     const mm_metrics_http *s = cls;
     if (strcmp(method, MHD_HTTP_METHOD_GET) != 0)
         return respond_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n");
+    int health = !strcmp(url, "/healthz") || !strcmp(url, "/readyz");
+    int open = (health && s->auth.health_open) || (!strcmp(url, "/metrics") && s->auth.metrics_open);
+    char key_name[MM_API_KEY_NAME_MAX + 1];
+    if (!open && !mm_http_key_ok(conn, s->auth.keys, key_name))
+        return respond_text(conn, MHD_HTTP_UNAUTHORIZED, "missing or invalid API key (Authorization: Bearer KEY)\n");
     if (!strcmp(url, "/healthz")) return respond_text(conn, MHD_HTTP_OK, "ok\n");
     if (!strcmp(url, "/readyz"))
         return atomic_load(s->serving) == 1 ? respond_text(conn, MHD_HTTP_OK, "SERVING\n")
@@ -61,13 +68,14 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
 }
 
 mm_status mm_metrics_http_start(const char *address, const mm_metrics *registry, const atomic_int *serving,
-                                mm_metrics_http **out) {
+                                const mm_metrics_http_auth *auth, mm_metrics_http **out) {
     *out = NULL;
     if (!address[0]) return MM_OK;
     if (!registry || !serving) return MM_ERROR(MM_ERR_INVALID, "metrics http: no registry or serving flag");
     mm_metrics_http *s = calloc(1, sizeof *s);
     CHECK(CHECK_ALLOC(s));
     s->registry = registry, s->serving = serving;
+    if (auth) s->auth = *auth;
     int fd = -1;
     mm_status rc = mm_tcp_listen("metrics_listen", address, &fd);
     if (rc != MM_OK) {

@@ -23,6 +23,8 @@
 #include "model/decoder.h"
 #include "model/manifest.h"
 #include "model/metamorph.h"
+#include "api_keys.h"
+#include "tls_files.h"
 #include "scheduler/stage_split.h"
 #include "worker/pipeline_mpi.h"
 
@@ -50,7 +52,61 @@ typedef struct {
     mm_decoder_pool *decoder;   /* NULL: generated images as tokens only */
     int32_t image_side;         /* pixels of the decoder's images; 0: no decoder */
     char model_name[256];       /* the model's id in the HTTP API */
+    mm_tls_files tls;           /* both API doors; no cert: plain text */
+    mm_api_keys *keys;          /* NULL: no key needed */
+    mm_metrics_http_auth metrics_auth; /* keys + what the operator opened (auth_open) */
 } coord_setup;
+
+/* SIGHUP re-reads api_keys_file: this thread waits for it (SIGHUP is blocked in every
+ * thread from the start of main, so no other thread takes it and it never kills us). */
+static void *sighup_main(void *arg) {
+    mm_api_keys *keys = arg;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    for (int sig; sigwait(&set, &sig) == 0;) {
+        if (mm_api_keys_reload(keys) == MM_OK) LOG_INFO("SIGHUP: %zu API keys in force", mm_api_keys_count(keys));
+        else LOG_ERROR("SIGHUP: the keys in force stay: %s", mm_error_last());
+    }
+    return NULL;
+}
+
+/* Is the host of "host:port" a loopback one? (Who else can reach a port bound there.) */
+static int loopback(const char *address) {
+    const char *host = strstr(address, "://");
+    host = host ? host + 3 : address;
+    return !strncmp(host, "127.", 4) || !strncmp(host, "localhost:", 10) || !strncmp(host, "[::1]:", 6);
+}
+
+/* TLS and API keys from the config; loud warnings where strangers could get in. */
+static mm_status setup_security(coord_setup *c) {
+    const mm_serve_config *cfg = &c->cfg;
+    CHECK(mm_tls_files_load(cfg->tls_cert, cfg->tls_key, cfg->tls_client_ca, &c->tls));
+    if (cfg->api_keys_file[0]) {
+        CHECK(mm_api_keys_load(cfg->api_keys_file, &c->keys));
+        pthread_t t;
+        if (pthread_create(&t, NULL, sighup_main, c->keys) != 0)
+            return MM_ERROR(MM_ERR_INTERNAL, "cannot start the SIGHUP thread");
+        pthread_detach(t);
+        c->metrics_auth = (mm_metrics_http_auth){c->keys, strstr(cfg->auth_open, "health") != NULL,
+                                                 strstr(cfg->auth_open, "metrics") != NULL};
+        LOG_INFO("API keys: %zu from %s (SIGHUP re-reads it)%s%s", mm_api_keys_count(c->keys), cfg->api_keys_file,
+                 cfg->auth_open[0] ? "; open without a key: " : "", cfg->auth_open);
+    }
+    const char *doors[] = {cfg->listen, cfg->http_listen};
+    for (int i = 0; i < 2; i++)
+        if (doors[i][0] && !loopback(doors[i]) && (!c->tls.cert_pem || !c->keys))
+            LOG_WARN("%s is reachable from other hosts %s%s%s: set tls_cert/tls_key and api_keys_file (README, Security)",
+                     doors[i], !c->tls.cert_pem ? "in plain text" : "", !c->tls.cert_pem && !c->keys ? " and " : "",
+                     !c->keys ? "without API keys" : "");
+    const char *pools[] = {cfg->encode_bind, cfg->decode_bind};
+    for (int i = 0; i < 2; i++)
+        if (pools[i][0] && !loopback(pools[i]))
+            LOG_WARN("pool %s is reachable from other hosts in plain text and unauthenticated: any process that "
+                     "connects can take jobs (users' images and tokens) and answer them; keep it on a trusted network",
+                     pools[i]);
+    return MM_OK;
+}
 
 /* served_model_name, or the model directory's last path component. */
 static void model_name(const mm_serve_config *cfg, char *out, size_t cap) {
@@ -78,6 +134,7 @@ static mm_status setup(const char *cfg_path, coord_setup *c) {
     char tok_path[4200];
     snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", c->paths.llm);
     CHECK(mm_tokenizer_load(tok_path, &c->tok));
+    CHECK(setup_security(c));
     if (!mm_metamorph_is_checkpoint(c->paths.llm)) return MM_OK;
     CHECK(mm_metamorph_config_load(c->paths.llm, c->tok, &c->mm));
     c->zctx = zmq_ctx_new();
@@ -145,7 +202,7 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
                            c->mm.n_image_tokens, vision_input ? c->encoder : NULL, image_output ? c->decoder : NULL,
                            NULL};
     if (mm_metrics_create(mm_driver_n_stages(drv), &metrics) != MM_OK ||
-        mm_metrics_http_start(c->cfg.metrics_listen, metrics, &serving, &http) != MM_OK) {
+        mm_metrics_http_start(c->cfg.metrics_listen, metrics, &serving, &c->metrics_auth, &http) != MM_OK) {
         LOG_ERROR("metrics: %s", mm_error_last());
         mm_driver_shutdown(drv);
         goto out;
@@ -163,7 +220,8 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
                    .max_stop_strings = c->cfg.max_stop_strings, .image_start_id = image_start,
                    .n_image_tokens = c->mm.n_image_tokens, .vision_input = vision_input, .image_generation = image_output,
                    .bos_id = c->llm.bos_id},
-        .serving = &serving, .metrics = metrics};
+        .serving = &serving, .metrics = metrics, .tls = &c->tls, .keys = c->keys,
+        .health_open = c->metrics_auth.health_open};
     block_signals(1);
     mm_status s = mm_grpc_start(&gp, &srv);
     block_signals(0);
@@ -177,7 +235,8 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
                              .max_connections = (unsigned)c->cfg.http_max_connections, .zmq_ctx = zctx,
                              .limits = gp.limits, .model_name = c->model_name,
                              .image_side = image_output && c->decoder ? c->image_side : 0, .serving = &serving,
-                             .metrics = metrics};
+                             .metrics = metrics, .tls = &c->tls, .keys = c->keys,
+                             .health_open = c->metrics_auth.health_open};
         block_signals(1);
         s = mm_http_start(&hp, &api);
         block_signals(0);
@@ -205,6 +264,10 @@ out:
 int main(int argc, char **argv) {
     int cli = mm_coord_cli(argc, argv); /* --help, --print-config, --check: no MPI */
     if (cli >= 0) return cli;
+    sigset_t hup; /* blocked in every thread to come: sighup_main takes it */
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &hup, NULL);
     mm_runtime_init(argv); /* before any OpenMP region: see common/runtime.h */
     mm_runtime_die_with_parent(SIGKILL); /* an orphaned rank would serve unsupervised */
     int rank = -1, size = 0;
@@ -236,6 +299,7 @@ int main(int argc, char **argv) {
     mm_decoder_pool_free(c.decoder);
     if (c.zctx) zmq_ctx_term(c.zctx);
     mm_tokenizer_free(c.tok);
+    mm_tls_files_free(&c.tls); /* c.keys stays: the SIGHUP thread holds it until exit */
     if (rc != 0) {
         fprintf(stderr, "mm-coordinator: aborting the MPI job\n");
         MPI_Abort(MPI_COMM_WORLD, rc); /* takes the stages down too; the supervisor restarts the job */

@@ -22,6 +22,7 @@ MM_DEBIAN_PACKAGES=(
   protobuf-compiler-grpc             # grpc_python_plugin: clients/python/generate_stubs.sh (and its test) without pip
   python3-venv curl                  # OpenAI-door tests: the pinned openai client in a venv (pip, PyPI), SSE framing with curl
   libcurl4-openssl-dev               # bench/serve --http: the OpenAI door's load generator
+  libgnutls28-dev openssl            # HTTPS on the OpenAI door and /metrics (libmicrohttpd's GnuTLS); test certificates
 )
 
 mm_install_deps() {

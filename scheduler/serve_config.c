@@ -69,6 +69,11 @@ static const str_tunable STR_TUNABLES[] = {
     S(metrics_listen, "127.0.0.1:9464", NULL, "Prometheus /metrics, /healthz, /readyz host:port, \"\" = off"),
     S(http_listen, "127.0.0.1:8000", NULL, "OpenAI-compatible HTTP API host:port, \"\" = off"),
     S(served_model_name, "", NULL, "the model's id in the HTTP API, \"\" = the model directory's name"),
+    S(tls_cert, "", NULL, "PEM certificate chain: gRPC and HTTP doors over TLS (with tls_key), \"\" = plain text"),
+    S(tls_key, "", NULL, "PEM private key of tls_cert"),
+    S(tls_client_ca, "", NULL, "PEM CA bundle: clients must present a certificate it signed (mutual TLS), \"\" = not asked"),
+    S(api_keys_file, "", NULL, "\"NAME KEY\" lines (or NAME blake2b:HEX, see mmctl apikey): every call needs one as Bearer, SIGHUP re-reads, \"\" = open"),
+    S(auth_open, "", NULL, "reachable without a key when api_keys_file is set: \"health\", \"metrics\", \"health,metrics\" or \"\""),
     S(log_level, "info", "MM_LOG_LEVEL", "log level of every program: error, warn, info, debug"),
     S(log_format, "text", "MM_LOG_FORMAT", "log lines as text or json (time, level, prog, pid, src, msg)"),
 };
@@ -103,6 +108,9 @@ static mm_status load_key(const char *path, const char *key, json_t *v, mm_serve
         if (strlen(json_string_value(v)) >= t->cap)
             return MM_ERROR(MM_ERR_INVALID, "%s: \"%s\" is longer than %zu bytes", path, key, t->cap - 1);
         const char *sv = json_string_value(v);
+        if (!strcmp(key, "auth_open") && strcmp(sv, "") && strcmp(sv, "health") && strcmp(sv, "metrics") &&
+            strcmp(sv, "health,metrics") && strcmp(sv, "metrics,health"))
+            return MM_ERROR(MM_ERR_INVALID, "%s: \"auth_open\" = \"%s\" (\"\", health, metrics, health,metrics)", path, sv);
         if (!strcmp(key, "kv_dtype") && strcmp(sv, "auto") && strcmp(sv, "f32") && strcmp(sv, "bf16"))
             return MM_ERROR(MM_ERR_INVALID, "%s: \"kv_dtype\" = \"%s\" (auto, f32, bf16)", path, sv);
         snprintf((char *)c + t->offset, t->cap, "%s", json_string_value(v));

@@ -47,6 +47,11 @@ typedef struct {
     int32_t http_max_body_mb;  /* largest HTTP request body (base64 images inflate by 4/3) */
     int32_t http_max_connections; /* HTTP connections at once (one thread each) */
     char served_model_name[256]; /* the model's id in the HTTP API, "" = the model directory's name */
+    char tls_cert[1024];       /* PEM chain: both API doors over TLS (with tls_key); "" = plain text */
+    char tls_key[1024];        /* PEM private key of tls_cert */
+    char tls_client_ca[1024];  /* PEM CA: clients must present a certificate it signed; "" = not asked */
+    char api_keys_file[1024];  /* coordinator/api_keys.h; "" = no key needed */
+    char auth_open[32];        /* reachable without a key: "", "health", "metrics", "health,metrics" */
     char log_level[16];        /* error, warn, info, debug (MM_LOG_LEVEL wins) */
     char log_format[16];       /* text or json: one line per message (MM_LOG_FORMAT wins) */
     int32_t log_stats_ms;      /* coordinator: a throughput line this often while busy, 0 = never */

@@ -10,9 +10,34 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/pem_file.h"
+
 struct mm_client {
     grpc_channel *ch;
+    char *authorization; /* "Bearer KEY" from MM_API_KEY, or NULL */
 };
+
+/* TLS credentials from MM_TLS_CA (the CA that signed the server's certificate) and, for
+ * mutual TLS, MM_TLS_CERT + MM_TLS_KEY (this client's); plain text without MM_TLS_CA. */
+static mm_status channel_credentials(grpc_channel_credentials **out) {
+    const char *ca = getenv("MM_TLS_CA"), *cert = getenv("MM_TLS_CERT"), *key = getenv("MM_TLS_KEY");
+    if (!ca || !ca[0]) {
+        *out = grpc_insecure_credentials_create();
+        return MM_OK;
+    }
+    char *ca_pem = NULL, *cert_pem = NULL, *key_pem = NULL;
+    mm_status s = mm_pem_file_read("MM_TLS_CA", ca, &ca_pem);
+    if (s == MM_OK && cert && cert[0]) s = mm_pem_file_read("MM_TLS_CERT", cert, &cert_pem);
+    if (s == MM_OK && cert_pem) s = mm_pem_file_read("MM_TLS_KEY", key ? key : "", &key_pem);
+    if (s == MM_OK) {
+        grpc_ssl_pem_key_cert_pair pair = {key_pem, cert_pem};
+        *out = grpc_ssl_credentials_create(ca_pem, cert_pem ? &pair : NULL, NULL, NULL);
+        if (!*out) s = MM_ERROR(MM_ERR_INVALID, "TLS credentials from MM_TLS_CA / MM_TLS_CERT were refused");
+    }
+    if (key_pem) memset(key_pem, 0, strlen(key_pem));
+    free(ca_pem), free(cert_pem), free(key_pem);
+    return s;
+}
 
 /* "HOST:PORT" ("[v6]:PORT", or gRPC's "unix:PATH"): gRPC itself would take "localhost"
  * as port 443 and "http://h:1" as a DNS name, and say so only in resolver jargon. */
@@ -33,9 +58,18 @@ mm_status mm_client_open(const char *target, mm_client **out) {
     grpc_init();
     grpc_arg arg = {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, .value.integer = 1 << 30};
     grpc_channel_args args = {1, &arg};
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    grpc_channel_credentials *creds = NULL;
+    mm_status s = channel_credentials(&creds);
+    if (s != MM_OK) {
+        free(c);
+        grpc_shutdown();
+        return s;
+    }
     c->ch = grpc_channel_create(target, creds, &args);
     grpc_channel_credentials_release(creds);
+    const char *key = getenv("MM_API_KEY");
+    if (c->ch && key && key[0] && (c->authorization = malloc(strlen(key) + 8)))
+        sprintf(c->authorization, "Bearer %s", key);
     if (!c->ch) {
         free(c);
         grpc_shutdown();
@@ -48,6 +82,7 @@ mm_status mm_client_open(const char *target, mm_client **out) {
 void mm_client_close(mm_client *c) {
     if (!c) return;
     grpc_channel_destroy(c->ch);
+    free(c->authorization);
     free(c);
     grpc_shutdown();
 }
@@ -77,6 +112,13 @@ int mm_client_call(mm_client *c, const char *method, const void *req, size_t len
     grpc_op ops[4];
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    grpc_metadata auth;
+    if (c->authorization) {
+        memset(&auth, 0, sizeof auth);
+        auth.key = grpc_slice_from_static_string("authorization");
+        auth.value = grpc_slice_from_static_string(c->authorization);
+        ops[0].data.send_initial_metadata.count = 1, ops[0].data.send_initial_metadata.metadata = &auth;
+    }
     ops[1].op = GRPC_OP_SEND_MESSAGE;
     ops[1].data.send_message.send_message = req_bb;
     ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;

@@ -11,6 +11,9 @@
 
 typedef struct mm_client mm_client;
 
+/* The environment decides how to reach a secured service (README, Security):
+ * MM_TLS_CA=FILE (TLS, trusting that CA), MM_TLS_CERT + MM_TLS_KEY (a client certificate),
+ * MM_API_KEY=KEY (sent as "authorization: Bearer KEY" on every call). */
 mm_status mm_client_open(const char *target, mm_client **out);
 void mm_client_close(mm_client *c);
 

@@ -10,10 +10,12 @@
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sodium.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "common/free_port.h"
+#include "coordinator/api_keys.h"
 #include "common/safetensors.h"
 #include "proto/health.pb-c.h"
 #include "proto/metamorph.pb-c.h"
@@ -44,7 +46,12 @@ static void usage(FILE *f) {
             "  info     model, stages and live KV/queue figures\n"
             "  free-port [N]  print N (default 1) distinct loopback TCP ports, free now and below\n"
             "           the kernel's ephemeral range (so no outgoing connection takes one before\n"
-            "           the service binds it), for a config the service is then started with\n");
+            "           the service binds it), for a config the service is then started with\n"
+            "  apikey NAME  make a new API key: prints the key (for the client: MM_API_KEY, or the\n"
+            "           OpenAI client's api_key) and the line for api_keys_file (NAME blake2b:HASH;\n"
+            "           the file never holds the key itself), then `kill -HUP` the coordinator\n"
+            "A secured service: MM_TLS_CA=FILE (TLS, trusting that CA), MM_TLS_CERT/MM_TLS_KEY (a client\n"
+            "certificate), MM_API_KEY=KEY (sent as authorization: Bearer KEY).\n");
     mmctl_batch_usage(f);
     fprintf(f, "The exit code is the gRPC status code of the call (batch: 0 all ok, 1 not).\n");
 }
@@ -52,6 +59,24 @@ static void usage(FILE *f) {
 static int fail(int code, const char *msg) {
     fprintf(stderr, "mmctl: %s: %s\n", mm_grpc_code_name(code), msg);
     return code;
+}
+
+/* mmctl apikey NAME: a random key (160 bits, hex) and its hashed line for api_keys_file. */
+static int cmd_apikey(int argc, char **argv) {
+    if (argc != 2 || !argv[1][0] || strlen(argv[1]) > MM_API_KEY_NAME_MAX || strpbrk(argv[1], " \t#")) {
+        fprintf(stderr, "usage: mmctl apikey NAME   (NAME: 1-%d of [A-Za-z0-9_.-])\n", MM_API_KEY_NAME_MAX);
+        return EXIT_USAGE;
+    }
+    if (sodium_init() < 0) return fail(13, "libsodium init");
+    unsigned char raw[20];
+    char key[3 + 2 * sizeof raw + 1] = "mm-", hash[8 + 64 + 1];
+    randombytes_buf(raw, sizeof raw);
+    sodium_bin2hex(key + 3, sizeof key - 3, raw, sizeof raw);
+    mm_api_key_hash_text(key, hash);
+    printf("%s\n%s %s\n", key, argv[1], hash);
+    fprintf(stderr, "mmctl: line 1 is the key (give it to the client; it is not stored anywhere), line 2 goes "
+                    "into api_keys_file; then kill -HUP the coordinator\n");
+    return 0;
 }
 
 static int read_file(const char *path, uint8_t **data, size_t *len) {
@@ -341,6 +366,7 @@ int main(int argc, char **argv) {
         }
         return 0;
     }
+    if (!strcmp(cmd, "apikey")) return cmd_apikey(argc - i, argv + i);
     mm_client *cl;
     if (mm_client_open(server, &cl) != MM_OK) return fail(3, mm_error_last()); /* INVALID_ARGUMENT: a bad address */
     int rc;

@@ -26,10 +26,11 @@ def load(src, work):
 class Stubs:
     """health, generate, info (unary) and stream (server streaming) on one channel."""
 
-    def __init__(self, target, health_pb2, pb):
+    def __init__(self, target, health_pb2, pb, channel=None):
         import grpc
-        self.channel = grpc.insecure_channel(target)
-        grpc.channel_ready_future(self.channel).result(timeout=10)
+        self.channel = channel if channel is not None else grpc.insecure_channel(target)
+        if channel is None:
+            grpc.channel_ready_future(self.channel).result(timeout=10)
 
         def unary(method, req_cls, resp_cls):
             return self.channel.unary_unary(method, request_serializer=req_cls.SerializeToString,

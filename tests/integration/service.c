@@ -75,6 +75,16 @@ int svc_start(mm_service *s, const char *coordinator, const char *stage, int n_s
     return svc_start_pools(s, coordinator, stage, n_stages, extra_json, 1, 1);
 }
 
+/* Has the coordinator logged its banner's "ready"? */
+static int log_says_ready(const char *log) {
+    FILE *f = fopen(log, "r");
+    char line[4096];
+    int ready = 0;
+    while (f && !ready && fgets(line, sizeof line, f)) ready = strstr(line, "; ready") != NULL;
+    if (f) fclose(f);
+    return ready;
+}
+
 int svc_start_pools(mm_service *s, const char *coordinator, const char *stage, int n_stages, const char *extra_json,
                     int n_encoders, int n_decoders) {
     memset(s, 0, sizeof *s);
@@ -125,6 +135,8 @@ int svc_start_pools(mm_service *s, const char *coordinator, const char *stage, i
     }
     setpgid(s->pid, s->pid);
     if (mm_client_open(s->target, &s->cl) != MM_OK) return -1;
+    /* a service the harness's client cannot talk to (test_security: an expired certificate) */
+    int ready_by_log = getenv("MM_SVC_READY_BY_LOG") != NULL;
     double t0 = now_s();
     while (now_s() - t0 < 60) {
         int st;
@@ -134,7 +146,7 @@ int svc_start_pools(mm_service *s, const char *coordinator, const char *stage, i
             s->pid = 0;
             return -1;
         }
-        if (svc_health(s) == 1) return 0;
+        if (ready_by_log ? log_says_ready(log) : svc_health(s) == 1) return 0;
         usleep(50000);
     }
     fprintf(stderr, "service not SERVING after 60 s (see %s)\n", log);

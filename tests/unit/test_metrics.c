@@ -277,7 +277,7 @@ static void test_scrape_while_updating(void) {
     atomic_int serving = 0;
     mm_metrics_http *http = NULL;
     EXPECT(mm_metrics_create(3, &m) == MM_OK, "%s", mm_error_last());
-    EXPECT(m && mm_metrics_http_start("127.0.0.1:0", m, &serving, &http) == MM_OK, "%s", mm_error_last());
+    EXPECT(m && mm_metrics_http_start("127.0.0.1:0", m, &serving, NULL, &http) == MM_OK, "%s", mm_error_last());
     if (!http) {
         mm_metrics_free(m);
         return;
@@ -361,7 +361,7 @@ static void test_health_and_routes(void) {
     atomic_int serving = 0;
     mm_metrics_http *http = NULL, *second = NULL;
     EXPECT(mm_metrics_create(1, &m) == MM_OK, "%s", mm_error_last());
-    EXPECT(m && mm_metrics_http_start("127.0.0.1:0", m, &serving, &http) == MM_OK, "%s", mm_error_last());
+    EXPECT(m && mm_metrics_http_start("127.0.0.1:0", m, &serving, NULL, &http) == MM_OK, "%s", mm_error_last());
     if (!http) {
         mm_metrics_free(m);
         return;
@@ -384,20 +384,20 @@ static void test_health_and_routes(void) {
 
     char address[64];
     snprintf(address, sizeof address, "127.0.0.1:%d", port);
-    EXPECT(mm_metrics_http_start(address, m, &serving, &second) == MM_ERR_IO && !second &&
+    EXPECT(mm_metrics_http_start(address, m, &serving, NULL, &second) == MM_ERR_IO && !second &&
                strstr(mm_error_last(), address) && strstr(mm_error_last(), "in use"),
            "second server on a taken port: %s", mm_error_last());
     mm_metrics_http_stop(http);
     /* stop closed the port: the same address binds again and serves */
-    EXPECT(mm_metrics_http_start(address, m, &serving, &second) == MM_OK && second, "%s", mm_error_last());
+    EXPECT(mm_metrics_http_start(address, m, &serving, NULL, &second) == MM_OK && second, "%s", mm_error_last());
     if (second) expect_reply(mm_metrics_http_port(second), "GET", "/healthz", 200, "ok\n");
     mm_metrics_http_stop(second);
 
     mm_metrics_http *off = (mm_metrics_http *)1;
-    EXPECT(mm_metrics_http_start("", m, &serving, &off) == MM_OK && off == NULL, "\"\" is metrics off");
+    EXPECT(mm_metrics_http_start("", m, &serving, NULL, &off) == MM_OK && off == NULL, "\"\" is metrics off");
     mm_metrics_http_stop(NULL);
-    EXPECT(mm_metrics_http_start("9464", m, &serving, &off) == MM_ERR_INVALID, "no colon: %s", mm_error_last());
-    EXPECT(mm_metrics_http_start("127.0.0.1:http", m, &serving, &off) == MM_ERR_INVALID, "%s",
+    EXPECT(mm_metrics_http_start("9464", m, &serving, NULL, &off) == MM_ERR_INVALID, "no colon: %s", mm_error_last());
+    EXPECT(mm_metrics_http_start("127.0.0.1:http", m, &serving, NULL, &off) == MM_ERR_INVALID, "%s",
            mm_error_last());
     mm_metrics_free(m);
 }
