@@ -24,6 +24,8 @@
 #include "model/manifest.h"
 #include "model/metamorph.h"
 #include "api_keys.h"
+#include "common/curve_keys.h"
+#include "pool_zap.h"
 #include "tls_files.h"
 #include "scheduler/stage_split.h"
 #include "worker/pipeline_mpi.h"
@@ -55,6 +57,8 @@ typedef struct {
     mm_tls_files tls;           /* both API doors; no cert: plain text */
     mm_api_keys *keys;          /* NULL: no key needed */
     mm_metrics_http_auth metrics_auth; /* keys + what the operator opened (auth_open) */
+    char curve_secret[MM_Z85_KEY_LEN + 1]; /* the pools' CURVE secret key, "" = plain */
+    mm_pool_zap *zap;           /* admits authorized workers; NULL without CURVE */
 } coord_setup;
 
 /* SIGHUP re-reads api_keys_file: this thread waits for it (SIGHUP is blocked in every
@@ -101,7 +105,7 @@ static mm_status setup_security(coord_setup *c) {
                      !c->keys ? "without API keys" : "");
     const char *pools[] = {cfg->encode_bind, cfg->decode_bind};
     for (int i = 0; i < 2; i++)
-        if (pools[i][0] && !loopback(pools[i]))
+        if (pools[i][0] && !loopback(pools[i]) && !cfg->pool_curve_secret_key[0])
             LOG_WARN("pool %s is reachable from other hosts in plain text and unauthenticated: any process that "
                      "connects can take jobs (users' images and tokens) and answer them; keep it on a trusted network",
                      pools[i]);
@@ -122,8 +126,25 @@ static void model_name(const mm_serve_config *cfg, char *out, size_t cap) {
 }
 
 static mm_pool_settings pool_settings(const coord_setup *c, const char *endpoint) {
-    return (mm_pool_settings){c->zctx, endpoint, c->cfg.pool_heartbeat_ms, c->cfg.pool_liveness,
-                              c->cfg.pool_job_timeout_ms, c->cfg.pool_max_message_mb};
+    return (mm_pool_settings){c->zctx,
+                              endpoint,
+                              c->cfg.pool_heartbeat_ms,
+                              c->cfg.pool_liveness,
+                              c->cfg.pool_job_timeout_ms,
+                              c->cfg.pool_max_message_mb,
+                              c->curve_secret[0] ? c->curve_secret : NULL};
+}
+
+/* CURVE on the pools: the coordinator's key pair and the ZAP handler that admits only
+ * the authorized workers (before any pool binds: without it CURVE admits every key). */
+static mm_status setup_pool_curve(coord_setup *c) {
+    const mm_serve_config *cfg = &c->cfg;
+    if (!cfg->pool_curve_secret_key[0] != !cfg->pool_authorized_keys[0])
+        return MM_ERROR(MM_ERR_INVALID, "pool_curve_secret_key and pool_authorized_keys go together");
+    if (!cfg->pool_curve_secret_key[0]) return MM_OK;
+    char pub[MM_Z85_KEY_LEN + 1];
+    CHECK(mm_curve_key_read(cfg->pool_curve_secret_key, pub, c->curve_secret));
+    return mm_pool_zap_start(c->zctx, cfg->pool_authorized_keys, &c->zap);
 }
 
 static mm_status setup(const char *cfg_path, coord_setup *c) {
@@ -139,6 +160,7 @@ static mm_status setup(const char *cfg_path, coord_setup *c) {
     CHECK(mm_metamorph_config_load(c->paths.llm, c->tok, &c->mm));
     c->zctx = zmq_ctx_new();
     if (!c->zctx) return MM_ERROR(MM_ERR_IO, "zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
+    CHECK(setup_pool_curve(c));
     if (c->paths.vision[0] && c->cfg.encode_bind[0]) {
         mm_encoder_pool_params ep = {pool_settings(c, c->cfg.encode_bind), c->mm.n_image_tokens, c->mm.mm_hidden,
                                      c->cfg.embed_cache_mb};
@@ -297,7 +319,9 @@ int main(int argc, char **argv) {
     mm_driver_free(drv);
     if (c.encoder) c.encoder->ops->free(c.encoder);
     mm_decoder_pool_free(c.decoder);
-    if (c.zctx) zmq_ctx_term(c.zctx);
+    if (c.zctx) zmq_ctx_term(c.zctx); /* ends the ZAP thread */
+    mm_pool_zap_free(c.zap);
+    memset(c.curve_secret, 0, sizeof c.curve_secret);
     mm_tokenizer_free(c.tok);
     mm_tls_files_free(&c.tls); /* c.keys stays: the SIGHUP thread holds it until exit */
     if (rc != 0) {

@@ -663,7 +663,7 @@ mm_status mm_pool_broker_init(const mm_pool_settings *s, const char *pool, mm_po
     CHECK(CHECK_ALLOC(b));
     snprintf(b->pool, sizeof b->pool, "%s", pool);
     b->s = *s;
-    b->s.endpoint = NULL;
+    b->s.endpoint = NULL, b->s.curve_secret = NULL; /* used here only */
     b->max_bytes = (size_t)s->max_message_mb << 20;
     b->check = check, b->check_user = check_user;
     b->sock = zmq_socket(s->zmq_ctx, ZMQ_ROUTER);
@@ -673,12 +673,16 @@ mm_status mm_pool_broker_init(const mm_pool_settings *s, const char *pool, mm_po
         zmq_setsockopt(b->sock, ZMQ_ROUTER_HANDOVER, &one, sizeof one) ||
         zmq_setsockopt(b->sock, ZMQ_LINGER, &zero, sizeof zero) ||
         zmq_setsockopt(b->sock, ZMQ_SNDHWM, &hwm, sizeof hwm) || zmq_setsockopt(b->sock, ZMQ_RCVHWM, &hwm, sizeof hwm) ||
-        zmq_setsockopt(b->sock, ZMQ_MAXMSGSIZE, &max_msg, sizeof max_msg) || zmq_bind(b->sock, s->endpoint)) {
+        zmq_setsockopt(b->sock, ZMQ_MAXMSGSIZE, &max_msg, sizeof max_msg) ||
+        (s->curve_secret && (zmq_setsockopt(b->sock, ZMQ_CURVE_SERVER, &one, sizeof one) ||
+                             zmq_setsockopt(b->sock, ZMQ_CURVE_SECRETKEY, s->curve_secret, strlen(s->curve_secret)) ||
+                             zmq_setsockopt(b->sock, ZMQ_ZAP_DOMAIN, "metamorph-pools", 15))) ||
+        zmq_bind(b->sock, s->endpoint)) {
         mm_status st = MM_ERROR(MM_ERR_IO, "pool %s: ROUTER on %s: %s", pool, s->endpoint, zmq_strerror(zmq_errno()));
         mm_pool_broker_free(b);
         return st;
     }
-    LOG_INFO("pool %s: listening on %s", pool, s->endpoint);
+    LOG_INFO("pool %s: listening on %s%s", pool, s->endpoint, s->curve_secret ? " (CURVE)" : "");
     *out = b;
     return MM_OK;
 }

@@ -28,6 +28,7 @@ typedef struct {
     int32_t liveness;       /* heartbeats missed before a worker counts as dead (> 0) */
     int32_t job_timeout_ms; /* a job unanswered this long is sent again elsewhere (> 0) */
     int32_t max_message_mb; /* largest message either way (> 0) */
+    const char *curve_secret; /* Z85 secret key: CURVE on the ROUTER (a ZAP handler must run); NULL: plain */
 } mm_pool_settings;
 
 /* The header fields a JOB carries besides its id (decode jobs; zero for encode). */

@@ -24,7 +24,8 @@
 #   "stages", "hostfile" (default: this host only, fork launcher), "restart_delay_ms",
 #   "encoders" / "decoders" (pool workers on this host; workers on other hosts join by
 #   themselves: mm-encoder --model DIR --connect tcp://COORDINATOR:50052),
-#   "worker_threads", "model", "encode_bind", "decode_bind". MM_BIN_DIR overrides build/.
+#   "worker_threads", "model", "encode_bind", "decode_bind", "pool_curve_secret_key" and
+#   "pool_worker_key" (CURVE keys of this host's workers). MM_BIN_DIR overrides build/.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${MM_BIN_DIR:-$here/build}
@@ -102,14 +103,16 @@ check_config() {
     say error "$cfg: permanent error (mm-coordinator --check exit $rc), not starting"
     return "$rc"
   fi
-  read -r P hostfile delay_ms n_enc n_dec wthreads model enc_ep dec_ep vision decoder log_level log_format < <("$py" -c '
+  read -r P hostfile delay_ms n_enc n_dec wthreads model enc_ep dec_ep vision decoder log_level log_format \
+    curve_key worker_key < <("$py" -c '
 import json, sys
 j = json.load(sys.stdin); c, parts = j["config"], j["parts"]
 def local(ep):  # a bind address as seen by a worker on this host
     return (ep.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:") or "-")
 print(c["stages"], c["hostfile"] or "-", c["restart_delay_ms"], c["encoders"], c["decoders"], c["worker_threads"],
       c["model"], local(c["encode_bind"]), local(c["decode_bind"]), parts["vision"] or "-", parts["decoder"] or "-",
-      c.get("log_level", "info"), c.get("log_format", "text"))' \
+      c.get("log_level", "info"), c.get("log_format", "text"), c.get("pool_curve_secret_key") or "-",
+      c.get("pool_worker_key") or "-")' \
     <<<"$out") || { say error "cannot read the checked config of $cfg"; return 2; }
   [[ -n $stages_arg ]] && P=$stages_arg
   [[ -n $hostfile_arg ]] && hostfile=$hostfile_arg
@@ -127,6 +130,17 @@ check_config || exit
 # the config's log settings for every program started here (pool workers read no config)
 export MM_LOG_LEVEL=$log_level MM_LOG_FORMAT=$log_format
 export MM_LAUNCH_MODEL=$model MM_LAUNCH_THREADS=$wthreads MM_LAUNCH_DELAY_MS=$delay_ms MM_BIN_DIR=$bin
+# CURVE pools: this host's workers present pool_worker_key and trust the coordinator's
+# public key (KEY.pub from mmctl keygen, else the key file's public line)
+if [[ $curve_key != - ]]; then
+  if [[ $worker_key == - ]]; then
+    say warn "pool_curve_secret_key is set but pool_worker_key is not: this host's workers cannot join"
+  else
+    server_pub=$curve_key.pub
+    [[ -r $server_pub ]] || server_pub=$curve_key
+    export MM_POOL_CURVE_KEY=$worker_key MM_POOL_SERVER_KEY=$server_pub
+  fi
+fi
 
 # The pools the model has and the config binds; their workers on this host.
 pools=()

@@ -74,6 +74,9 @@ static const str_tunable STR_TUNABLES[] = {
     S(tls_client_ca, "", NULL, "PEM CA bundle: clients must present a certificate it signed (mutual TLS), \"\" = not asked"),
     S(api_keys_file, "", NULL, "\"NAME KEY\" lines (or NAME blake2b:HEX, see mmctl apikey): every call needs one as Bearer, SIGHUP re-reads, \"\" = open"),
     S(auth_open, "", NULL, "reachable without a key when api_keys_file is set: \"health\", \"metrics\", \"health,metrics\" or \"\""),
+    S(pool_curve_secret_key, "", NULL, "key file (mmctl keygen): CURVE on both pool ports, workers need pool_authorized_keys, \"\" = plain"),
+    S(pool_authorized_keys, "", NULL, "workers' CURVE public keys (\"NAME Z85\" lines): only they may join the pools"),
+    S(pool_worker_key, "", NULL, "launch.sh: the key file its own pool workers present"),
     S(log_level, "info", "MM_LOG_LEVEL", "log level of every program: error, warn, info, debug"),
     S(log_format, "text", "MM_LOG_FORMAT", "log lines as text or json (time, level, prog, pid, src, msg)"),
 };

@@ -52,6 +52,9 @@ typedef struct {
     char tls_client_ca[1024];  /* PEM CA: clients must present a certificate it signed; "" = not asked */
     char api_keys_file[1024];  /* coordinator/api_keys.h; "" = no key needed */
     char auth_open[32];        /* reachable without a key: "", "health", "metrics", "health,metrics" */
+    char pool_curve_secret_key[1024]; /* common/curve_keys.h key file: CURVE on the pools; "" = plain */
+    char pool_authorized_keys[1024];  /* workers' public keys admitted by the ZAP handler */
+    char pool_worker_key[1024];       /* deploy/launch.sh: key file of the workers it starts */
     char log_level[16];        /* error, warn, info, debug (MM_LOG_LEVEL wins) */
     char log_format[16];       /* text or json: one line per message (MM_LOG_FORMAT wins) */
     int32_t log_stats_ms;      /* coordinator: a throughput line this often while busy, 0 = never */

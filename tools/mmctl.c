@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 
 #include "common/free_port.h"
+#include "common/curve_keys.h"
 #include "coordinator/api_keys.h"
 #include "common/safetensors.h"
 #include "proto/health.pb-c.h"
@@ -50,6 +51,9 @@ static void usage(FILE *f) {
             "  apikey NAME  make a new API key: prints the key (for the client: MM_API_KEY, or the\n"
             "           OpenAI client's api_key) and the line for api_keys_file (NAME blake2b:HASH;\n"
             "           the file never holds the key itself), then `kill -HUP` the coordinator\n"
+            "  keygen FILE  make a CURVE key pair for the pools: FILE (keep it secret) and FILE.pub;\n"
+            "           the coordinator's goes in pool_curve_secret_key, a worker's in --curve-key,\n"
+            "           and each worker's FILE.pub line in pool_authorized_keys\n"
             "A secured service: MM_TLS_CA=FILE (TLS, trusting that CA), MM_TLS_CERT/MM_TLS_KEY (a client\n"
             "certificate), MM_API_KEY=KEY (sent as authorization: Bearer KEY).\n");
     mmctl_batch_usage(f);
@@ -367,6 +371,12 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(cmd, "apikey")) return cmd_apikey(argc - i, argv + i);
+    if (!strcmp(cmd, "keygen")) {
+        if (i + 2 != argc) return usage(stderr), EXIT_USAGE;
+        if (mm_curve_keygen(argv[i + 1]) != MM_OK) return fail(13, mm_error_last());
+        fprintf(stderr, "mmctl: CURVE key pair in %s (secret, 0600) and %s.pub (public)\n", argv[i + 1], argv[i + 1]);
+        return 0;
+    }
     mm_client *cl;
     if (mm_client_open(server, &cl) != MM_OK) return fail(3, mm_error_last()); /* INVALID_ARGUMENT: a bad address */
     int rc;

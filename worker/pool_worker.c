@@ -7,6 +7,7 @@
  * the last READY announced. The tag also carries the job's ticket, through which a
  * CANCEL reaches a job queued on the PAIR or running. Frames are moved between sockets,
  * never copied. */
+#include "common/curve_keys.h"
 #include "pool_worker.h"
 
 #include <errno.h>
@@ -93,6 +94,11 @@ void mm_pool_worker_usage(FILE *f) {
                "  --heartbeat-ms MS     heartbeat period (default 500)\n"
                "  --liveness N          silent heartbeat periods before the coordinator counts as gone (default 4)\n"
                "  --max-message-mb N    largest message accepted (default 64)\n"
+               "  --curve-key FILE      this worker's CURVE key pair (mmctl keygen; or $MM_POOL_CURVE_KEY):\n"
+               "                        for a coordinator with pool_curve_secret_key, which admits only\n"
+               "                        the public keys in its pool_authorized_keys\n"
+               "  --curve-server-key FILE  the coordinator's public key (its key file or FILE.pub;\n"
+               "                        or $MM_POOL_SERVER_KEY)\n"
                "SIGINT/SIGTERM: says BYE and leaves with status 0.\n");
 }
 
@@ -124,6 +130,7 @@ int mm_pool_worker_parse(int argc, char **argv, const char *prog, const char *po
                          mm_pool_worker_config *c) {
     *c = (mm_pool_worker_config){.backend = "cpu", .capacity = 1, .heartbeat_ms = 500, .liveness = 4,
                                  .max_message_mb = 64};
+    const char *curve_key = NULL, *server_key = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -136,6 +143,8 @@ int mm_pool_worker_parse(int argc, char **argv, const char *prog, const char *po
             goto bad;
         }
         int took = take_shared(c, a, v);
+        if (!strcmp(a, "--curve-key")) curve_key = v, took = 1;
+        if (!strcmp(a, "--curve-server-key")) server_key = v, took = 1;
         if (took == 0 && extra) took = extra(user, a, v);
         if (took == 0) {
             fprintf(stderr, "%s: unknown option %s\n", prog, a);
@@ -149,6 +158,18 @@ int mm_pool_worker_parse(int argc, char **argv, const char *prog, const char *po
     }
     if (!c->model || !c->connect) {
         fprintf(stderr, "%s: --model and --connect are required\n", prog);
+        goto bad;
+    }
+    if (!curve_key && getenv("MM_POOL_CURVE_KEY") && getenv("MM_POOL_CURVE_KEY")[0]) curve_key = getenv("MM_POOL_CURVE_KEY");
+    if (!server_key && getenv("MM_POOL_SERVER_KEY") && getenv("MM_POOL_SERVER_KEY")[0])
+        server_key = getenv("MM_POOL_SERVER_KEY");
+    if (!curve_key != !server_key) {
+        fprintf(stderr, "%s: --curve-key and --curve-server-key go together\n", prog);
+        goto bad;
+    }
+    if (curve_key && (mm_curve_key_read(curve_key, c->curve_public, c->curve_secret) != MM_OK ||
+                      mm_curve_key_read(server_key, c->curve_server, NULL) != MM_OK)) {
+        fprintf(stderr, "%s: %s\n", prog, mm_error_last());
         goto bad;
     }
     if (!c->name[0]) {
@@ -294,7 +315,10 @@ static mm_status dealer_open(socket_side *ss) {
     if (zmq_setsockopt(s, ZMQ_ROUTING_ID, c->name, strlen(c->name)) != 0 || set_int(s, ZMQ_LINGER, 0) != 0 ||
         zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &max_msg, sizeof max_msg) != 0 || set_int(s, ZMQ_SNDHWM, DEALER_HWM) != 0 ||
         set_int(s, ZMQ_RCVHWM, DEALER_HWM) != 0 || set_int(s, ZMQ_RECONNECT_IVL, BACKOFF_FIRST_MS) != 0 ||
-        set_int(s, ZMQ_RECONNECT_IVL_MAX, BACKOFF_MAX_MS) != 0) {
+        set_int(s, ZMQ_RECONNECT_IVL_MAX, BACKOFF_MAX_MS) != 0 ||
+        (c->curve_secret[0] && (zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, c->curve_server, 40) != 0 ||
+                                zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, c->curve_public, 40) != 0 ||
+                                zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, c->curve_secret, 40) != 0))) {
         mm_status st = MM_ERROR(MM_ERR_INTERNAL, "DEALER options: %s", zmq_strerror(errno));
         zmq_close(s);
         return st;

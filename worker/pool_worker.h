@@ -32,6 +32,10 @@ typedef struct {
     int32_t heartbeat_ms;   /* --heartbeat-ms MS */
     int32_t liveness;       /* --liveness N: heartbeat periods of silence = coordinator gone */
     int32_t max_message_mb; /* --max-message-mb N: largest message accepted (ZMQ_MAXMSGSIZE) */
+    /* CURVE (the coordinator's pool_curve_secret_key): --curve-key FILE (this worker's pair,
+     * or $MM_POOL_CURVE_KEY) and --curve-server-key FILE (the coordinator's public key, or
+     * $MM_POOL_SERVER_KEY); Z85 text, "" = plain */
+    char curve_public[41], curve_secret[41], curve_server[41];
 } mm_pool_worker_config;
 
 /* One job's result, filled by the job function. */

@@ -37,6 +37,7 @@
 #include "common/safetensors.h"
 #include "proto/internal.pb-c.h"
 #include "service.h"
+#include "common/curve_keys.h"
 #include "tests/testutil.h"
 
 #define MAX_IMAGES 2
@@ -786,6 +787,107 @@ static void test_concurrent16(const char *coord, const char *stage, const char *
     stop(&s);
 }
 
+/* ---------------------------------------------------------------- CURVE pools */
+
+/* A fake decoder that connects with CURVE: key file (NULL: plain text) and the server's
+ * public key; READY sent. */
+static int fake_connect_curve(fake_decoder *f, void *zctx, const char *endpoint, const char *key_file,
+                              const char *server_pub) {
+    int zero = 0;
+    char pub[MM_Z85_KEY_LEN + 1], sec[MM_Z85_KEY_LEN + 1];
+    f->sock = zmq_socket(zctx, ZMQ_DEALER);
+    if (!f->sock || zmq_setsockopt(f->sock, ZMQ_ROUTING_ID, f->name, strlen(f->name)) ||
+        zmq_setsockopt(f->sock, ZMQ_LINGER, &zero, sizeof zero))
+        return -1;
+    if (key_file && (mm_curve_key_read(key_file, pub, sec) != MM_OK ||
+                     zmq_setsockopt(f->sock, ZMQ_CURVE_SERVERKEY, server_pub, MM_Z85_KEY_LEN) ||
+                     zmq_setsockopt(f->sock, ZMQ_CURVE_PUBLICKEY, pub, MM_Z85_KEY_LEN) ||
+                     zmq_setsockopt(f->sock, ZMQ_CURVE_SECRETKEY, sec, MM_Z85_KEY_LEN)))
+        return -1;
+    if (zmq_connect(f->sock, endpoint)) return -1;
+    pool_header h;
+    fake_header(f, METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_READY, &h);
+    h.capacity = 1, h.heartbeat_ms = 100;
+    return fake_send(f, &h, NULL, 0);
+}
+
+/* Messages a fake received within timeout_s (it sends nothing: a DEALER whose handshake
+ * failed would block on send). */
+static int rogue_heard(fake_decoder *f, double timeout_s) {
+    int n = 0;
+    for (double t0 = now_s(); now_s() - t0 < timeout_s;) {
+        zmq_pollitem_t item = {f->sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&item, 1, 50) <= 0) continue;
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        while (zmq_msg_recv(&m, f->sock, ZMQ_DONTWAIT) >= 0) n++;
+        zmq_msg_close(&m);
+    }
+    return n;
+}
+
+/* pool_curve_secret_key + pool_authorized_keys: real workers with an authorized key
+ * serve images both ways; a fake worker in plain text and one with an unlisted key never
+ * hear from the coordinator (no job, no heartbeat), while one with the authorized key
+ * does (so the refusals are not an artefact of the fakes). */
+static void test_curve(const char *coord, const char *stage, const char *mm_decode) {
+    char dir[] = "/tmp/mm-curve-XXXXXX", coord_key[64], worker_key[64], rogue_key[64], coord_pub[80], allowed[64];
+    if (!mkdtemp(dir)) {
+        EXPECT(0, "mkdtemp");
+        return;
+    }
+    snprintf(coord_key, sizeof coord_key, "%s/coordinator.key", dir);
+    snprintf(worker_key, sizeof worker_key, "%s/worker.key", dir);
+    snprintf(rogue_key, sizeof rogue_key, "%s/rogue.key", dir);
+    snprintf(allowed, sizeof allowed, "%s/authorized", dir);
+    char server_pub[MM_Z85_KEY_LEN + 1], worker_pub[MM_Z85_KEY_LEN + 1];
+    EXPECT(mm_curve_keygen(coord_key) == MM_OK && mm_curve_keygen(worker_key) == MM_OK &&
+           mm_curve_keygen(rogue_key) == MM_OK, "%s", mm_error_last());
+    EXPECT(mm_curve_key_read(coord_key, server_pub, NULL) == MM_OK && mm_curve_key_read(worker_key, worker_pub, NULL) == MM_OK,
+           "%s", mm_error_last());
+    FILE *f = fopen(allowed, "w");
+    if (f) fprintf(f, "# the test's workers\nworker %s\n", worker_pub), fclose(f);
+    snprintf(coord_pub, sizeof coord_pub, "%s.pub", coord_key);
+    setenv("MM_POOL_CURVE_KEY", worker_key, 1); /* the real workers svc_start_pools starts */
+    setenv("MM_POOL_SERVER_KEY", coord_pub, 1);
+    char extra[512];
+    snprintf(extra, sizeof extra, "\"pool_curve_secret_key\": \"%s\", \"pool_authorized_keys\": \"%s\"", coord_key,
+             allowed);
+    mm_service s;
+    if (start(&s, coord, stage, 1, extra, 1, 1)) {
+        void *zctx = zmq_ctx_new();
+        fake_decoder fakes[3] = {{.name = "rogue-plain"}, {.name = "rogue-unlisted"}, {.name = "fake-authorized"}};
+        EXPECT(fake_connect_curve(&fakes[0], zctx, s.decode_ep, NULL, NULL) == 0 &&
+               fake_connect_curve(&fakes[1], zctx, s.decode_ep, rogue_key, server_pub) == 0 &&
+               fake_connect_curve(&fakes[2], zctx, s.decode_ep, worker_key, server_pub) == 0, "fakes connect");
+        EXPECT(fakes_pump(&fakes[2], 1, 0, JOIN_WAIT_S) == 0, "the fake with the authorized key did not join");
+        /* the authorized fake takes no job from here: capacity 1, and it never answers, so
+         * make it leave before the real requests */
+        zmq_close(fakes[2].sock);
+        pool_request draw = {NULL, "Draw a cat.", 1, 70, FAST_STEPS, 4.0f, "pndm", 5};
+        pool_request look = {example_png(), "What is in this picture?", 0, 8, 0, 0, NULL, 0};
+        static pool_result drawn, seen;
+        call(&s, &look, 0, CALL_TIMEOUT_S, &seen);
+        EXPECT(seen.code == 0 && n_text_ids(&seen) > 0, "image understood through CURVE: %s \"%s\"",
+               mm_grpc_code_name(seen.code), seen.msg);
+        call(&s, &draw, 0, CALL_TIMEOUT_S, &drawn);
+        EXPECT(drawn.code == 0, "generation through CURVE: %s \"%s\"", mm_grpc_code_name(drawn.code), drawn.msg);
+        if (drawn.code == 0) expect_decoded(&s, mm_decode, &draw, &drawn, 0, "generation through CURVE");
+        for (int i = 0; i < 2; i++) /* whatever may have come to the rogues, read it (they never send again) */
+            EXPECT(rogue_heard(&fakes[i], 1.0) == 0, "%s heard from the coordinator", fakes[i].name);
+        EXPECT(svc_log_count(&s, "service.log", "refused a worker") >= 1, "the coordinator did not log the refusal");
+        zmq_close(fakes[0].sock), zmq_close(fakes[1].sock);
+        zmq_ctx_term(zctx);
+        result_free(&drawn), result_free(&seen);
+        stop(&s);
+    }
+    unsetenv("MM_POOL_CURVE_KEY"), unsetenv("MM_POOL_SERVER_KEY");
+    const char *files[] = {coord_key, worker_key, rogue_key, allowed};
+    char path[96];
+    for (size_t i = 0; i < 4; i++) unlink(files[i]), snprintf(path, sizeof path, "%s.pub", files[i]), unlink(path);
+    rmdir(dir);
+}
+
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     /* the checks read info lines of the workers' and the coordinator's logs (inherited) */
@@ -798,9 +900,10 @@ int main(int argc, char **argv) {
     else if (!strcmp(mode, "empty_pools")) test_empty_pools(coord, stage, mm_decode);
     else if (!strcmp(mode, "bad_workers")) test_bad_workers(coord, stage, mm_decode);
     else if (!strcmp(mode, "concurrent16")) test_concurrent16(coord, stage, mm_decode);
+    else if (!strcmp(mode, "curve")) test_curve(coord, stage, mm_decode);
     else {
         fprintf(stderr, "usage: test_pools png_identical|decoder_killed|encoder_killed|empty_pools|bad_workers|"
-                        "concurrent16 COORD STAGE MM_DECODE\n");
+                        "concurrent16|curve COORD STAGE MM_DECODE\n");
         return 2;
     }
     return mm_test_finish(mode);
