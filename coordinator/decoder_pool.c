@@ -54,12 +54,10 @@ void mm_decoder_pool_free(mm_decoder_pool *d) {
 }
 
 mm_status mm_decoder_pool_submit(mm_decoder_pool *d, uint64_t job_id, const float *tokens,
-                                 const mm_decode_settings *how) {
+                                 const mm_image_params *how) {
     mm_pool_job_fields f = {.n_tokens = d->n_tokens, .dim = d->dim, .steps = how->steps, .guidance = how->guidance,
                             .seed = how->seed};
-    if (!how->sampler || strlen(how->sampler) >= sizeof f.sampler)
-        return MM_ERROR(MM_ERR_INVALID, "decode job %llu: sampler name", (unsigned long long)job_id);
-    strcpy(f.sampler, how->sampler);
+    snprintf(f.sampler, sizeof f.sampler, "%s", mm_sampler_name(how->sampler));
     const size_t bytes = (size_t)d->n_tokens * (size_t)d->dim * sizeof(float);
     uint8_t *payload = malloc(bytes);
     if (!payload) return MM_ERROR(MM_ERR_NOMEM, "decode job %llu: %zu token bytes", (unsigned long long)job_id, bytes);

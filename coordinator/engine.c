@@ -291,9 +291,7 @@ static int decode_submit(mm_engine *e, job *j, int32_t image_index, const float 
         job_fail(e, j, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         return 0;
     }
-    mm_decode_settings how = {q->image_steps > 0 ? q->image_steps : e->p.cfg->image_steps, q->image_guidance,
-                              q->image_sampler[0] ? q->image_sampler : "pndm", q->image_seed};
-    if (mm_decoder_pool_submit(e->p.decoder, w.job_id, tokens, &how) != MM_OK) {
+    if (mm_decoder_pool_submit(e->p.decoder, w.job_id, tokens, &q->image) != MM_OK) {
         free(w.visual);
         job_fail(e, j, GRPC_STATUS_RESOURCE_EXHAUSTED, mm_error_last());
         return 0;

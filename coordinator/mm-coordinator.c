@@ -157,7 +157,8 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
         .listen = c->cfg.listen, .max_receive_bytes = c->cfg.max_receive_mb * (1 << 20), .zmq_ctx = zctx,
         .limits = {.tok = c->tok, .max_context = mm_engine_max_context(&c->cfg, &c->llm), .vocab_size = c->llm.vocab_size,
                    .max_new_tokens = c->cfg.max_new_tokens, .max_images = c->cfg.max_images,
-                   .max_stop_strings = c->cfg.max_stop_strings, .image_start_id = image_start,
+                   .max_stop_strings = c->cfg.max_stop_strings, .image_steps = c->cfg.image_steps,
+                   .image_start_id = image_start,
                    .n_image_tokens = c->mm.n_image_tokens, .vision_input = vision_input, .image_generation = image_output,
                    .bos_id = c->llm.bos_id},
         .serving = &serving, .metrics = metrics};

@@ -48,20 +48,6 @@ struct mm_diffusion_sched {
     int lower_order_nums;
 };
 
-int mm_sampler_parse(const char *name, mm_sampler_kind *out) {
-    static const char *names[] = {"pndm", "ddim", "dpmpp2m"};
-    for (int i = 0; i < 3; i++)
-        if (!strcmp(name, names[i])) {
-            *out = (mm_sampler_kind)i;
-            return 0;
-        }
-    return -1;
-}
-
-const char *mm_sampler_name(mm_sampler_kind k) {
-    return k == MM_SAMPLER_PNDM ? "pndm" : k == MM_SAMPLER_DDIM ? "ddim" : k == MM_SAMPLER_DPMPP2M ? "dpmpp2m" : "?";
-}
-
 /* ---------------------------------------------------------------- config */
 
 static mm_status config_parse(const mm_json *root, const char *file, mm_sampler_kind kind, sched_config *c) {
@@ -203,8 +189,9 @@ static mm_status make_timesteps(mm_diffusion_sched *s) {
 }
 
 mm_status mm_diffusion_sched_create(const char *dir, mm_sampler_kind kind, int n_steps, int64_t n_elems, mm_diffusion_sched **out) {
-    if (n_steps < 1 || n_steps > 1000 || n_elems <= 0)
-        return MM_ERROR(MM_ERR_INVALID, "scheduler: %d steps (1..1000), %lld elements", n_steps, (long long)n_elems);
+    if (n_steps < 1 || n_steps > MM_DECODE_MAX_STEPS || n_elems <= 0)
+        return MM_ERROR(MM_ERR_INVALID, "scheduler: %d steps (1..%d), %lld elements", n_steps, MM_DECODE_MAX_STEPS,
+                        (long long)n_elems);
     char file[4096];
     snprintf(file, sizeof file, "%s/scheduler_config.json", dir);
     mm_json *root;

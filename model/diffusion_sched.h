@@ -13,12 +13,7 @@
 #include <stdint.h>
 
 #include "common/status.h"
-
-typedef enum { MM_SAMPLER_PNDM = 0, MM_SAMPLER_DDIM, MM_SAMPLER_DPMPP2M } mm_sampler_kind;
-
-/* "pndm", "ddim", "dpmpp2m" -> kind; returns 0 on success. */
-int mm_sampler_parse(const char *name, mm_sampler_kind *out);
-const char *mm_sampler_name(mm_sampler_kind k);
+#include "image_params.h" /* mm_sampler_kind, its names, MM_DECODE_MAX_STEPS */
 
 typedef struct mm_diffusion_sched mm_diffusion_sched;
 

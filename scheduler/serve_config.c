@@ -3,6 +3,7 @@
 #include "serve_config.h"
 
 #include "common/log.h"
+#include "model/image_params.h"
 
 #include <jansson.h>
 #include <stddef.h>
@@ -41,7 +42,7 @@ static const int_tunable INT_TUNABLES[] = {
     T(pool_job_timeout_ms, 600000, 100, 1 << 30, "a pool job unanswered this long on a live worker is sent elsewhere"),
     T(pool_max_message_mb, 64, 1, 2047, "largest pool message in MiB (an image, its tokens, a PNG)"),
     T(embed_cache_mb, 256, 0, 1 << 20, "visual tokens of recently seen images in MiB (LRU), 0 = off"),
-    T(image_steps, 50, 1, 1000, "diffusion steps when a request does not say"),
+    T(image_steps, MM_DECODE_DEFAULT_STEPS, 1, MM_DECODE_MAX_STEPS, "diffusion steps when a request does not say"),
     T(http_max_body_mb, 96, 1, 2047, "largest HTTP request body in MiB"),
     T(http_max_connections, 256, 1, 65536, "HTTP connections at once (one thread each)"),
     T(log_stats_ms, 10000, 0, 3600000, "a throughput line (running, waiting, tok/s, KV use, pools) this often while busy, 0 = never"),

@@ -249,9 +249,9 @@ static void test_decoder(void) {
     if (!noise || !lat_want || !img_want) goto out;
     mm_decode_params p;
     mm_decode_params_default(&p);
-    p.sampler = MM_SAMPLER_PNDM;
-    p.steps = (int)json_integer_value(json_object_get(json_object_get(meta, "steps"), "pndm"));
-    p.guidance = (float)json_number_value(json_object_get(meta, "guidance"));
+    p.image.sampler = MM_SAMPLER_PNDM;
+    p.image.steps = (int32_t)json_integer_value(json_object_get(json_object_get(meta, "steps"), "pndm"));
+    p.image.guidance = (float)json_number_value(json_object_get(meta, "guidance"));
     p.height = p.width = 64;
     p.init_latents = noise;
     float lat[n];
@@ -264,7 +264,7 @@ static void test_decoder(void) {
         se += (double)dd * dd;
     }
     double psnr = se == 0 ? INFINITY : 10.0 * log10(255.0 * 255.0 / (se / npx));
-    printf("decoder pndm %d steps cuda: latents max|diff| %.3g (bound %.0e), image PSNR %.1f dB (>= 40)\n", p.steps, e,
+    printf("decoder pndm %d steps cuda: latents max|diff| %.3g (bound %.0e), image PSNR %.1f dB (>= 40)\n", p.image.steps, e,
            BOUND_LATENTS, psnr);
     EXPECT(e < BOUND_LATENTS && psnr >= 40.0, "pndm: latents %g, PSNR %.2f dB", e, psnr);
 out:
