@@ -83,6 +83,6 @@ void mm_decoder_pool_cancel(mm_decoder_pool *d, uint64_t job_id) { mm_pool_broke
 
 int mm_decoder_pool_workers_alive(const mm_decoder_pool *d) { return mm_pool_broker_workers_alive(d->broker); }
 
-void mm_decoder_pool_stats(const mm_decoder_pool *d, mm_pool_stats *out) { mm_pool_broker_stats(d->broker, out); }
+void mm_decoder_pool_get_stats(const mm_decoder_pool *d, mm_pool_stats *out) { mm_pool_broker_stats(d->broker, out); }
 
 void *mm_decoder_pool_socket(const mm_decoder_pool *d) { return mm_pool_broker_socket(d->broker); }

@@ -37,7 +37,7 @@ int mm_decoder_pool_poll(mm_decoder_pool *d, mm_decode_result *out);
 void mm_decoder_pool_cancel(mm_decoder_pool *d, uint64_t job_id);
 
 int mm_decoder_pool_workers_alive(const mm_decoder_pool *d);
-void mm_decoder_pool_stats(const mm_decoder_pool *d, mm_pool_stats *out);
+void mm_decoder_pool_get_stats(const mm_decoder_pool *d, mm_pool_stats *out);
 /* The pool's ROUTER socket, for a zmq_poll item. */
 void *mm_decoder_pool_socket(const mm_decoder_pool *d);
 

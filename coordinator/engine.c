@@ -152,7 +152,7 @@ static void job_drop(mm_engine *e, job *j) {
     int i;
     if (job_find(e, j->req->call_id, &i)) e->jobs[i] = e->jobs[--e->n_jobs];
     if (j->encodes_left > 0) { /* its encode jobs are of no use any more */
-        for (int k = 0; k < j->req->n_images; k++) e->p.encoder->ops->cancel(e->p.encoder, j->enc_base + (uint64_t)k);
+        for (int k = 0; k < j->req->n_images; k++) mm_encoder_pool_cancel(e->p.encoder, j->enc_base + (uint64_t)k);
         e->n_encoding--;
     }
     for (int i = e->n_decodes - 1; i >= 0; i--)
@@ -539,8 +539,8 @@ static void job_admit(mm_engine *e, job *j) {
 /* Sends j's images to the encoder; j enters the scheduler when all are back. */
 static void job_encode(mm_engine *e, job *j) {
     mm_request *req = j->req;
-    mm_encoder *enc = e->p.encoder;
-    req->visual = malloc((size_t)req->n_images * (size_t)enc->n_tokens * (size_t)enc->dim * sizeof *req->visual);
+    const mm_sched_params *sp = mm_sched_get_params(e->sched); /* the encoder pool's token shape too */
+    req->visual = malloc((size_t)req->n_images * (size_t)sp->image_tokens * (size_t)sp->visual_dim * sizeof *req->visual);
     if (!req->visual) {
         job_fail(e, j, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         return;
@@ -550,7 +550,7 @@ static void job_encode(mm_engine *e, job *j) {
     j->encodes_left = req->n_images;
     e->n_encoding++;
     for (int k = 0; k < req->n_images; k++) {
-        mm_status s = enc->ops->submit(enc, j->enc_base + (uint64_t)k, req->image_data[k], req->image_len[k]);
+        mm_status s = mm_encoder_pool_submit(e->p.encoder, j->enc_base + (uint64_t)k, req->image_data[k], req->image_len[k]);
         if (s != MM_OK) { /* INVALID: over pool_max_message_mb, which no retry changes */
             char msg[512];
             snprintf(msg, sizeof msg, "%s.image: %s", req->image_where[k], mm_error_without_location(mm_error_last()));
@@ -565,11 +565,11 @@ static void job_encode(mm_engine *e, job *j) {
 /* Takes the encoder's results: visual tokens go into their request; a refused image
  * fails its request with INVALID_ARGUMENT naming the part. Returns how many came. */
 static int take_encodes(mm_engine *e) {
-    mm_encoder *enc = e->p.encoder;
-    if (!enc) return 0;
+    if (!e->p.encoder) return 0;
+    const mm_sched_params *sp = mm_sched_get_params(e->sched);
     int n = 0;
     mm_encode_result res;
-    while (enc->ops->poll(enc, &res)) {
+    while (mm_encoder_pool_poll(e->p.encoder, &res)) {
         n++;
         job *j = NULL;
         for (int i = 0; i < e->n_jobs && !j; i++) {
@@ -590,7 +590,7 @@ static int take_encodes(mm_engine *e) {
             job_fail(e, j, bad_input ? GRPC_STATUS_INVALID_ARGUMENT : GRPC_STATUS_INTERNAL, msg);
             continue;
         }
-        size_t T_D = (size_t)enc->n_tokens * (size_t)enc->dim;
+        size_t T_D = (size_t)sp->image_tokens * (size_t)sp->visual_dim;
         memcpy(j->req->visual + (size_t)k * T_D, res.tokens, T_D * sizeof *res.tokens);
         free(res.tokens);
         if (--j->encodes_left == 0) {
@@ -665,9 +665,7 @@ static int take_messages(mm_engine *e) {
 
 /* Why j cannot progress: it waits on a pool that has no worker now (NULL: it can). */
 static const char *pool_missing(mm_engine *e, const job *j) {
-    mm_encoder_pool_stats es;
-    if (j->encodes_left > 0 && mm_encoder_pool_get_stats(e->p.encoder, &es) == MM_OK && es.pool.workers_alive == 0)
-        return "no encoder worker is available";
+    if (j->encodes_left > 0 && mm_encoder_pool_workers_alive(e->p.encoder) == 0) return "no encoder worker is available";
     if (j->decodes_left > 0 && mm_decoder_pool_workers_alive(e->p.decoder) == 0) return "no decoder worker is available";
     return NULL;
 }
@@ -713,8 +711,9 @@ static void update_gauges(mm_engine *e) {
     mm_metrics_set(m, MM_METRIC_KV_BLOCKS_CAPACITY, 0, st.kv_blocks_total);
     for (int k = 0; k < mm_driver_n_stages(e->p.drv); k++)
         mm_metrics_set(m, MM_METRIC_STAGE_BUSY_SECONDS_TOTAL, k, mm_driver_stage(e->p.drv, k)->busy_ms * 1e-3);
-    mm_encoder_pool_stats es;
-    if (e->p.encoder && mm_encoder_pool_get_stats(e->p.encoder, &es) == MM_OK) {
+    if (e->p.encoder) {
+        mm_encoder_pool_stats es;
+        mm_encoder_pool_get_stats(e->p.encoder, &es);
         mm_metrics_set(m, MM_METRIC_POOL_WORKERS, MM_METRICS_POOL_ENCODE, es.pool.workers_alive);
         mm_metrics_set(m, MM_METRIC_POOL_JOBS_IN_FLIGHT, MM_METRICS_POOL_ENCODE, es.pool.jobs_in_flight);
         mm_metrics_set(m, MM_METRIC_POOL_REDISPATCHES_TOTAL, MM_METRICS_POOL_ENCODE, (double)es.pool.redispatches);
@@ -723,7 +722,7 @@ static void update_gauges(mm_engine *e) {
     }
     if (e->p.decoder) {
         mm_pool_stats ds;
-        mm_decoder_pool_stats(e->p.decoder, &ds);
+        mm_decoder_pool_get_stats(e->p.decoder, &ds);
         mm_metrics_set(m, MM_METRIC_POOL_WORKERS, MM_METRICS_POOL_DECODE, ds.workers_alive);
         mm_metrics_set(m, MM_METRIC_POOL_JOBS_IN_FLIGHT, MM_METRICS_POOL_DECODE, ds.jobs_in_flight);
         mm_metrics_set(m, MM_METRIC_POOL_REDISPATCHES_TOTAL, MM_METRICS_POOL_DECODE, (double)ds.redispatches);
@@ -743,12 +742,14 @@ static void report_throughput(mm_engine *e) {
     int busy = st.running + st.waiting + e->n_encoding + e->n_decodes > 0 || e->report_generated > 0;
     if (busy) {
         char pools[160] = "";
-        mm_encoder_pool_stats es;
-        if (e->p.encoder && mm_encoder_pool_get_stats(e->p.encoder, &es) == MM_OK)
+        if (e->p.encoder) {
+            mm_encoder_pool_stats es;
+            mm_encoder_pool_get_stats(e->p.encoder, &es);
             snprintf(pools, sizeof pools, ", encode pool %d jobs on %d workers", es.pool.jobs_in_flight, es.pool.workers_alive);
+        }
         if (e->p.decoder) {
             mm_pool_stats ds;
-            mm_decoder_pool_stats(e->p.decoder, &ds);
+            mm_decoder_pool_get_stats(e->p.decoder, &ds);
             size_t n = strlen(pools);
             snprintf(pools + n, sizeof pools - n, ", decode pool %d jobs on %d workers", ds.jobs_in_flight, ds.workers_alive);
         }
@@ -867,7 +868,7 @@ int mm_engine_run(mm_engine *e) {
          * IDLE_POLL_MS at least) */
         zmq_pollitem_t it[3] = {{e->requests, 0, ZMQ_POLLIN, 0}};
         int n_it = 1;
-        if (e->p.encoder && e->p.encoder->poll_socket) it[n_it++] = (zmq_pollitem_t){e->p.encoder->poll_socket, 0, ZMQ_POLLIN, 0};
+        if (e->p.encoder) it[n_it++] = (zmq_pollitem_t){mm_encoder_pool_socket(e->p.encoder), 0, ZMQ_POLLIN, 0};
         if (e->p.decoder) it[n_it++] = (zmq_pollitem_t){mm_decoder_pool_socket(e->p.decoder), 0, ZMQ_POLLIN, 0};
         zmq_poll(it, n_it, e->n_jobs > 0 ? 1 : IDLE_POLL_MS);
     }

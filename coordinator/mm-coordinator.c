@@ -45,7 +45,7 @@ typedef struct {
     mm_tokenizer *tok;
     mm_metamorph_config mm;     /* n_image_tokens = 0: not a MetaMorph model */
     void *zctx;
-    mm_encoder *encoder;        /* the encoder pool; NULL: no vision input */
+    mm_encoder_pool *encoder;   /* NULL: no vision input */
     mm_decoder_pool *decoder;   /* NULL: generated images as tokens only */
     int32_t image_side;         /* pixels of the decoder's images; 0: no decoder */
     char model_name[256];       /* the model's id in the HTTP API */
@@ -135,8 +135,8 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
     int rc = 1;
     int32_t image_start = mm_tokenizer_token_id(c->tok, "<image_start>");
     /* images in need the encoder and stage 1's projector, of the same width */
-    int vision_input = c->encoder && mm_driver_has_projector(drv) && mm_driver_visual_dim(drv) == c->encoder->dim;
-    if (c->encoder && !vision_input) LOG_ERROR("image inputs off: the first stage has no mm_projector of width %d", c->encoder->dim);
+    int vision_input = c->encoder && mm_driver_has_projector(drv) && mm_driver_visual_dim(drv) == c->mm.mm_hidden;
+    if (c->encoder && !vision_input) LOG_ERROR("image inputs off: the first stage has no mm_projector of width %d", c->mm.mm_hidden);
     int image_output = mm_driver_has_vision_head(drv) && image_start >= 0;
     mm_engine_params ep = {&c->cfg, c->tok, &c->llm, drv, zctx, &serving, &g_stop, &g_stage_failed, image_start,
                            c->mm.n_image_tokens, vision_input ? c->encoder : NULL, image_output ? c->decoder : NULL,
@@ -230,7 +230,7 @@ int main(int argc, char **argv) {
         rc = serve(&c, drv);
     }
     mm_driver_free(drv);
-    if (c.encoder) c.encoder->ops->free(c.encoder);
+    mm_encoder_pool_free(c.encoder);
     mm_decoder_pool_free(c.decoder);
     if (c.zctx) zmq_ctx_term(c.zctx);
     mm_tokenizer_free(c.tok);
