@@ -57,7 +57,7 @@ mm_status mm_decoder_pool_submit(mm_decoder_pool *d, uint64_t job_id, const floa
                                  const mm_image_params *how) {
     mm_pool_job_fields f = {.n_tokens = d->n_tokens, .dim = d->dim, .steps = how->steps, .guidance = how->guidance,
                             .seed = how->seed};
-    snprintf(f.sampler, sizeof f.sampler, "%s", mm_sampler_name(how->sampler));
+    snprintf(f.sampler, sizeof f.sampler, "%s", mm_diffusion_sampler_name(how->sampler));
     const size_t bytes = (size_t)d->n_tokens * (size_t)d->dim * sizeof(float);
     uint8_t *payload = malloc(bytes);
     if (!payload) return MM_ERROR(MM_ERR_NOMEM, "decode job %llu: %zu token bytes", (unsigned long long)job_id, bytes);

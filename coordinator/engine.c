@@ -452,7 +452,7 @@ static mm_status process_result(mm_engine *e, Metamorph__Internal__StepResult *r
 }
 
 static mm_status schedule(mm_engine *e) {
-    while (e->n_fifo < mm_driver_n_stages(e->p.drv)) {
+    while (e->n_fifo < mm_mpi_driver_n_stages(e->p.drv)) {
         mm_step *st;
         CHECK(mm_sched_next_step(e->sched, &st));
         if (!st) return MM_OK;
@@ -465,7 +465,7 @@ static mm_status schedule(mm_engine *e) {
         size_t len;
         e->fifo[e->n_fifo++] = (in_flight){st, t};
         CHECK(mm_step_plan_pack(e->sched, st, &buf, &len));
-        CHECK(mm_driver_send_plan(e->p.drv, buf, len));
+        CHECK(mm_mpi_driver_send_plan(e->p.drv, buf, len));
     }
     return MM_OK;
 }
@@ -481,12 +481,12 @@ static void send_info(mm_engine *e, uint64_t call_id) {
     mi.vocab_size = lc->vocab_size, mi.n_layers = lc->n_layers, mi.dim = lc->dim;
     mi.max_context = mm_engine_max_context(e->p.cfg, lc);
     mi.n_eos_ids = (size_t)lc->n_eos, mi.eos_ids = (int32_t *)lc->eos_ids;
-    mi.vision = e->p.encoder && mm_driver_has_projector(e->p.drv);
-    mi.image_generation = mm_driver_has_vision_head(e->p.drv) && e->p.image_start_id >= 0;
-    int P = mm_driver_n_stages(e->p.drv);
+    mi.vision = e->p.encoder && mm_mpi_driver_has_projector(e->p.drv);
+    mi.image_generation = mm_mpi_driver_has_vision_head(e->p.drv) && e->p.image_start_id >= 0;
+    int P = mm_mpi_driver_n_stages(e->p.drv);
     Metamorph__V1__StageInfo si[MM_MAX_STAGES], *sp[MM_MAX_STAGES];
     for (int k = 0; k < P; k++) {
-        const mm_stage_info *s = mm_driver_stage(e->p.drv, k);
+        const mm_stage_info *s = mm_mpi_driver_stage(e->p.drv, k);
         metamorph__v1__stage_info__init(&si[k]);
         si[k].rank = s->rank, si[k].host = (char *)s->host, si[k].pid = s->pid;
         si[k].layer_begin = s->layer_begin, si[k].layer_end = s->layer_end;
@@ -709,8 +709,8 @@ static void update_gauges(mm_engine *e) {
     mm_metrics_set(m, MM_METRIC_RUNNING_SEQUENCES, 0, st.running);
     mm_metrics_set(m, MM_METRIC_KV_BLOCKS_USED, 0, st.kv_blocks_used);
     mm_metrics_set(m, MM_METRIC_KV_BLOCKS_CAPACITY, 0, st.kv_blocks_total);
-    for (int k = 0; k < mm_driver_n_stages(e->p.drv); k++)
-        mm_metrics_set(m, MM_METRIC_STAGE_BUSY_SECONDS_TOTAL, k, mm_driver_stage(e->p.drv, k)->busy_ms * 1e-3);
+    for (int k = 0; k < mm_mpi_driver_n_stages(e->p.drv); k++)
+        mm_metrics_set(m, MM_METRIC_STAGE_BUSY_SECONDS_TOTAL, k, mm_mpi_driver_stage(e->p.drv, k)->busy_ms * 1e-3);
     if (e->p.encoder) {
         mm_encoder_pool_stats es;
         mm_encoder_pool_get_stats(e->p.encoder, &es);
@@ -771,10 +771,10 @@ mm_status mm_engine_init(const mm_engine_params *p, mm_engine **out) {
     const mm_serve_config *c = p->cfg;
     mm_sched_params sp = {
         .max_batch_tokens = c->max_batch_tokens, .max_batch_seqs = c->max_batch_seqs,
-        .max_in_flight = mm_driver_n_stages(p->drv), .max_waiting = c->max_queue, .kv_blocks = c->kv_blocks,
+        .max_in_flight = mm_mpi_driver_n_stages(p->drv), .max_waiting = c->max_queue, .kv_blocks = c->kv_blocks,
         .kv_block_size = c->kv_block_size, .max_context = mm_engine_max_context(c, p->llm),
-        .image_start_id = mm_driver_has_vision_head(p->drv) ? p->image_start_id : -1, .image_tokens = p->image_tokens,
-        .visual_dim = mm_driver_visual_dim(p->drv)};
+        .image_start_id = mm_mpi_driver_has_vision_head(p->drv) ? p->image_start_id : -1, .image_tokens = p->image_tokens,
+        .visual_dim = mm_mpi_driver_visual_dim(p->drv)};
     sp.n_eos = p->llm->n_eos < MM_SCHED_MAX_EOS ? p->llm->n_eos : MM_SCHED_MAX_EOS;
     memcpy(sp.eos_ids, p->llm->eos_ids, (size_t)sp.n_eos * sizeof *sp.eos_ids);
     mm_status s = mm_sched_init(&sp, &e->sched);
@@ -804,7 +804,7 @@ static void stop_pipeline(mm_engine *e) {
     double t0 = now_ms();
     while (e->n_fifo > 0 && now_ms() - t0 < 5000 && !*e->p.stage_failed) {
         Metamorph__Internal__StepResult *res;
-        if (mm_driver_poll(e->p.drv, &res) != MM_OK) break;
+        if (mm_mpi_driver_poll(e->p.drv, &res) != MM_OK) break;
         if (!res) {
             struct timespec t = {0, 200000};
             nanosleep(&t, NULL);
@@ -815,7 +815,7 @@ static void stop_pipeline(mm_engine *e) {
     }
     mm_sched_abort_in_flight(e->sched);
     e->n_fifo = 0;
-    if (mm_driver_shutdown(e->p.drv) != MM_OK) LOG_ERROR("stopping the stages: %s", mm_error_last());
+    if (mm_mpi_driver_shutdown(e->p.drv) != MM_OK) LOG_ERROR("stopping the stages: %s", mm_error_last());
 }
 
 int mm_engine_run(mm_engine *e) {
@@ -834,7 +834,7 @@ int mm_engine_run(mm_engine *e) {
             mm_status s = MM_OK;
             for (;;) {
                 Metamorph__Internal__StepResult *res;
-                s = mm_driver_poll(e->p.drv, &res);
+                s = mm_mpi_driver_poll(e->p.drv, &res);
                 if (s != MM_OK || !res) break;
                 work++;
                 if (res->error[0]) {

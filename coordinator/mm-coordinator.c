@@ -101,11 +101,11 @@ static void banner(const coord_setup *c, const mm_mpi_driver *drv, int vision_in
     LOG_INFO("serving \"%s\" (%s): %d layers, dim %d, vocab %d, context %d; image input %s, image output %s",
              c->model_name, c->cfg.model, l->n_layers, l->dim, l->vocab_size, mm_engine_max_context(&c->cfg, l),
              vision_in ? "on" : "off", images_out ? (c->decoder ? "on (PNG)" : "on (visual tokens only)") : "off");
-    for (int k = 0; k < mm_driver_n_stages(drv); k++) {
-        const mm_stage_info *st = mm_driver_stage(drv, k);
-        LOG_INFO("stage %d of %d: rank %d on %s (pid %d), layers [%d, %d)%s%s", k + 1, mm_driver_n_stages(drv), st->rank,
+    for (int k = 0; k < mm_mpi_driver_n_stages(drv); k++) {
+        const mm_stage_info *st = mm_mpi_driver_stage(drv, k);
+        LOG_INFO("stage %d of %d: rank %d on %s (pid %d), layers [%d, %d)%s%s", k + 1, mm_mpi_driver_n_stages(drv), st->rank,
                  st->host, st->pid, st->layer_begin, st->layer_end, k == 0 ? " + embed" : "",
-                 k + 1 == mm_driver_n_stages(drv) ? " + norm, lm_head" : "");
+                 k + 1 == mm_mpi_driver_n_stages(drv) ? " + norm, lm_head" : "");
     }
     LOG_INFO("gRPC on %s; OpenAI HTTP %s%s%s; metrics %s%s%s", c->cfg.listen, http_on ? "on http://" : "off",
              http_on ? c->cfg.http_listen : "", http_on ? "/v1" : "", metrics_on ? "on http://" : "off",
@@ -135,22 +135,22 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
     int rc = 1;
     int32_t image_start = mm_tokenizer_token_id(c->tok, "<image_start>");
     /* images in need the encoder and stage 1's projector, of the same width */
-    int vision_input = c->encoder && mm_driver_has_projector(drv) && mm_driver_visual_dim(drv) == c->mm.mm_hidden;
+    int vision_input = c->encoder && mm_mpi_driver_has_projector(drv) && mm_mpi_driver_visual_dim(drv) == c->mm.mm_hidden;
     if (c->encoder && !vision_input) LOG_ERROR("image inputs off: the first stage has no mm_projector of width %d", c->mm.mm_hidden);
-    int image_output = mm_driver_has_vision_head(drv) && image_start >= 0;
+    int image_output = mm_mpi_driver_has_vision_head(drv) && image_start >= 0;
     mm_engine_params ep = {&c->cfg, c->tok, &c->llm, drv, zctx, &serving, &g_stop, &g_stage_failed, image_start,
                            c->mm.n_image_tokens, vision_input ? c->encoder : NULL, image_output ? c->decoder : NULL,
                            NULL};
-    if (mm_metrics_create(mm_driver_n_stages(drv), &metrics) != MM_OK ||
+    if (mm_metrics_create(mm_mpi_driver_n_stages(drv), &metrics) != MM_OK ||
         mm_metrics_http_start(c->cfg.metrics_listen, metrics, &serving, &http) != MM_OK) {
         LOG_ERROR("metrics: %s", mm_error_last());
-        mm_driver_shutdown(drv);
+        mm_mpi_driver_shutdown(drv);
         goto out;
     }
     ep.metrics = metrics;
     if (!zctx || mm_engine_init(&ep, &eng) != MM_OK) {
         LOG_ERROR("scheduler: %s", zctx ? mm_error_last() : "zmq_ctx_new failed");
-        mm_driver_shutdown(drv);
+        mm_mpi_driver_shutdown(drv);
         goto out;
     }
     mm_grpc_params gp = {
@@ -167,7 +167,7 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
     block_signals(0);
     if (s != MM_OK) {
         LOG_ERROR("gRPC: %s", mm_error_last());
-        mm_driver_shutdown(drv);
+        mm_mpi_driver_shutdown(drv);
         goto out;
     }
     if (c->cfg.http_listen[0]) {
@@ -183,7 +183,7 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
             LOG_ERROR("%s", mm_error_last());
             mm_engine_stop_replies(eng, 0);
             mm_grpc_stop(srv);
-            mm_driver_shutdown(drv);
+            mm_mpi_driver_shutdown(drv);
             goto out;
         }
     }
@@ -222,14 +222,14 @@ int main(int argc, char **argv) {
     memset(&c, 0, sizeof c);
     mm_mpi_driver *drv = NULL;
     int rc = 1;
-    if (setup(argv[1], &c) != MM_OK || mm_driver_init(size - 1, &drv) != MM_OK) {
+    if (setup(argv[1], &c) != MM_OK || mm_mpi_driver_init(size - 1, &drv) != MM_OK) {
         fprintf(stderr, "mm-coordinator: %s\n", mm_error_last());
-    } else if (mm_driver_hello(drv, &g_stop) != MM_OK) {
+    } else if (mm_mpi_driver_hello(drv, &g_stop) != MM_OK) {
         fprintf(stderr, "mm-coordinator: stages: %s\n", mm_error_last());
     } else {
         rc = serve(&c, drv);
     }
-    mm_driver_free(drv);
+    mm_mpi_driver_free(drv);
     mm_encoder_pool_free(c.encoder);
     mm_decoder_pool_free(c.decoder);
     if (c.zctx) zmq_ctx_term(c.zctx);

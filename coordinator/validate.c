@@ -79,7 +79,7 @@ static int check_image_params(const Metamorph__V1__ImageParams *ip, const mm_lim
     if (!isfinite(ip->guidance) || ip->guidance < 0 || ip->guidance > MM_DECODE_MAX_GUIDANCE)
         return fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "image.guidance must be in [0, %g] (got %g)",
                     (double)MM_DECODE_MAX_GUIDANCE, ip->guidance);
-    if (ip->sampler[0] && mm_sampler_parse(ip->sampler, &r->image.sampler) != 0)
+    if (ip->sampler[0] && mm_diffusion_sampler_parse(ip->sampler, &r->image.sampler) != 0)
         return fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "image.sampler \"%.32s\" is not one of pndm, ddim, dpmpp2m",
                     ip->sampler);
     if (ip->steps > 0) r->image.steps = ip->steps;

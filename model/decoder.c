@@ -29,7 +29,7 @@ mm_status mm_decoder_load(const char *dir, mm_backend *be, mm_decoder **out) {
     CHECK_GOTO(mm_vae_load(sub, be, &d->vae), s, fail);
     snprintf(d->scheduler_dir, sizeof d->scheduler_dir, "%s/scheduler", dir);
     mm_diffusion_sched *probe;
-    CHECK_GOTO(mm_diffusion_sched_create(d->scheduler_dir, MM_SAMPLER_PNDM, 1, 1, &probe), s, fail); /* validate early */
+    CHECK_GOTO(mm_diffusion_sched_create(d->scheduler_dir, MM_DIFFUSION_SAMPLER_PNDM, 1, 1, &probe), s, fail); /* validate early */
     mm_diffusion_sched_free(probe);
     const mm_unet_config *uc = &d->unet->cfg;
     if (d->adapter->cfg.output_dim != uc->cross_attention_dim || d->vae->cfg.latent_channels != uc->in_channels ||

@@ -13,12 +13,13 @@
 #include <stdint.h>
 
 #include "common/status.h"
-#include "image_params.h" /* mm_sampler_kind, its names, MM_DECODE_MAX_STEPS */
+#include "image_params.h" /* mm_diffusion_sampler_kind, its names, MM_DECODE_MAX_STEPS */
 
 typedef struct mm_diffusion_sched mm_diffusion_sched;
 
 /* dir: the scheduler/ folder; n_steps inference steps; n_elems: latent size (elements). */
-mm_status mm_diffusion_sched_create(const char *dir, mm_sampler_kind kind, int n_steps, int64_t n_elems, mm_diffusion_sched **out);
+mm_status mm_diffusion_sched_create(const char *dir, mm_diffusion_sampler_kind kind, int n_steps, int64_t n_elems,
+                                    mm_diffusion_sched **out);
 void mm_diffusion_sched_free(mm_diffusion_sched *s);
 
 /* The model is called once per entry of the timestep list (PNDM repeats one timestep). */

@@ -14,13 +14,18 @@
 #define MM_DECODE_DEFAULT_GUIDANCE 7.5f
 #define MM_DECODE_MAX_GUIDANCE 100.0f
 
-typedef enum { MM_SAMPLER_PNDM = 0, MM_SAMPLER_DDIM, MM_SAMPLER_DPMPP2M } mm_sampler_kind;
-#define MM_DECODE_DEFAULT_SAMPLER MM_SAMPLER_PNDM
+/* The diffusion samplers (diffusion_sched.h); not the token sampler (sampler.h, mm_sampler). */
+typedef enum {
+    MM_DIFFUSION_SAMPLER_PNDM = 0,
+    MM_DIFFUSION_SAMPLER_DDIM,
+    MM_DIFFUSION_SAMPLER_DPMPP2M
+} mm_diffusion_sampler_kind;
+#define MM_DECODE_DEFAULT_SAMPLER MM_DIFFUSION_SAMPLER_PNDM
 
 typedef struct {
     int32_t steps;           /* 1..MM_DECODE_MAX_STEPS */
     float guidance;          /* classifier-free guidance scale; <= 1: no guidance */
-    mm_sampler_kind sampler;
+    mm_diffusion_sampler_kind sampler;
     uint64_t seed;           /* of the initial noise (mm_noise_normal) */
 } mm_image_params;
 
@@ -28,7 +33,7 @@ typedef struct {
 void mm_image_params_default(mm_image_params *p);
 
 /* "pndm", "ddim", "dpmpp2m" -> kind; returns 0 on success. */
-int mm_sampler_parse(const char *name, mm_sampler_kind *out);
-const char *mm_sampler_name(mm_sampler_kind k);
+int mm_diffusion_sampler_parse(const char *name, mm_diffusion_sampler_kind *out);
+const char *mm_diffusion_sampler_name(mm_diffusion_sampler_kind k);
 
 #endif

@@ -78,7 +78,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--size")) p.height = p.width = (int32_t)strtol(v, &end, 10);
         else if (!strcmp(a, "--threads")) threads = (int)strtol(v, &end, 10);
         else if (!strcmp(a, "--sampler")) {
-            if (mm_sampler_parse(v, &p.image.sampler) != 0) {
+            if (mm_diffusion_sampler_parse(v, &p.image.sampler) != 0) {
                 fprintf(stderr, "mm-decode: unknown sampler '%s' (pndm, ddim, dpmpp2m)\n", v);
                 return 2;
             }
@@ -124,7 +124,7 @@ int main(int argc, char **argv) {
     progress_state ps = {.t0 = now_s(), .tty = isatty(2)};
     p.progress = progress, p.user = &ps;
     fprintf(stderr, "mm-decode: %lld tokens, %s, %d steps, guidance %.2f, %dx%d, backend %s\n", (long long)n,
-            mm_sampler_name(p.image.sampler), p.image.steps, p.image.guidance, W, H, be->ops->name);
+            mm_diffusion_sampler_name(p.image.sampler), p.image.steps, p.image.guidance, W, H, be->ops->name);
     if (mm_decoder_generate(d, tokens, n, &p, rgb, NULL) != MM_OK || mm_png_write_file(out, rgb, W, H) != MM_OK) {
         fprintf(stderr, "mm-decode: %s\n", mm_error_last());
         goto done;

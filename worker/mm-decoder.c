@@ -41,7 +41,7 @@ static mm_status job_params(const mm_decoder *d, const Metamorph__Internal__Pool
     mm_decode_params_default(p);
     p->image.steps = job->steps;
     if (job->guidance != 0.0f) p->image.guidance = job->guidance;
-    if (job->sampler[0] && mm_sampler_parse(job->sampler, &p->image.sampler) != 0)
+    if (job->sampler[0] && mm_diffusion_sampler_parse(job->sampler, &p->image.sampler) != 0)
         return MM_ERROR(MM_ERR_INVALID, "unknown sampler '%.32s' (pndm, ddim, dpmpp2m)", job->sampler);
     p->image.seed = job->seed;
     return MM_OK;

@@ -25,7 +25,8 @@ enum {
 mm_status mm_mpi_init(int *argc, char ***argv, int *rank, int *size);
 /* MPI return code -> mm_status with MPI's message and the caller's file:line. */
 mm_status mm_mpi_status(int rc, const char *file, int line, const char *what);
-#define MPI_CHECK(call) mm_mpi_status((call), __FILE__, __LINE__, #call)
+/* Returns the failure of an MPI call from the enclosing function, as CHECK does. */
+#define MPI_CHECK(call) CHECK(mm_mpi_status((call), __FILE__, __LINE__, #call))
 
 /* Waits for req, polling with short sleeps. */
 mm_status mm_mpi_wait(MPI_Request *req);

@@ -82,9 +82,9 @@ static mm_status nccl_setup(nccl_ctx *c, int rank, int size) {
     if (me == 0) {
         NCCL_CHECK(ncclGetUniqueId(&id));
         for (int r = 2; r < size; r++)
-            CHECK(MPI_CHECK(MPI_Send(&id, (int)sizeof id, MPI_BYTE, r, MM_TAG_NCCL_ID, MPI_COMM_WORLD)));
+            MPI_CHECK(MPI_Send(&id, (int)sizeof id, MPI_BYTE, r, MM_TAG_NCCL_ID, MPI_COMM_WORLD));
     } else {
-        CHECK(MPI_CHECK(MPI_Recv(&id, (int)sizeof id, MPI_BYTE, 1, MM_TAG_NCCL_ID, MPI_COMM_WORLD, MPI_STATUS_IGNORE)));
+        MPI_CHECK(MPI_Recv(&id, (int)sizeof id, MPI_BYTE, 1, MM_TAG_NCCL_ID, MPI_COMM_WORLD, MPI_STATUS_IGNORE));
     }
     CUDA_CHECK(cudaSetDevice(c->device));
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));

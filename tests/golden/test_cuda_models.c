@@ -249,7 +249,7 @@ static void test_decoder(void) {
     if (!noise || !lat_want || !img_want) goto out;
     mm_decode_params p;
     mm_decode_params_default(&p);
-    p.image.sampler = MM_SAMPLER_PNDM;
+    p.image.sampler = MM_DIFFUSION_SAMPLER_PNDM;
     p.image.steps = (int32_t)json_integer_value(json_object_get(json_object_get(meta, "steps"), "pndm"));
     p.image.guidance = (float)json_number_value(json_object_get(meta, "guidance"));
     p.height = p.width = 64;

@@ -84,8 +84,8 @@ static void test_timesteps(void) {
             } else if (sscanf(key, "%31[^.].%d", name, &steps) != 2) {
                 continue;
             }
-            mm_sampler_kind k;
-            EXPECT(mm_sampler_parse(name, &k) == 0, "sampler name %s", name);
+            mm_diffusion_sampler_kind k;
+            EXPECT(mm_diffusion_sampler_parse(name, &k) == 0, "sampler name %s", name);
             mm_diffusion_sched *s = NULL;
             EXPECT(mm_diffusion_sched_create(mm_asset_path("tiny/decoder/scheduler"), k, steps, 4, &s) == MM_OK, "%s", mm_error_last());
             if (!s) continue;
@@ -113,7 +113,7 @@ static void test_samplers(mm_backend *be) {
         char key[64];
         mm_decode_params p;
         mm_decode_params_default(&p);
-        p.image.sampler = (mm_sampler_kind)i;
+        p.image.sampler = (mm_diffusion_sampler_kind)i;
         p.image.steps = (int32_t)json_integer_value(json_object_get(json_object_get(meta, "steps"), names[i]));
         p.image.guidance = (float)json_number_value(json_object_get(meta, "guidance"));
         p.height = p.width = 64;

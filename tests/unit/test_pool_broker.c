@@ -826,7 +826,7 @@ static void test_decoder_pool(void) {
     ready.type = T_READY, ready.pool = (char *)"decode", ready.capacity = 1;
     fake_send(&liar, &ready, NULL, 0);
     const float tokens[4] = {1, -1, 0.25f, 8};
-    mm_image_params how = {.steps = 20, .guidance = 7.5f, .sampler = MM_SAMPLER_DDIM, .seed = 1234};
+    mm_image_params how = {.steps = 20, .guidance = 7.5f, .sampler = MM_DIFFUSION_SAMPLER_DDIM, .seed = 1234};
     EXPECT(mm_decoder_pool_submit(d, 77, tokens, &how) == MM_OK, "submit");
     mm_decode_result r = {0};
     for (int i = 0; i < MAX_STEPS && liar.n_jobs < 1; i++) {
