@@ -194,7 +194,7 @@ int main(int argc, char **argv) {
             runner r = {.m = m, .n = 64};
             r.seqs = calloc(64, sizeof *r.seqs);
             r.logits = malloc((size_t)64 * m->cfg.vocab_size * sizeof(float));
-            if (mm_kv_cache_init_typed(be, m->cfg.n_layers, 64 * 4 + 32, 16, m->cfg.n_kv_heads, m->cfg.head_dim,
+            if (mm_kv_cache_init_typed(be, m->cfg.n_layers, 64 * 4 + 32, MM_KV_BLOCK_SIZE, m->cfg.n_kv_heads, m->cfg.head_dim,
                                        mm_llama_kv_dtype(m), &r.kv) != MM_OK)
                 return 1;
             double peak = gemm_peak(be, dts[d]);

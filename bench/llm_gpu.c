@@ -208,12 +208,12 @@ int main(int argc, char **argv) {
     r.samp = calloc((size_t)r.max_seqs, sizeof *r.samp), r.rng = calloc((size_t)r.max_seqs, 8);
     r.seqs = calloc((size_t)r.max_seqs, sizeof *r.seqs);
     /* KV blocks from the memory planner: 90% of what is left, 2 GiB kept for scratch */
-    size_t block_bytes = 2ull * c->n_layers * c->n_kv_heads * 16 * c->head_dim * 2;
-    int32_t n_blocks = 0, need = 256 * ((PROMPT + 2 + steps + 15) / 16 + 1);
+    size_t block_bytes = 2ull * c->n_layers * c->n_kv_heads * MM_KV_BLOCK_SIZE * c->head_dim * 2;
+    int32_t n_blocks = 0, need = 256 * ((PROMPT + 2 + steps + MM_KV_BLOCK_SIZE - 1) / MM_KV_BLOCK_SIZE + 1);
     if (need < 2048 / 16 + 1) need = 2048 / 16 + 1;
     if (mm_cuda_plan_kv_blocks(be, KV_FRACTION, (size_t)2 << 30, block_bytes, need, &n_blocks) != MM_OK) DIE("KV plan");
     if (n_blocks > 4 * need) n_blocks = 4 * need;
-    if (mm_kv_cache_init_typed(be, c->n_layers, n_blocks, 16, c->n_kv_heads, c->head_dim, MM_DTYPE_BF16, &r.kv) != MM_OK)
+    if (mm_kv_cache_init_typed(be, c->n_layers, n_blocks, MM_KV_BLOCK_SIZE, c->n_kv_heads, c->head_dim, MM_DTYPE_BF16, &r.kv) != MM_OK)
         DIE("KV cache");
     fprintf(stderr, "llm_gpu: loaded in %.1f s, %d KV blocks; prefill 2048\n", load_s, n_blocks);
     double prefill = bench_prefill(&r, 2048);

@@ -4,6 +4,7 @@
 
 #include "common/log.h"
 #include "model/image_params.h"
+#include "model/kv_cache.h"
 
 #include <jansson.h>
 #include <stddef.h>
@@ -22,7 +23,8 @@ typedef struct {
 static const int_tunable INT_TUNABLES[] = {
     T(threads, 0, 0, 1024, "backend threads per stage, 0 = all cores"),
     T(kv_blocks, 1024, 1, 1 << 24, "KV cache blocks per stage (each stage holds its own layers)"),
-    T(kv_block_size, 16, 16, 16, "tokens per KV block (fixed: one block table serves all stages)"),
+    T(kv_block_size, MM_KV_BLOCK_SIZE, MM_KV_BLOCK_SIZE, MM_KV_BLOCK_SIZE,
+      "tokens per KV block (fixed: one block table serves all stages)"),
     T(max_batch_tokens, 256, 1, 1 << 20, "per-step token budget (decodes + prefill chunks)"),
     T(max_batch_seqs, 64, 1, 4096, "sequences in one micro-batch at most"),
     T(max_queue, 256, 1, 1 << 20, "waiting requests at most; more get RESOURCE_EXHAUSTED"),

@@ -242,7 +242,7 @@ static mm_status run(const run_args *a) {
     }
     mm_dtype kv_dtype;
     CHECK_GOTO(mm_llama_kv_dtype_parse(m, a->kv_dtype, &kv_dtype), s, out);
-    CHECK_GOTO(mm_kv_cache_init_typed(be, cfg->n_layers, mm_kv_cache_blocks_for(total, 16), 16, cfg->n_kv_heads,
+    CHECK_GOTO(mm_kv_cache_init_typed(be, cfg->n_layers, mm_kv_cache_blocks_for(total, MM_KV_BLOCK_SIZE), MM_KV_BLOCK_SIZE, cfg->n_kv_heads,
                                       cfg->head_dim, kv_dtype, &kv), s, out);
     logits = malloc((size_t)cfg->vocab_size * sizeof *logits);
     CHECK_GOTO(CHECK_ALLOC(logits), s, out);

@@ -43,7 +43,7 @@ static void greedy(mm_backend *be, const char *dir, const int32_t *prompt, int n
     mm_kv_cache *kv = NULL;
     EXPECT(mm_llama_load(dir, be, 0, -1, MM_LLAMA_EMBED | MM_LLAMA_HEAD, &m) == MM_OK, "%s", mm_error_last());
     if (!m) return;
-    EXPECT(mm_kv_cache_init_typed(be, m->cfg.n_layers, 64, 16, m->cfg.n_kv_heads, m->cfg.head_dim, mm_llama_kv_dtype(m),
+    EXPECT(mm_kv_cache_init_typed(be, m->cfg.n_layers, 64, MM_KV_BLOCK_SIZE, m->cfg.n_kv_heads, m->cfg.head_dim, mm_llama_kv_dtype(m),
                                   &kv) == MM_OK, "%s", mm_error_last());
     int V = m->cfg.vocab_size;
     float *lg = malloc((size_t)V * 4);
@@ -82,7 +82,7 @@ static void test_llama(const char *name, float bound) {
     float worst = bound; /* the largest bound any prompt had, for the greedy check */
     if (!st || !m || (bound == BOUND_NATIVE && !native)) goto out;
     int V = m->cfg.vocab_size;
-    EXPECT(mm_kv_cache_init_typed(gpu, m->cfg.n_layers, 256, 16, m->cfg.n_kv_heads, m->cfg.head_dim,
+    EXPECT(mm_kv_cache_init_typed(gpu, m->cfg.n_layers, 256, MM_KV_BLOCK_SIZE, m->cfg.n_kv_heads, m->cfg.head_dim,
                                   mm_llama_kv_dtype(m), &kv) == MM_OK, "%s", mm_error_last());
     /* the golden prompts (golden.json) through the CUDA model, logits.<i> [n, V] */
     snprintf(path, sizeof path, "%s/golden.json", dir);
