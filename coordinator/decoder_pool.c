@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "decoder_pool.h"
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -68,7 +69,7 @@ mm_status mm_decoder_pool_submit(mm_decoder_pool *d, uint64_t job_id, const floa
 int mm_decoder_pool_poll(mm_decoder_pool *d, mm_decode_result *out) {
     mm_pool_result r;
     if (!mm_pool_broker_poll(d->broker, &r)) {
-        mm_pool_broker_pump(d->broker, mm_pool_now_ms());
+        mm_pool_broker_pump(d->broker, mm_now_ms());
         if (!mm_pool_broker_poll(d->broker, &r)) return 0;
     }
     memset(out, 0, sizeof *out);

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "embed_cache.h"
 #include "encoder_pool.h"
@@ -169,7 +170,7 @@ static void deliver(mm_encoder_pool *e, mm_pool_result *r) {
 
 int mm_encoder_pool_poll(mm_encoder_pool *e, mm_encode_result *out) {
     if (!e->ready) {
-        mm_pool_broker_pump(e->broker, mm_pool_now_ms());
+        mm_pool_broker_pump(e->broker, mm_now_ms());
         mm_pool_result r;
         while (mm_pool_broker_poll(e->broker, &r)) deliver(e, &r);
     }

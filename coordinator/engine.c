@@ -8,6 +8,7 @@
 #include <time.h>
 #include <zmq.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "messages.h"
 #include "model/metamorph.h"
@@ -75,12 +76,6 @@ struct mm_engine {
     uint64_t report_prompt, report_generated; /* prompt rows admitted, tokens generated since then */
     char detok_buf[DETOK_CAP];
 };
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
-}
 
 int32_t mm_engine_max_context(const mm_serve_config *cfg, const mm_llama_config *llm) {
     int64_t kv = (int64_t)cfg->kv_blocks * cfg->kv_block_size;
@@ -206,7 +201,7 @@ static const char *finish_name(mm_finish f) {
 static void job_complete(mm_engine *e, job *j) {
     mm_reply *r = reply_new(MM_REPLY_FINAL, j->req->call_id);
     if (r) {
-        double t = now_ms();
+        double t = mm_now_ms();
         snprintf(r->request_id, sizeof r->request_id, "%s", j->req->request_id);
         r->finish_reason = j->finish;
         r->prompt_tokens = j->req->n_rows;
@@ -390,7 +385,7 @@ static int take_decodes(mm_engine *e) {
 static void pipeline_failed(mm_engine *e, const char *why) {
     if (e->failed) return;
     e->failed = 1;
-    e->failed_at_ms = now_ms();
+    e->failed_at_ms = mm_now_ms();
     atomic_store(e->p.serving, 0);
     LOG_ERROR("pipeline down: %s; failing %d requests, NOT_SERVING", why, e->n_jobs);
     mm_sched_abort_in_flight(e->sched);
@@ -419,7 +414,7 @@ static mm_status process_result(mm_engine *e, Metamorph__Internal__StepResult *r
         mm_sched_step_release(e->sched, st);
         return s;
     }
-    double t = now_ms();
+    double t = mm_now_ms();
     for (int i = 0; i < st->n; i++) {
         mm_step_entry *en = &st->e[i];
         if (!en->seq) continue; /* removed while in flight */
@@ -456,7 +451,7 @@ static mm_status schedule(mm_engine *e) {
         mm_step *st;
         CHECK(mm_sched_next_step(e->sched, &st));
         if (!st) return MM_OK;
-        double t = now_ms();
+        double t = mm_now_ms();
         for (int i = 0; i < st->n; i++) {
             job *j = st->e[i].seq->user;
             if (j->t_first_sched == 0) j->t_first_sched = t;
@@ -679,7 +674,7 @@ static const char *pool_missing(mm_engine *e, const job *j) {
  * deadline (less the margin above; pool_job_timeout_ms without one) and then fail with
  * UNAVAILABLE. */
 static void expire_deadlines(mm_engine *e) {
-    double t = now_ms();
+    double t = mm_now_ms();
     for (int i = e->n_jobs - 1; i >= 0; i--) {
         job *j = e->jobs[i];
         const char *missing = pool_missing(e, j);
@@ -700,7 +695,7 @@ static void expire_deadlines(mm_engine *e) {
 #define GAUGE_PERIOD_MS 50
 static void update_gauges(mm_engine *e) {
     mm_metrics *m = e->p.metrics;
-    double t = now_ms();
+    double t = mm_now_ms();
     if (!m || t - e->t_gauges < GAUGE_PERIOD_MS) return;
     e->t_gauges = t;
     mm_sched_stats st;
@@ -733,7 +728,7 @@ static void update_gauges(mm_engine *e) {
  * and waits, prompt rows admitted and tokens generated per second since the last line,
  * KV use, the pools' backlog. Nothing while idle. */
 static void report_throughput(mm_engine *e) {
-    double t = now_ms();
+    double t = mm_now_ms();
     if (e->t_report == 0) e->t_report = t;
     if (!e->p.cfg->log_stats_ms || t - e->t_report < e->p.cfg->log_stats_ms) return;
     mm_sched_stats st;
@@ -801,8 +796,8 @@ mm_status mm_engine_init(const mm_engine_params *p, mm_engine **out) {
 /* Drains the pipeline after a stop request: in-flight steps come back, then the
  * stages are told to stop. */
 static void stop_pipeline(mm_engine *e) {
-    double t0 = now_ms();
-    while (e->n_fifo > 0 && now_ms() - t0 < 5000 && !*e->p.stage_failed) {
+    double t0 = mm_now_ms();
+    while (e->n_fifo > 0 && mm_now_ms() - t0 < 5000 && !*e->p.stage_failed) {
         Metamorph__Internal__StepResult *res;
         if (mm_mpi_driver_poll(e->p.drv, &res) != MM_OK) break;
         if (!res) {
@@ -848,13 +843,13 @@ int mm_engine_run(mm_engine *e) {
             if (s == MM_OK && !e->failed) s = schedule(e);
             if (s != MM_OK) pipeline_failed(e, mm_error_last());
             else if (*e->p.stage_failed) pipeline_failed(e, "a process of the MPI job died");
-            else if (e->n_fifo > 0 && now_ms() - e->fifo[0].t_sent_ms > e->p.cfg->stage_timeout_ms)
+            else if (e->n_fifo > 0 && mm_now_ms() - e->fifo[0].t_sent_ms > e->p.cfg->stage_timeout_ms)
                 pipeline_failed(e, "a step took longer than stage_timeout_ms");
         }
         expire_deadlines(e);
         update_gauges(e);
         report_throughput(e);
-        if (e->failed && now_ms() - e->failed_at_ms >= e->p.cfg->fail_exit_ms) return 1;
+        if (e->failed && mm_now_ms() - e->failed_at_ms >= e->p.cfg->fail_exit_ms) return 1;
         if (work) {
             spins = 0;
             continue;

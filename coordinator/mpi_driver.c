@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "worker/pipeline_mpi.h"
 
 typedef struct {
@@ -21,7 +22,7 @@ struct mm_mpi_driver {
     plan_send *sends;  /* plans whose Isends have not all completed */
     int n_sends, cap_sends;
     int64_t unanswered; /* plans sent whose result has not come back */
-    struct timespec last_idle_poll;
+    double last_idle_poll_ms;
 };
 
 /* With no plan out, only a stage's last statistics can still arrive: MPI is polled
@@ -31,12 +32,9 @@ struct mm_mpi_driver {
 
 static int idle_poll_due(mm_mpi_driver *d) {
     if (d->unanswered > 0 || d->n_sends > 0) return 1;
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    double ms = (double)(now.tv_sec - d->last_idle_poll.tv_sec) * 1e3 +
-                (double)(now.tv_nsec - d->last_idle_poll.tv_nsec) * 1e-6;
-    if (ms < IDLE_POLL_MS) return 0;
-    d->last_idle_poll = now;
+    double now = mm_now_ms();
+    if (now - d->last_idle_poll_ms < IDLE_POLL_MS) return 0;
+    d->last_idle_poll_ms = now;
     return 1;
 }
 

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/runtime.h"
 #include "common/png_encode.h"
 #include "model/decoder.h"
@@ -25,12 +26,6 @@ static void usage(FILE *f) {
                "                 [--backend cpu|cpu-ref] --out IMAGE.png\n");
 }
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 typedef struct {
     double t0;
     int tty;
@@ -39,7 +34,7 @@ typedef struct {
 /* Draws the bar; never stops the sampling (0). */
 static int progress(void *user, int i, int n) {
     progress_state *p = user;
-    double el = now_s() - p->t0;
+    double el = mm_now_s() - p->t0;
     int width = 30, fill = n ? i * width / n : width;
     char bar[64];
     for (int k = 0; k < width; k++) bar[k] = k < fill ? '#' : '.';
@@ -121,7 +116,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "mm-decode: out of memory for a %dx%d image\n", W, H);
         goto done;
     }
-    progress_state ps = {.t0 = now_s(), .tty = isatty(2)};
+    progress_state ps = {.t0 = mm_now_s(), .tty = isatty(2)};
     p.progress = progress, p.user = &ps;
     fprintf(stderr, "mm-decode: %lld tokens, %s, %d steps, guidance %.2f, %dx%d, backend %s\n", (long long)n,
             mm_diffusion_sampler_name(p.image.sampler), p.image.steps, p.image.guidance, W, H, be->ops->name);
@@ -129,7 +124,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "mm-decode: %s\n", mm_error_last());
         goto done;
     }
-    fprintf(stderr, "mm-decode: wrote %s in %.1f s\n", out, now_s() - ps.t0);
+    fprintf(stderr, "mm-decode: wrote %s in %.1f s\n", out, mm_now_s() - ps.t0);
     rc = 0;
 done:
     free(tokens), free(rgb);

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "common/clock.h"
+
 mm_status mm_mpi_status(int rc, const char *file, int line, const char *what) {
     if (rc == MPI_SUCCESS) return MM_OK;
     char msg[MPI_MAX_ERROR_STRING];
@@ -40,21 +42,19 @@ mm_status mm_mpi_init(int *argc, char ***argv, int *rank, int *size) {
 
 typedef struct {
     int spins;
-    struct timespec t0;
+    double t0_ms;
 } waiter;
 
 static void waiter_start(waiter *w) {
     w->spins = 0;
-    clock_gettime(CLOCK_MONOTONIC, &w->t0);
+    w->t0_ms = mm_now_ms();
 }
 
 static void waiter_pause(waiter *w) {
     if (++w->spins < WAIT_SPINS) return;
     long ns = (w->spins - WAIT_SPINS) * WAIT_STEP_NS;
     if (ns > WAIT_SHORT_MAX_NS) ns = WAIT_SHORT_MAX_NS;
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    double waited_ns = (double)(now.tv_sec - w->t0.tv_sec) * 1e9 + (double)(now.tv_nsec - w->t0.tv_nsec);
+    double waited_ns = (mm_now_ms() - w->t0_ms) * 1e6;
     double share = waited_ns / WAIT_LONG_FRACTION;
     if (share > ns) ns = share > WAIT_LONG_MAX_NS ? WAIT_LONG_MAX_NS : (long)share;
     struct timespec t = {0, ns};

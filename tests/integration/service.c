@@ -10,15 +10,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/free_port.h"
 #include "common/http_client.h"
 #include "proto/health.pb-c.h"
-
-double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 const char *svc_model = NULL;
 
@@ -125,8 +120,8 @@ int svc_start_pools(mm_service *s, const char *coordinator, const char *stage, i
     }
     setpgid(s->pid, s->pid);
     if (mm_client_open(s->target, &s->cl) != MM_OK) return -1;
-    double t0 = now_s();
-    while (now_s() - t0 < 60) {
+    double t0 = mm_now_s();
+    while (mm_now_s() - t0 < 60) {
         int st;
         if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
             fprintf(stderr, "service exited during start; the end of %s:\n", log);
@@ -142,8 +137,8 @@ int svc_start_pools(mm_service *s, const char *coordinator, const char *stage, i
 }
 
 int svc_wait_exit(mm_service *s, double timeout_s) {
-    double t0 = now_s();
-    while (s->pid > 0 && now_s() - t0 < timeout_s) {
+    double t0 = mm_now_s();
+    while (s->pid > 0 && mm_now_s() - t0 < timeout_s) {
         int st;
         if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
             s->pid = 0;
@@ -270,7 +265,7 @@ double svc_metric(const mm_service *s, const char *series) {
 }
 
 int svc_wait_metric(const mm_service *s, const char *series, double want, double timeout_s) {
-    for (double t0 = now_s(); now_s() - t0 < timeout_s; usleep(20000))
+    for (double t0 = mm_now_s(); mm_now_s() - t0 < timeout_s; usleep(20000))
         if (svc_metric(s, series) == want) return 0;
     fprintf(stderr, "%s is %g, not %g, after %.0f s\n", series, svc_metric(s, series), want, timeout_s);
     return -1;

@@ -521,11 +521,11 @@ static int test_kill(int argc, char **argv) {
             size_t left = N_LINES - count_ok_keys(results), back = (size_t)rand() % 3;
             grow = left > back ? left - back : 1;
         }
-        double delay = (double)(rand() % 150) / 1000.0, t0 = now_s();
+        double delay = (double)(rand() % 150) / 1000.0, t0 = mm_now_s();
         pid_t pid = spawn_mmctl(mmctl, svc.target, log, round ? resume : first);
         int exited = 0;
         while (!exited) {
-            if (round == 0 ? now_s() - t0 >= delay : count_lines(results) >= start_lines + grow) break;
+            if (round == 0 ? mm_now_s() - t0 >= delay : count_lines(results) >= start_lines + grow) break;
             exited = waitpid(pid, NULL, WNOHANG) == pid;
             usleep(1000);
         }
@@ -533,7 +533,7 @@ static int test_kill(int argc, char **argv) {
             kill(pid, SIGKILL);
             int rc = wait_status(pid);
             kills += rc == 128 + SIGKILL;
-            fprintf(stderr, "round %d: killed after %.0f ms, %zu -> %zu lines\n", round, (now_s() - t0) * 1e3, start_lines,
+            fprintf(stderr, "round %d: killed after %.0f ms, %zu -> %zu lines\n", round, (mm_now_s() - t0) * 1e3, start_lines,
                     count_lines(results));
         } else {
             fprintf(stderr, "round %d: mmctl finished before its kill point\n", round);

@@ -382,7 +382,7 @@ static int hang_up_once_decoding(void *user, const uint8_t *d, size_t n) {
     hang_up_arg *h = user;
     if (on_stream(&h->r, d, n) != 0) return 1;
     if (h->r.n_started == 0) return 0;
-    for (double t0 = now_s(); now_s() - t0 < CALL_TIMEOUT_S; usleep(10000))
+    for (double t0 = mm_now_s(); mm_now_s() - t0 < CALL_TIMEOUT_S; usleep(10000))
         if (svc_log_count(h->s, h->log, JOB_STARTED) > h->started_before) {
             h->hung_up = 1;
             return 1;
@@ -427,7 +427,7 @@ static void test_client_gone_mid_decode(mm_service *s, const char *mm_decode, co
     EXPECT(h.hung_up && h.r.n_images == 0, "the client hung up while its image decoded (code %s, hung up %d, %d images)",
            mm_grpc_code_name(code), h.hung_up, h.r.n_images);
     int k = 0, n = 0;
-    for (double t0 = now_s(); now_s() - t0 < CALL_TIMEOUT_S && !(k = stopped_at_step(s, log, &n)); usleep(20000)) {}
+    for (double t0 = mm_now_s(); mm_now_s() - t0 < CALL_TIMEOUT_S && !(k = stopped_at_step(s, log, &n)); usleep(20000)) {}
     EXPECT(k >= 1 && n == CANCEL_STEPS && k < n, "%s: the decoder stopped at step %d of %d (want < %d)", log, k, n,
            CANCEL_STEPS);
     EXPECT(svc_wait_metric(s, IN_FLIGHT("decode"), 0, CALL_TIMEOUT_S) == 0, "the decoder's slot frees (%g in flight)",
@@ -624,7 +624,7 @@ static int fake_connect(fake_decoder *f, void *zctx, const char *endpoint) {
 /* Reads what the coordinator sent each fake and heartbeats them until every one has
  * joined (want_jobs 0) or holds a job (1); 0 when that happened within timeout_s. */
 static int fakes_pump(fake_decoder *fakes, int n, int want_jobs, double timeout_s) {
-    for (double t0 = now_s(); now_s() - t0 < timeout_s;) {
+    for (double t0 = mm_now_s(); mm_now_s() - t0 < timeout_s;) {
         int done = 0;
         for (int i = 0; i < n; i++) done += want_jobs ? fakes[i].has_job : fakes[i].joined;
         if (done == n) return 0;
@@ -648,11 +648,11 @@ static int fakes_pump(fake_decoder *fakes, int n, int want_jobs, double timeout_
                 }
             }
             zmq_msg_close(&frame);
-            if (now_s() - f->last_beat >= 0.05) {
+            if (mm_now_s() - f->last_beat >= 0.05) {
                 pool_header hb;
                 fake_header(f, METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_HEARTBEAT, &hb);
                 if (fake_send(f, &hb, NULL, 0) != 0) return -1;
-                f->last_beat = now_s();
+                f->last_beat = mm_now_s();
             }
         }
     }

@@ -90,13 +90,13 @@ static int test_concurrent(const char *coord, const char *stage) {
     for (int i = 0; i < N_CONC; i++) svc_generate(&s, conc_prompts[i], conc_max_new(i), 0, 60, &solo[i]);
     pthread_t th[N_CONC];
     conc_arg args[N_CONC];
-    double t0 = now_s();
+    double t0 = mm_now_s();
     for (int i = 0; i < N_CONC; i++) {
         args[i] = (conc_arg){&s, i, &conc[i]};
         pthread_create(&th[i], NULL, conc_main, &args[i]);
     }
     for (int i = 0; i < N_CONC; i++) pthread_join(th[i], NULL);
-    fprintf(stderr, "32 concurrent requests: %.2f s\n", now_s() - t0);
+    fprintf(stderr, "32 concurrent requests: %.2f s\n", mm_now_s() - t0);
     for (int i = 0; i < N_CONC; i++) {
         EXPECT(solo[i].code == 0 && conc[i].code == 0, "request %d: %s / %s", i, solo[i].msg, conc[i].msg);
         EXPECT(solo[i].n_ids > 0 && solo[i].n_ids == conc[i].n_ids &&
@@ -137,9 +137,9 @@ static void check_call(mm_service *s, const char *what, const char *method, cons
 }
 
 static void check_blocks_free(mm_service *s, const char *what) {
-    double t0 = now_s();
+    double t0 = mm_now_s();
     int used = -1, running = -1;
-    while (now_s() - t0 < 5) {
+    while (mm_now_s() - t0 < 5) {
         Metamorph__V1__ModelInfo *m = svc_info(s);
         if (m) used = m->kv_blocks_used, running = m->requests_running + m->requests_waiting;
         if (m) metamorph__v1__model_info__free_unpacked(m, NULL);
@@ -294,10 +294,10 @@ static int test_kill(const char *coord, const char *stage) {
     r.n_messages = 1, r.messages = &mp, r.sampling = &sp;
     size_t len;
     uint8_t *b = pack_req(&r, &len);
-    double t0 = now_s();
+    double t0 = mm_now_s();
     char err[512] = "";
     int code = mm_client_call(s.cl, "/metamorph.v1.MetaMorph/GenerateStream", b, len, 30, kill_on_first, &k, err, sizeof err);
-    double dt = now_s() - t0;
+    double dt = mm_now_s() - t0;
     free(b);
     EXPECT(code == 14 && dt < 5, "in-flight request: %s \"%s\" after %.2f s", mm_grpc_code_name(code), err, dt);
     int h = svc_health(&s);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "common/clock.h"
 #include "coordinator/decoder_pool.h"
 #include "coordinator/embed_cache.h"
 #include "coordinator/encoder_pool.h"
@@ -140,7 +141,7 @@ static mm_pool_settings settings(int32_t heartbeat_ms, int32_t liveness, int32_t
 static mm_pool_settings quiet_settings(void) { return settings(60000, 10, 600000); }
 
 static void step(mm_pool_broker *b) {
-    mm_pool_broker_pump(b, mm_pool_now_ms());
+    mm_pool_broker_pump(b, mm_now_ms());
     usleep(1000);
 }
 
@@ -207,7 +208,7 @@ static void test_least_loaded_and_batching(void) {
     EXPECT(wait_alive(b, 2), "second READY registers");
 
     for (uint64_t id = 1; id <= 3; id++) mm_pool_broker_submit(b, id, NULL, bytes_of("img"), 3);
-    mm_pool_broker_pump(b, mm_pool_now_ms());
+    mm_pool_broker_pump(b, mm_now_ms());
     mm_pool_stats st;
     mm_pool_broker_stats(b, &st);
     EXPECT(st.jobs_in_flight == 3 && st.jobs_queued == 0, "one pump sends all 3 (in flight %d, queued %d)",
