@@ -14,6 +14,7 @@
 #include "common/free_port.h"
 #include "common/http_client.h"
 #include "proto/health.pb-c.h"
+#include "tools/generate_request.h"
 
 const char *svc_model = NULL;
 
@@ -234,18 +235,16 @@ static int on_stream(void *user, const uint8_t *d, size_t n) {
 
 void svc_generate(mm_service *s, const char *prompt, int max_new, int stream, double timeout_s, gen_result *out) {
     memset(out, 0, sizeof *out);
-    Metamorph__V1__ContentPart part = METAMORPH__V1__CONTENT_PART__INIT, *pp = &part;
-    part.kind_case = METAMORPH__V1__CONTENT_PART__KIND_TEXT;
-    part.text = (char *)prompt;
-    Metamorph__V1__ChatMessage m = METAMORPH__V1__CHAT_MESSAGE__INIT, *mp = &m;
-    m.role = (char *)"user", m.n_parts = 1, m.parts = &pp;
     Metamorph__V1__SamplingParams sp = METAMORPH__V1__SAMPLING_PARAMS__INIT;
     sp.max_new_tokens = max_new;
-    Metamorph__V1__GenerateRequest req = METAMORPH__V1__GENERATE_REQUEST__INIT;
-    req.n_messages = 1, req.messages = &mp, req.sampling = &sp;
-    size_t len = metamorph__v1__generate_request__get_packed_size(&req);
-    uint8_t *buf = malloc(len);
-    metamorph__v1__generate_request__pack(&req, buf);
+    mm_generate_args a = {.prompt = prompt, .sampling = &sp};
+    uint8_t *buf;
+    size_t len;
+    if (mm_generate_request_pack(&a, &buf, &len) != MM_OK) {
+        out->code = -1;
+        snprintf(out->msg, sizeof out->msg, "%s", mm_error_last());
+        return;
+    }
     out->code = mm_client_call(s->cl, stream ? "/metamorph.v1.MetaMorph/GenerateStream" : "/metamorph.v1.MetaMorph/Generate",
                                buf, len, timeout_s, stream ? on_stream : on_gen, out, out->msg, sizeof out->msg);
     free(buf);

@@ -32,6 +32,7 @@
 #include "service.h"
 #include "tests/testutil.h"
 #include "tools/durable_file.h"
+#include "tools/generate_request.h"
 #include "tools/jsonl_results.h"
 
 #define N_LINES 200
@@ -284,31 +285,18 @@ static int on_direct(void *user, const uint8_t *d, size_t n) {
 
 static int direct_call(mm_service *svc, const line_spec *s, direct_answer *a) {
     memset(a, 0, sizeof *a);
-    Metamorph__V1__ContentPart parts[2], *pp[2];
-    size_t n_parts = 0, image_len = 0;
+    size_t image_len = 0;
     char *image = s->image[0] ? mm_test_read_file(s->image, &image_len) : NULL;
-    if (image) {
-        metamorph__v1__content_part__init(&parts[n_parts]);
-        parts[n_parts].kind_case = METAMORPH__V1__CONTENT_PART__KIND_IMAGE;
-        parts[n_parts].image.data = (uint8_t *)image, parts[n_parts].image.len = image_len;
-        pp[n_parts] = &parts[n_parts], n_parts++;
-    }
-    metamorph__v1__content_part__init(&parts[n_parts]);
-    parts[n_parts].kind_case = METAMORPH__V1__CONTENT_PART__KIND_TEXT;
-    parts[n_parts].text = (char *)s->prompt;
-    pp[n_parts] = &parts[n_parts], n_parts++;
-    Metamorph__V1__ChatMessage m = METAMORPH__V1__CHAT_MESSAGE__INIT, *mp = &m;
-    m.role = (char *)"user", m.n_parts = n_parts, m.parts = pp;
+    const uint8_t *images[1] = {(const uint8_t *)image};
     Metamorph__V1__SamplingParams sp = METAMORPH__V1__SAMPLING_PARAMS__INIT;
     sp.max_new_tokens = s->max_tokens;
     Metamorph__V1__ImageParams ip = METAMORPH__V1__IMAGE_PARAMS__INIT;
     ip.steps = s->task_generate ? GEN_STEPS : 0, ip.seed = s->task_generate ? (uint64_t)(s->line - 1) : 0;
-    Metamorph__V1__GenerateRequest req = METAMORPH__V1__GENERATE_REQUEST__INIT;
-    req.n_messages = 1, req.messages = &mp, req.sampling = &sp, req.image = &ip;
-    req.generate_image = s->task_generate;
-    size_t len = metamorph__v1__generate_request__get_packed_size(&req);
-    uint8_t *buf = malloc(len);
-    metamorph__v1__generate_request__pack(&req, buf);
+    mm_generate_args g = {.prompt = s->prompt, .images = images, .image_lens = &image_len, .n_images = image ? 1 : 0,
+                          .sampling = &sp, .image = &ip, .generate_image = s->task_generate};
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    EXPECT(mm_generate_request_pack(&g, &buf, &len) == MM_OK, "pack: %s", mm_error_last());
     char msg[512];
     int code = mm_client_call(svc->cl, "/metamorph.v1.MetaMorph/Generate", buf, len, 60, on_direct, a, msg, sizeof msg);
     free(buf), free(image);

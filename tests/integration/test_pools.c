@@ -38,6 +38,7 @@
 #include "proto/internal.pb-c.h"
 #include "service.h"
 #include "tests/testutil.h"
+#include "tools/generate_request.h"
 
 #define MAX_IMAGES 2
 #define CALL_TIMEOUT_S 60.0
@@ -88,32 +89,23 @@ static const char *example_png(void) {
 /* ---------------------------------------------------------------- calls */
 
 static uint8_t *pack_request(const pool_request *q, size_t *len) {
-    Metamorph__V1__ContentPart image = METAMORPH__V1__CONTENT_PART__INIT, text = METAMORPH__V1__CONTENT_PART__INIT;
-    Metamorph__V1__ContentPart *parts[2];
-    size_t n_parts = 0, image_len = 0;
+    size_t image_len = 0;
     uint8_t *image_bytes = NULL;
     if (q->image) {
         image_bytes = (uint8_t *)mm_test_read_file(q->image, &image_len);
         if (!image_bytes) return NULL;
-        image.kind_case = METAMORPH__V1__CONTENT_PART__KIND_IMAGE;
-        image.image.data = image_bytes, image.image.len = image_len;
-        parts[n_parts++] = &image;
     }
-    text.kind_case = METAMORPH__V1__CONTENT_PART__KIND_TEXT;
-    text.text = (char *)q->prompt;
-    parts[n_parts++] = &text;
-    Metamorph__V1__ChatMessage m = METAMORPH__V1__CHAT_MESSAGE__INIT, *mp = &m;
-    m.role = (char *)"user", m.n_parts = n_parts, m.parts = parts;
+    const uint8_t *images[1] = {image_bytes};
     Metamorph__V1__SamplingParams sp = METAMORPH__V1__SAMPLING_PARAMS__INIT;
     sp.max_new_tokens = q->max_new;
     Metamorph__V1__ImageParams ip = METAMORPH__V1__IMAGE_PARAMS__INIT;
     ip.steps = q->steps, ip.guidance = q->guidance, ip.seed = q->seed, ip.return_visual_tokens = 1;
     ip.sampler = (char *)(q->sampler ? q->sampler : "");
-    Metamorph__V1__GenerateRequest req = METAMORPH__V1__GENERATE_REQUEST__INIT;
-    req.n_messages = 1, req.messages = &mp, req.sampling = &sp, req.image = &ip, req.generate_image = q->generate_image;
-    *len = metamorph__v1__generate_request__get_packed_size(&req);
-    uint8_t *buf = malloc(*len ? *len : 1);
-    if (buf) metamorph__v1__generate_request__pack(&req, buf);
+    mm_generate_args a = {.prompt = q->prompt, .images = images, .image_lens = &image_len,
+                          .n_images = image_bytes ? 1 : 0, .sampling = &sp, .image = &ip,
+                          .generate_image = q->generate_image};
+    uint8_t *buf = NULL;
+    if (mm_generate_request_pack(&a, &buf, len) != MM_OK) buf = NULL;
     free(image_bytes);
     return buf;
 }

@@ -18,6 +18,7 @@
 
 #include "service.h"
 #include "tests/testutil.h"
+#include "tools/generate_request.h"
 
 static const char *PROMPTS[] = {"Describe a cat.", "Hi", "Write a long story about the sea and the mountains, please.",
                                 "What is 2 + 2?", "Tell me about pipelines"};
@@ -284,16 +285,12 @@ static int test_kill(const char *coord, const char *stage) {
     if (!m) return 0;
     kill_arg k = {m->stages[1]->pid, 0};
     metamorph__v1__model_info__free_unpacked(m, NULL);
-    Metamorph__V1__ContentPart part = METAMORPH__V1__CONTENT_PART__INIT, *pp = &part;
-    part.kind_case = METAMORPH__V1__CONTENT_PART__KIND_TEXT, part.text = (char *)"Tell me everything.";
-    Metamorph__V1__ChatMessage msg = METAMORPH__V1__CHAT_MESSAGE__INIT, *mp = &msg;
-    msg.role = (char *)"user", msg.n_parts = 1, msg.parts = &pp;
     Metamorph__V1__SamplingParams sp = METAMORPH__V1__SAMPLING_PARAMS__INIT;
     sp.max_new_tokens = 2000;
-    Metamorph__V1__GenerateRequest r = METAMORPH__V1__GENERATE_REQUEST__INIT;
-    r.n_messages = 1, r.messages = &mp, r.sampling = &sp;
-    size_t len;
-    uint8_t *b = pack_req(&r, &len);
+    mm_generate_args a = {.prompt = "Tell me everything.", .sampling = &sp};
+    size_t len = 0;
+    uint8_t *b = NULL;
+    EXPECT(mm_generate_request_pack(&a, &b, &len) == MM_OK, "pack: %s", mm_error_last());
     double t0 = mm_now_s();
     char err[512] = "";
     int code = mm_client_call(s.cl, "/metamorph.v1.MetaMorph/GenerateStream", b, len, 30, kill_on_first, &k, err, sizeof err);
