@@ -341,15 +341,25 @@ static void check_same_results(const json_t *a, const json_t *b, const char *wha
     }
 }
 
-static int start_service(mm_service *svc, int argc, char **argv, const char *extra) {
+/* The service (config extra) and the job written into its directory (specs filled);
+ * non-zero when either failed (nothing is left running then). */
+static int start_service(mm_service *svc, int argc, char **argv, const char *extra, line_spec *specs) {
     if (argc < 5) {
         fprintf(stderr, "usage: test_batch MODE COORD STAGE MMCTL\n");
         return -1;
     }
     int rc = svc_start(svc, argv[2], argv[3], 1, extra);
     EXPECT(rc == 0, "service start");
-    if (rc) svc_stop(svc);
-    return rc;
+    if (rc) {
+        svc_stop(svc);
+        return rc;
+    }
+    if (write_job(svc->dir, specs)) {
+        EXPECT(0, "cannot write the job into %s (MM_ASSETS_DIR, MM_SOURCE_DIR set?)", svc->dir);
+        svc_stop(svc);
+        return -1;
+    }
+    return 0;
 }
 
 /* The uninterrupted job into dir/NAME; its records (checked) or NULL. */
@@ -369,14 +379,9 @@ static json_t *run_uninterrupted(mm_service *svc, const char *mmctl, const char 
 
 static int test_run(int argc, char **argv) {
     mm_service svc;
-    if (start_service(&svc, argc, argv, "")) return 0;
-    const char *mmctl = argv[4];
     static line_spec specs[N_LINES];
-    if (write_job(svc.dir, specs)) {
-        EXPECT(0, "cannot write the job into %s (MM_ASSETS_DIR, MM_SOURCE_DIR set?)", svc.dir);
-        svc_stop(&svc);
-        return 0;
-    }
+    if (start_service(&svc, argc, argv, "", specs)) return 0;
+    const char *mmctl = argv[4];
     json_t *recs = run_uninterrupted(&svc, mmctl, svc.dir, "out", specs);
     check_against_direct(&svc, specs, recs);
 
@@ -479,17 +484,12 @@ static void check_after_kill(const char *out_dir, int round) {
 
 static int test_kill(int argc, char **argv) {
     mm_service svc;
-    if (start_service(&svc, argc, argv, "")) return 0;
+    static line_spec specs[N_LINES];
+    if (start_service(&svc, argc, argv, "", specs)) return 0;
     const char *mmctl = argv[4];
     unsigned seed = getenv("MM_TEST_SEED") ? (unsigned)atoi(getenv("MM_TEST_SEED")) : (unsigned)time(NULL);
     fprintf(stderr, "kill points from MM_TEST_SEED=%u\n", seed);
     srand(seed);
-    static line_spec specs[N_LINES];
-    if (write_job(svc.dir, specs)) {
-        EXPECT(0, "cannot write the job into %s (MM_ASSETS_DIR, MM_SOURCE_DIR set?)", svc.dir);
-        svc_stop(&svc);
-        return 0;
-    }
     json_t *want = run_uninterrupted(&svc, mmctl, svc.dir, "whole", specs);
 
     char input[1024], out[1024], log[1024], results[1100];
@@ -541,14 +541,9 @@ static int test_kill(int argc, char **argv) {
 static int test_overflow(int argc, char **argv) {
     mm_service svc;
     /* one waiting request at most, one running: 8 in flight overflow the queue */
-    if (start_service(&svc, argc, argv, "\"max_queue\": 1, \"max_batch_seqs\": 1")) return 0;
-    const char *mmctl = argv[4];
     static line_spec specs[N_LINES];
-    if (write_job(svc.dir, specs)) {
-        EXPECT(0, "cannot write the job into %s (MM_ASSETS_DIR, MM_SOURCE_DIR set?)", svc.dir);
-        svc_stop(&svc);
-        return 0;
-    }
+    if (start_service(&svc, argc, argv, "\"max_queue\": 1, \"max_batch_seqs\": 1", specs)) return 0;
+    const char *mmctl = argv[4];
     char input[1024], out[1024], log[1024], results[1100];
     snprintf(input, sizeof input, "%s/input.jsonl", svc.dir);
     snprintf(log, sizeof log, "%s/overflow.log", svc.dir);
