@@ -10,6 +10,7 @@
 #include <nccl.h>
 #include <stdlib.h>
 
+#include "kernels/cuda/cuda_check.h"
 #include "pipeline_mpi.h"
 #include "transport.h"
 
@@ -19,11 +20,6 @@
     do {                                                                                           \
         ncclResult_t nccl_r_ = (x);                                                                \
         if (nccl_r_ != ncclSuccess) return MM_ERROR(MM_ERR_INTERNAL, "NCCL %s: %s", #x, ncclGetErrorString(nccl_r_)); \
-    } while (0)
-#define CUDA_CHECK(x)                                                                              \
-    do {                                                                                           \
-        cudaError_t cuda_e_ = (x);                                                                 \
-        if (cuda_e_ != cudaSuccess) return MM_ERROR(MM_ERR_INTERNAL, "CUDA %s: %s", #x, cudaGetErrorString(cuda_e_)); \
     } while (0)
 
 typedef struct {
