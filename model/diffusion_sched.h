@@ -28,8 +28,8 @@ int64_t mm_diffusion_sched_timestep(const mm_diffusion_sched *s, int i);
 /* Advances sample[n_elems] in place by one call's model output eps[n_elems]. */
 mm_status mm_diffusion_sched_step(mm_diffusion_sched *s, const float *eps, float *sample);
 
-/* Standard normal noise: uniforms from mm_rng_seed(seed) / mm_rng_uniform (kernels/
- * backend.h), taken in pairs (u1, u2) with u1 -> 1 - u1 in (0, 1], then Box-Muller:
+/* Standard normal noise: uniforms from mm_rng_seed(seed) / mm_rng_uniform (common/
+ * rng.h), taken in pairs (u1, u2) with u1 -> 1 - u1 in (0, 1], then Box-Muller:
  * z0 = sqrt(-2 ln u1) cos(2 pi u2), z1 = sqrt(-2 ln u1) sin(2 pi u2), written in order.
  * The same seed gives the same latents on every machine and backend. */
 void mm_noise_normal(uint64_t seed, int64_t n, float *out);
