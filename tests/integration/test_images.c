@@ -1,5 +1,6 @@
 /* Integration tests of images through the service, each starting and stopping its own
- * `mpiexec mm-coordinator : mm-stage x P` job on the tiny model (in-process encoder):
+ * `mpiexec mm-coordinator : mm-stage x P` job on the tiny model, with one mm-encoder and
+ * one mm-decoder worker (svc_start):
  *   test_images understand P COORD STAGE MM_RUN         image + prompt == mm-run --image (ids and text,
  *                                                       unary and stream)
  *   test_images generate P COORD STAGE MM_RUN MMCTL     generate_image: the 64 visual tokens are
