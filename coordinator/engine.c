@@ -12,9 +12,9 @@
 #include "common/log.h"
 #include "messages.h"
 #include "model/metamorph.h"
+#include "pipeline/step_plan.h"
 #include "proto/metamorph.pb-c.h"
 #include "scheduler/scheduler.h"
-#include "scheduler/step_plan.h"
 
 #define DETOK_CAP 16384
 #define IDLE_POLL_MS 250

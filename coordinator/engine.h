@@ -17,7 +17,7 @@
 #include "model/llama.h"
 #include "model/tokenizer.h"
 #include "mpi_driver.h"
-#include "scheduler/serve_config.h"
+#include "pipeline/serve_config.h"
 
 typedef struct {
     const mm_serve_config *cfg;

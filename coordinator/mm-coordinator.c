@@ -23,7 +23,7 @@
 #include "model/decoder.h"
 #include "model/manifest.h"
 #include "model/metamorph.h"
-#include "worker/pipeline_mpi.h"
+#include "pipeline/pipeline_mpi.h"
 
 static volatile sig_atomic_t g_stop, g_stage_failed;
 

@@ -7,7 +7,7 @@
 #include <time.h>
 
 #include "common/clock.h"
-#include "worker/pipeline_mpi.h"
+#include "pipeline/pipeline_mpi.h"
 
 typedef struct {
     uint8_t *buf;

@@ -9,8 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "pipeline/serve_config.h"
 #include "proto/internal.pb-c.h"
-#include "scheduler/serve_config.h"
 
 typedef struct {
     int32_t rank, pid, layer_begin, layer_end;

@@ -15,7 +15,7 @@
 #include "common/log.h"
 #include "kernels/cuda/backend_cuda.h"
 #include "model/manifest.h"
-#include "pipeline_mpi.h"
+#include "pipeline/pipeline_mpi.h"
 #include "stage.h"
 
 #define STATS_EVERY_MS 250.0

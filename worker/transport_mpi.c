@@ -1,7 +1,7 @@
 /* The MPI activation transport (host memory): one message per micro-batch per hop. */
 #include <stdlib.h>
 
-#include "pipeline_mpi.h"
+#include "pipeline/pipeline_mpi.h"
 #include "transport.h"
 
 static mm_status mpi_send(mm_transport *t, int peer, const float *x, size_t n) {

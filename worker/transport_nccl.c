@@ -11,10 +11,8 @@
 #include <stdlib.h>
 
 #include "kernels/cuda/cuda_check.h"
-#include "pipeline_mpi.h"
+#include "pipeline/pipeline_mpi.h"
 #include "transport.h"
-
-#define MM_TAG_NCCL_ID 0x4e43 /* stage 1 -> stages 2..P, once, before the first plan */
 
 #define NCCL_CHECK(x)                                                                              \
     do {                                                                                           \

@@ -7,9 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pipeline/step_plan.h"
 #include "proto/internal.pb-c.h"
 #include "scheduler/scheduler.h"
-#include "scheduler/step_plan.h"
 #include "tests/testutil.h"
 
 #define VOCAB 1000

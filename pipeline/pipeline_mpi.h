@@ -18,6 +18,7 @@ enum {
     MM_TAG_SHUTDOWN,  /* 0 -> every stage: stop */
     MM_TAG_ACT,       /* stage k -> k+1: activations [rows, dim] f32 */
     MM_TAG_STATS,     /* stage -> 0: StageStats, now and then */
+    MM_TAG_NCCL_ID,   /* stage 1 -> stages 2..P: the NCCL unique id, once, before the first plan */
 };
 
 /* MPI_Init_thread asking for FUNNELED; fails unless FUNNELED or better is provided.
