@@ -358,6 +358,18 @@ static int coordinator_dropped(const mm_service *s, const char *pool, const char
     return svc_log_count(s, "service.log", silent) + svc_log_count(s, "service.log", refused);
 }
 
+/* After a worker of pool (dead: its name) was killed mid-job: the worker started after it
+ * (second_log) ran the job once, the coordinator counted one re-dispatch (series) and
+ * logged dropping the dead one. */
+static void expect_redispatched(mm_service *s, const char *pool, const char *series, const char *dead,
+                                const char *second_log) {
+    EXPECT(svc_log_count(s, second_log, JOB_DONE) == 1, "the second %s worker ran %d jobs, want 1", pool,
+           svc_log_count(s, second_log, JOB_DONE));
+    /* the coordinator publishes pool figures every 50 ms: wait for this request's */
+    EXPECT(svc_wait_metric(s, series, 1, 5.0) == 0, "%g re-dispatches, want 1", svc_metric(s, series));
+    EXPECT(coordinator_dropped(s, pool, dead) >= 1, "service.log does not say %s was dropped", dead);
+}
+
 /* ---------------------------------------------------------------- client gone mid-decode */
 
 /* A GenerateStream client that hangs up once the decoder whose log is `log` has started
@@ -453,13 +465,7 @@ static void test_decoder_killed(const char *coord, const char *stage, const char
     call_join(&a);
     expect_decoded(&s, mm_decode, &q, &a.r, 1, "decoder killed mid-job");
     EXPECT(svc_log_count(&s, "decode-test-1.log", JOB_DONE) == 0, "the killed decoder finished its job first");
-    EXPECT(svc_log_count(&s, second_log, JOB_DONE) == 1, "the second decoder ran %d jobs, want 1",
-           svc_log_count(&s, second_log, JOB_DONE));
-    /* the coordinator publishes pool figures every 50 ms: wait for this request's */
-    EXPECT(svc_wait_metric(&s, REDISPATCHES("decode"), 1, 5.0) == 0, "%g re-dispatches, want 1",
-           svc_metric(&s, REDISPATCHES("decode")));
-    EXPECT(coordinator_dropped(&s, "decode", "decode-test-1") >= 1,
-           "service.log does not say decode-test-1 was dropped");
+    expect_redispatched(&s, "decode", REDISPATCHES("decode"), "decode-test-1", second_log);
     result_free(&a.r);
     test_client_gone_mid_decode(&s, mm_decode, second_log);
     stop(&s);
@@ -490,13 +496,7 @@ static void test_encoder_killed(const char *coord, const char *stage) {
     EXPECT(a.r.code == 0, "encoder killed mid-job: %s \"%s\"", mm_grpc_code_name(a.r.code), a.r.msg);
     EXPECT(same_answer(&a.r, &before), "encoder killed mid-job: the answer differs from the one before (%d vs %d ids)",
            a.r.n_ids, before.n_ids);
-    EXPECT(svc_log_count(&s, second_log, JOB_DONE) == 1, "the second encoder ran %d jobs, want 1",
-           svc_log_count(&s, second_log, JOB_DONE));
-    /* the coordinator publishes pool figures every 50 ms: wait for this request's */
-    EXPECT(svc_wait_metric(&s, REDISPATCHES("encode"), 1, 5.0) == 0, "%g re-dispatches, want 1",
-           svc_metric(&s, REDISPATCHES("encode")));
-    EXPECT(coordinator_dropped(&s, "encode", "encode-test-0") >= 1,
-           "service.log does not say encode-test-0 was dropped");
+    expect_redispatched(&s, "encode", REDISPATCHES("encode"), "encode-test-0", second_log);
     result_free(&before), result_free(&a.r);
     stop(&s);
 }
