@@ -2,13 +2,6 @@
 #include "bench_util.h"
 
 #include <stdlib.h>
-#include <time.h>
-
-double mm_bench_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;

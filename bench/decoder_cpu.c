@@ -32,27 +32,27 @@ static mm_status count_conv2d(mm_backend *be, const mm_tensor *w, const float *b
                               int64_t H, int64_t W, int32_t stride, int32_t pad) {
     int64_t k = w->shape[2], Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
     flops += 2.0 * B * Ho * Wo * w->shape[0] * w->shape[1] * k * k;
-    double t0 = mm_bench_now();
+    double t0 = mm_now_s();
     mm_status s = real_ops->conv2d(be, w, bias, x, y, B, H, W, stride, pad);
-    op_s[0] += mm_bench_now() - t0;
+    op_s[0] += mm_now_s() - t0;
     if (getenv("MM_BENCH_TRACE"))
         fprintf(stderr, "conv B%lld %lldx%lld %lld->%lld k%lld s%d: %.3f s\n", (long long)B, (long long)H, (long long)W,
-                (long long)w->shape[1], (long long)w->shape[0], (long long)k, stride, mm_bench_now() - t0);
+                (long long)w->shape[1], (long long)w->shape[0], (long long)k, stride, mm_now_s() - t0);
     return s;
 }
 static mm_status count_matmul(mm_backend *be, const mm_tensor *w, const float *x, float *y, int64_t M) {
     flops += 2.0 * M * w->shape[0] * w->shape[1];
-    double t0 = mm_bench_now();
+    double t0 = mm_now_s();
     mm_status s = real_ops->matmul(be, w, x, y, M);
-    op_s[1] += mm_bench_now() - t0;
+    op_s[1] += mm_now_s() - t0;
     return s;
 }
 static mm_status count_attention(mm_backend *be, const float *q, const float *k, const float *v, int64_t batch, int64_t Tq,
                                  int64_t Tk, int32_t H, int32_t hd, float scale, float *out) {
     flops += 4.0 * batch * Tq * Tk * H * hd;
-    double t0 = mm_bench_now();
+    double t0 = mm_now_s();
     mm_status s = real_ops->attention_dense(be, q, k, v, batch, Tq, Tk, H, hd, scale, out);
-    op_s[2] += mm_bench_now() - t0;
+    op_s[2] += mm_now_s() - t0;
     return s;
 }
 
@@ -66,9 +66,9 @@ static double gemm_peak(mm_backend *be) {
     if (wd && x && y && be->ops->weight_load(be, &st, MM_WEIGHT_MATMUL, &w) == MM_OK) {
         be->ops->matmul(be, &w, x, y, M);
         for (int r = 0; r < 3; r++) {
-            double t0 = mm_bench_now();
+            double t0 = mm_now_s();
             be->ops->matmul(be, &w, x, y, M);
-            double g = 2.0 * M * K * N / (mm_bench_now() - t0) * 1e-9;
+            double g = 2.0 * M * K * N / (mm_now_s() - t0) * 1e-9;
             best = g > best ? g : best;
         }
         be->ops->weight_release(be, &w);
@@ -108,24 +108,24 @@ int main(int argc, char **argv) {
         mm_backend_ops counted = *be->ops;
         counted.conv2d = count_conv2d, counted.matmul = count_matmul, counted.attention_dense = count_attention;
         be->ops = &counted;
-        double t0 = mm_bench_now();
+        double t0 = mm_now_s();
         if (mm_unet_load(unet_dir, be, &u) != MM_OK) {
             fprintf(stderr, "decoder_cpu: %s\n", mm_error_last());
             return 1;
         }
-        double load_s = mm_bench_now() - t0;
+        double load_s = mm_now_s() - t0;
         flops = 0;
-        t0 = mm_bench_now();
+        t0 = mm_now_s();
         if (mm_unet_forward(u, x, t, ctx, B, h, w, T, eps) != MM_OK) {
             fprintf(stderr, "decoder_cpu: %s\n", mm_error_last());
             return 1;
         }
-        double first_s = mm_bench_now() - t0, step_flops = flops, best = 1e30, split[3] = {0};
+        double first_s = mm_now_s() - t0, step_flops = flops, best = 1e30, split[3] = {0};
         for (int k = 0; k < runs; k++) {
             op_s[0] = op_s[1] = op_s[2] = 0;
-            t0 = mm_bench_now();
+            t0 = mm_now_s();
             mm_unet_forward(u, x, t, ctx, B, h, w, T, eps);
-            double s = mm_bench_now() - t0;
+            double s = mm_now_s() - t0;
             if (s < best) best = s, memcpy(split, op_s, sizeof split);
         }
         be->ops = real_ops;
@@ -152,9 +152,9 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "decoder_cpu: %s\n", mm_error_last());
                 return 1;
             }
-            t0 = mm_bench_now();
+            t0 = mm_now_s();
             mm_status s = mm_vae_decode(v, z, 1, h, w, img);
-            double vae_s = mm_bench_now() - t0;
+            double vae_s = mm_now_s() - t0;
             printf(", \"vae_decode_512_s\": %.3f%s", vae_s, s == MM_OK ? "" : ", \"vae_error\": true");
             mm_vae_free(v);
             free(z), free(img);

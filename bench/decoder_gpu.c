@@ -53,9 +53,9 @@ int main(int argc, char **argv) {
     mm_unet *u;
     mm_vae *v;
     if (mm_backend_init("cuda", 1, &be) != MM_OK) return fail("backend");
-    double t0 = mm_bench_now();
+    double t0 = mm_now_s();
     if (mm_unet_load(unet_dir, be, &u) != MM_OK) return fail("UNet load");
-    double load_s = mm_bench_now() - t0;
+    double load_s = mm_now_s() - t0;
     /* device buffers: x [B, h, w, 4], ctx [B, T, X], eps like x, z [1, h, w, 4], image [1, 8h, 8w, 3] */
     float *x_d = be->ops->alloc(be, (size_t)nx * 4), *ctx_d = be->ops->alloc(be, (size_t)nc * 4);
     float *eps_d = be->ops->alloc(be, (size_t)nx * 4), *z_d = be->ops->alloc(be, (size_t)(h * w * 4) * 4);
@@ -64,23 +64,23 @@ int main(int argc, char **argv) {
     if (be->ops->upload(be, x_d, x, (size_t)nx * 4) != MM_OK || be->ops->upload(be, ctx_d, ctx, (size_t)nc * 4) != MM_OK ||
         be->ops->upload(be, z_d, z, (size_t)(h * w * 4) * 4) != MM_OK)
         return fail("upload");
-    t0 = mm_bench_now();
+    t0 = mm_now_s();
     if (mm_unet_forward(u, x_d, t, ctx_d, B, h, w, T, eps_d) != MM_OK || mm_backend_cuda_sync(be) != MM_OK)
         return fail("UNet");
-    double first_s = mm_bench_now() - t0, step[MAX_RUNS];
+    double first_s = mm_now_s() - t0, step[MAX_RUNS];
     for (int k = 0; k < runs; k++) {
-        t0 = mm_bench_now();
+        t0 = mm_now_s();
         if (mm_unet_forward(u, x_d, t, ctx_d, B, h, w, T, eps_d) != MM_OK || mm_backend_cuda_sync(be) != MM_OK)
             return fail("UNet");
-        step[k] = mm_bench_now() - t0;
+        step[k] = mm_now_s() - t0;
     }
     double unet_s = mm_bench_median(step, runs);
     mm_unet_free(u);
     if (mm_vae_load(vae_dir, be, &v) != MM_OK) return fail("VAE load");
     if (mm_vae_decode(v, z_d, 1, h, w, img_d) != MM_OK || mm_backend_cuda_sync(be) != MM_OK) return fail("VAE");
-    t0 = mm_bench_now();
+    t0 = mm_now_s();
     if (mm_vae_decode(v, z_d, 1, h, w, img_d) != MM_OK || mm_backend_cuda_sync(be) != MM_OK) return fail("VAE");
-    double vae_s = mm_bench_now() - t0;
+    double vae_s = mm_now_s() - t0;
     mm_vae_free(v);
     be->ops->dealloc(be, x_d), be->ops->dealloc(be, ctx_d), be->ops->dealloc(be, eps_d);
     be->ops->dealloc(be, z_d), be->ops->dealloc(be, img_d);

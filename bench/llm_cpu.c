@@ -47,13 +47,13 @@ static double read_bandwidth(int threads) {
     double t[REPEATS];
     volatile float sink = 0;
     for (int r = 0; r < REPEATS; r++) {
-        double t0 = mm_bench_now();
+        double t0 = mm_now_s();
         float total = 0;
         size_t chunk = n / (size_t)threads;
 #pragma omp parallel for num_threads(threads) reduction(+ : total)
         for (int th = 0; th < threads; th++) total += sum_stream(buf + (size_t)th * chunk, chunk);
         sink += total;
-        t[r] = (double)(n * sizeof *buf) / (mm_bench_now() - t0) * 1e-9;
+        t[r] = (double)(n * sizeof *buf) / (mm_now_s() - t0) * 1e-9;
     }
     free(buf);
     return mm_bench_median(t, REPEATS);
@@ -69,9 +69,9 @@ static double gemm_peak(mm_backend *be, mm_dtype dt) {
     double t[REPEATS];
     be->ops->matmul(be, &w, x, y, M); /* warm-up: primitive creation */
     for (int r = 0; r < REPEATS; r++) {
-        double t0 = mm_bench_now();
+        double t0 = mm_now_s();
         be->ops->matmul(be, &w, x, y, M);
-        t[r] = 2.0 * M * K * N / (mm_bench_now() - t0) * 1e-9;
+        t[r] = 2.0 * M * K * N / (mm_now_s() - t0) * 1e-9;
     }
     free(w.data), free(x), free(y);
     return mm_bench_median(t, REPEATS);
@@ -98,9 +98,9 @@ static double bench_prefill(runner *r, int T) {
         mm_llama_seq *s = &r->seqs[0];
         const int32_t *tp[1] = {toks};
         int32_t cnt[1] = {T};
-        double t0 = mm_bench_now();
+        double t0 = mm_now_s();
         if (mm_llama_eval(r->m, r->kv, &s, tp, cnt, 1, 0, r->logits) != MM_OK) fprintf(stderr, "%s\n", mm_error_last());
-        t[rep] = T / (mm_bench_now() - t0);
+        t[rep] = T / (mm_now_s() - t0);
         runner_reset(r);
     }
     free(toks);
@@ -121,10 +121,10 @@ static double bench_decode(runner *r, int B, int steps) {
         }
         mm_llama_eval(r->m, r->kv, ptrs, tp, cnt, B, 0, r->logits);
         for (int b = 0; b < B; b++) tp[b] = &next[b], cnt[b] = 1;
-        double t0 = mm_bench_now();
+        double t0 = mm_now_s();
         for (int s = 0; s < steps; s++)
             if (mm_llama_eval(r->m, r->kv, ptrs, tp, cnt, B, 0, r->logits) != MM_OK) fprintf(stderr, "%s\n", mm_error_last());
-        t[rep] = (double)B * steps / (mm_bench_now() - t0);
+        t[rep] = (double)B * steps / (mm_now_s() - t0);
         runner_reset(r);
     }
     return mm_bench_median(t, REPEATS);
@@ -194,7 +194,7 @@ int main(int argc, char **argv) {
             runner r = {.m = m, .n = 64};
             r.seqs = calloc(64, sizeof *r.seqs);
             r.logits = malloc((size_t)64 * m->cfg.vocab_size * sizeof(float));
-            if (mm_kv_cache_init_typed(be, m->cfg.n_layers, 64 * 4 + 32, 16, m->cfg.n_kv_heads, m->cfg.head_dim,
+            if (mm_kv_cache_init_typed(be, m->cfg.n_layers, 64 * 4 + 32, MM_KV_BLOCK_SIZE, m->cfg.n_kv_heads, m->cfg.head_dim,
                                        mm_llama_kv_dtype(m), &r.kv) != MM_OK)
                 return 1;
             double peak = gemm_peak(be, dts[d]);

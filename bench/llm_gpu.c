@@ -97,9 +97,9 @@ static double bench_prefill(runner *r, int T) {
     int32_t n[1] = {T};
     step(r, 1, n), reset(r); /* warm-up: scratch, cuBLAS heuristics */
     for (int rep = 0; rep < REPEATS; rep++) {
-        double t0 = mm_bench_now();
+        double t0 = mm_now_s();
         step(r, 1, n); /* ends with the sampled id on the host: synchronous */
-        t[rep] = T / (mm_bench_now() - t0);
+        t[rep] = T / (mm_now_s() - t0);
         reset(r);
     }
     return mm_bench_median(t, REPEATS);
@@ -114,9 +114,9 @@ static double bench_decode(runner *r, int B, int steps) {
         step(r, B, n);
         for (int b = 0; b < B; b++) n[b] = 1;
         step(r, B, n); /* warm-up of the decode shapes */
-        double t0 = mm_bench_now();
+        double t0 = mm_now_s();
         for (int s = 0; s < steps; s++) step(r, B, n);
-        t[rep] = (double)B * steps / (mm_bench_now() - t0);
+        t[rep] = (double)B * steps / (mm_now_s() - t0);
         reset(r);
     }
     return mm_bench_median(t, REPEATS);
@@ -130,9 +130,9 @@ static void profile_decode(runner *r, int B, int steps, char *buf, size_t n) {
     step(r, B, nn);
     for (int b = 0; b < B; b++) nn[b] = 1;
     step(r, B, nn);
-    double t0 = mm_bench_now();
+    double t0 = mm_now_s();
     for (int i = 0; i < steps; i++) step(r, B, nn);
-    double plain_ms = (mm_bench_now() - t0) * 1e3 / steps;
+    double plain_ms = (mm_now_s() - t0) * 1e3 / steps;
     char ops[1024];
     mm_op_profile_begin(r->be);
     for (int i = 0; i < steps; i++) step(r, B, nn);
@@ -193,11 +193,11 @@ int main(int argc, char **argv) {
     double copy_gbs = 0, gemm_tflops = 0;
     if (mm_backend_cuda_probe_copy(be, (size_t)2 << 30, &copy_gbs) != MM_OK) DIE("copy probe");
     if (mm_backend_cuda_probe_gemm(be, 8192, 8192, 8192, &gemm_tflops) != MM_OK) DIE("gemm probe");
-    double t0 = mm_bench_now();
+    double t0 = mm_now_s();
     /* rows: the 2048-token prefill, or 256 prompts of PROMPT tokens in one step */
     runner r = {.be = be, .max_seqs = 256, .cap = 256 * PROMPT > 2048 ? 256 * PROMPT : 2048};
     if (mm_llama_load(dir, be, 0, -1, MM_LLAMA_EMBED | MM_LLAMA_HEAD, &r.m) != MM_OK) DIE("load %s", dir);
-    double load_s = mm_bench_now() - t0;
+    double load_s = mm_now_s() - t0;
     const mm_llama_config *c = &r.m->cfg;
     r.x = be->ops->alloc(be, (size_t)r.cap * c->dim * 4);
     r.sel = be->ops->alloc(be, (size_t)r.max_seqs * c->dim * 4);
@@ -208,12 +208,12 @@ int main(int argc, char **argv) {
     r.samp = calloc((size_t)r.max_seqs, sizeof *r.samp), r.rng = calloc((size_t)r.max_seqs, 8);
     r.seqs = calloc((size_t)r.max_seqs, sizeof *r.seqs);
     /* KV blocks from the memory planner: 90% of what is left, 2 GiB kept for scratch */
-    size_t block_bytes = 2ull * c->n_layers * c->n_kv_heads * 16 * c->head_dim * 2;
-    int32_t n_blocks = 0, need = 256 * ((PROMPT + 2 + steps + 15) / 16 + 1);
+    size_t block_bytes = 2ull * c->n_layers * c->n_kv_heads * MM_KV_BLOCK_SIZE * c->head_dim * 2;
+    int32_t n_blocks = 0, need = 256 * ((PROMPT + 2 + steps + MM_KV_BLOCK_SIZE - 1) / MM_KV_BLOCK_SIZE + 1);
     if (need < 2048 / 16 + 1) need = 2048 / 16 + 1;
     if (mm_cuda_plan_kv_blocks(be, KV_FRACTION, (size_t)2 << 30, block_bytes, need, &n_blocks) != MM_OK) DIE("KV plan");
     if (n_blocks > 4 * need) n_blocks = 4 * need;
-    if (mm_kv_cache_init_typed(be, c->n_layers, n_blocks, 16, c->n_kv_heads, c->head_dim, MM_DTYPE_BF16, &r.kv) != MM_OK)
+    if (mm_kv_cache_init_typed(be, c->n_layers, n_blocks, MM_KV_BLOCK_SIZE, c->n_kv_heads, c->head_dim, MM_DTYPE_BF16, &r.kv) != MM_OK)
         DIE("KV cache");
     fprintf(stderr, "llm_gpu: loaded in %.1f s, %d KV blocks; prefill 2048\n", load_s, n_blocks);
     double prefill = bench_prefill(&r, 2048);

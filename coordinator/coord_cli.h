@@ -9,7 +9,7 @@
 #include "model/manifest.h"
 #include "model/metamorph.h"
 #include "model/tokenizer.h"
-#include "scheduler/serve_config.h"
+#include "pipeline/serve_config.h"
 
 /* What the coordinator reads of a model before serving: its parts, the LLM config, the
  * tokenizer and, for a MetaMorph checkpoint, its config (else *mm zeroed). Nothing is

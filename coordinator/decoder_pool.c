@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "decoder_pool.h"
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -54,12 +55,10 @@ void mm_decoder_pool_free(mm_decoder_pool *d) {
 }
 
 mm_status mm_decoder_pool_submit(mm_decoder_pool *d, uint64_t job_id, const float *tokens,
-                                 const mm_decode_settings *how) {
+                                 const mm_image_params *how) {
     mm_pool_job_fields f = {.n_tokens = d->n_tokens, .dim = d->dim, .steps = how->steps, .guidance = how->guidance,
                             .seed = how->seed};
-    if (!how->sampler || strlen(how->sampler) >= sizeof f.sampler)
-        return MM_ERROR(MM_ERR_INVALID, "decode job %llu: sampler name", (unsigned long long)job_id);
-    strcpy(f.sampler, how->sampler);
+    snprintf(f.sampler, sizeof f.sampler, "%s", mm_diffusion_sampler_name(how->sampler));
     const size_t bytes = (size_t)d->n_tokens * (size_t)d->dim * sizeof(float);
     uint8_t *payload = malloc(bytes);
     if (!payload) return MM_ERROR(MM_ERR_NOMEM, "decode job %llu: %zu token bytes", (unsigned long long)job_id, bytes);
@@ -70,7 +69,7 @@ mm_status mm_decoder_pool_submit(mm_decoder_pool *d, uint64_t job_id, const floa
 int mm_decoder_pool_poll(mm_decoder_pool *d, mm_decode_result *out) {
     mm_pool_result r;
     if (!mm_pool_broker_poll(d->broker, &r)) {
-        mm_pool_broker_pump(d->broker, mm_pool_now_ms());
+        mm_pool_broker_pump(d->broker, mm_now_ms());
         if (!mm_pool_broker_poll(d->broker, &r)) return 0;
     }
     memset(out, 0, sizeof *out);
@@ -85,6 +84,6 @@ void mm_decoder_pool_cancel(mm_decoder_pool *d, uint64_t job_id) { mm_pool_broke
 
 int mm_decoder_pool_workers_alive(const mm_decoder_pool *d) { return mm_pool_broker_workers_alive(d->broker); }
 
-void mm_decoder_pool_stats(const mm_decoder_pool *d, mm_pool_stats *out) { mm_pool_broker_stats(d->broker, out); }
+void mm_decoder_pool_get_stats(const mm_decoder_pool *d, mm_pool_stats *out) { mm_pool_broker_stats(d->broker, out); }
 
 void *mm_decoder_pool_socket(const mm_decoder_pool *d) { return mm_pool_broker_socket(d->broker); }

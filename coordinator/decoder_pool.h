@@ -11,6 +11,7 @@
 
 #include "common/status.h"
 #include "coordinator/pool_broker.h"
+#include "model/image_params.h"
 
 typedef struct {
     uint64_t job_id;
@@ -21,30 +22,22 @@ typedef struct {
     int32_t width, height;
 } mm_decode_result;
 
-/* One image to draw: the diffusion settings the worker runs with. */
-typedef struct {
-    int32_t steps;
-    float guidance;       /* classifier-free guidance scale */
-    const char *sampler;  /* "pndm", "ddim" or "dpmpp2m" */
-    uint64_t seed;        /* noise seed */
-} mm_decode_settings;
-
 typedef struct mm_decoder_pool mm_decoder_pool;
 
 /* n_tokens, dim: the token shape every job carries (image_tokens x visual_dim). */
 mm_status mm_decoder_pool_init(const mm_pool_settings *s, int32_t n_tokens, int32_t dim, mm_decoder_pool **out);
 void mm_decoder_pool_free(mm_decoder_pool *d);
 
-/* Queues one image; tokens [n_tokens, dim] are copied. */
+/* Queues one image drawn with the settings how; tokens [n_tokens, dim] are copied. */
 mm_status mm_decoder_pool_submit(mm_decoder_pool *d, uint64_t job_id, const float *tokens,
-                                 const mm_decode_settings *how);
+                                 const mm_image_params *how);
 /* Pumps the broker; 1 and *out when a result is ready, 0 when none is. Never blocks. */
 int mm_decoder_pool_poll(mm_decoder_pool *d, mm_decode_result *out);
 /* Forgets a job (its request is gone); a late answer is dropped. */
 void mm_decoder_pool_cancel(mm_decoder_pool *d, uint64_t job_id);
 
 int mm_decoder_pool_workers_alive(const mm_decoder_pool *d);
-void mm_decoder_pool_stats(const mm_decoder_pool *d, mm_pool_stats *out);
+void mm_decoder_pool_get_stats(const mm_decoder_pool *d, mm_pool_stats *out);
 /* The pool's ROUTER socket, for a zmq_poll item. */
 void *mm_decoder_pool_socket(const mm_decoder_pool *d);
 

@@ -1,4 +1,4 @@
-/* The vision encoder as a pool of mm-encoder workers (encoder.h, mm_encoder_pool_init).
+/* The vision encoder pool (encoder_pool.h): a layer over the broker, as decoder_pool.c is.
  * A submitted image is answered, in this order, from the embedding cache, by joining an
  * encode of the same bytes already in flight ("pending"), or by a new broker job. The
  * broker's job ids are this file's own (one per distinct image in flight); each pending
@@ -9,9 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "embed_cache.h"
-#include "encoder.h"
+#include "encoder_pool.h"
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "pool payloads are little-endian f32 and are used in place"
@@ -30,26 +31,24 @@ typedef struct ready_node {
     mm_encode_result r;
 } ready_node;
 
-typedef struct {
-    mm_encoder base;
+struct mm_encoder_pool {
     mm_pool_broker *broker;
     mm_embed_cache *cache;
     pending *pending;
     ready_node *ready, *ready_tail;
     uint64_t next_broker_id;
     uint64_t coalesced;
-} enc_pool;
+    int32_t n_tokens, dim;   /* the shape of every result */
+};
 
-static const mm_encoder_ops POOL_OPS;
-
-static size_t token_floats(const enc_pool *e) { return (size_t)e->base.n_tokens * (size_t)e->base.dim; }
+static size_t token_floats(const mm_encoder_pool *e) { return (size_t)e->n_tokens * (size_t)e->dim; }
 
 /* The broker's check: [n_tokens, dim] finite f32, as configured. */
 static mm_status check_tokens(void *user, const mm_pool_result *r) {
-    const enc_pool *e = user;
-    if (r->n_tokens != e->base.n_tokens || r->dim != e->base.dim)
-        return MM_ERROR(MM_ERR_FORMAT, "tokens [%d, %d], expected [%d, %d]", r->n_tokens, r->dim, e->base.n_tokens,
-                        e->base.dim);
+    const mm_encoder_pool *e = user;
+    if (r->n_tokens != e->n_tokens || r->dim != e->dim)
+        return MM_ERROR(MM_ERR_FORMAT, "tokens [%d, %d], expected [%d, %d]", r->n_tokens, r->dim, e->n_tokens,
+                        e->dim);
     if (r->len != token_floats(e) * sizeof(float))
         return MM_ERROR(MM_ERR_FORMAT, "%zu payload bytes for tokens [%d, %d]", r->len, r->n_tokens, r->dim);
     const float *t = (const float *)r->payload;
@@ -58,7 +57,7 @@ static mm_status check_tokens(void *user, const mm_pool_result *r) {
     return MM_OK;
 }
 
-static mm_status ready_push(enc_pool *e, uint64_t job_id, mm_status status, const char *error, float *tokens) {
+static mm_status ready_push(mm_encoder_pool *e, uint64_t job_id, mm_status status, const char *error, float *tokens) {
     ready_node *n = calloc(1, sizeof *n);
     if (!n) {
         free(tokens);
@@ -72,13 +71,13 @@ static mm_status ready_push(enc_pool *e, uint64_t job_id, mm_status status, cons
     return MM_OK;
 }
 
-static float *copy_tokens(const enc_pool *e, const float *src) {
+static float *copy_tokens(const mm_encoder_pool *e, const float *src) {
     float *t = malloc(token_floats(e) * sizeof *t);
     if (t) memcpy(t, src, token_floats(e) * sizeof *t);
     return t;
 }
 
-static pending *pending_by_key(const enc_pool *e, const uint8_t *key) {
+static pending *pending_by_key(const mm_encoder_pool *e, const uint8_t *key) {
     for (pending *p = e->pending; p; p = p->next)
         if (memcmp(p->key, key, MM_EMBED_KEY_BYTES) == 0) return p;
     return NULL;
@@ -96,7 +95,7 @@ static mm_status pending_add_waiter(pending *p, uint64_t job_id) {
 }
 
 /* Unlinks p from the pending list and frees it. */
-static void pending_free(enc_pool *e, pending *p) {
+static void pending_free(mm_encoder_pool *e, pending *p) {
     for (pending **q = &e->pending; *q; q = &(*q)->next)
         if (*q == p) {
             *q = p->next;
@@ -106,8 +105,7 @@ static void pending_free(enc_pool *e, pending *p) {
     free(p);
 }
 
-static mm_status pool_submit(mm_encoder *enc, uint64_t job_id, const uint8_t *data, size_t len) {
-    enc_pool *e = (enc_pool *)enc;
+mm_status mm_encoder_pool_submit(mm_encoder_pool *e, uint64_t job_id, const uint8_t *data, size_t len) {
     uint8_t key[MM_EMBED_KEY_BYTES];
     CHECK(mm_embed_cache_key(data, len, key));
     const float *cached = mm_embed_cache_get(e->cache, key);
@@ -143,7 +141,7 @@ static mm_status pool_submit(mm_encoder *enc, uint64_t job_id, const uint8_t *da
 }
 
 /* Hands one broker result to every job waiting for it; good tokens also go to the cache. */
-static void deliver(enc_pool *e, mm_pool_result *r) {
+static void deliver(mm_encoder_pool *e, mm_pool_result *r) {
     pending *p = e->pending;
     while (p && p->broker_id != r->job_id) p = p->next;
     if (!p) { /* every waiter cancelled meanwhile */
@@ -170,10 +168,9 @@ static void deliver(enc_pool *e, mm_pool_result *r) {
     pending_free(e, p);
 }
 
-static int pool_poll(mm_encoder *enc, mm_encode_result *out) {
-    enc_pool *e = (enc_pool *)enc;
+int mm_encoder_pool_poll(mm_encoder_pool *e, mm_encode_result *out) {
     if (!e->ready) {
-        mm_pool_broker_pump(e->broker, mm_pool_now_ms());
+        mm_pool_broker_pump(e->broker, mm_now_ms());
         mm_pool_result r;
         while (mm_pool_broker_poll(e->broker, &r)) deliver(e, &r);
     }
@@ -186,8 +183,7 @@ static int pool_poll(mm_encoder *enc, mm_encode_result *out) {
     return 1;
 }
 
-static void pool_cancel(mm_encoder *enc, uint64_t job_id) {
-    enc_pool *e = (enc_pool *)enc;
+void mm_encoder_pool_cancel(mm_encoder_pool *e, uint64_t job_id) {
     ready_node *prev = NULL;
     for (ready_node *n = e->ready; n; prev = n, n = n->next)
         if (n->r.job_id == job_id) {
@@ -210,8 +206,7 @@ static void pool_cancel(mm_encoder *enc, uint64_t job_id) {
             }
 }
 
-static void pool_free(mm_encoder *enc) {
-    enc_pool *e = (enc_pool *)enc;
+void mm_encoder_pool_free(mm_encoder_pool *e) {
     if (!e) return;
     while (e->pending) pending_free(e, e->pending);
     while (e->ready) {
@@ -225,30 +220,26 @@ static void pool_free(mm_encoder *enc) {
     free(e);
 }
 
-static const mm_encoder_ops POOL_OPS = {pool_submit, pool_poll, pool_cancel, pool_free};
-
-mm_status mm_encoder_pool_init(const mm_encoder_pool_params *p, mm_encoder **out) {
+mm_status mm_encoder_pool_init(const mm_encoder_pool_params *p, mm_encoder_pool **out) {
     if (p->n_tokens <= 0 || p->dim <= 0 || p->embed_cache_mb < 0)
         return MM_ERROR(MM_ERR_INVALID, "encoder pool: tokens [%d, %d], embed_cache_mb %d", p->n_tokens, p->dim,
                         p->embed_cache_mb);
-    enc_pool *e = calloc(1, sizeof *e);
+    mm_encoder_pool *e = calloc(1, sizeof *e);
     CHECK(CHECK_ALLOC(e));
-    e->base.ops = &POOL_OPS;
-    e->base.n_tokens = p->n_tokens, e->base.dim = p->dim;
+    e->n_tokens = p->n_tokens, e->dim = p->dim;
     mm_status s;
     CHECK_GOTO(mm_embed_cache_init((size_t)p->embed_cache_mb << 20, token_floats(e), &e->cache), s, fail);
     CHECK_GOTO(mm_pool_broker_init(&p->pool, "encode", check_tokens, e, &e->broker), s, fail);
-    e->base.poll_socket = mm_pool_broker_socket(e->broker);
-    *out = &e->base;
+    *out = e;
     return MM_OK;
 fail:
-    pool_free(&e->base);
+    mm_encoder_pool_free(e);
     return s;
 }
 
-mm_status mm_encoder_pool_get_stats(const mm_encoder *enc, mm_encoder_pool_stats *out) {
-    if (!enc || enc->ops != &POOL_OPS) return MM_ERROR(MM_ERR_INVALID, "not an encoder pool");
-    const enc_pool *e = (const enc_pool *)enc;
+int mm_encoder_pool_workers_alive(const mm_encoder_pool *e) { return mm_pool_broker_workers_alive(e->broker); }
+
+void mm_encoder_pool_get_stats(const mm_encoder_pool *e, mm_encoder_pool_stats *out) {
     mm_embed_cache_stats cs;
     mm_embed_cache_stats_get(e->cache, &cs);
     memset(out, 0, sizeof *out);
@@ -256,5 +247,6 @@ mm_status mm_encoder_pool_get_stats(const mm_encoder *enc, mm_encoder_pool_stats
     out->cache_hits = cs.hits, out->cache_misses = cs.misses;
     out->cache_bytes = cs.bytes, out->cache_entries = cs.entries;
     out->coalesced = e->coalesced;
-    return MM_OK;
 }
+
+void *mm_encoder_pool_socket(const mm_encoder_pool *e) { return mm_pool_broker_socket(e->broker); }

@@ -8,12 +8,13 @@
 #include <time.h>
 #include <zmq.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "messages.h"
 #include "model/metamorph.h"
+#include "pipeline/step_plan.h"
 #include "proto/metamorph.pb-c.h"
 #include "scheduler/scheduler.h"
-#include "scheduler/step_plan.h"
 
 #define DETOK_CAP 16384
 #define IDLE_POLL_MS 250
@@ -75,12 +76,6 @@ struct mm_engine {
     uint64_t report_prompt, report_generated; /* prompt rows admitted, tokens generated since then */
     char detok_buf[DETOK_CAP];
 };
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
-}
 
 int32_t mm_engine_max_context(const mm_serve_config *cfg, const mm_llama_config *llm) {
     int64_t kv = (int64_t)cfg->kv_blocks * cfg->kv_block_size;
@@ -152,7 +147,7 @@ static void job_drop(mm_engine *e, job *j) {
     int i;
     if (job_find(e, j->req->call_id, &i)) e->jobs[i] = e->jobs[--e->n_jobs];
     if (j->encodes_left > 0) { /* its encode jobs are of no use any more */
-        for (int k = 0; k < j->req->n_images; k++) e->p.encoder->ops->cancel(e->p.encoder, j->enc_base + (uint64_t)k);
+        for (int k = 0; k < j->req->n_images; k++) mm_encoder_pool_cancel(e->p.encoder, j->enc_base + (uint64_t)k);
         e->n_encoding--;
     }
     for (int i = e->n_decodes - 1; i >= 0; i--)
@@ -206,7 +201,7 @@ static const char *finish_name(mm_finish f) {
 static void job_complete(mm_engine *e, job *j) {
     mm_reply *r = reply_new(MM_REPLY_FINAL, j->req->call_id);
     if (r) {
-        double t = now_ms();
+        double t = mm_now_ms();
         snprintf(r->request_id, sizeof r->request_id, "%s", j->req->request_id);
         r->finish_reason = j->finish;
         r->prompt_tokens = j->req->n_rows;
@@ -291,9 +286,7 @@ static int decode_submit(mm_engine *e, job *j, int32_t image_index, const float 
         job_fail(e, j, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         return 0;
     }
-    mm_decode_settings how = {q->image_steps > 0 ? q->image_steps : e->p.cfg->image_steps, q->image_guidance,
-                              q->image_sampler[0] ? q->image_sampler : "pndm", q->image_seed};
-    if (mm_decoder_pool_submit(e->p.decoder, w.job_id, tokens, &how) != MM_OK) {
+    if (mm_decoder_pool_submit(e->p.decoder, w.job_id, tokens, &q->image) != MM_OK) {
         free(w.visual);
         job_fail(e, j, GRPC_STATUS_RESOURCE_EXHAUSTED, mm_error_last());
         return 0;
@@ -392,7 +385,7 @@ static int take_decodes(mm_engine *e) {
 static void pipeline_failed(mm_engine *e, const char *why) {
     if (e->failed) return;
     e->failed = 1;
-    e->failed_at_ms = now_ms();
+    e->failed_at_ms = mm_now_ms();
     atomic_store(e->p.serving, 0);
     LOG_ERROR("pipeline down: %s; failing %d requests, NOT_SERVING", why, e->n_jobs);
     mm_sched_abort_in_flight(e->sched);
@@ -421,7 +414,7 @@ static mm_status process_result(mm_engine *e, Metamorph__Internal__StepResult *r
         mm_sched_step_release(e->sched, st);
         return s;
     }
-    double t = now_ms();
+    double t = mm_now_ms();
     for (int i = 0; i < st->n; i++) {
         mm_step_entry *en = &st->e[i];
         if (!en->seq) continue; /* removed while in flight */
@@ -454,11 +447,11 @@ static mm_status process_result(mm_engine *e, Metamorph__Internal__StepResult *r
 }
 
 static mm_status schedule(mm_engine *e) {
-    while (e->n_fifo < mm_driver_n_stages(e->p.drv)) {
+    while (e->n_fifo < mm_mpi_driver_n_stages(e->p.drv)) {
         mm_step *st;
         CHECK(mm_sched_next_step(e->sched, &st));
         if (!st) return MM_OK;
-        double t = now_ms();
+        double t = mm_now_ms();
         for (int i = 0; i < st->n; i++) {
             job *j = st->e[i].seq->user;
             if (j->t_first_sched == 0) j->t_first_sched = t;
@@ -467,7 +460,7 @@ static mm_status schedule(mm_engine *e) {
         size_t len;
         e->fifo[e->n_fifo++] = (in_flight){st, t};
         CHECK(mm_step_plan_pack(e->sched, st, &buf, &len));
-        CHECK(mm_driver_send_plan(e->p.drv, buf, len));
+        CHECK(mm_mpi_driver_send_plan(e->p.drv, buf, len));
     }
     return MM_OK;
 }
@@ -483,12 +476,12 @@ static void send_info(mm_engine *e, uint64_t call_id) {
     mi.vocab_size = lc->vocab_size, mi.n_layers = lc->n_layers, mi.dim = lc->dim;
     mi.max_context = mm_engine_max_context(e->p.cfg, lc);
     mi.n_eos_ids = (size_t)lc->n_eos, mi.eos_ids = (int32_t *)lc->eos_ids;
-    mi.vision = e->p.encoder && mm_driver_has_projector(e->p.drv);
-    mi.image_generation = mm_driver_has_vision_head(e->p.drv) && e->p.image_start_id >= 0;
-    int P = mm_driver_n_stages(e->p.drv);
+    mi.vision = e->p.encoder && mm_mpi_driver_has_projector(e->p.drv);
+    mi.image_generation = mm_mpi_driver_has_vision_head(e->p.drv) && e->p.image_start_id >= 0;
+    int P = mm_mpi_driver_n_stages(e->p.drv);
     Metamorph__V1__StageInfo si[MM_MAX_STAGES], *sp[MM_MAX_STAGES];
     for (int k = 0; k < P; k++) {
-        const mm_stage_info *s = mm_driver_stage(e->p.drv, k);
+        const mm_stage_info *s = mm_mpi_driver_stage(e->p.drv, k);
         metamorph__v1__stage_info__init(&si[k]);
         si[k].rank = s->rank, si[k].host = (char *)s->host, si[k].pid = s->pid;
         si[k].layer_begin = s->layer_begin, si[k].layer_end = s->layer_end;
@@ -542,8 +535,8 @@ static void job_admit(mm_engine *e, job *j) {
 /* Sends j's images to the encoder; j enters the scheduler when all are back. */
 static void job_encode(mm_engine *e, job *j) {
     mm_request *req = j->req;
-    mm_encoder *enc = e->p.encoder;
-    req->visual = malloc((size_t)req->n_images * (size_t)enc->n_tokens * (size_t)enc->dim * sizeof *req->visual);
+    const mm_sched_params *sp = mm_sched_get_params(e->sched); /* the encoder pool's token shape too */
+    req->visual = malloc((size_t)req->n_images * (size_t)sp->image_tokens * (size_t)sp->visual_dim * sizeof *req->visual);
     if (!req->visual) {
         job_fail(e, j, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         return;
@@ -553,7 +546,7 @@ static void job_encode(mm_engine *e, job *j) {
     j->encodes_left = req->n_images;
     e->n_encoding++;
     for (int k = 0; k < req->n_images; k++) {
-        mm_status s = enc->ops->submit(enc, j->enc_base + (uint64_t)k, req->image_data[k], req->image_len[k]);
+        mm_status s = mm_encoder_pool_submit(e->p.encoder, j->enc_base + (uint64_t)k, req->image_data[k], req->image_len[k]);
         if (s != MM_OK) { /* INVALID: over pool_max_message_mb, which no retry changes */
             char msg[512];
             snprintf(msg, sizeof msg, "%s.image: %s", req->image_where[k], mm_error_without_location(mm_error_last()));
@@ -568,11 +561,11 @@ static void job_encode(mm_engine *e, job *j) {
 /* Takes the encoder's results: visual tokens go into their request; a refused image
  * fails its request with INVALID_ARGUMENT naming the part. Returns how many came. */
 static int take_encodes(mm_engine *e) {
-    mm_encoder *enc = e->p.encoder;
-    if (!enc) return 0;
+    if (!e->p.encoder) return 0;
+    const mm_sched_params *sp = mm_sched_get_params(e->sched);
     int n = 0;
     mm_encode_result res;
-    while (enc->ops->poll(enc, &res)) {
+    while (mm_encoder_pool_poll(e->p.encoder, &res)) {
         n++;
         job *j = NULL;
         for (int i = 0; i < e->n_jobs && !j; i++) {
@@ -593,7 +586,7 @@ static int take_encodes(mm_engine *e) {
             job_fail(e, j, bad_input ? GRPC_STATUS_INVALID_ARGUMENT : GRPC_STATUS_INTERNAL, msg);
             continue;
         }
-        size_t T_D = (size_t)enc->n_tokens * (size_t)enc->dim;
+        size_t T_D = (size_t)sp->image_tokens * (size_t)sp->visual_dim;
         memcpy(j->req->visual + (size_t)k * T_D, res.tokens, T_D * sizeof *res.tokens);
         free(res.tokens);
         if (--j->encodes_left == 0) {
@@ -668,9 +661,7 @@ static int take_messages(mm_engine *e) {
 
 /* Why j cannot progress: it waits on a pool that has no worker now (NULL: it can). */
 static const char *pool_missing(mm_engine *e, const job *j) {
-    mm_encoder_pool_stats es;
-    if (j->encodes_left > 0 && mm_encoder_pool_get_stats(e->p.encoder, &es) == MM_OK && es.pool.workers_alive == 0)
-        return "no encoder worker is available";
+    if (j->encodes_left > 0 && mm_encoder_pool_workers_alive(e->p.encoder) == 0) return "no encoder worker is available";
     if (j->decodes_left > 0 && mm_decoder_pool_workers_alive(e->p.decoder) == 0) return "no decoder worker is available";
     return NULL;
 }
@@ -684,7 +675,7 @@ static const char *pool_missing(mm_engine *e, const job *j) {
  * deadline (less the margin above; pool_job_timeout_ms without one) and then fail with
  * UNAVAILABLE. */
 static void expire_deadlines(mm_engine *e) {
-    double t = now_ms();
+    double t = mm_now_ms();
     for (int i = e->n_jobs - 1; i >= 0; i--) {
         job *j = e->jobs[i];
         const char *missing = pool_missing(e, j);
@@ -705,7 +696,7 @@ static void expire_deadlines(mm_engine *e) {
 #define GAUGE_PERIOD_MS 50
 static void update_gauges(mm_engine *e) {
     mm_metrics *m = e->p.metrics;
-    double t = now_ms();
+    double t = mm_now_ms();
     if (!m || t - e->t_gauges < GAUGE_PERIOD_MS) return;
     e->t_gauges = t;
     mm_sched_stats st;
@@ -714,10 +705,11 @@ static void update_gauges(mm_engine *e) {
     mm_metrics_set(m, MM_METRIC_RUNNING_SEQUENCES, 0, st.running);
     mm_metrics_set(m, MM_METRIC_KV_BLOCKS_USED, 0, st.kv_blocks_used);
     mm_metrics_set(m, MM_METRIC_KV_BLOCKS_CAPACITY, 0, st.kv_blocks_total);
-    for (int k = 0; k < mm_driver_n_stages(e->p.drv); k++)
-        mm_metrics_set(m, MM_METRIC_STAGE_BUSY_SECONDS_TOTAL, k, mm_driver_stage(e->p.drv, k)->busy_ms * 1e-3);
-    mm_encoder_pool_stats es;
-    if (e->p.encoder && mm_encoder_pool_get_stats(e->p.encoder, &es) == MM_OK) {
+    for (int k = 0; k < mm_mpi_driver_n_stages(e->p.drv); k++)
+        mm_metrics_set(m, MM_METRIC_STAGE_BUSY_SECONDS_TOTAL, k, mm_mpi_driver_stage(e->p.drv, k)->busy_ms * 1e-3);
+    if (e->p.encoder) {
+        mm_encoder_pool_stats es;
+        mm_encoder_pool_get_stats(e->p.encoder, &es);
         mm_metrics_set(m, MM_METRIC_POOL_WORKERS, MM_METRICS_POOL_ENCODE, es.pool.workers_alive);
         mm_metrics_set(m, MM_METRIC_POOL_JOBS_IN_FLIGHT, MM_METRICS_POOL_ENCODE, es.pool.jobs_in_flight);
         mm_metrics_set(m, MM_METRIC_POOL_REDISPATCHES_TOTAL, MM_METRICS_POOL_ENCODE, (double)es.pool.redispatches);
@@ -726,7 +718,7 @@ static void update_gauges(mm_engine *e) {
     }
     if (e->p.decoder) {
         mm_pool_stats ds;
-        mm_decoder_pool_stats(e->p.decoder, &ds);
+        mm_decoder_pool_get_stats(e->p.decoder, &ds);
         mm_metrics_set(m, MM_METRIC_POOL_WORKERS, MM_METRICS_POOL_DECODE, ds.workers_alive);
         mm_metrics_set(m, MM_METRIC_POOL_JOBS_IN_FLIGHT, MM_METRICS_POOL_DECODE, ds.jobs_in_flight);
         mm_metrics_set(m, MM_METRIC_POOL_REDISPATCHES_TOTAL, MM_METRICS_POOL_DECODE, (double)ds.redispatches);
@@ -737,7 +729,7 @@ static void update_gauges(mm_engine *e) {
  * and waits, prompt rows admitted and tokens generated per second since the last line,
  * KV use, the pools' backlog. Nothing while idle. */
 static void report_throughput(mm_engine *e) {
-    double t = now_ms();
+    double t = mm_now_ms();
     if (e->t_report == 0) e->t_report = t;
     if (!e->p.cfg->log_stats_ms || t - e->t_report < e->p.cfg->log_stats_ms) return;
     mm_sched_stats st;
@@ -746,12 +738,14 @@ static void report_throughput(mm_engine *e) {
     int busy = st.running + st.waiting + e->n_encoding + e->n_decodes > 0 || e->report_generated > 0;
     if (busy) {
         char pools[160] = "";
-        mm_encoder_pool_stats es;
-        if (e->p.encoder && mm_encoder_pool_get_stats(e->p.encoder, &es) == MM_OK)
+        if (e->p.encoder) {
+            mm_encoder_pool_stats es;
+            mm_encoder_pool_get_stats(e->p.encoder, &es);
             snprintf(pools, sizeof pools, ", encode pool %d jobs on %d workers", es.pool.jobs_in_flight, es.pool.workers_alive);
+        }
         if (e->p.decoder) {
             mm_pool_stats ds;
-            mm_decoder_pool_stats(e->p.decoder, &ds);
+            mm_decoder_pool_get_stats(e->p.decoder, &ds);
             size_t n = strlen(pools);
             snprintf(pools + n, sizeof pools - n, ", decode pool %d jobs on %d workers", ds.jobs_in_flight, ds.workers_alive);
         }
@@ -773,10 +767,10 @@ mm_status mm_engine_init(const mm_engine_params *p, mm_engine **out) {
     const mm_serve_config *c = p->cfg;
     mm_sched_params sp = {
         .max_batch_tokens = c->max_batch_tokens, .max_batch_seqs = c->max_batch_seqs,
-        .max_in_flight = mm_driver_n_stages(p->drv), .max_waiting = c->max_queue, .kv_blocks = c->kv_blocks,
+        .max_in_flight = mm_mpi_driver_n_stages(p->drv), .max_waiting = c->max_queue, .kv_blocks = c->kv_blocks,
         .kv_block_size = c->kv_block_size, .max_context = mm_engine_max_context(c, p->llm),
-        .image_start_id = mm_driver_has_vision_head(p->drv) ? p->image_start_id : -1, .image_tokens = p->image_tokens,
-        .visual_dim = mm_driver_visual_dim(p->drv)};
+        .image_start_id = mm_mpi_driver_has_vision_head(p->drv) ? p->image_start_id : -1, .image_tokens = p->image_tokens,
+        .visual_dim = mm_mpi_driver_visual_dim(p->drv)};
     sp.n_eos = p->llm->n_eos < MM_SCHED_MAX_EOS ? p->llm->n_eos : MM_SCHED_MAX_EOS;
     memcpy(sp.eos_ids, p->llm->eos_ids, (size_t)sp.n_eos * sizeof *sp.eos_ids);
     mm_status s = mm_sched_init(&sp, &e->sched);
@@ -803,10 +797,10 @@ mm_status mm_engine_init(const mm_engine_params *p, mm_engine **out) {
 /* Drains the pipeline after a stop request: in-flight steps come back, then the
  * stages are told to stop. */
 static void stop_pipeline(mm_engine *e) {
-    double t0 = now_ms();
-    while (e->n_fifo > 0 && now_ms() - t0 < 5000 && !*e->p.stage_failed) {
+    double t0 = mm_now_ms();
+    while (e->n_fifo > 0 && mm_now_ms() - t0 < 5000 && !*e->p.stage_failed) {
         Metamorph__Internal__StepResult *res;
-        if (mm_driver_poll(e->p.drv, &res) != MM_OK) break;
+        if (mm_mpi_driver_poll(e->p.drv, &res) != MM_OK) break;
         if (!res) {
             struct timespec t = {0, 200000};
             nanosleep(&t, NULL);
@@ -817,7 +811,7 @@ static void stop_pipeline(mm_engine *e) {
     }
     mm_sched_abort_in_flight(e->sched);
     e->n_fifo = 0;
-    if (mm_driver_shutdown(e->p.drv) != MM_OK) LOG_ERROR("stopping the stages: %s", mm_error_last());
+    if (mm_mpi_driver_shutdown(e->p.drv) != MM_OK) LOG_ERROR("stopping the stages: %s", mm_error_last());
 }
 
 int mm_engine_run(mm_engine *e) {
@@ -836,7 +830,7 @@ int mm_engine_run(mm_engine *e) {
             mm_status s = MM_OK;
             for (;;) {
                 Metamorph__Internal__StepResult *res;
-                s = mm_driver_poll(e->p.drv, &res);
+                s = mm_mpi_driver_poll(e->p.drv, &res);
                 if (s != MM_OK || !res) break;
                 work++;
                 if (res->error[0]) {
@@ -850,13 +844,13 @@ int mm_engine_run(mm_engine *e) {
             if (s == MM_OK && !e->failed) s = schedule(e);
             if (s != MM_OK) pipeline_failed(e, mm_error_last());
             else if (*e->p.stage_failed) pipeline_failed(e, "a process of the MPI job died");
-            else if (e->n_fifo > 0 && now_ms() - e->fifo[0].t_sent_ms > e->p.cfg->stage_timeout_ms)
+            else if (e->n_fifo > 0 && mm_now_ms() - e->fifo[0].t_sent_ms > e->p.cfg->stage_timeout_ms)
                 pipeline_failed(e, "a step took longer than stage_timeout_ms");
         }
         expire_deadlines(e);
         update_gauges(e);
         report_throughput(e);
-        if (e->failed && now_ms() - e->failed_at_ms >= e->p.cfg->fail_exit_ms) return 1;
+        if (e->failed && mm_now_ms() - e->failed_at_ms >= e->p.cfg->fail_exit_ms) return 1;
         if (work) {
             spins = 0;
             continue;
@@ -870,7 +864,7 @@ int mm_engine_run(mm_engine *e) {
          * IDLE_POLL_MS at least) */
         zmq_pollitem_t it[3] = {{e->requests, 0, ZMQ_POLLIN, 0}};
         int n_it = 1;
-        if (e->p.encoder && e->p.encoder->poll_socket) it[n_it++] = (zmq_pollitem_t){e->p.encoder->poll_socket, 0, ZMQ_POLLIN, 0};
+        if (e->p.encoder) it[n_it++] = (zmq_pollitem_t){mm_encoder_pool_socket(e->p.encoder), 0, ZMQ_POLLIN, 0};
         if (e->p.decoder) it[n_it++] = (zmq_pollitem_t){mm_decoder_pool_socket(e->p.decoder), 0, ZMQ_POLLIN, 0};
         zmq_poll(it, n_it, e->n_jobs > 0 ? 1 : IDLE_POLL_MS);
     }

@@ -12,12 +12,12 @@
 #include <stdatomic.h>
 
 #include "decoder_pool.h"
-#include "encoder.h"
+#include "encoder_pool.h"
 #include "metrics.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
 #include "mpi_driver.h"
-#include "scheduler/serve_config.h"
+#include "pipeline/serve_config.h"
 
 typedef struct {
     const mm_serve_config *cfg;
@@ -30,7 +30,7 @@ typedef struct {
     volatile sig_atomic_t *stage_failed;  /* SIGUSR1: hydra says a process of the job died */
     int32_t image_start_id;
     int32_t image_tokens;                 /* visual tokens per image (num_image_tokens) */
-    mm_encoder *encoder;                  /* image parts -> visual tokens; NULL: no vision input */
+    mm_encoder_pool *encoder;             /* image parts -> visual tokens; NULL: no vision input */
     mm_decoder_pool *decoder;             /* generated visual tokens -> PNG; NULL: tokens only */
     mm_metrics *metrics;                  /* operator metrics; NULL: none */
 } mm_engine_params;

@@ -20,6 +20,7 @@
 
 #include "access_log.h"
 #include "api_keys.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/tcp_listen.h"
 #include "grpc_reflection.h"
@@ -101,12 +102,6 @@ struct mm_grpc_server {
     call_ctx *pending;        /* the posted request_call */
     op_tag t_shutdown;
 };
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
-}
 
 /* ---------------------------------------------------------------- call table */
 
@@ -214,7 +209,7 @@ static void pump(mm_grpc_server *s, call_ctx *c) {
 
 static void access_log(const call_ctx *c, int code) {
     mm_access_entry a = {"grpc", c->peer, c->method == M_STREAM ? "GenerateStream" : "Generate", c->request_id, code,
-                         c->prompt_tokens, c->completion_tokens, c->n_images_done, c->ttft_ms, now_ms() - c->t_arrival_ms};
+                         c->prompt_tokens, c->completion_tokens, c->n_images_done, c->ttft_ms, mm_now_ms() - c->t_arrival_ms};
     mm_access_log(&a);
 }
 
@@ -231,7 +226,7 @@ static void call_send(mm_grpc_server *s, call_ctx *c, grpc_byte_buffer *bb, int 
     if (final) c->answered = 1;
     if (final && (c->method == M_GENERATE || c->method == M_STREAM)) { /* every request ends here, once */
         mm_metrics_inc(s->p.metrics, MM_METRIC_REQUESTS_TOTAL, (int)code);
-        mm_metrics_observe(s->p.metrics, MM_METRIC_REQUEST_DURATION_SECONDS, 0, (now_ms() - c->t_arrival_ms) * 1e-3);
+        mm_metrics_observe(s->p.metrics, MM_METRIC_REQUEST_DURATION_SECONDS, 0, (mm_now_ms() - c->t_arrival_ms) * 1e-3);
         access_log(c, (int)code);
     }
     if (c->tail) c->tail->next = m;
@@ -405,7 +400,7 @@ static void on_new_call(mm_grpc_server *s, call_ctx *c, int ok) {
         return;
     }
     post_request_call(s);
-    c->t_arrival_ms = now_ms();
+    c->t_arrival_ms = mm_now_ms();
     char *peer = grpc_call_get_peer(c->call);
     const char *shown = peer ? peer : ""; /* "ipv4:127.0.0.1:5000" -> "127.0.0.1:5000", as the HTTP door's */
     if (!strncmp(shown, "ipv4:", 5) || !strncmp(shown, "ipv6:", 5)) shown += 5;
@@ -455,7 +450,7 @@ static void maybe_free(mm_grpc_server *s, call_ctx *c) {
         to_sched(s, MM_MSG_CANCEL, c->id, NULL);
         if (c->method == M_GENERATE || c->method == M_STREAM) {
             mm_metrics_inc(s->p.metrics, MM_METRIC_REQUESTS_TOTAL, GRPC_STATUS_CANCELLED);
-            mm_metrics_observe(s->p.metrics, MM_METRIC_REQUEST_DURATION_SECONDS, 0, (now_ms() - c->t_arrival_ms) * 1e-3);
+            mm_metrics_observe(s->p.metrics, MM_METRIC_REQUEST_DURATION_SECONDS, 0, (mm_now_ms() - c->t_arrival_ms) * 1e-3);
             access_log(c, GRPC_STATUS_CANCELLED);
         }
     }

@@ -23,6 +23,7 @@
 #include <zmq.h>
 
 #include "access_log.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/tcp_listen.h"
 #include "http_auth.h"
@@ -91,12 +92,6 @@ typedef struct {
     size_t out_len, out_pos, out_cap;
     int finished;
 } exchange;
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
-}
 
 /* ---------------------------------------------------------------- calls (under mu) */
 
@@ -608,7 +603,7 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
             return respond_error_msg(conn, 405, "invalid_request_error", "%.200s takes POST", url);
         x = calloc(1, sizeof *x);
         if (!x) return MHD_NO;
-        x->s = s, x->kind = (mm_oai_kind)POST_ROUTES[found].r, x->t_arrival_ms = now_ms(), x->grpc_code = -1, x->fd = -1;
+        x->s = s, x->kind = (mm_oai_kind)POST_ROUTES[found].r, x->t_arrival_ms = mm_now_ms(), x->grpc_code = -1, x->fd = -1;
         x->path = POST_ROUTES[found].path;
         peer_name(conn, x->peer, sizeof x->peer);
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
@@ -657,9 +652,9 @@ static void completed(void *cls, struct MHD_Connection *conn, void **req_cls, en
                              x->req && x->req->stream))
         x->grpc_code = GRPC_STATUS_CANCELLED;
     mm_metrics_inc(s->p.metrics, MM_METRIC_REQUESTS_TOTAL, x->grpc_code);
-    mm_metrics_observe(s->p.metrics, MM_METRIC_REQUEST_DURATION_SECONDS, 0, (now_ms() - x->t_arrival_ms) * 1e-3);
+    mm_metrics_observe(s->p.metrics, MM_METRIC_REQUEST_DURATION_SECONDS, 0, (mm_now_ms() - x->t_arrival_ms) * 1e-3);
     mm_access_entry a = {"http", x->peer, x->path, x->rid, x->grpc_code, x->prompt_tokens, x->completion_tokens, x->images,
-                         x->ttft_ms, now_ms() - x->t_arrival_ms};
+                         x->ttft_ms, mm_now_ms() - x->t_arrival_ms};
     mm_access_log(&a);
     mm_reply_free(x->first);
     mm_oai_request_free(x->req);

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "kernels/backend.h"
+#include "model/image_params.h"
 
 #define MM_ENDPOINT_REQUESTS "inproc://mm-requests"
 #define MM_ENDPOINT_REPLIES "inproc://mm-replies"           /* replies to the gRPC front door */
@@ -37,10 +38,7 @@ typedef struct {
     int n_stop;
     int generate_image;       /* the prompt ends with <image_start> */
     int return_visual_tokens;
-    int32_t image_steps;      /* decoder: diffusion steps, 0 = the server's default */
-    float image_guidance;     /* decoder: guidance scale, 0 = the model's default */
-    char image_sampler[16];   /* decoder: "pndm", "ddim", "dpmpp2m"; "" = default */
-    uint64_t image_seed;
+    mm_image_params image;    /* decoder: its settings, defaults applied */
     double t_arrival_ms;      /* monotonic clock */
     double deadline_ms;       /* monotonic; 0 = none */
 } mm_request;

@@ -12,7 +12,7 @@
 
 #include <grpc/status.h>
 
-#include "scheduler/serve_config.h"
+#include "pipeline/serve_config.h"
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 

@@ -23,7 +23,7 @@ typedef enum {
     MM_METRIC_REQUEST_DURATION_SECONDS,   /* histogram: arrival -> final status */
     MM_METRIC_GENERATED_TOKENS_TOTAL,     /* counter */
     MM_METRIC_GENERATED_IMAGES_TOTAL,     /* counter */
-    MM_METRIC_STAGE_BUSY_SECONDS_TOTAL,   /* counter, stage = mm_driver_stage index k (shown as k+1, the rank) */
+    MM_METRIC_STAGE_BUSY_SECONDS_TOTAL,   /* counter, stage = mm_mpi_driver_stage index k (shown as k+1, the rank) */
     MM_METRIC_POOL_WORKERS,               /* gauge, pool = mm_metrics_pool */
     MM_METRIC_POOL_JOBS_IN_FLIGHT,        /* gauge, pool */
     MM_METRIC_POOL_REDISPATCHES_TOTAL,    /* counter, pool */

@@ -27,8 +27,8 @@
 #include "common/curve_keys.h"
 #include "pool_zap.h"
 #include "tls_files.h"
-#include "scheduler/stage_split.h"
-#include "worker/pipeline_mpi.h"
+#include "pipeline/stage_split.h"
+#include "pipeline/pipeline_mpi.h"
 
 static volatile sig_atomic_t g_stop, g_stage_failed;
 
@@ -50,7 +50,7 @@ typedef struct {
     mm_tokenizer *tok;
     mm_metamorph_config mm;     /* n_image_tokens = 0: not a MetaMorph model */
     void *zctx;
-    mm_encoder *encoder;        /* the encoder pool; NULL: no vision input */
+    mm_encoder_pool *encoder;   /* NULL: no vision input */
     mm_decoder_pool *decoder;   /* NULL: generated images as tokens only */
     int32_t image_side;         /* pixels of the decoder's images; 0: no decoder */
     char model_name[256];       /* the model's id in the HTTP API */
@@ -181,13 +181,13 @@ static void banner(const coord_setup *c, const mm_mpi_driver *drv, int vision_in
     LOG_INFO("serving \"%s\" (%s): %d layers, dim %d, vocab %d, context %d; image input %s, image output %s",
              c->model_name, c->cfg.model, l->n_layers, l->dim, l->vocab_size, mm_engine_max_context(&c->cfg, l),
              vision_in ? "on" : "off", images_out ? (c->decoder ? "on (PNG)" : "on (visual tokens only)") : "off");
-    for (int k = 0; k < mm_driver_n_stages(drv); k++) {
-        const mm_stage_info *st = mm_driver_stage(drv, k);
+    for (int k = 0; k < mm_mpi_driver_n_stages(drv); k++) {
+        const mm_stage_info *st = mm_mpi_driver_stage(drv, k);
         char part[128];
         mm_split_describe(st->block_begin, st->block_end, part, sizeof part);
-        LOG_INFO("stage %d of %d: rank %d on %s (pid %d), %s%s%s", k + 1, mm_driver_n_stages(drv), st->rank, st->host,
+        LOG_INFO("stage %d of %d: rank %d on %s (pid %d), %s%s%s", k + 1, mm_mpi_driver_n_stages(drv), st->rank, st->host,
                  st->pid, part, k == 0 ? " + embed" : "",
-                 k + 1 == mm_driver_n_stages(drv) ? " + norm, lm_head" : "");
+                 k + 1 == mm_mpi_driver_n_stages(drv) ? " + norm, lm_head" : "");
     }
     LOG_INFO("gRPC on %s; OpenAI HTTP %s%s%s; metrics %s%s%s", c->cfg.listen, http_on ? "on http://" : "off",
              http_on ? c->cfg.http_listen : "", http_on ? "/v1" : "", metrics_on ? "on http://" : "off",
@@ -217,29 +217,30 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
     int rc = 1;
     int32_t image_start = mm_tokenizer_token_id(c->tok, "<image_start>");
     /* images in need the encoder and stage 1's projector, of the same width */
-    int vision_input = c->encoder && mm_driver_has_projector(drv) && mm_driver_visual_dim(drv) == c->encoder->dim;
-    if (c->encoder && !vision_input) LOG_ERROR("image inputs off: the first stage has no mm_projector of width %d", c->encoder->dim);
-    int image_output = mm_driver_has_vision_head(drv) && image_start >= 0;
+    int vision_input = c->encoder && mm_mpi_driver_has_projector(drv) && mm_mpi_driver_visual_dim(drv) == c->mm.mm_hidden;
+    if (c->encoder && !vision_input) LOG_ERROR("image inputs off: the first stage has no mm_projector of width %d", c->mm.mm_hidden);
+    int image_output = mm_mpi_driver_has_vision_head(drv) && image_start >= 0;
     mm_engine_params ep = {&c->cfg, c->tok, &c->llm, drv, zctx, &serving, &g_stop, &g_stage_failed, image_start,
                            c->mm.n_image_tokens, vision_input ? c->encoder : NULL, image_output ? c->decoder : NULL,
                            NULL};
-    if (mm_metrics_create(mm_driver_n_stages(drv), &metrics) != MM_OK ||
+    if (mm_metrics_create(mm_mpi_driver_n_stages(drv), &metrics) != MM_OK ||
         mm_metrics_http_start(c->cfg.metrics_listen, metrics, &serving, &c->metrics_auth, &http) != MM_OK) {
         LOG_ERROR("metrics: %s", mm_error_last());
-        mm_driver_shutdown(drv);
+        mm_mpi_driver_shutdown(drv);
         goto out;
     }
     ep.metrics = metrics;
     if (!zctx || mm_engine_init(&ep, &eng) != MM_OK) {
         LOG_ERROR("scheduler: %s", zctx ? mm_error_last() : "zmq_ctx_new failed");
-        mm_driver_shutdown(drv);
+        mm_mpi_driver_shutdown(drv);
         goto out;
     }
     mm_grpc_params gp = {
         .listen = c->cfg.listen, .max_receive_bytes = c->cfg.max_receive_mb * (1 << 20), .zmq_ctx = zctx,
         .limits = {.tok = c->tok, .max_context = mm_engine_max_context(&c->cfg, &c->llm), .vocab_size = c->llm.vocab_size,
                    .max_new_tokens = c->cfg.max_new_tokens, .max_images = c->cfg.max_images,
-                   .max_stop_strings = c->cfg.max_stop_strings, .image_start_id = image_start,
+                   .max_stop_strings = c->cfg.max_stop_strings, .image_steps = c->cfg.image_steps,
+                   .image_start_id = image_start,
                    .n_image_tokens = c->mm.n_image_tokens, .vision_input = vision_input, .image_generation = image_output,
                    .bos_id = c->llm.bos_id},
         .serving = &serving, .metrics = metrics, .tls = &c->tls, .keys = c->keys,
@@ -249,7 +250,7 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
     block_signals(0);
     if (s != MM_OK) {
         LOG_ERROR("gRPC: %s", mm_error_last());
-        mm_driver_shutdown(drv);
+        mm_mpi_driver_shutdown(drv);
         goto out;
     }
     if (c->cfg.http_listen[0]) {
@@ -266,7 +267,7 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
             LOG_ERROR("%s", mm_error_last());
             mm_engine_stop_replies(eng, 0);
             mm_grpc_stop(srv);
-            mm_driver_shutdown(drv);
+            mm_mpi_driver_shutdown(drv);
             goto out;
         }
     }
@@ -309,15 +310,15 @@ int main(int argc, char **argv) {
     memset(&c, 0, sizeof c);
     mm_mpi_driver *drv = NULL;
     int rc = 1;
-    if (setup(argv[1], &c) != MM_OK || mm_driver_init(size - 1, &drv) != MM_OK) {
+    if (setup(argv[1], &c) != MM_OK || mm_mpi_driver_init(size - 1, &drv) != MM_OK) {
         fprintf(stderr, "mm-coordinator: %s\n", mm_error_last());
-    } else if (mm_driver_hello(drv, &g_stop) != MM_OK) {
+    } else if (mm_mpi_driver_hello(drv, &g_stop) != MM_OK) {
         fprintf(stderr, "mm-coordinator: stages: %s\n", mm_error_last());
     } else {
         rc = serve(&c, drv);
     }
-    mm_driver_free(drv);
-    if (c.encoder) c.encoder->ops->free(c.encoder);
+    mm_mpi_driver_free(drv);
+    mm_encoder_pool_free(c.encoder);
     mm_decoder_pool_free(c.decoder);
     if (c.zctx) zmq_ctx_term(c.zctx); /* ends the ZAP thread */
     mm_pool_zap_free(c.zap);

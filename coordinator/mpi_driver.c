@@ -6,7 +6,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "worker/pipeline_mpi.h"
+#include "common/clock.h"
+#include "pipeline/pipeline_mpi.h"
 
 typedef struct {
     uint8_t *buf;
@@ -21,7 +22,7 @@ struct mm_mpi_driver {
     plan_send *sends;  /* plans whose Isends have not all completed */
     int n_sends, cap_sends;
     int64_t unanswered; /* plans sent whose result has not come back */
-    struct timespec last_idle_poll;
+    double last_idle_poll_ms;
 };
 
 /* With no plan out, only a stage's last statistics can still arrive: MPI is polled
@@ -31,16 +32,13 @@ struct mm_mpi_driver {
 
 static int idle_poll_due(mm_mpi_driver *d) {
     if (d->unanswered > 0 || d->n_sends > 0) return 1;
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    double ms = (double)(now.tv_sec - d->last_idle_poll.tv_sec) * 1e3 +
-                (double)(now.tv_nsec - d->last_idle_poll.tv_nsec) * 1e-6;
-    if (ms < IDLE_POLL_MS) return 0;
-    d->last_idle_poll = now;
+    double now = mm_now_ms();
+    if (now - d->last_idle_poll_ms < IDLE_POLL_MS) return 0;
+    d->last_idle_poll_ms = now;
     return 1;
 }
 
-mm_status mm_driver_init(int n_stages, mm_mpi_driver **out) {
+mm_status mm_mpi_driver_init(int n_stages, mm_mpi_driver **out) {
     if (n_stages < 1 || n_stages > MM_MAX_STAGES)
         return MM_ERROR(MM_ERR_INVALID, "%d stages: start 1..%d mm-stage ranks after the coordinator", n_stages,
                         MM_MAX_STAGES);
@@ -51,7 +49,7 @@ mm_status mm_driver_init(int n_stages, mm_mpi_driver **out) {
     return MM_OK;
 }
 
-void mm_driver_free(mm_mpi_driver *d) {
+void mm_mpi_driver_free(mm_mpi_driver *d) {
     if (!d) return;
     for (int i = 0; i < d->n_sends; i++) {
         free(d->sends[i].buf);
@@ -61,7 +59,7 @@ void mm_driver_free(mm_mpi_driver *d) {
     free(d);
 }
 
-mm_status mm_driver_hello(mm_mpi_driver *d, volatile sig_atomic_t *abort_flag) {
+mm_status mm_mpi_driver_hello(mm_mpi_driver *d, volatile sig_atomic_t *abort_flag) {
     int got_all = 0;
     int seen[MM_MAX_STAGES + 1] = {0};
     while (got_all < d->P) {
@@ -100,7 +98,7 @@ mm_status mm_driver_hello(mm_mpi_driver *d, volatile sig_atomic_t *abort_flag) {
     return MM_OK;
 }
 
-mm_status mm_driver_send_plan(mm_mpi_driver *d, uint8_t *buf, size_t len) {
+mm_status mm_mpi_driver_send_plan(mm_mpi_driver *d, uint8_t *buf, size_t len) {
     if (d->n_sends == d->cap_sends) {
         int cap = d->cap_sends ? d->cap_sends * 2 : 8;
         plan_send *s = realloc(d->sends, (size_t)cap * sizeof *s);
@@ -121,7 +119,7 @@ mm_status mm_driver_send_plan(mm_mpi_driver *d, uint8_t *buf, size_t len) {
     d->unanswered++;
     if (len > (size_t)INT32_MAX) return MM_ERROR(MM_ERR_INVALID, "step plan of %zu bytes", len);
     for (int k = 0; k < d->P; k++)
-        CHECK(MPI_CHECK(MPI_Isend(buf, (int)len, MPI_BYTE, k + 1, MM_TAG_PLAN, MPI_COMM_WORLD, &ps->reqs[k])));
+        MPI_CHECK(MPI_Isend(buf, (int)len, MPI_BYTE, k + 1, MM_TAG_PLAN, MPI_COMM_WORLD, &ps->reqs[k]));
     return MM_OK;
 }
 
@@ -130,7 +128,7 @@ static mm_status progress_sends(mm_mpi_driver *d) {
     while (i < d->n_sends) {
         int done = 0;
         MPI_Status sts[MM_MAX_STAGES];
-        CHECK(MPI_CHECK(MPI_Testall(d->P, d->sends[i].reqs, &done, sts)));
+        MPI_CHECK(MPI_Testall(d->P, d->sends[i].reqs, &done, sts));
         if (!done) {
             i++;
             continue;
@@ -142,7 +140,7 @@ static mm_status progress_sends(mm_mpi_driver *d) {
     return MM_OK;
 }
 
-mm_status mm_driver_poll(mm_mpi_driver *d, Metamorph__Internal__StepResult **res) {
+mm_status mm_mpi_driver_poll(mm_mpi_driver *d, Metamorph__Internal__StepResult **res) {
     *res = NULL;
     if (!idle_poll_due(d)) return MM_OK;
     CHECK(progress_sends(d));
@@ -170,7 +168,7 @@ mm_status mm_driver_poll(mm_mpi_driver *d, Metamorph__Internal__StepResult **res
     return MM_OK;
 }
 
-mm_status mm_driver_shutdown(mm_mpi_driver *d) {
+mm_status mm_mpi_driver_shutdown(mm_mpi_driver *d) {
     char nothing = 0;
     for (int k = 0; k < d->P; k++) CHECK(mm_mpi_send_msg(k + 1, MM_TAG_SHUTDOWN, &nothing, 1));
     /* plans still being sent must finish before MPI_Finalize */
@@ -179,8 +177,8 @@ mm_status mm_driver_shutdown(mm_mpi_driver *d) {
     return progress_sends(d);
 }
 
-int mm_driver_n_stages(const mm_mpi_driver *d) { return d->P; }
-const mm_stage_info *mm_driver_stage(const mm_mpi_driver *d, int k) { return &d->stages[k]; }
-int mm_driver_has_projector(const mm_mpi_driver *d) { return d->projector; }
-int mm_driver_has_vision_head(const mm_mpi_driver *d) { return d->vision_head; }
-int32_t mm_driver_visual_dim(const mm_mpi_driver *d) { return d->visual_dim; }
+int mm_mpi_driver_n_stages(const mm_mpi_driver *d) { return d->P; }
+const mm_stage_info *mm_mpi_driver_stage(const mm_mpi_driver *d, int k) { return &d->stages[k]; }
+int mm_mpi_driver_has_projector(const mm_mpi_driver *d) { return d->projector; }
+int mm_mpi_driver_has_vision_head(const mm_mpi_driver *d) { return d->vision_head; }
+int32_t mm_mpi_driver_visual_dim(const mm_mpi_driver *d) { return d->visual_dim; }

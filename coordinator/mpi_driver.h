@@ -9,8 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "pipeline/serve_config.h"
 #include "proto/internal.pb-c.h"
-#include "scheduler/serve_config.h"
 
 typedef struct {
     int32_t rank, pid, layer_begin, layer_end;
@@ -22,23 +22,23 @@ typedef struct {
 
 typedef struct mm_mpi_driver mm_mpi_driver;
 
-mm_status mm_driver_init(int n_stages, mm_mpi_driver **out);
-void mm_driver_free(mm_mpi_driver *d);
+mm_status mm_mpi_driver_init(int n_stages, mm_mpi_driver **out);
+void mm_mpi_driver_free(mm_mpi_driver *d);
 /* Waits for every stage's hello; gives up when *abort_flag becomes non-zero. */
-mm_status mm_driver_hello(mm_mpi_driver *d, volatile sig_atomic_t *abort_flag);
+mm_status mm_mpi_driver_hello(mm_mpi_driver *d, volatile sig_atomic_t *abort_flag);
 /* Sends the packed plan to ranks 1..P (takes ownership of buf). */
-mm_status mm_driver_send_plan(mm_mpi_driver *d, uint8_t *buf, size_t len);
+mm_status mm_mpi_driver_send_plan(mm_mpi_driver *d, uint8_t *buf, size_t len);
 /* Progresses sends, takes in stage statistics, and returns the next step result if
  * one has arrived (*res NULL otherwise; free with step_result__free_unpacked). */
-mm_status mm_driver_poll(mm_mpi_driver *d, Metamorph__Internal__StepResult **res);
+mm_status mm_mpi_driver_poll(mm_mpi_driver *d, Metamorph__Internal__StepResult **res);
 /* Tells every stage to stop (after the last plan). */
-mm_status mm_driver_shutdown(mm_mpi_driver *d);
+mm_status mm_mpi_driver_shutdown(mm_mpi_driver *d);
 
-int mm_driver_n_stages(const mm_mpi_driver *d);
-const mm_stage_info *mm_driver_stage(const mm_mpi_driver *d, int k);
+int mm_mpi_driver_n_stages(const mm_mpi_driver *d);
+const mm_stage_info *mm_mpi_driver_stage(const mm_mpi_driver *d, int k);
 /* Capabilities the stages reported: visual inputs (stage 1) and visual outputs (stage P). */
-int mm_driver_has_projector(const mm_mpi_driver *d);
-int mm_driver_has_vision_head(const mm_mpi_driver *d);
-int32_t mm_driver_visual_dim(const mm_mpi_driver *d);
+int mm_mpi_driver_has_projector(const mm_mpi_driver *d);
+int mm_mpi_driver_has_vision_head(const mm_mpi_driver *d);
+int32_t mm_mpi_driver_visual_dim(const mm_mpi_driver *d);
 
 #endif

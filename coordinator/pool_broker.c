@@ -18,6 +18,7 @@
 #include <time.h>
 #include <zmq.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "pool_broker.h"
 #include "proto/internal.pb-c.h"
@@ -89,12 +90,6 @@ struct mm_pool_broker {
     uint64_t next_serial;
     mm_pool_stats st;
 };
-
-double mm_pool_now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
-}
 
 /* ------------------------------------------------------------------ job lists */
 
@@ -194,7 +189,7 @@ static void send_cancel(mm_pool_broker *b, job *g) {
     pool_header h;
     header_init(b, &h, METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_CANCEL);
     h.job_id = g->id;
-    if (send_to(b, g->w, &h, NULL, mm_pool_now_ms()) != 0)
+    if (send_to(b, g->w, &h, NULL, mm_now_ms()) != 0)
         LOG_WARN("pool %s: CANCEL of job %llu not sent to worker %s (%s): it runs to its end", b->pool,
                  (unsigned long long)g->id, g->w->name, zmq_strerror(errno));
     else

@@ -86,7 +86,7 @@ mm_status mm_pool_broker_submit(mm_pool_broker *b, uint64_t job_id, const mm_poo
  * Unknown ids: no-op. */
 void mm_pool_broker_cancel(mm_pool_broker *b, uint64_t job_id);
 
-/* Does the work of one scheduler tick at time now_ms (mm_pool_now_ms): reads every waiting
+/* Does the work of one scheduler tick at time now_ms (mm_now_ms): reads every waiting
  * message, declares silent workers dead and re-queues their jobs at the front, re-queues
  * jobs past their deadline (for a worker other than the one still running them),
  * dispatches queued jobs least-loaded first (up to a worker's capacity), and heartbeats
@@ -99,8 +99,5 @@ int mm_pool_broker_workers_alive(const mm_pool_broker *b);
 void mm_pool_broker_stats(const mm_pool_broker *b, mm_pool_stats *out);
 /* The ROUTER socket, for a zmq_poll item (POLLIN: pump soon). */
 void *mm_pool_broker_socket(const mm_pool_broker *b);
-
-/* CLOCK_MONOTONIC in milliseconds: the clock pump expects. */
-double mm_pool_now_ms(void);
 
 #endif

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <sys/random.h>
 
-#include "model/diffusion_sched.h"
+#include "model/image_params.h"
 #include "model/metamorph.h"
 
 #define MAX_STOP_BYTES 128
@@ -67,18 +67,24 @@ static int check_sampling(const Metamorph__V1__SamplingParams *sp, const mm_limi
     return 0;
 }
 
-static int check_image_params(const Metamorph__V1__ImageParams *ip, mm_request *r, char *msg, size_t cap) {
+/* The image-decoding parameters, unset ones (0, "") replaced by the defaults. */
+static int check_image_params(const Metamorph__V1__ImageParams *ip, const mm_limits *lim, mm_request *r, char *msg,
+                              size_t cap) {
+    mm_image_params_default(&r->image);
+    r->image.steps = lim->image_steps;
     if (!ip) return 0;
-    if (ip->steps < 0 || ip->steps > 1000)
-        return fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "image.steps must be in [0, 1000] (got %d)", ip->steps);
-    if (!isfinite(ip->guidance) || ip->guidance < 0 || ip->guidance > 100)
-        return fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "image.guidance must be in [0, 100] (got %g)", ip->guidance);
-    mm_sampler_kind kind;
-    if (ip->sampler[0] && mm_sampler_parse(ip->sampler, &kind) != 0)
+    if (ip->steps < 0 || ip->steps > MM_DECODE_MAX_STEPS)
+        return fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "image.steps must be in [0, %d] (got %d)",
+                    MM_DECODE_MAX_STEPS, ip->steps);
+    if (!isfinite(ip->guidance) || ip->guidance < 0 || ip->guidance > MM_DECODE_MAX_GUIDANCE)
+        return fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "image.guidance must be in [0, %g] (got %g)",
+                    (double)MM_DECODE_MAX_GUIDANCE, ip->guidance);
+    if (ip->sampler[0] && mm_diffusion_sampler_parse(ip->sampler, &r->image.sampler) != 0)
         return fail(GRPC_STATUS_INVALID_ARGUMENT, msg, cap, "image.sampler \"%.32s\" is not one of pndm, ddim, dpmpp2m",
                     ip->sampler);
-    r->image_steps = ip->steps, r->image_guidance = ip->guidance, r->image_seed = ip->seed;
-    snprintf(r->image_sampler, sizeof r->image_sampler, "%s", ip->sampler);
+    if (ip->steps > 0) r->image.steps = ip->steps;
+    if (ip->guidance > 0) r->image.guidance = ip->guidance;
+    r->image.seed = ip->seed;
     r->return_visual_tokens = ip->return_visual_tokens;
     return 0;
 }
@@ -264,7 +270,7 @@ int mm_request_build(const Metamorph__V1__GenerateRequest *g, const mm_limits *l
     if (g->request_id[0]) snprintf(r->request_id, sizeof r->request_id, "%s", g->request_id);
     else server_request_id(r->request_id, sizeof r->request_id);
     int code = check_sampling(g->sampling, lim, r, msg, cap);
-    if (!code) code = check_image_params(g->image, r, msg, cap);
+    if (!code) code = check_image_params(g->image, lim, r, msg, cap);
     if (!code) code = g->raw_prompt ? encode_raw(g, lim, r, msg, cap) : encode_chat(g, lim, r, msg, cap);
     if (code) {
         mm_request_free(r);

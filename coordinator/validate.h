@@ -18,6 +18,7 @@ typedef struct {
     int32_t max_images;
     int32_t n_image_tokens;   /* prompt rows per image (num_image_tokens) */
     int32_t max_stop_strings;
+    int32_t image_steps;      /* diffusion steps, default (the serve config's image_steps) */
     int32_t image_start_id;   /* -1 if the tokenizer has none */
     int32_t bos_id;           /* raw prompts: the config's BOS (-1: the tokenizer's) */
     int vision_input;         /* an encoder can turn image parts into visual tokens */

@@ -20,7 +20,7 @@
 #   --once      do not restart the job; exit with its status
 #   --dry-run   check the config and the model, print the commands, start nothing
 #   --hostfile, --stages  override the config's (deploy/slurm/metamorph.sbatch uses them)
-# config keys used here (all are the service's, scheduler/serve_config.c; see README):
+# config keys used here (all are the service's, pipeline/serve_config.c; see README):
 #   "stages", "hostfile" (default: this host only, fork launcher), "restart_delay_ms",
 #   "encoders" / "decoders" (pool workers on this host; workers on other hosts join by
 #   themselves: mm-encoder --model DIR --connect tcp://COORDINATOR:50052),

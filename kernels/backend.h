@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/rng.h" /* sampling's generator: one state per row */
 #include "common/safetensors.h"
 #include "common/status.h"
 #include "tensor.h"
@@ -158,9 +159,5 @@ mm_status mm_backend_cpu_init(int n_threads, mm_backend **out);
 /* By name: "cpu", "cpu-ref" (and "cuda" when built with it). n_threads <= 0: all cores. */
 mm_status mm_backend_init(const char *name, int n_threads, mm_backend **out);
 void mm_backend_free(mm_backend *be);
-
-/* Random numbers for sampling: splitmix64 seeding, xoshiro-style uniform in [0,1). */
-uint64_t mm_rng_seed(uint64_t seed);
-float mm_rng_uniform(uint64_t *state);
 
 #endif

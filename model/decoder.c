@@ -11,8 +11,8 @@
 #include "common/safetensors.h"
 
 void mm_decode_params_default(mm_decode_params *p) {
-    memset(p, 0, sizeof *p);
-    p->steps = 50, p->guidance = 7.5f, p->sampler = MM_SAMPLER_PNDM; /* size 0: the model's */
+    memset(p, 0, sizeof *p); /* size 0: the model's */
+    mm_image_params_default(&p->image);
 }
 
 mm_status mm_decoder_load(const char *dir, mm_backend *be, mm_decoder **out) {
@@ -29,7 +29,7 @@ mm_status mm_decoder_load(const char *dir, mm_backend *be, mm_decoder **out) {
     CHECK_GOTO(mm_vae_load(sub, be, &d->vae), s, fail);
     snprintf(d->scheduler_dir, sizeof d->scheduler_dir, "%s/scheduler", dir);
     mm_diffusion_sched *probe;
-    CHECK_GOTO(mm_diffusion_sched_create(d->scheduler_dir, MM_SAMPLER_PNDM, 1, 1, &probe), s, fail); /* validate early */
+    CHECK_GOTO(mm_diffusion_sched_create(d->scheduler_dir, MM_DIFFUSION_SAMPLER_PNDM, 1, 1, &probe), s, fail); /* validate early */
     mm_diffusion_sched_free(probe);
     const mm_unet_config *uc = &d->unet->cfg;
     if (d->adapter->cfg.output_dim != uc->cross_attention_dim || d->vae->cfg.latent_channels != uc->in_channels ||
@@ -83,12 +83,12 @@ mm_status mm_decoder_sample(mm_decoder *d, const float *ctx, const mm_decode_par
     mm_backend *be = d->be;
     const mm_unet_config *uc = &d->unet->cfg;
     int64_t C = uc->in_channels, hw = h * w, n = C * hw, T = MM_ADAPTER_CONTEXT_TOKENS, X = uc->cross_attention_dim;
-    int cfg_on = p->guidance > 1.0f; /* diffusers: do_classifier_free_guidance = guidance_scale > 1 */
+    int cfg_on = p->image.guidance > 1.0f; /* diffusers: do_classifier_free_guidance = guidance_scale > 1 */
     int64_t B = cfg_on ? 2 : 1;
     mm_diffusion_sched *sched = NULL;
     float *x_host = NULL, *eps_host = NULL, *x_be = NULL, *eps_be = NULL, *ctx2 = NULL;
     mm_status s;
-    CHECK_GOTO(mm_diffusion_sched_create(d->scheduler_dir, p->sampler, p->steps, n, &sched), s, done);
+    CHECK_GOTO(mm_diffusion_sched_create(d->scheduler_dir, p->image.sampler, p->image.steps, n, &sched), s, done);
     x_host = malloc((size_t)n * sizeof(float));         /* [h*w, C] current latents */
     eps_host = malloc((size_t)(B * n) * sizeof(float)); /* [B, h*w, C] */
     x_be = be->ops->alloc(be, (size_t)(B * n) * sizeof(float));
@@ -116,7 +116,7 @@ mm_status mm_decoder_sample(mm_decoder *d, const float *ctx, const mm_decode_par
         CHECK_GOTO(mm_unet_forward(d->unet, x_be, t, ctx2, B, h, w, T, eps_be), s, done);
         CHECK_GOTO(be->ops->download(be, eps_host, eps_be, (size_t)(B * n) * sizeof(float)), s, done);
         if (cfg_on) /* eps = uncond + g (cond - uncond), in f32 as the pipeline does */
-            for (int64_t k = 0; k < n; k++) eps_host[k] = eps_host[k] + p->guidance * (eps_host[n + k] - eps_host[k]);
+            for (int64_t k = 0; k < n; k++) eps_host[k] = eps_host[k] + p->image.guidance * (eps_host[n + k] - eps_host[k]);
         CHECK_GOTO(mm_diffusion_sched_step(sched, eps_host, x_host), s, done);
         if (p->progress && p->progress(p->user, i + 1, len)) {
             s = MM_ERROR(MM_ERR_CANCELLED, "cancelled after step %d of %d", i + 1, len);
@@ -198,7 +198,7 @@ mm_status mm_decoder_generate(mm_decoder *d, const float *tokens, int64_t n, con
     if (p->init_latents)
         memcpy(lat, p->init_latents, (size_t)(C * h * w) * sizeof(float));
     else
-        mm_noise_normal(p->seed, C * h * w, lat);
+        mm_noise_normal(p->image.seed, C * h * w, lat);
     CHECK_GOTO(mm_decoder_sample(d, ctx, p, h, w, lat), s, done);
     if (latents_out) memcpy(latents_out, lat, (size_t)(C * h * w) * sizeof(float));
     if (rgb) CHECK_GOTO(mm_decoder_decode_latents(d, lat, h, w, rgb, NULL), s, done);

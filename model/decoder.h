@@ -11,6 +11,7 @@
 
 #include "adapter.h"
 #include "diffusion_sched.h"
+#include "image_params.h"
 #include "unet.h"
 #include "vae.h"
 
@@ -24,10 +25,8 @@ typedef struct {
 } mm_decoder;
 
 typedef struct {
-    int steps;                 /* default 50 */
-    float guidance;            /* <= 1: no guidance (one UNet row per call) */
-    mm_sampler_kind sampler;
-    uint64_t seed;             /* for mm_noise_normal when init_latents is NULL */
+    mm_image_params image;     /* steps, guidance (<= 1: one UNet row per call), sampler, seed (for
+                                  mm_noise_normal when init_latents is NULL) */
     int32_t height, width;     /* pixels, multiples of vae_scale * 2^(UNet blocks - 1); 0: the
                                   UNet's sample_size * vae_scale (512 for SD 1.5), as diffusers */
     const float *init_latents; /* [1, C, h, w] NCHW host (e.g. the reference's noise) or NULL */
@@ -38,7 +37,7 @@ typedef struct {
     void *user;
 } mm_decode_params;
 
-/* Defaults: 50 steps, guidance 7.5, PNDM, seed 0, the model's size. */
+/* Defaults: mm_image_params_default's, the model's size, no callback. */
 void mm_decode_params_default(mm_decode_params *p);
 
 mm_status mm_decoder_load(const char *dir, mm_backend *be, mm_decoder **out);

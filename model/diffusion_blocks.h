@@ -3,7 +3,10 @@
  * and the modules both networks use: ResnetBlock2D, Attention, Transformer2DModel with
  * its BasicTransformerBlock, Downsample2D and Upsample2D. Internal to model/.
  * Activations are backend memory, channels-last: a feature map is [B, H*W, C].
- * Maths only: no files beyond the safetensors handle, no threads. */
+ * Maths only: no files beyond the safetensors handle, no threads.
+ * Prefix mm_dn_ ("dn": diffusers): a module as diffusers defines it (mm_dn_resnet is a
+ * ResnetBlock2D, mm_dn_transformer a Transformer2DModel), shared by unet.c, vae.c and
+ * adapter.c; the networks themselves are mm_unet_, mm_vae_, mm_adapter_. */
 #ifndef MM_DIFFUSION_BLOCKS_H
 #define MM_DIFFUSION_BLOCKS_H
 

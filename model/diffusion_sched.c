@@ -27,7 +27,7 @@ typedef struct {
 } sched_config;
 
 struct mm_diffusion_sched {
-    mm_sampler_kind kind;
+    mm_diffusion_sampler_kind kind;
     sched_config cfg;
     int64_t n; /* latent elements */
     int n_steps;
@@ -48,25 +48,11 @@ struct mm_diffusion_sched {
     int lower_order_nums;
 };
 
-int mm_sampler_parse(const char *name, mm_sampler_kind *out) {
-    static const char *names[] = {"pndm", "ddim", "dpmpp2m"};
-    for (int i = 0; i < 3; i++)
-        if (!strcmp(name, names[i])) {
-            *out = (mm_sampler_kind)i;
-            return 0;
-        }
-    return -1;
-}
-
-const char *mm_sampler_name(mm_sampler_kind k) {
-    return k == MM_SAMPLER_PNDM ? "pndm" : k == MM_SAMPLER_DDIM ? "ddim" : k == MM_SAMPLER_DPMPP2M ? "dpmpp2m" : "?";
-}
-
 /* ---------------------------------------------------------------- config */
 
-static mm_status config_parse(const mm_json *root, const char *file, mm_sampler_kind kind, sched_config *c) {
+static mm_status config_parse(const mm_json *root, const char *file, mm_diffusion_sampler_kind kind, sched_config *c) {
     memset(c, 0, sizeof *c);
-    int dpm = kind == MM_SAMPLER_DPMPP2M;
+    int dpm = kind == MM_DIFFUSION_SAMPLER_DPMPP2M;
     /* defaults of each class's __init__ (diffusers 0.35) */
     CHECK(mm_json_int_in(root, file, "num_train_timesteps", 1000, 2, MAX_TRAIN, &c->num_train_timesteps));
     CHECK(mm_json_num_in(root, file, "beta_start", 0.0001, 0, 1, 0, &c->beta_start));
@@ -75,7 +61,7 @@ static mm_status config_parse(const mm_json *root, const char *file, mm_sampler_
     CHECK(mm_json_str(root, file, "prediction_type", "epsilon", &c->prediction_type));
     CHECK(mm_json_str(root, file, "timestep_spacing", dpm ? "linspace" : "leading", &c->timestep_spacing));
     CHECK(mm_json_int_in(root, file, "steps_offset", 0, 0, MAX_TRAIN - 1, &c->steps_offset));
-    CHECK(mm_json_bool(root, file, "set_alpha_to_one", kind == MM_SAMPLER_DDIM, &c->set_alpha_to_one));
+    CHECK(mm_json_bool(root, file, "set_alpha_to_one", kind == MM_DIFFUSION_SAMPLER_DDIM, &c->set_alpha_to_one));
     CHECK(mm_json_bool(root, file, "skip_prk_steps", 0, &c->skip_prk_steps));
     CHECK(mm_json_bool(root, file, "clip_sample", 1, &c->clip_sample));
     CHECK(mm_json_num_in(root, file, "clip_sample_range", 1.0, 0, 1e6, 1, &c->clip_sample_range));
@@ -101,7 +87,7 @@ static mm_status config_parse(const mm_json *root, const char *file, mm_sampler_
     if (strcmp(c->timestep_spacing, "leading") && strcmp(c->timestep_spacing, "linspace") &&
         strcmp(c->timestep_spacing, "trailing"))
         return MM_ERROR(MM_ERR_UNSUPPORTED, "%s: timestep_spacing '%s' (leading, linspace, trailing)", file, c->timestep_spacing);
-    if (kind == MM_SAMPLER_PNDM && !c->skip_prk_steps)
+    if (kind == MM_DIFFUSION_SAMPLER_PNDM && !c->skip_prk_steps)
         return MM_ERROR(MM_ERR_UNSUPPORTED, "%s: PNDM needs skip_prk_steps true (the PRK warm-up is not implemented)", file);
     if (dpm && (strcmp(c->algorithm_type, "dpmsolver++") || (c->solver_order != 1 && c->solver_order != 2) ||
                 (strcmp(c->solver_type, "midpoint") && strcmp(c->solver_type, "heun")) ||
@@ -149,7 +135,7 @@ static mm_status make_timesteps(mm_diffusion_sched *s) {
     int64_t *t = malloc((size_t)(n + 2) * sizeof *t);
     CHECK(CHECK_ALLOC(t));
     int len = 0;
-    if (s->kind == MM_SAMPLER_DPMPP2M) {
+    if (s->kind == MM_DIFFUSION_SAMPLER_DPMPP2M) {
         /* n + 1 points, reversed, last dropped; last_timestep = N (lambda_min_clipped -inf) */
         if (!strcmp(sp, "linspace")) {
             for (int64_t i = n; i >= 1; i--) t[len++] = np_round(np_linspace((double)(N - 1), n + 1, i));
@@ -177,7 +163,7 @@ static mm_status make_timesteps(mm_diffusion_sched *s) {
             double ratio = (double)N / (double)n;
             for (int64_t i = 0; i < n; i++) ts[n - 1 - i] = np_round((double)N - (double)i * ratio) - 1;
         }
-        if (s->kind == MM_SAMPLER_PNDM) {
+        if (s->kind == MM_DIFFUSION_SAMPLER_PNDM) {
             /* plms: [ts[:-1], ts[-2:-1], ts[-1:]] reversed: the second-to-last repeats */
             int64_t tmp[n + 1];
             int k = 0;
@@ -196,15 +182,17 @@ static mm_status make_timesteps(mm_diffusion_sched *s) {
             free(t);
             return MM_ERROR(MM_ERR_INVALID,
                             "scheduler: %d steps with %s reach timestep %lld, outside the %lld training timesteps "
-                            "(use fewer steps)", s->n_steps, mm_sampler_name(s->kind), bad, (long long)N);
+                            "(use fewer steps)", s->n_steps, mm_diffusion_sampler_name(s->kind), bad, (long long)N);
         }
     s->timesteps = t, s->len = len;
     return MM_OK;
 }
 
-mm_status mm_diffusion_sched_create(const char *dir, mm_sampler_kind kind, int n_steps, int64_t n_elems, mm_diffusion_sched **out) {
-    if (n_steps < 1 || n_steps > 1000 || n_elems <= 0)
-        return MM_ERROR(MM_ERR_INVALID, "scheduler: %d steps (1..1000), %lld elements", n_steps, (long long)n_elems);
+mm_status mm_diffusion_sched_create(const char *dir, mm_diffusion_sampler_kind kind, int n_steps, int64_t n_elems,
+                                    mm_diffusion_sched **out) {
+    if (n_steps < 1 || n_steps > MM_DECODE_MAX_STEPS || n_elems <= 0)
+        return MM_ERROR(MM_ERR_INVALID, "scheduler: %d steps (1..%d), %lld elements", n_steps, MM_DECODE_MAX_STEPS,
+                        (long long)n_elems);
     char file[4096];
     snprintf(file, sizeof file, "%s/scheduler_config.json", dir);
     mm_json *root;
@@ -236,7 +224,7 @@ mm_status mm_diffusion_sched_create(const char *dir, mm_sampler_kind kind, int n
     s->cfg.algorithm_type = NULL;
     s->cfg.solver_type = heun ? "heun" : "midpoint";
     s->cfg.final_sigmas_type = final_min ? "sigma_min" : "zero";
-    if (st == MM_OK && kind == MM_SAMPLER_DPMPP2M) {
+    if (st == MM_OK && kind == MM_DIFFUSION_SAMPLER_DPMPP2M) {
         s->sigmas = malloc((size_t)(s->len + 1) * sizeof(double));
         s->m_prev = calloc((size_t)n_elems, sizeof(float));
         s->m_cur = calloc((size_t)n_elems, sizeof(float));
@@ -250,7 +238,7 @@ mm_status mm_diffusion_sched_create(const char *dir, mm_sampler_kind kind, int n
             s->sigmas[s->len] = final_min ? (float)sqrt((1.0 - a0) / a0) : 0.0;
         }
     }
-    if (st == MM_OK && kind == MM_SAMPLER_PNDM) {
+    if (st == MM_OK && kind == MM_DIFFUSION_SAMPLER_PNDM) {
         for (int i = 0; i < 4 && st == MM_OK; i++) {
             s->ets[i] = calloc((size_t)n_elems, sizeof(float));
             st = CHECK_ALLOC(s->ets[i]);
@@ -392,9 +380,9 @@ static void dpm_step(mm_diffusion_sched *s, const float *eps, float *sample) {
 mm_status mm_diffusion_sched_step(mm_diffusion_sched *s, const float *eps, float *sample) {
     if (s->counter >= s->len) return MM_ERROR(MM_ERR_INVALID, "scheduler: step %d past the last of %d", s->counter, s->len);
     switch (s->kind) {
-    case MM_SAMPLER_PNDM: pndm_step(s, eps, sample); break;
-    case MM_SAMPLER_DDIM: ddim_step(s, eps, sample); break;
-    case MM_SAMPLER_DPMPP2M: dpm_step(s, eps, sample); break;
+    case MM_DIFFUSION_SAMPLER_PNDM: pndm_step(s, eps, sample); break;
+    case MM_DIFFUSION_SAMPLER_DDIM: ddim_step(s, eps, sample); break;
+    case MM_DIFFUSION_SAMPLER_DPMPP2M: dpm_step(s, eps, sample); break;
     default: return MM_ERROR(MM_ERR_INVALID, "scheduler: unknown sampler %d", (int)s->kind);
     }
     s->counter++;

@@ -13,17 +13,13 @@
 #include <stdint.h>
 
 #include "common/status.h"
-
-typedef enum { MM_SAMPLER_PNDM = 0, MM_SAMPLER_DDIM, MM_SAMPLER_DPMPP2M } mm_sampler_kind;
-
-/* "pndm", "ddim", "dpmpp2m" -> kind; returns 0 on success. */
-int mm_sampler_parse(const char *name, mm_sampler_kind *out);
-const char *mm_sampler_name(mm_sampler_kind k);
+#include "image_params.h" /* mm_diffusion_sampler_kind, its names, MM_DECODE_MAX_STEPS */
 
 typedef struct mm_diffusion_sched mm_diffusion_sched;
 
 /* dir: the scheduler/ folder; n_steps inference steps; n_elems: latent size (elements). */
-mm_status mm_diffusion_sched_create(const char *dir, mm_sampler_kind kind, int n_steps, int64_t n_elems, mm_diffusion_sched **out);
+mm_status mm_diffusion_sched_create(const char *dir, mm_diffusion_sampler_kind kind, int n_steps, int64_t n_elems,
+                                    mm_diffusion_sched **out);
 void mm_diffusion_sched_free(mm_diffusion_sched *s);
 
 /* The model is called once per entry of the timestep list (PNDM repeats one timestep). */
@@ -32,8 +28,8 @@ int64_t mm_diffusion_sched_timestep(const mm_diffusion_sched *s, int i);
 /* Advances sample[n_elems] in place by one call's model output eps[n_elems]. */
 mm_status mm_diffusion_sched_step(mm_diffusion_sched *s, const float *eps, float *sample);
 
-/* Standard normal noise: uniforms from mm_rng_seed(seed) / mm_rng_uniform (kernels/
- * backend.h), taken in pairs (u1, u2) with u1 -> 1 - u1 in (0, 1], then Box-Muller:
+/* Standard normal noise: uniforms from mm_rng_seed(seed) / mm_rng_uniform (common/
+ * rng.h), taken in pairs (u1, u2) with u1 -> 1 - u1 in (0, 1], then Box-Muller:
  * z0 = sqrt(-2 ln u1) cos(2 pi u2), z1 = sqrt(-2 ln u1) sin(2 pi u2), written in order.
  * The same seed gives the same latents on every machine and backend. */
 void mm_noise_normal(uint64_t seed, int64_t n, float *out);

@@ -10,6 +10,11 @@
 
 #include "kernels/backend.h"
 
+/* Tokens per KV block in the service (the kv_block_size tunable can only be this: one
+ * block table serves all stages) and in the tools, tests and benchmarks that mirror it.
+ * The cache itself takes any block size. */
+#define MM_KV_BLOCK_SIZE 16
+
 typedef struct {
     mm_backend *be;
     int32_t n_layers, n_blocks, block_size, n_kv_heads, head_dim;

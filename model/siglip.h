@@ -88,8 +88,9 @@ mm_status mm_siglip_encode(mm_siglip *m, const float *pixels, int64_t B, int32_t
                            float *tokens);
 
 /* Image file bytes (PNG/JPEG, untrusted) -> tokens [n_tokens, hidden] (host): decode
- * within lim (NULL: defaults), preprocess, encode, reduce, L2-normalise. What the
- * encoder pool and the in-process encoder both run, so their tokens are identical.
+ * within lim (NULL: defaults), preprocess, encode, reduce, L2-normalise. What every
+ * mm-encoder runs for the encoder pool (and the tests run in process to check its
+ * tokens bit for bit).
  * pixels: [3, S, S] host scratch, S = cfg.image_size. Bad images give FORMAT, INVALID
  * or UNSUPPORTED with a message saying why. */
 mm_status mm_siglip_encode_image_bytes(mm_siglip *m, const void *data, size_t len, const mm_image_limits *lim,

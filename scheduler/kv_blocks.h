@@ -1,4 +1,4 @@
-/* The coordinator's KV block manager: decides which 16-token blocks each sequence
+/* The coordinator's KV block manager: decides which MM_KV_BLOCK_SIZE-token blocks each sequence
  * owns. Every stage holds the same number of blocks for its own layers, so this one
  * table serves all stages (they never allocate). The free list itself is model/
  * kv_cache.c's allocator, used with zero layers: one allocator, no cache memory here. */

@@ -10,6 +10,8 @@
 
 int mm_test_passed, mm_test_failed;
 
+int mm_test_has(const char *s, const char *needle) { return !needle || strstr(s, needle) != NULL; }
+
 int mm_test_finish(const char *name) {
     printf("%s: %d passed, %d failed\n", name, mm_test_passed, mm_test_failed);
     return mm_test_failed ? 1 : 0;

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "common/status.h"
+
 extern int mm_test_passed, mm_test_failed;
 
 #define EXPECT(cond, ...)                                                                          \
@@ -20,6 +22,19 @@ extern int mm_test_passed, mm_test_failed;
             fprintf(stderr, __VA_ARGS__);                                                          \
             fprintf(stderr, "\n");                                                                 \
         }                                                                                          \
+    } while (0)
+
+/* Does s contain needle? (A NULL needle: yes.) */
+int mm_test_has(const char *s, const char *needle);
+
+/* The status and message of a failed call: code, and the message names both strings
+ * (either may be NULL). */
+#define EXPECT_ERR(rc_expr, code, name1, name2)                                                    \
+    do {                                                                                           \
+        mm_status rc_ = (rc_expr);                                                                 \
+        const char *msg_ = mm_error_last();                                                        \
+        EXPECT(rc_ == (code) && mm_test_has(msg_, name1) && mm_test_has(msg_, name2),              \
+               "got %s, want %s; message: %s", mm_status_str(rc_), mm_status_str(code), msg_);     \
     } while (0)
 
 /* Prints the summary and returns the process exit code (0 when nothing failed). */

@@ -5,22 +5,18 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
+
 #define TTY_PERIOD_S 0.1
 #define LOG_PERIOD_S 5.0
 #define BAR_WIDTH 24
 
-static double monotonic_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
 void batch_progress_init(batch_progress *p, FILE *out, size_t total, size_t skipped) {
     *p = (batch_progress){.out = out, .tty = isatty(fileno(out)), .total = total, .skipped = skipped};
-    p->t_start = p->t_last = monotonic_s();
+    p->t_start = p->t_last = mm_now_s();
 }
 
-double batch_progress_elapsed(const batch_progress *p) { return monotonic_s() - p->t_start; }
+double batch_progress_elapsed(const batch_progress *p) { return mm_now_s() - p->t_start; }
 
 /* "1h02m", "3m05s", "42s" */
 static void format_duration(char *buf, size_t cap, double s) {
@@ -31,7 +27,7 @@ static void format_duration(char *buf, size_t cap, double s) {
 }
 
 void batch_progress_draw(batch_progress *p, int force) {
-    double now = monotonic_s();
+    double now = mm_now_s();
     if (!force && now - p->t_last < (p->tty ? TTY_PERIOD_S : LOG_PERIOD_S)) return;
     p->t_last = now;
     size_t finished = p->skipped + p->ok + p->failed, run = p->ok + p->failed;

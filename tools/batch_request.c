@@ -7,6 +7,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "generate_request.h"
+
 /* Larger than any service's gRPC receive limit: a file over it is surely a mistake. */
 #define MAX_IMAGE_FILE_BYTES ((size_t)1 << 30)
 
@@ -37,43 +39,27 @@ static mm_status read_image_file(const char *path, uint8_t **data, size_t *len) 
 }
 
 mm_status batch_request_pack(const batch_item *it, uint8_t **buf, size_t *len) {
-    size_t n_parts = it->n_images + 1;
-    Metamorph__V1__ContentPart *parts = calloc(n_parts, sizeof *parts); /* [n_images + 1]: images, then text */
-    Metamorph__V1__ContentPart **part_ptrs = calloc(n_parts, sizeof *part_ptrs);
-    mm_status s = parts && part_ptrs ? MM_OK : MM_ERROR(MM_ERR_NOMEM, "out of memory");
+    uint8_t **images = calloc(it->n_images ? it->n_images : 1, sizeof *images); /* [n_images] */
+    size_t *lens = calloc(it->n_images ? it->n_images : 1, sizeof *lens);
+    mm_status s = images && lens ? MM_OK : MM_ERROR(MM_ERR_NOMEM, "out of memory");
     size_t n_read = 0;
     for (; s == MM_OK && n_read < it->n_images; n_read++) {
-        metamorph__v1__content_part__init(&parts[n_read]);
-        parts[n_read].kind_case = METAMORPH__V1__CONTENT_PART__KIND_IMAGE;
         if (it->image_data) { /* a shard member, read with its shard: lent, not copied */
-            parts[n_read].image.data = it->image_data, parts[n_read].image.len = it->image_len;
+            images[n_read] = it->image_data, lens[n_read] = it->image_len;
         } else {
-            s = read_image_file(it->image_paths[n_read], &parts[n_read].image.data, &parts[n_read].image.len);
+            s = read_image_file(it->image_paths[n_read], &images[n_read], &lens[n_read]);
         }
         if (s != MM_OK) break;
-        part_ptrs[n_read] = &parts[n_read];
     }
     if (s == MM_OK) {
-        Metamorph__V1__ContentPart *text = &parts[it->n_images];
-        metamorph__v1__content_part__init(text);
-        text->kind_case = METAMORPH__V1__CONTENT_PART__KIND_TEXT;
-        text->text = it->prompt;
-        part_ptrs[it->n_images] = text;
-        Metamorph__V1__ChatMessage msg = METAMORPH__V1__CHAT_MESSAGE__INIT, *msgs[1] = {&msg};
-        msg.role = (char *)"user";
-        msg.n_parts = n_parts, msg.parts = part_ptrs;
         Metamorph__V1__SamplingParams sampling = it->sampling;
         Metamorph__V1__ImageParams image = it->image;
-        Metamorph__V1__GenerateRequest req = METAMORPH__V1__GENERATE_REQUEST__INIT;
-        req.n_messages = 1, req.messages = msgs;
-        req.sampling = &sampling, req.image = &image;
-        req.generate_image = it->task == BATCH_TASK_GENERATE;
-        *len = metamorph__v1__generate_request__get_packed_size(&req);
-        *buf = malloc(*len ? *len : 1);
-        if (*buf) metamorph__v1__generate_request__pack(&req, *buf);
-        else s = MM_ERROR(MM_ERR_NOMEM, "out of memory packing a request of %zu bytes", *len);
+        mm_generate_args a = {.prompt = it->prompt, .images = (const uint8_t *const *)images, .image_lens = lens,
+                              .n_images = it->n_images, .sampling = &sampling, .image = &image,
+                              .generate_image = it->task == BATCH_TASK_GENERATE};
+        s = mm_generate_request_pack(&a, buf, len);
     }
-    for (size_t i = 0; parts && i < n_read && !it->image_data; i++) free(parts[i].image.data);
-    free(parts), free(part_ptrs);
+    for (size_t i = 0; images && i < n_read && !it->image_data; i++) free(images[i]);
+    free(images), free(lens);
     return s;
 }

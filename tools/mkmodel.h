@@ -7,9 +7,7 @@
 
 #include "common/dtype.h"
 
-/* xorshift64* step */
-uint64_t rng_next(uint64_t *s);
-/* n values of dtype dt: 1 when is_norm, else uniform with std 0.02 */
+/* n values of dtype dt: 1 when is_norm, else uniform with std 0.02 (rng: common/rng.h) */
 void fill(void *data, mm_dtype dt, int64_t n, int is_norm, uint64_t *rng);
 
 /* Writes an HF SigLIP vision checkpoint (config.json, preprocessor_config.json,

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/runtime.h"
 #include "common/png_encode.h"
 #include "model/decoder.h"
@@ -25,12 +26,6 @@ static void usage(FILE *f) {
                "                 [--backend cpu|cpu-ref] --out IMAGE.png\n");
 }
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 typedef struct {
     double t0;
     int tty;
@@ -39,7 +34,7 @@ typedef struct {
 /* Draws the bar; never stops the sampling (0). */
 static int progress(void *user, int i, int n) {
     progress_state *p = user;
-    double el = now_s() - p->t0;
+    double el = mm_now_s() - p->t0;
     int width = 30, fill = n ? i * width / n : width;
     char bar[64];
     for (int k = 0; k < width; k++) bar[k] = k < fill ? '#' : '.';
@@ -72,13 +67,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--tokens")) tokens_path = v;
         else if (!strcmp(a, "--out")) out = v;
         else if (!strcmp(a, "--backend")) backend = v;
-        else if (!strcmp(a, "--steps")) p.steps = (int)strtol(v, &end, 10);
-        else if (!strcmp(a, "--guidance")) p.guidance = strtof(v, &end);
-        else if (!strcmp(a, "--seed")) p.seed = strtoull(v, &end, 10);
+        else if (!strcmp(a, "--steps")) p.image.steps = (int32_t)strtol(v, &end, 10);
+        else if (!strcmp(a, "--guidance")) p.image.guidance = strtof(v, &end);
+        else if (!strcmp(a, "--seed")) p.image.seed = strtoull(v, &end, 10);
         else if (!strcmp(a, "--size")) p.height = p.width = (int32_t)strtol(v, &end, 10);
         else if (!strcmp(a, "--threads")) threads = (int)strtol(v, &end, 10);
         else if (!strcmp(a, "--sampler")) {
-            if (mm_sampler_parse(v, &p.sampler) != 0) {
+            if (mm_diffusion_sampler_parse(v, &p.image.sampler) != 0) {
                 fprintf(stderr, "mm-decode: unknown sampler '%s' (pndm, ddim, dpmpp2m)\n", v);
                 return 2;
             }
@@ -121,15 +116,15 @@ int main(int argc, char **argv) {
         fprintf(stderr, "mm-decode: out of memory for a %dx%d image\n", W, H);
         goto done;
     }
-    progress_state ps = {.t0 = now_s(), .tty = isatty(2)};
+    progress_state ps = {.t0 = mm_now_s(), .tty = isatty(2)};
     p.progress = progress, p.user = &ps;
     fprintf(stderr, "mm-decode: %lld tokens, %s, %d steps, guidance %.2f, %dx%d, backend %s\n", (long long)n,
-            mm_sampler_name(p.sampler), p.steps, p.guidance, W, H, be->ops->name);
+            mm_diffusion_sampler_name(p.image.sampler), p.image.steps, p.image.guidance, W, H, be->ops->name);
     if (mm_decoder_generate(d, tokens, n, &p, rgb, NULL) != MM_OK || mm_png_write_file(out, rgb, W, H) != MM_OK) {
         fprintf(stderr, "mm-decode: %s\n", mm_error_last());
         goto done;
     }
-    fprintf(stderr, "mm-decode: wrote %s in %.1f s\n", out, now_s() - ps.t0);
+    fprintf(stderr, "mm-decode: wrote %s in %.1f s\n", out, mm_now_s() - ps.t0);
     rc = 0;
 done:
     free(tokens), free(rgb);

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "common/dtype.h"
+#include "common/rng.h"
 #include "common/safetensors.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
@@ -36,18 +37,11 @@ typedef struct {
     int is_norm;
 } tensor_spec;
 
-uint64_t rng_next(uint64_t *s) {
-    uint64_t x = *s;
-    x ^= x >> 12, x ^= x << 25, x ^= x >> 27;
-    *s = x;
-    return x * 0x2545F4914F6CDD1Dull;
-}
-
 /* Fills a tensor: norms are 1, matrices uniform in [-a, a] with a = sqrt(3)*0.02 (std 0.02). */
 void fill(void *data, mm_dtype dt, int64_t n, int is_norm, uint64_t *rng) {
     const float a = 0.0346410162f;
     for (int64_t i = 0; i < n; i++) {
-        float v = is_norm ? 1.0f : ((float)(rng_next(rng) >> 40) / 16777216.0f * 2.0f - 1.0f) * a;
+        float v = is_norm ? 1.0f : (mm_rng_uniform(rng) * 2.0f - 1.0f) * a;
         if (dt == MM_DTYPE_F32) ((float *)data)[i] = v;
         else if (dt == MM_DTYPE_BF16) ((uint16_t *)data)[i] = mm_f32_to_bf16(v);
         else ((uint16_t *)data)[i] = mm_f32_to_f16(v);

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/runtime.h"
 #include "common/log.h"
 #include "kernels/backend.h"
@@ -106,12 +107,6 @@ static int parse_args(int argc, char **argv, run_args *a) {
 bad:
     fprintf(stderr, "mm-run: bad value '%s'\n", optarg);
     return -1;
-}
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
 /* Prompt ids: the chat template (images, then the text, as inference/demo.py lays them
@@ -242,14 +237,14 @@ static mm_status run(const run_args *a) {
     }
     mm_dtype kv_dtype;
     CHECK_GOTO(mm_llama_kv_dtype_parse(m, a->kv_dtype, &kv_dtype), s, out);
-    CHECK_GOTO(mm_kv_cache_init_typed(be, cfg->n_layers, mm_kv_cache_blocks_for(total, 16), 16, cfg->n_kv_heads,
+    CHECK_GOTO(mm_kv_cache_init_typed(be, cfg->n_layers, mm_kv_cache_blocks_for(total, MM_KV_BLOCK_SIZE), MM_KV_BLOCK_SIZE, cfg->n_kv_heads,
                                       cfg->head_dim, kv_dtype, &kv), s, out);
     logits = malloc((size_t)cfg->vocab_size * sizeof *logits);
     CHECK_GOTO(CHECK_ALLOC(logits), s, out);
 
     printer pr = {.tok = tok, .cfg = cfg, .print_ids = a->print_ids};
     mm_detok_init(&pr.detok, 1);
-    double t0 = now_s(), t1;
+    double t0 = mm_now_s(), t1;
     if (mm) {
         /* MetaMorph generation: text, and image mode after <image_start> */
         mm_metamorph_gen g = {&sampler, a->max_tokens, print_token, print_image, &pr};
@@ -263,7 +258,7 @@ static mm_status run(const run_args *a) {
         const int32_t *toks[1] = {prompt};
         int32_t counts[1] = {(int32_t)n_prompt};
         CHECK_GOTO(mm_llama_eval(m, kv, seqs, toks, counts, 1, 0, logits), s, out);
-        t1 = now_s();
+        t1 = mm_now_s();
         for (int n_gen = 0; n_gen < a->max_tokens;) {
             int32_t id;
             CHECK_GOTO(mm_sampler_pick(&sampler, be, logits, cfg->vocab_size, &id), s, out);
@@ -274,7 +269,7 @@ static mm_status run(const run_args *a) {
             CHECK_GOTO(mm_llama_eval(m, kv, seqs, toks, counts, 1, 0, logits), s, out);
         }
     }
-    double t2 = now_s();
+    double t2 = mm_now_s();
     if (!a->print_ids) {
         char text[64];
         int w = mm_detok_flush(&pr.detok, text, sizeof text);

@@ -20,6 +20,7 @@
 #include "common/safetensors.h"
 #include "proto/health.pb-c.h"
 #include "proto/metamorph.pb-c.h"
+#include "tools/generate_request.h"
 #include "tools/mm_client.h"
 #include "tools/mmctl_batch.h"
 
@@ -231,7 +232,7 @@ static int cmd_generate(mm_client *cl, double timeout, int argc, char **argv) {
         {0, 0, 0, 0}};
     Metamorph__V1__SamplingParams sp = METAMORPH__V1__SAMPLING_PARAMS__INIT;
     Metamorph__V1__ImageParams ip = METAMORPH__V1__IMAGE_PARAMS__INIT;
-    Metamorph__V1__GenerateRequest req = METAMORPH__V1__GENERATE_REQUEST__INIT;
+    mm_generate_args req = {.sampling = &sp, .image = &ip};
     const char *prompt = NULL, *images[MAX_IMAGES];
     char *stops[16];
     int n_images = 0, stream = 0;
@@ -266,31 +267,22 @@ static int cmd_generate(mm_client *cl, double timeout, int argc, char **argv) {
         return EXIT_USAGE;
     }
     sp.stop = stops;
-    Metamorph__V1__ContentPart parts[MAX_IMAGES + 1], *pp[MAX_IMAGES + 1];
     uint8_t *datas[MAX_IMAGES] = {0};
+    size_t lens[MAX_IMAGES];
     for (int i = 0; i < n_images; i++) {
-        size_t len;
-        if (read_file(images[i], &datas[i], &len)) {
+        if (read_file(images[i], &datas[i], &lens[i])) {
             fprintf(stderr, "mmctl: cannot read %s: %s\n", images[i], strerror(errno));
             return EXIT_USAGE;
         }
-        metamorph__v1__content_part__init(&parts[i]);
-        parts[i].kind_case = METAMORPH__V1__CONTENT_PART__KIND_IMAGE;
-        parts[i].image.data = datas[i], parts[i].image.len = len;
-        pp[i] = &parts[i];
     }
-    metamorph__v1__content_part__init(&parts[n_images]);
-    parts[n_images].kind_case = METAMORPH__V1__CONTENT_PART__KIND_TEXT;
-    parts[n_images].text = (char *)prompt;
-    pp[n_images] = &parts[n_images];
-    Metamorph__V1__ChatMessage msg = METAMORPH__V1__CHAT_MESSAGE__INIT, *msgs[1] = {&msg};
-    msg.role = (char *)"user";
-    msg.n_parts = (size_t)n_images + 1, msg.parts = pp;
-    req.n_messages = 1, req.messages = msgs;
-    req.sampling = &sp, req.image = &ip;
-    size_t len = metamorph__v1__generate_request__get_packed_size(&req);
-    uint8_t *buf = malloc(len ? len : 1);
-    metamorph__v1__generate_request__pack(&req, buf);
+    req.prompt = prompt, req.images = (const uint8_t *const *)datas, req.image_lens = lens;
+    req.n_images = (size_t)n_images;
+    uint8_t *buf;
+    size_t len;
+    if (mm_generate_request_pack(&req, &buf, &len) != MM_OK) {
+        for (int i = 0; i < n_images; i++) free(datas[i]);
+        return fail(8 /* RESOURCE_EXHAUSTED */, mm_error_last());
+    }
     char err[512];
     int code = mm_client_call(cl, stream ? "/metamorph.v1.MetaMorph/GenerateStream" : "/metamorph.v1.MetaMorph/Generate",
                               buf, len, timeout, stream ? on_event : on_unary, &g, err, sizeof err);

@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/rng.h"
 #include "tools/batch_input.h"
 #include "tools/batch_progress.h"
 #include "tools/batch_request.h"
@@ -141,17 +142,12 @@ static int retryable(int code) {
     return code == 8 /* RESOURCE_EXHAUSTED */ || code == 14 /* UNAVAILABLE */ || code == 4 /* DEADLINE_EXCEEDED */;
 }
 
-static uint64_t rng_next(uint64_t *s) {
-    *s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;
-    return *s;
-}
-
 /* Exponential backoff with jitter: before attempt a+1, sleep in [d/2, d], d = min(cap, base 2^(a-1)). */
 static void backoff_sleep(int attempt, uint64_t *rng) {
     double d = BACKOFF_BASE_MS;
     for (int i = 1; i < attempt && d < BACKOFF_CAP_MS; i++) d *= 2;
     if (d > BACKOFF_CAP_MS) d = BACKOFF_CAP_MS;
-    double ms = d * (0.5 + 0.5 * (double)(rng_next(rng) >> 11) / 9007199254740992.0);
+    double ms = d * (0.5 + 0.5 * (double)(mm_rng_next(rng) >> 11) / 9007199254740992.0);
     struct timespec ts = {(time_t)(ms / 1000), (long)(ms - 1000 * (double)(long)(ms / 1000)) * 1000000L};
     while (nanosleep(&ts, &ts) && errno == EINTR) {
     }

@@ -3,12 +3,12 @@
  *
  *   mm-decoder --model DIR --connect ENDPOINT [shared flags]
  *
- * JOB header: n_tokens, dim, steps, guidance (0: the model default), sampler ("": the
- * default), seed; payload f32 [n_tokens, dim]. RESULT payload: the PNG at the model's
- * default size, byte for byte what `mm-decode` writes for the same tokens and
- * parameters (same mm_decoder_generate, same mm_png_encode). DIR is a model root
- * (metamorph.json naming its decoder/) or a decoder directory. A CANCEL stops the job
- * between two UNet steps. Wiring only. */
+ * JOB header: n_tokens, dim, steps, guidance (0: the default), sampler ("": the default),
+ * seed (model/image_params.h holds the defaults and limits); payload f32 [n_tokens, dim].
+ * RESULT payload: the PNG at the model's default size, byte for byte what `mm-decode`
+ * writes for the same tokens and parameters (same mm_decoder_generate, same
+ * mm_png_encode). DIR is a model root (metamorph.json naming its decoder/) or a decoder
+ * directory. A CANCEL stops the job between two UNet steps. Wiring only. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,8 +19,6 @@
 #include "model/decoder.h"
 #include "model/manifest.h"
 #include "pool_worker.h"
-
-#define MAX_STEPS 1000
 
 static void usage(FILE *f) {
     fprintf(f, "usage: mm-decoder --model DIR --connect ENDPOINT [options]\n"
@@ -37,15 +35,15 @@ static mm_status job_params(const mm_decoder *d, const Metamorph__Internal__Pool
     if (len != (size_t)job->n_tokens * (size_t)D * sizeof(float))
         return MM_ERROR(MM_ERR_INVALID, "payload of %zu bytes, f32 [%d, %d] needs %zu", len, job->n_tokens, D,
                         (size_t)job->n_tokens * (size_t)D * sizeof(float));
-    if (job->steps <= 0 || job->steps > MAX_STEPS)
-        return MM_ERROR(MM_ERR_INVALID, "steps %d outside 1..%d", job->steps, MAX_STEPS);
+    if (job->steps <= 0 || job->steps > MM_DECODE_MAX_STEPS)
+        return MM_ERROR(MM_ERR_INVALID, "steps %d outside 1..%d", job->steps, MM_DECODE_MAX_STEPS);
     if (!isfinite(job->guidance)) return MM_ERROR(MM_ERR_INVALID, "guidance is not a finite number");
     mm_decode_params_default(p);
-    p->steps = job->steps;
-    if (job->guidance != 0.0f) p->guidance = job->guidance;
-    if (job->sampler[0] && mm_sampler_parse(job->sampler, &p->sampler) != 0)
+    p->image.steps = job->steps;
+    if (job->guidance != 0.0f) p->image.guidance = job->guidance;
+    if (job->sampler[0] && mm_diffusion_sampler_parse(job->sampler, &p->image.sampler) != 0)
         return MM_ERROR(MM_ERR_INVALID, "unknown sampler '%.32s' (pndm, ddim, dpmpp2m)", job->sampler);
-    p->seed = job->seed;
+    p->image.seed = job->seed;
     return MM_OK;
 }
 

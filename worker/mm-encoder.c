@@ -3,9 +3,9 @@
  *
  *   mm-encoder --model DIR --connect ENDPOINT [--max-side PIXELS] [shared flags]
  *
- * JOB payload: PNG/JPEG bytes (untrusted) -> RESULT payload f32 [n_tokens, dim], the
- * same function as the in-process encoder (mm_siglip_encode_image_bytes), so the tokens
- * are bit-identical. DIR is a model root or a SigLIP directory, loaded by
+ * JOB payload: PNG/JPEG bytes (untrusted) -> RESULT payload f32 [n_tokens, dim] from
+ * mm_siglip_encode_image_bytes, the function the tests also run in process, so the
+ * tokens are bit-identical. DIR is a model root or a SigLIP directory, loaded by
  * mm_vision_tower_load (the select layer and token count of the config). Wiring only. */
 #include <stdlib.h>
 #include <string.h>

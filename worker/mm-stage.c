@@ -10,22 +10,17 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/runtime.h"
 #include "common/log.h"
 #include "kernels/cuda/backend_cuda.h"
 #include "model/manifest.h"
-#include "pipeline_mpi.h"
-#include "scheduler/stage_split.h"
+#include "pipeline/pipeline_mpi.h"
+#include "pipeline/stage_split.h"
 #include "stage.h"
 
 #define STATS_EVERY_MS 250.0
 #define STATS_IDLE_MS 10.0
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
-}
 
 /* Packs any protobuf-c message and sends it to the coordinator (rank 0) under tag. */
 static mm_status send_packed(const ProtobufCMessage *msg, int tag) {
@@ -85,7 +80,7 @@ static mm_status stage_load(const char *cfg_path, const char *backend, int rank,
 /* Runs plans until SHUTDOWN. A failed step is reported to rank 0 and ends the loop:
  * the pipeline is out of step after it, so the coordinator takes it down. */
 static mm_status serve(mm_stage *st, int rank) {
-    double last_stats = now_ms();
+    double last_stats = mm_now_ms();
     for (;;) {
         uint8_t *buf;
         size_t len;
@@ -126,10 +121,10 @@ static mm_status serve(mm_stage *st, int rank) {
         int plan_waiting = 0;
         if (MPI_Iprobe(0, MPI_ANY_TAG, MPI_COMM_WORLD, &plan_waiting, MPI_STATUS_IGNORE) != MPI_SUCCESS)
             return MM_ERROR(MM_ERR_IO, "rank %d: MPI_Iprobe failed", rank);
-        double since = now_ms() - last_stats;
+        double since = mm_now_ms() - last_stats;
         if (since >= STATS_EVERY_MS || (!plan_waiting && since >= STATS_IDLE_MS)) {
             CHECK(send_stats(st, rank));
-            last_stats = now_ms();
+            last_stats = mm_now_ms();
         }
     }
 }

@@ -20,6 +20,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 
 #define BACKOFF_FIRST_MS 100
@@ -61,12 +62,6 @@ typedef Metamorph__Internal__PoolHeader pool_header;
 static volatile sig_atomic_t g_stop;
 
 static void on_stop(int sig) { g_stop = 1; }
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
-}
 
 /* ---------------------------------------------------------------- flags */
 
@@ -284,7 +279,7 @@ static void send_coordinator(socket_side *ss, const pool_header *h, zmq_msg_t *p
     if (ok && payload) ok = zmq_msg_send(payload, ss->dealer, ZMQ_DONTWAIT) >= 0;
     zmq_msg_close(&m);
     if (!ok) LOG_WARN("%s: message to the coordinator dropped: %s", ss->c->name, zmq_strerror(errno));
-    else ss->last_sent = now_ms();
+    else ss->last_sent = mm_now_ms();
 }
 
 /* An error RESULT sent from here (a job refused, or skipped on CANCEL). */
@@ -330,7 +325,7 @@ static mm_status dealer_open(socket_side *ss) {
     }
     ss->dealer = s;
     ss->joined = 0;
-    ss->last_heard = now_ms();
+    ss->last_heard = mm_now_ms();
     ss->connects++;
     pool_header h;
     header_start(ss, METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_READY, &h);
@@ -377,7 +372,7 @@ static void dispatch_job(socket_side *ss, const pool_header *h, zmq_msg_t *f, in
         refuse_job(ss, h->job_id, MM_ERR_NOMEM, "out of memory queueing the job");
         return;
     }
-    t->job_id = h->job_id, t->epoch = ss->epoch, t->queued_at = now_ms();
+    t->job_id = h->job_id, t->epoch = ss->epoch, t->queued_at = mm_now_ms();
     atomic_init(&t->state, TICKET_QUEUED);
     atomic_init(&t->cancel, 0);
     if (send_tag(ss->pair, ss->epoch, PAIR_JOB, t, 1) != 0 || zmq_msg_send(&f[0], ss->pair, ZMQ_SNDMORE) < 0 ||
@@ -429,7 +424,7 @@ static void on_coordinator(socket_side *ss) {
     zmq_msg_t f[2];
     int n;
     while (ss->dealer && (n = recv_parts(ss->dealer, f, 2)) > 0) {
-        ss->last_heard = now_ms();
+        ss->last_heard = mm_now_ms();
         if (!ss->joined) {
             ss->joined = 1, ss->backoff_ms = BACKOFF_FIRST_MS;
             LOG_INFO("%s joined the %s pool at %s (capacity %d, heartbeat %d ms%s)", ss->c->name, ss->sh->pool,
@@ -468,7 +463,7 @@ static void on_results(socket_side *ss) {
         if (t.kind == PAIR_RESULT && !answered && ss->dealer && !g_stop) {
             int ok = zmq_msg_send(&f[1], ss->dealer, ZMQ_DONTWAIT | ZMQ_SNDMORE) >= 0 &&
                      zmq_msg_send(&f[2], ss->dealer, ZMQ_DONTWAIT) >= 0;
-            if (ok) ss->last_sent = now_ms();
+            if (ok) ss->last_sent = mm_now_ms();
             else LOG_WARN("%s: result dropped: %s", ss->c->name, zmq_strerror(errno));
         }
         close_parts(f, 3);
@@ -500,7 +495,7 @@ static void *socket_main(void *arg) {
     if (sh->socket_status != MM_OK) goto out;
     LOG_INFO("%s: %s pool worker connecting to %s", ss.c->name, sh->pool, ss.c->connect);
     while (!g_stop) {
-        double now = now_ms();
+        double now = mm_now_ms();
         if (!ss.dealer && now >= ss.reconnect_at) {
             if (dealer_open(&ss) != MM_OK) {
                 LOG_ERROR("%s: %s", ss.c->name, mm_error_last());
@@ -519,7 +514,7 @@ static void *socket_main(void *arg) {
             ss.last_sent = now; /* also when dropped: a full queue is no reason to spin */
         }
         zmq_pollitem_t items[2] = {{ss.pair, 0, ZMQ_POLLIN, 0}, {ss.dealer, 0, ZMQ_POLLIN, 0}};
-        int rc = zmq_poll(items, ss.dealer ? 2 : 1, poll_timeout(&ss, now_ms()));
+        int rc = zmq_poll(items, ss.dealer ? 2 : 1, poll_timeout(&ss, mm_now_ms()));
         if (rc < 0) {
             if (errno != EINTR) LOG_ERROR("%s: zmq_poll: %s", ss.c->name, zmq_strerror(errno));
             continue;
@@ -561,7 +556,7 @@ static void free_payload(void *data, void *hint) { free(data); }
  * RESULT back over the PAIR. */
 static void compute_one(const pool_shared *sh, mm_pool_job_fn job, void *user, void *pair, uint32_t epoch, ticket *t,
                         zmq_msg_t *f, job_counts *counts) {
-    double t0 = now_ms();
+    double t0 = mm_now_ms();
     LOG_INFO("%s job %llu started (queued %.0f ms)", sh->pool, (unsigned long long)t->job_id, t0 - t->queued_at);
     mm_pool_output out = {0};
     pool_header *in = metamorph__internal__pool_header__unpack(NULL, zmq_msg_size(&f[0]), zmq_msg_data(&f[0]));
@@ -579,12 +574,12 @@ static void compute_one(const pool_shared *sh, mm_pool_job_fn job, void *user, v
         h.n_tokens = out.n_tokens, h.dim = out.dim, h.width = out.width, h.height = out.height;
         counts->done++;
         LOG_INFO("%s job %llu done in %.0f ms, %zu bytes (%llu done, %llu failed)", sh->pool,
-                 (unsigned long long)h.job_id, now_ms() - t0, out.len, (unsigned long long)counts->done,
+                 (unsigned long long)h.job_id, mm_now_ms() - t0, out.len, (unsigned long long)counts->done,
                  (unsigned long long)counts->failed);
     } else {
         if (s == MM_ERR_CANCELLED)
             LOG_INFO("%s job %llu stopped after %.0f ms: %s (%llu cancelled)", sh->pool, (unsigned long long)h.job_id,
-                     now_ms() - t0, mm_error_without_location(mm_error_last()), (unsigned long long)++counts->cancelled);
+                     mm_now_ms() - t0, mm_error_without_location(mm_error_last()), (unsigned long long)++counts->cancelled);
         else
             LOG_INFO("%s job %llu failed: %s (%llu done, %llu failed)", sh->pool, (unsigned long long)h.job_id,
                      mm_error_last(), (unsigned long long)counts->done, (unsigned long long)++counts->failed);

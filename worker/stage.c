@@ -7,13 +7,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "model/manifest.h"
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
-}
 
 /* The MetaMorph heads (both, on the first and on the last stage: they are small) and
  * the buffers of MM_STAGE_VISUAL_CHUNK visual rows. */
@@ -273,7 +268,7 @@ mm_status mm_stage_run(mm_stage *st, const Metamorph__Internal__StepPlan *plan, 
     CHECK(layout_rows(st, plan, &M));
     const size_t n = (size_t)M * (size_t)st->llm->cfg.dim;
     if (M > 0 && !st->first) CHECK(st->tr->ops->recv(st->tr, st->prev, st->x, n));
-    double t0 = now_ms();
+    double t0 = mm_now_ms();
     if (M > 0) {
         if (st->first) CHECK(embed_rows(st, plan, M));
         mm_llama_batch b = {M, st->pos, st->slots, st->rows};
@@ -282,9 +277,9 @@ mm_status mm_stage_run(mm_stage *st, const Metamorph__Internal__StepPlan *plan, 
     if (st->last) {
         res->step_id = plan->step_id;
         CHECK(finish_rows(st, plan, res));
-        res->busy_ms = now_ms() - t0;
+        res->busy_ms = mm_now_ms() - t0;
     }
-    st->busy_ms += now_ms() - t0;
+    st->busy_ms += mm_now_ms() - t0;
     st->steps++;
     if (M > 0 && !st->last) CHECK(st->tr->ops->send(st->tr, st->next, st->x, n));
     return MM_OK;

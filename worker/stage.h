@@ -11,8 +11,8 @@
 
 #include "model/llama.h"
 #include "model/metamorph.h"
+#include "pipeline/serve_config.h"
 #include "proto/internal.pb-c.h"
-#include "scheduler/serve_config.h"
 #include "transport.h"
 
 /* Visual rows are projected / predicted this many at a time (one image's worth): on the

@@ -1,7 +1,7 @@
 /* The MPI activation transport (host memory): one message per micro-batch per hop. */
 #include <stdlib.h>
 
-#include "pipeline_mpi.h"
+#include "pipeline/pipeline_mpi.h"
 #include "transport.h"
 
 static mm_status mpi_send(mm_transport *t, int peer, const float *x, size_t n) {
@@ -11,7 +11,7 @@ static mm_status mpi_send(mm_transport *t, int peer, const float *x, size_t n) {
 static mm_status mpi_recv(mm_transport *t, int peer, float *x, size_t n) {
     if (n * sizeof(float) > (size_t)INT32_MAX) return MM_ERROR(MM_ERR_INVALID, "activation of %zu floats", n);
     MPI_Request req;
-    CHECK(MPI_CHECK(MPI_Irecv(x, (int)(n * sizeof(float)), MPI_BYTE, peer, MM_TAG_ACT, MPI_COMM_WORLD, &req)));
+    MPI_CHECK(MPI_Irecv(x, (int)(n * sizeof(float)), MPI_BYTE, peer, MM_TAG_ACT, MPI_COMM_WORLD, &req));
     return mm_mpi_wait(&req);
 }
 

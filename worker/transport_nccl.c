@@ -10,20 +10,14 @@
 #include <nccl.h>
 #include <stdlib.h>
 
-#include "pipeline_mpi.h"
+#include "kernels/cuda/cuda_check.h"
+#include "pipeline/pipeline_mpi.h"
 #include "transport.h"
-
-#define MM_TAG_NCCL_ID 0x4e43 /* stage 1 -> stages 2..P, once, before the first plan */
 
 #define NCCL_CHECK(x)                                                                              \
     do {                                                                                           \
         ncclResult_t nccl_r_ = (x);                                                                \
         if (nccl_r_ != ncclSuccess) return MM_ERROR(MM_ERR_INTERNAL, "NCCL %s: %s", #x, ncclGetErrorString(nccl_r_)); \
-    } while (0)
-#define CUDA_CHECK(x)                                                                              \
-    do {                                                                                           \
-        cudaError_t cuda_e_ = (x);                                                                 \
-        if (cuda_e_ != cudaSuccess) return MM_ERROR(MM_ERR_INTERNAL, "CUDA %s: %s", #x, cudaGetErrorString(cuda_e_)); \
     } while (0)
 
 typedef struct {
@@ -82,9 +76,9 @@ static mm_status nccl_setup(nccl_ctx *c, int rank, int size) {
     if (me == 0) {
         NCCL_CHECK(ncclGetUniqueId(&id));
         for (int r = 2; r < size; r++)
-            CHECK(MPI_CHECK(MPI_Send(&id, (int)sizeof id, MPI_BYTE, r, MM_TAG_NCCL_ID, MPI_COMM_WORLD)));
+            MPI_CHECK(MPI_Send(&id, (int)sizeof id, MPI_BYTE, r, MM_TAG_NCCL_ID, MPI_COMM_WORLD));
     } else {
-        CHECK(MPI_CHECK(MPI_Recv(&id, (int)sizeof id, MPI_BYTE, 1, MM_TAG_NCCL_ID, MPI_COMM_WORLD, MPI_STATUS_IGNORE)));
+        MPI_CHECK(MPI_Recv(&id, (int)sizeof id, MPI_BYTE, 1, MM_TAG_NCCL_ID, MPI_COMM_WORLD, MPI_STATUS_IGNORE));
     }
     CUDA_CHECK(cudaSetDevice(c->device));
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));

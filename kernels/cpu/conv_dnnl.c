@@ -28,21 +28,13 @@ typedef struct {
 } conv_entry;
 
 struct mm_dnnl_conv {
-    dnnl_engine_t engine;
-    dnnl_stream_t stream;
-    int n_threads;
+    mm_dnnl_cpu cpu; /* first: see mm_dnnl_cpu_new */
     conv_entry cache[CONV_CACHE_SLOTS];
 };
 
 mm_status mm_dnnl_conv_init(int n_threads, mm_dnnl_conv **out) {
-    mm_dnnl_conv *c = calloc(1, sizeof *c);
-    CHECK(CHECK_ALLOC(c));
-    c->n_threads = n_threads;
-    mm_status s = mm_dnnl_cpu_engine(&c->engine, &c->stream);
-    if (s != MM_OK) {
-        mm_dnnl_conv_free(c);
-        return s;
-    }
+    void *c;
+    CHECK(mm_dnnl_cpu_new(sizeof **out, n_threads, &c));
     *out = c;
     return MM_OK;
 }
@@ -61,8 +53,7 @@ void mm_dnnl_conv_free(mm_dnnl_conv *c) {
         if (e->wsrc) dnnl_memory_destroy(e->wsrc);
         free(e->wbuf);
     }
-    if (c->stream) dnnl_stream_destroy(c->stream);
-    if (c->engine) dnnl_engine_destroy(c->engine);
+    mm_dnnl_cpu_close(&c->cpu);
     free(c);
 }
 
@@ -83,7 +74,7 @@ static mm_status conv_pd(mm_dnnl_conv *c, int64_t B, int64_t H, int64_t W, int64
                                                 wei_md ? wei_md : &any_md, has_bias ? &bias_md : NULL, &dst_md,
                                                 strides, padding, padding),
              "convolution desc");
-    DNNL_CHECK(dnnl_primitive_desc_create(pd, &desc, NULL, c->engine, NULL), "convolution primitive desc");
+    DNNL_CHECK(dnnl_primitive_desc_create(pd, &desc, NULL, c->cpu.engine, NULL), "convolution primitive desc");
     return MM_OK;
 }
 
@@ -100,22 +91,22 @@ static mm_status entry_create(mm_dnnl_conv *c, conv_entry *e, const conv_entry *
     e->prim = NULL, e->src = e->wei = e->bias = e->dst = NULL, e->reorder = NULL, e->wsrc = NULL, e->wbuf = NULL;
     dnnl_status_t s = dnnl_primitive_create(&e->prim, pd);
     if (s == dnnl_success)
-        s = dnnl_memory_create(&e->src, dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0), c->engine, DNNL_MEMORY_NONE);
+        s = dnnl_memory_create(&e->src, dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0), c->cpu.engine, DNNL_MEMORY_NONE);
     if (s == dnnl_success)
-        s = dnnl_memory_create(&e->wei, dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0), c->engine,
+        s = dnnl_memory_create(&e->wei, dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0), c->cpu.engine,
                                DNNL_MEMORY_NONE);
     if (s == dnnl_success && key->has_bias)
-        s = dnnl_memory_create(&e->bias, dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 1), c->engine,
+        s = dnnl_memory_create(&e->bias, dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 1), c->cpu.engine,
                                DNNL_MEMORY_NONE);
     if (s == dnnl_success)
-        s = dnnl_memory_create(&e->dst, dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0), c->engine, DNNL_MEMORY_NONE);
+        s = dnnl_memory_create(&e->dst, dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0), c->cpu.engine, DNNL_MEMORY_NONE);
     const dnnl_memory_desc_t *want = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
     if (s == dnnl_success && !dnnl_memory_desc_equal(want, given)) {
         dnnl_primitive_desc_t rpd = NULL;
         size_t bytes = dnnl_memory_desc_get_size(want);
         if (posix_memalign(&e->wbuf, 64, (bytes + 63) & ~(size_t)63) != 0) e->wbuf = NULL, s = dnnl_out_of_memory;
-        if (s == dnnl_success) s = dnnl_memory_create(&e->wsrc, given, c->engine, DNNL_MEMORY_NONE);
-        if (s == dnnl_success) s = dnnl_reorder_primitive_desc_create(&rpd, given, c->engine, want, c->engine, NULL);
+        if (s == dnnl_success) s = dnnl_memory_create(&e->wsrc, given, c->cpu.engine, DNNL_MEMORY_NONE);
+        if (s == dnnl_success) s = dnnl_reorder_primitive_desc_create(&rpd, given, c->cpu.engine, want, c->cpu.engine, NULL);
         if (s == dnnl_success) s = dnnl_primitive_create(&e->reorder, rpd);
         if (rpd) dnnl_primitive_desc_destroy(rpd);
         if (s == dnnl_success) s = dnnl_memory_set_data_handle(e->wei, e->wbuf);
@@ -166,7 +157,7 @@ mm_status mm_dnnl_conv2d(mm_dnnl_conv *c, const mm_tensor *w, const float *bias,
     if (w->dtype != MM_DTYPE_F32 || w->ndim != 4 || w->shape[2] != w->shape[3])
         return MM_ERROR(MM_ERR_UNSUPPORTED, "oneDNN conv2d: weight must be f32 [OC, IC, k, k]");
     if (B <= 0) return MM_OK;
-    omp_set_num_threads(c->n_threads); /* oneDNN plans its threading at primitive creation */
+    omp_set_num_threads(c->cpu.n_threads); /* oneDNN plans its threading at primitive creation */
     const mm_cpu_weight *cw = w->backend_data;
     const dnnl_memory_desc_t *packed_md = cw ? cw->packed_desc : NULL;
     conv_entry key = {.B = B, .H = H, .W = W, .IC = w->shape[1], .OC = w->shape[0], .k = w->shape[2],
@@ -177,7 +168,7 @@ mm_status mm_dnnl_conv2d(mm_dnnl_conv *c, const mm_tensor *w, const float *bias,
     if (e->reorder) {
         DNNL_CHECK(dnnl_memory_set_data_handle(e->wsrc, w->data), "set conv weights");
         dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, e->wsrc}, {DNNL_ARG_TO, e->wei}};
-        DNNL_CHECK(dnnl_primitive_execute(e->reorder, c->stream, 2, rargs), "conv weight reorder");
+        DNNL_CHECK(dnnl_primitive_execute(e->reorder, c->cpu.stream, 2, rargs), "conv weight reorder");
     } else {
         DNNL_CHECK(dnnl_memory_set_data_handle(e->wei, w->data), "set conv weights");
     }
@@ -188,8 +179,8 @@ mm_status mm_dnnl_conv2d(mm_dnnl_conv *c, const mm_tensor *w, const float *bias,
         DNNL_CHECK(dnnl_memory_set_data_handle(e->bias, (void *)bias), "set conv bias");
         args[n_args++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, e->bias};
     }
-    DNNL_CHECK(dnnl_primitive_execute(e->prim, c->stream, n_args, args), "convolution execute");
-    DNNL_CHECK(dnnl_stream_wait(c->stream), "stream wait");
+    DNNL_CHECK(dnnl_primitive_execute(e->prim, c->cpu.stream, n_args, args), "convolution execute");
+    DNNL_CHECK(dnnl_stream_wait(c->cpu.stream), "stream wait");
     return MM_OK;
 }
 
@@ -197,45 +188,11 @@ mm_status mm_dnnl_conv_pack(mm_dnnl_conv *c, const int64_t shape[4], const float
     int64_t OC = shape[0], IC = shape[1], k = shape[2];
     if (shape[2] != shape[3]) return MM_ERROR(MM_ERR_UNSUPPORTED, "oneDNN conv pack: kernel %lldx%lld is not square",
                                               (long long)shape[2], (long long)shape[3]);
-    omp_set_num_threads(c->n_threads);
-    dnnl_primitive_desc_t pd;
-    CHECK(conv_pd(c, 2, 32, 32, IC, OC, k, 1, (int32_t)(k / 2), 1, NULL, &pd));
-    dnnl_memory_desc_t *md = malloc(sizeof *md);
-    if (!md) {
-        dnnl_primitive_desc_destroy(pd);
-        return MM_ERROR(MM_ERR_NOMEM, "conv pack desc");
-    }
-    *md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-    dnnl_primitive_desc_destroy(pd);
-    size_t bytes = dnnl_memory_desc_get_size(md);
-    void *buf = NULL;
-    if (posix_memalign(&buf, 64, (bytes + 63) & ~(size_t)63) != 0) {
-        free(md);
-        return MM_ERROR(MM_ERR_NOMEM, "packed conv weight of %zu bytes", bytes);
-    }
+    omp_set_num_threads(c->cpu.n_threads);
     dnnl_memory_desc_t plain_md;
     dnnl_dims_t dims = {OC, IC, k, k};
-    dnnl_memory_t src = NULL, dst = NULL;
-    dnnl_primitive_desc_t rpd = NULL;
-    dnnl_primitive_t reorder = NULL;
-    dnnl_status_t s = dnnl_memory_desc_init_by_tag(&plain_md, 4, dims, dnnl_f32, dnnl_oihw);
-    if (s == dnnl_success) s = dnnl_memory_create(&src, &plain_md, c->engine, (void *)plain);
-    if (s == dnnl_success) s = dnnl_memory_create(&dst, md, c->engine, buf);
-    if (s == dnnl_success) s = dnnl_reorder_primitive_desc_create(&rpd, &plain_md, c->engine, md, c->engine, NULL);
-    if (s == dnnl_success) s = dnnl_primitive_create(&reorder, rpd);
-    if (s == dnnl_success) {
-        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}};
-        s = dnnl_primitive_execute(reorder, c->stream, 2, args);
-    }
-    if (s == dnnl_success) s = dnnl_stream_wait(c->stream);
-    if (reorder) dnnl_primitive_destroy(reorder);
-    if (rpd) dnnl_primitive_desc_destroy(rpd);
-    if (src) dnnl_memory_destroy(src);
-    if (dst) dnnl_memory_destroy(dst);
-    if (s != dnnl_success) {
-        free(buf), free(md);
-        return MM_ERROR(MM_ERR_INTERNAL, "oneDNN conv weight reorder failed (status %d)", (int)s);
-    }
-    *packed = buf, *desc = md;
-    return MM_OK;
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&plain_md, 4, dims, dnnl_f32, dnnl_oihw), "plain conv weight desc");
+    dnnl_primitive_desc_t pd;
+    CHECK(conv_pd(c, 2, 32, 32, IC, OC, k, 1, (int32_t)(k / 2), 1, NULL, &pd));
+    return mm_dnnl_pack_weights(&c->cpu, pd, &plain_md, plain, "conv ", packed, desc);
 }

@@ -23,23 +23,15 @@ typedef struct {
 } gemm_entry;
 
 struct mm_dnnl {
-    dnnl_engine_t engine;
-    dnnl_stream_t stream;
-    int n_threads;
+    mm_dnnl_cpu cpu; /* first: see mm_dnnl_cpu_new */
     gemm_entry cache[CACHE_SLOTS];
     uint16_t *xbf16; /* [cap] activations rounded to bf16 */
     size_t xbf16_cap;
 };
 
 mm_status mm_dnnl_init(int n_threads, mm_dnnl **out) {
-    mm_dnnl *d = calloc(1, sizeof *d);
-    CHECK(CHECK_ALLOC(d));
-    d->n_threads = n_threads;
-    mm_status s = mm_dnnl_cpu_engine(&d->engine, &d->stream);
-    if (s != MM_OK) {
-        mm_dnnl_free(d);
-        return s;
-    }
+    void *d;
+    CHECK(mm_dnnl_cpu_new(sizeof **out, n_threads, &d));
     *out = d;
     return MM_OK;
 }
@@ -54,8 +46,7 @@ void mm_dnnl_free(mm_dnnl *d) {
         dnnl_memory_destroy(e->wei);
         dnnl_memory_destroy(e->dst);
     }
-    if (d->stream) dnnl_stream_destroy(d->stream);
-    if (d->engine) dnnl_engine_destroy(d->engine);
+    mm_dnnl_cpu_close(&d->cpu);
     free(d->xbf16);
     free(d);
 }
@@ -71,7 +62,7 @@ static mm_status matmul_pd(mm_dnnl *d, int64_t M, int64_t K, int64_t N, mm_dtype
     DNNL_CHECK(dnnl_memory_desc_init_by_tag(&dst_md, 2, dst_dims, dnnl_f32, dnnl_ab), "dst desc");
     dnnl_matmul_desc_t desc;
     DNNL_CHECK(dnnl_matmul_desc_init(&desc, &src_md, wei_md ? wei_md : &any_md, NULL, &dst_md), "matmul desc");
-    DNNL_CHECK(dnnl_primitive_desc_create(pd, &desc, NULL, d->engine, NULL), "matmul primitive desc");
+    DNNL_CHECK(dnnl_primitive_desc_create(pd, &desc, NULL, d->cpu.engine, NULL), "matmul primitive desc");
     return MM_OK;
 }
 
@@ -88,9 +79,9 @@ static mm_status entry_create(mm_dnnl *d, gemm_entry *e, int64_t M, int64_t K, i
     const dnnl_memory_desc_t *wei_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
     const dnnl_memory_desc_t *dst_md = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
     dnnl_status_t s = dnnl_primitive_create(&e->prim, pd);
-    if (s == dnnl_success) s = dnnl_memory_create(&e->src, src_md, d->engine, DNNL_MEMORY_NONE);
-    if (s == dnnl_success) s = dnnl_memory_create(&e->wei, wei_md, d->engine, DNNL_MEMORY_NONE);
-    if (s == dnnl_success) s = dnnl_memory_create(&e->dst, dst_md, d->engine, DNNL_MEMORY_NONE);
+    if (s == dnnl_success) s = dnnl_memory_create(&e->src, src_md, d->cpu.engine, DNNL_MEMORY_NONE);
+    if (s == dnnl_success) s = dnnl_memory_create(&e->wei, wei_md, d->cpu.engine, DNNL_MEMORY_NONE);
+    if (s == dnnl_success) s = dnnl_memory_create(&e->dst, dst_md, d->cpu.engine, DNNL_MEMORY_NONE);
     dnnl_primitive_desc_destroy(pd);
     DNNL_CHECK(s, "matmul primitive and memories");
     e->M = M, e->K = K, e->N = N, e->wtype = wtype, e->packed = packed_md != NULL;
@@ -137,7 +128,7 @@ static mm_status to_bf16(mm_dnnl *d, const float *x, size_t n, uint16_t **out) {
     }
     uint16_t *b = d->xbf16;
     size_t per = 16384;
-#pragma omp parallel for num_threads(d->n_threads) schedule(static) if (n > 65536)
+#pragma omp parallel for num_threads(d->cpu.n_threads) schedule(static) if (n > 65536)
     for (size_t i = 0; i < n; i += per) mm_cpu_round_bf16(x + i, b + i, n - i < per ? n - i : per);
     *out = b;
     return MM_OK;
@@ -149,7 +140,7 @@ mm_status mm_dnnl_matmul(mm_dnnl *d, const mm_tensor *w, const float *x, float *
         return MM_ERROR(MM_ERR_UNSUPPORTED, "oneDNN matmul: weight dtype %s", mm_dtype_name(w->dtype));
     if (M <= 0) return MM_OK;
     /* oneDNN plans its threading when a primitive is created: set the count first */
-    omp_set_num_threads(d->n_threads);
+    omp_set_num_threads(d->cpu.n_threads);
     const mm_cpu_weight *cw = w->backend_data;
     gemm_entry *e = NULL;
     CHECK(entry_get(d, M, K, N, w->dtype, cw ? cw->packed_desc : NULL, &e));
@@ -163,53 +154,20 @@ mm_status mm_dnnl_matmul(mm_dnnl *d, const mm_tensor *w, const float *x, float *
     DNNL_CHECK(dnnl_memory_set_data_handle(e->wei, w->data), "set weights");
     DNNL_CHECK(dnnl_memory_set_data_handle(e->dst, y), "set dst");
     dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, e->src}, {DNNL_ARG_WEIGHTS, e->wei}, {DNNL_ARG_DST, e->dst}};
-    DNNL_CHECK(dnnl_primitive_execute(e->prim, d->stream, 3, args), "matmul execute");
-    DNNL_CHECK(dnnl_stream_wait(d->stream), "stream wait");
+    DNNL_CHECK(dnnl_primitive_execute(e->prim, d->cpu.stream, 3, args), "matmul execute");
+    DNNL_CHECK(dnnl_stream_wait(d->cpu.stream), "stream wait");
     return MM_OK;
 }
 
 mm_status mm_dnnl_pack(mm_dnnl *d, mm_dtype dt, int64_t N, int64_t K, const void *plain, void **packed, void **desc) {
     if (dt != MM_DTYPE_F32 && dt != MM_DTYPE_BF16)
         return MM_ERROR(MM_ERR_UNSUPPORTED, "oneDNN pack: dtype %s", mm_dtype_name(dt));
-    omp_set_num_threads(d->n_threads);
-    dnnl_primitive_desc_t pd;
-    CHECK(matmul_pd(d, 1, K, N, dt, NULL, &pd));
-    dnnl_memory_desc_t *md = malloc(sizeof *md);
-    if (!md) {
-        dnnl_primitive_desc_destroy(pd);
-        return MM_ERROR(MM_ERR_NOMEM, "pack desc");
-    }
-    *md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-    dnnl_primitive_desc_destroy(pd);
-    size_t bytes = dnnl_memory_desc_get_size(md);
-    void *buf = NULL;
-    if (posix_memalign(&buf, 64, (bytes + 63) & ~(size_t)63) != 0) {
-        free(md);
-        return MM_ERROR(MM_ERR_NOMEM, "packed weight of %zu bytes", bytes);
-    }
+    omp_set_num_threads(d->cpu.n_threads);
     dnnl_memory_desc_t plain_md;
     dnnl_dims_t dims = {K, N};
-    dnnl_memory_t src = NULL, dst = NULL;
-    dnnl_primitive_desc_t rpd = NULL;
-    dnnl_primitive_t reorder = NULL;
-    dnnl_status_t s = dnnl_memory_desc_init_by_tag(&plain_md, 2, dims, dt == MM_DTYPE_BF16 ? dnnl_bf16 : dnnl_f32, dnnl_ba);
-    if (s == dnnl_success) s = dnnl_memory_create(&src, &plain_md, d->engine, (void *)plain);
-    if (s == dnnl_success) s = dnnl_memory_create(&dst, md, d->engine, buf);
-    if (s == dnnl_success) s = dnnl_reorder_primitive_desc_create(&rpd, &plain_md, d->engine, md, d->engine, NULL);
-    if (s == dnnl_success) s = dnnl_primitive_create(&reorder, rpd);
-    if (s == dnnl_success) {
-        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}};
-        s = dnnl_primitive_execute(reorder, d->stream, 2, args);
-    }
-    if (s == dnnl_success) s = dnnl_stream_wait(d->stream);
-    if (reorder) dnnl_primitive_destroy(reorder);
-    if (rpd) dnnl_primitive_desc_destroy(rpd);
-    if (src) dnnl_memory_destroy(src);
-    if (dst) dnnl_memory_destroy(dst);
-    if (s != dnnl_success) {
-        free(buf), free(md);
-        return MM_ERROR(MM_ERR_INTERNAL, "oneDNN weight reorder failed (status %d)", (int)s);
-    }
-    *packed = buf, *desc = md;
-    return MM_OK;
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&plain_md, 2, dims, dt == MM_DTYPE_BF16 ? dnnl_bf16 : dnnl_f32, dnnl_ba),
+               "plain weight desc");
+    dnnl_primitive_desc_t pd;
+    CHECK(matmul_pd(d, 1, K, N, dt, NULL, &pd));
+    return mm_dnnl_pack_weights(&d->cpu, pd, &plain_md, plain, "", packed, desc);
 }

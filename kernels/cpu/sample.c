@@ -8,23 +8,6 @@
 
 #include "cpu_ops.h"
 
-uint64_t mm_rng_seed(uint64_t seed) {
-    uint64_t z = seed + 0x9E3779B97F4A7C15ull; /* splitmix64 */
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return z ? z : 0x2545F4914F6CDD1Dull;
-}
-
-float mm_rng_uniform(uint64_t *state) {
-    uint64_t x = *state; /* xorshift64* */
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *state = x;
-    return (float)((x * 0x2545F4914F6CDD1Dull) >> 40) / 16777216.0f; /* 24 bits -> [0,1) */
-}
-
 static int32_t argmax(const float *x, int64_t V) {
     int64_t best = 0;
     for (int64_t i = 1; i < V; i++)

@@ -15,15 +15,9 @@
 extern "C" {
 #include "kernels/backend.h"
 }
+#include "kernels/cuda/cuda_check.h"
 
-/* Records "file:line: CUDA <call>: <reason>" and returns from the enclosing function. */
-#define CUDA_CHECK(x)                                                                              \
-    do {                                                                                           \
-        cudaError_t cuda_e_ = (x);                                                                 \
-        if (cuda_e_ != cudaSuccess)                                                                \
-            return MM_ERROR(cuda_e_ == cudaErrorMemoryAllocation ? MM_ERR_NOMEM : MM_ERR_INTERNAL, \
-                            "CUDA %s: %s", #x, cudaGetErrorString(cuda_e_));                        \
-    } while (0)
+/* CUDA_CHECK: cuda_check.h. CUBLAS_CHECK likewise records the call and returns. */
 #define CUBLAS_CHECK(x)                                                                            \
     do {                                                                                           \
         cublasStatus_t cublas_e_ = (x);                                                            \

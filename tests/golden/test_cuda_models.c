@@ -43,7 +43,7 @@ static void greedy(mm_backend *be, const char *dir, const int32_t *prompt, int n
     mm_kv_cache *kv = NULL;
     EXPECT(mm_llama_load(dir, be, 0, -1, MM_LLAMA_EMBED | MM_LLAMA_HEAD, &m) == MM_OK, "%s", mm_error_last());
     if (!m) return;
-    EXPECT(mm_kv_cache_init_typed(be, m->cfg.n_layers, 64, 16, m->cfg.n_kv_heads, m->cfg.head_dim, mm_llama_kv_dtype(m),
+    EXPECT(mm_kv_cache_init_typed(be, m->cfg.n_layers, 64, MM_KV_BLOCK_SIZE, m->cfg.n_kv_heads, m->cfg.head_dim, mm_llama_kv_dtype(m),
                                   &kv) == MM_OK, "%s", mm_error_last());
     int V = m->cfg.vocab_size;
     float *lg = malloc((size_t)V * 4);
@@ -82,7 +82,7 @@ static void test_llama(const char *name, float bound) {
     float worst = bound; /* the largest bound any prompt had, for the greedy check */
     if (!st || !m || (bound == BOUND_NATIVE && !native)) goto out;
     int V = m->cfg.vocab_size;
-    EXPECT(mm_kv_cache_init_typed(gpu, m->cfg.n_layers, 256, 16, m->cfg.n_kv_heads, m->cfg.head_dim,
+    EXPECT(mm_kv_cache_init_typed(gpu, m->cfg.n_layers, 256, MM_KV_BLOCK_SIZE, m->cfg.n_kv_heads, m->cfg.head_dim,
                                   mm_llama_kv_dtype(m), &kv) == MM_OK, "%s", mm_error_last());
     /* the golden prompts (golden.json) through the CUDA model, logits.<i> [n, V] */
     snprintf(path, sizeof path, "%s/golden.json", dir);
@@ -249,9 +249,9 @@ static void test_decoder(void) {
     if (!noise || !lat_want || !img_want) goto out;
     mm_decode_params p;
     mm_decode_params_default(&p);
-    p.sampler = MM_SAMPLER_PNDM;
-    p.steps = (int)json_integer_value(json_object_get(json_object_get(meta, "steps"), "pndm"));
-    p.guidance = (float)json_number_value(json_object_get(meta, "guidance"));
+    p.image.sampler = MM_DIFFUSION_SAMPLER_PNDM;
+    p.image.steps = (int32_t)json_integer_value(json_object_get(json_object_get(meta, "steps"), "pndm"));
+    p.image.guidance = (float)json_number_value(json_object_get(meta, "guidance"));
     p.height = p.width = 64;
     p.init_latents = noise;
     float lat[n];
@@ -264,7 +264,7 @@ static void test_decoder(void) {
         se += (double)dd * dd;
     }
     double psnr = se == 0 ? INFINITY : 10.0 * log10(255.0 * 255.0 / (se / npx));
-    printf("decoder pndm %d steps cuda: latents max|diff| %.3g (bound %.0e), image PSNR %.1f dB (>= 40)\n", p.steps, e,
+    printf("decoder pndm %d steps cuda: latents max|diff| %.3g (bound %.0e), image PSNR %.1f dB (>= 40)\n", p.image.steps, e,
            BOUND_LATENTS, psnr);
     EXPECT(e < BOUND_LATENTS && psnr >= 40.0, "pndm: latents %g, PSNR %.2f dB", e, psnr);
 out:

@@ -84,8 +84,8 @@ static void test_timesteps(void) {
             } else if (sscanf(key, "%31[^.].%d", name, &steps) != 2) {
                 continue;
             }
-            mm_sampler_kind k;
-            EXPECT(mm_sampler_parse(name, &k) == 0, "sampler name %s", name);
+            mm_diffusion_sampler_kind k;
+            EXPECT(mm_diffusion_sampler_parse(name, &k) == 0, "sampler name %s", name);
             mm_diffusion_sched *s = NULL;
             EXPECT(mm_diffusion_sched_create(mm_asset_path("tiny/decoder/scheduler"), k, steps, 4, &s) == MM_OK, "%s", mm_error_last());
             if (!s) continue;
@@ -113,9 +113,9 @@ static void test_samplers(mm_backend *be) {
         char key[64];
         mm_decode_params p;
         mm_decode_params_default(&p);
-        p.sampler = (mm_sampler_kind)i;
-        p.steps = (int)json_integer_value(json_object_get(json_object_get(meta, "steps"), names[i]));
-        p.guidance = (float)json_number_value(json_object_get(meta, "guidance"));
+        p.image.sampler = (mm_diffusion_sampler_kind)i;
+        p.image.steps = (int32_t)json_integer_value(json_object_get(json_object_get(meta, "steps"), names[i]));
+        p.image.guidance = (float)json_number_value(json_object_get(meta, "guidance"));
         p.height = p.width = 64;
         p.init_latents = noise;
         float lat[n];
@@ -135,18 +135,18 @@ static void test_samplers(mm_backend *be) {
         }
         double psnr = se == 0 ? INFINITY : 10.0 * log10(255.0 * 255.0 / (se / (double)npx));
         printf("%s %s %d steps: latents max|diff| %.3g, image PSNR %.1f dB, max 8-bit diff %d\n", be->ops->name,
-               names[i], p.steps, e, psnr, maxd);
+               names[i], p.image.steps, e, psnr, maxd);
         EXPECT(e < 1e-3f, "%s latents max abs diff %g", names[i], e);
         EXPECT(img && psnr >= 40.0, "%s image PSNR %.2f dB", names[i], psnr);
     }
     /* the seeded generator: same seed, same image; another seed, another one */
     mm_decode_params p;
     mm_decode_params_default(&p);
-    p.steps = 2, p.height = p.width = 64, p.seed = 42;
+    p.image.steps = 2, p.height = p.width = 64, p.image.seed = 42;
     float a[n], b[n], c[n];
     EXPECT(mm_decoder_generate(d, tokens, 64, &p, NULL, a) == MM_OK, "%s", mm_error_last());
     EXPECT(mm_decoder_generate(d, tokens, 64, &p, NULL, b) == MM_OK, "%s", mm_error_last());
-    p.seed = 43;
+    p.image.seed = 43;
     EXPECT(mm_decoder_generate(d, tokens, 64, &p, NULL, c) == MM_OK, "%s", mm_error_last());
     EXPECT(memcmp(a, b, sizeof a) == 0 && memcmp(a, c, sizeof a) != 0, "seeded noise is not reproducible");
     float z[100000];

@@ -75,7 +75,7 @@ static mm_dtype kv_dtype = MM_DTYPE_F32;
 
 static mm_kv_cache *new_cache(mm_llama *m, int n_layers) {
     mm_kv_cache *kv = NULL;
-    mm_status s = mm_kv_cache_init_typed(m->be, n_layers, 256, 16, m->cfg.n_kv_heads, m->cfg.head_dim, kv_dtype, &kv);
+    mm_status s = mm_kv_cache_init_typed(m->be, n_layers, 256, MM_KV_BLOCK_SIZE, m->cfg.n_kv_heads, m->cfg.head_dim, kv_dtype, &kv);
     EXPECT(s == MM_OK, "kv cache: %s", mm_error_last());
     return kv;
 }
@@ -206,7 +206,7 @@ static void check_stage_split(const char *dir, mm_backend *be, const golden *g, 
         int32_t *pos = malloc((size_t)n * 4), *slots = malloc((size_t)n * 4);
         mm_attn_row *rows = malloc((size_t)n * sizeof *rows);
         for (int t = 0; t < n; t++) {
-            pos[t] = t, slots[t] = seq.blocks[t / 16] * 16 + t % 16;
+            pos[t] = t, slots[t] = seq.blocks[t / MM_KV_BLOCK_SIZE] * MM_KV_BLOCK_SIZE + t % MM_KV_BLOCK_SIZE;
             rows[t] = (mm_attn_row){seq.blocks, t + 1};
         }
         mm_llama_batch batch = {n, pos, slots, rows};

@@ -73,7 +73,7 @@ static void check_line(const char *mm_run, json_t *row, int lineno) {
     if (n_img) EXPECT(mm_siglip_encode(sig, pix, n_img, (int32_t)T, NULL, toks) == MM_OK, "%s", mm_error_last());
     /* greedy generation with the KV cache */
     mm_kv_cache *kv = NULL;
-    EXPECT(mm_kv_cache_init(be, llm->cfg.n_layers, 32, 16, llm->cfg.n_kv_heads, llm->cfg.head_dim, &kv) == MM_OK, "%s",
+    EXPECT(mm_kv_cache_init(be, llm->cfg.n_layers, 32, MM_KV_BLOCK_SIZE, llm->cfg.n_kv_heads, llm->cfg.head_dim, &kv) == MM_OK, "%s",
            mm_error_last());
     mm_sampler greedy;
     mm_sampler_init(&greedy, 0.0f, 1.0f, 0, 0);

@@ -35,7 +35,7 @@ static int argmax(const float *x, int n) {
 static size_t greedy(const int32_t *prompt, size_t n, int32_t *out, size_t max_new) {
     int V = model->cfg.vocab_size;
     mm_kv_cache *kv = NULL;
-    mm_kv_cache_init(model->be, model->cfg.n_layers, 64, 16, model->cfg.n_kv_heads, model->cfg.head_dim, &kv);
+    mm_kv_cache_init(model->be, model->cfg.n_layers, 64, MM_KV_BLOCK_SIZE, model->cfg.n_kv_heads, model->cfg.head_dim, &kv);
     mm_llama_seq seq = {0}, *sp = &seq;
     float *lg = malloc((size_t)V * sizeof *lg);
     const int32_t *t = prompt;

@@ -10,15 +10,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/free_port.h"
 #include "common/http_client.h"
 #include "proto/health.pb-c.h"
-
-double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
+#include "tools/generate_request.h"
 
 const char *svc_model = NULL;
 
@@ -137,8 +133,8 @@ int svc_start_pools(mm_service *s, const char *coordinator, const char *stage, i
     if (mm_client_open(s->target, &s->cl) != MM_OK) return -1;
     /* a service the harness's client cannot talk to (test_security: an expired certificate) */
     int ready_by_log = getenv("MM_SVC_READY_BY_LOG") != NULL;
-    double t0 = now_s();
-    while (now_s() - t0 < 60) {
+    double t0 = mm_now_s();
+    while (mm_now_s() - t0 < 60) {
         int st;
         if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
             fprintf(stderr, "service exited during start; the end of %s:\n", log);
@@ -154,8 +150,8 @@ int svc_start_pools(mm_service *s, const char *coordinator, const char *stage, i
 }
 
 int svc_wait_exit(mm_service *s, double timeout_s) {
-    double t0 = now_s();
-    while (s->pid > 0 && now_s() - t0 < timeout_s) {
+    double t0 = mm_now_s();
+    while (s->pid > 0 && mm_now_s() - t0 < timeout_s) {
         int st;
         if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
             s->pid = 0;
@@ -251,18 +247,16 @@ static int on_stream(void *user, const uint8_t *d, size_t n) {
 
 void svc_generate(mm_service *s, const char *prompt, int max_new, int stream, double timeout_s, gen_result *out) {
     memset(out, 0, sizeof *out);
-    Metamorph__V1__ContentPart part = METAMORPH__V1__CONTENT_PART__INIT, *pp = &part;
-    part.kind_case = METAMORPH__V1__CONTENT_PART__KIND_TEXT;
-    part.text = (char *)prompt;
-    Metamorph__V1__ChatMessage m = METAMORPH__V1__CHAT_MESSAGE__INIT, *mp = &m;
-    m.role = (char *)"user", m.n_parts = 1, m.parts = &pp;
     Metamorph__V1__SamplingParams sp = METAMORPH__V1__SAMPLING_PARAMS__INIT;
     sp.max_new_tokens = max_new;
-    Metamorph__V1__GenerateRequest req = METAMORPH__V1__GENERATE_REQUEST__INIT;
-    req.n_messages = 1, req.messages = &mp, req.sampling = &sp;
-    size_t len = metamorph__v1__generate_request__get_packed_size(&req);
-    uint8_t *buf = malloc(len);
-    metamorph__v1__generate_request__pack(&req, buf);
+    mm_generate_args a = {.prompt = prompt, .sampling = &sp};
+    uint8_t *buf;
+    size_t len;
+    if (mm_generate_request_pack(&a, &buf, &len) != MM_OK) {
+        out->code = -1;
+        snprintf(out->msg, sizeof out->msg, "%s", mm_error_last());
+        return;
+    }
     out->code = mm_client_call(s->cl, stream ? "/metamorph.v1.MetaMorph/GenerateStream" : "/metamorph.v1.MetaMorph/Generate",
                                buf, len, timeout_s, stream ? on_stream : on_gen, out, out->msg, sizeof out->msg);
     free(buf);
@@ -282,7 +276,7 @@ double svc_metric(const mm_service *s, const char *series) {
 }
 
 int svc_wait_metric(const mm_service *s, const char *series, double want, double timeout_s) {
-    for (double t0 = now_s(); now_s() - t0 < timeout_s; usleep(20000))
+    for (double t0 = mm_now_s(); mm_now_s() - t0 < timeout_s; usleep(20000))
         if (svc_metric(s, series) == want) return 0;
     fprintf(stderr, "%s is %g, not %g, after %.0f s\n", series, svc_metric(s, series), want, timeout_s);
     return -1;

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "common/clock.h"
 #include "proto/metamorph.pb-c.h"
 #include "tools/mm_client.h"
 
@@ -75,7 +76,5 @@ int svc_wait_metric(const mm_service *s, const char *series, double want, double
 /* Lines of the log DIR/name ("service.log", "decode-test-1.log") that contain needle;
  * -1 when the log cannot be read. */
 int svc_log_count(const mm_service *s, const char *name, const char *needle);
-
-double now_s(void);
 
 #endif

@@ -32,6 +32,7 @@
 #include "service.h"
 #include "tests/testutil.h"
 #include "tools/durable_file.h"
+#include "tools/generate_request.h"
 #include "tools/jsonl_results.h"
 
 #define N_LINES 200
@@ -284,31 +285,18 @@ static int on_direct(void *user, const uint8_t *d, size_t n) {
 
 static int direct_call(mm_service *svc, const line_spec *s, direct_answer *a) {
     memset(a, 0, sizeof *a);
-    Metamorph__V1__ContentPart parts[2], *pp[2];
-    size_t n_parts = 0, image_len = 0;
+    size_t image_len = 0;
     char *image = s->image[0] ? mm_test_read_file(s->image, &image_len) : NULL;
-    if (image) {
-        metamorph__v1__content_part__init(&parts[n_parts]);
-        parts[n_parts].kind_case = METAMORPH__V1__CONTENT_PART__KIND_IMAGE;
-        parts[n_parts].image.data = (uint8_t *)image, parts[n_parts].image.len = image_len;
-        pp[n_parts] = &parts[n_parts], n_parts++;
-    }
-    metamorph__v1__content_part__init(&parts[n_parts]);
-    parts[n_parts].kind_case = METAMORPH__V1__CONTENT_PART__KIND_TEXT;
-    parts[n_parts].text = (char *)s->prompt;
-    pp[n_parts] = &parts[n_parts], n_parts++;
-    Metamorph__V1__ChatMessage m = METAMORPH__V1__CHAT_MESSAGE__INIT, *mp = &m;
-    m.role = (char *)"user", m.n_parts = n_parts, m.parts = pp;
+    const uint8_t *images[1] = {(const uint8_t *)image};
     Metamorph__V1__SamplingParams sp = METAMORPH__V1__SAMPLING_PARAMS__INIT;
     sp.max_new_tokens = s->max_tokens;
     Metamorph__V1__ImageParams ip = METAMORPH__V1__IMAGE_PARAMS__INIT;
     ip.steps = s->task_generate ? GEN_STEPS : 0, ip.seed = s->task_generate ? (uint64_t)(s->line - 1) : 0;
-    Metamorph__V1__GenerateRequest req = METAMORPH__V1__GENERATE_REQUEST__INIT;
-    req.n_messages = 1, req.messages = &mp, req.sampling = &sp, req.image = &ip;
-    req.generate_image = s->task_generate;
-    size_t len = metamorph__v1__generate_request__get_packed_size(&req);
-    uint8_t *buf = malloc(len);
-    metamorph__v1__generate_request__pack(&req, buf);
+    mm_generate_args g = {.prompt = s->prompt, .images = images, .image_lens = &image_len, .n_images = image ? 1 : 0,
+                          .sampling = &sp, .image = &ip, .generate_image = s->task_generate};
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    EXPECT(mm_generate_request_pack(&g, &buf, &len) == MM_OK, "pack: %s", mm_error_last());
     char msg[512];
     int code = mm_client_call(svc->cl, "/metamorph.v1.MetaMorph/Generate", buf, len, 60, on_direct, a, msg, sizeof msg);
     free(buf), free(image);
@@ -353,15 +341,25 @@ static void check_same_results(const json_t *a, const json_t *b, const char *wha
     }
 }
 
-static int start_service(mm_service *svc, int argc, char **argv, const char *extra) {
+/* The service (config extra) and the job written into its directory (specs filled);
+ * non-zero when either failed (nothing is left running then). */
+static int start_service(mm_service *svc, int argc, char **argv, const char *extra, line_spec *specs) {
     if (argc < 5) {
         fprintf(stderr, "usage: test_batch MODE COORD STAGE MMCTL\n");
         return -1;
     }
     int rc = svc_start(svc, argv[2], argv[3], 1, extra);
     EXPECT(rc == 0, "service start");
-    if (rc) svc_stop(svc);
-    return rc;
+    if (rc) {
+        svc_stop(svc);
+        return rc;
+    }
+    if (write_job(svc->dir, specs)) {
+        EXPECT(0, "cannot write the job into %s (MM_ASSETS_DIR, MM_SOURCE_DIR set?)", svc->dir);
+        svc_stop(svc);
+        return -1;
+    }
+    return 0;
 }
 
 /* The uninterrupted job into dir/NAME; its records (checked) or NULL. */
@@ -381,14 +379,9 @@ static json_t *run_uninterrupted(mm_service *svc, const char *mmctl, const char 
 
 static int test_run(int argc, char **argv) {
     mm_service svc;
-    if (start_service(&svc, argc, argv, "")) return 0;
-    const char *mmctl = argv[4];
     static line_spec specs[N_LINES];
-    if (write_job(svc.dir, specs)) {
-        EXPECT(0, "cannot write the job into %s (MM_ASSETS_DIR, MM_SOURCE_DIR set?)", svc.dir);
-        svc_stop(&svc);
-        return 0;
-    }
+    if (start_service(&svc, argc, argv, "", specs)) return 0;
+    const char *mmctl = argv[4];
     json_t *recs = run_uninterrupted(&svc, mmctl, svc.dir, "out", specs);
     check_against_direct(&svc, specs, recs);
 
@@ -491,17 +484,12 @@ static void check_after_kill(const char *out_dir, int round) {
 
 static int test_kill(int argc, char **argv) {
     mm_service svc;
-    if (start_service(&svc, argc, argv, "")) return 0;
+    static line_spec specs[N_LINES];
+    if (start_service(&svc, argc, argv, "", specs)) return 0;
     const char *mmctl = argv[4];
     unsigned seed = getenv("MM_TEST_SEED") ? (unsigned)atoi(getenv("MM_TEST_SEED")) : (unsigned)time(NULL);
     fprintf(stderr, "kill points from MM_TEST_SEED=%u\n", seed);
     srand(seed);
-    static line_spec specs[N_LINES];
-    if (write_job(svc.dir, specs)) {
-        EXPECT(0, "cannot write the job into %s (MM_ASSETS_DIR, MM_SOURCE_DIR set?)", svc.dir);
-        svc_stop(&svc);
-        return 0;
-    }
     json_t *want = run_uninterrupted(&svc, mmctl, svc.dir, "whole", specs);
 
     char input[1024], out[1024], log[1024], results[1100];
@@ -521,11 +509,11 @@ static int test_kill(int argc, char **argv) {
             size_t left = N_LINES - count_ok_keys(results), back = (size_t)rand() % 3;
             grow = left > back ? left - back : 1;
         }
-        double delay = (double)(rand() % 150) / 1000.0, t0 = now_s();
+        double delay = (double)(rand() % 150) / 1000.0, t0 = mm_now_s();
         pid_t pid = spawn_mmctl(mmctl, svc.target, log, round ? resume : first);
         int exited = 0;
         while (!exited) {
-            if (round == 0 ? now_s() - t0 >= delay : count_lines(results) >= start_lines + grow) break;
+            if (round == 0 ? mm_now_s() - t0 >= delay : count_lines(results) >= start_lines + grow) break;
             exited = waitpid(pid, NULL, WNOHANG) == pid;
             usleep(1000);
         }
@@ -533,7 +521,7 @@ static int test_kill(int argc, char **argv) {
             kill(pid, SIGKILL);
             int rc = wait_status(pid);
             kills += rc == 128 + SIGKILL;
-            fprintf(stderr, "round %d: killed after %.0f ms, %zu -> %zu lines\n", round, (now_s() - t0) * 1e3, start_lines,
+            fprintf(stderr, "round %d: killed after %.0f ms, %zu -> %zu lines\n", round, (mm_now_s() - t0) * 1e3, start_lines,
                     count_lines(results));
         } else {
             fprintf(stderr, "round %d: mmctl finished before its kill point\n", round);
@@ -553,14 +541,9 @@ static int test_kill(int argc, char **argv) {
 static int test_overflow(int argc, char **argv) {
     mm_service svc;
     /* one waiting request at most, one running: 8 in flight overflow the queue */
-    if (start_service(&svc, argc, argv, "\"max_queue\": 1, \"max_batch_seqs\": 1")) return 0;
-    const char *mmctl = argv[4];
     static line_spec specs[N_LINES];
-    if (write_job(svc.dir, specs)) {
-        EXPECT(0, "cannot write the job into %s (MM_ASSETS_DIR, MM_SOURCE_DIR set?)", svc.dir);
-        svc_stop(&svc);
-        return 0;
-    }
+    if (start_service(&svc, argc, argv, "\"max_queue\": 1, \"max_batch_seqs\": 1", specs)) return 0;
+    const char *mmctl = argv[4];
     char input[1024], out[1024], log[1024], results[1100];
     snprintf(input, sizeof input, "%s/input.jsonl", svc.dir);
     snprintf(log, sizeof log, "%s/overflow.log", svc.dir);

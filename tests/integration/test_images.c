@@ -1,5 +1,6 @@
 /* Integration tests of images through the service, each starting and stopping its own
- * `mpiexec mm-coordinator : mm-stage x P` job on the tiny model (in-process encoder):
+ * `mpiexec mm-coordinator : mm-stage x P` job on the tiny model, with one mm-encoder and
+ * one mm-decoder worker (svc_start):
  *   test_images understand P COORD STAGE MM_RUN         image + prompt == mm-run --image (ids and text,
  *                                                       unary and stream)
  *   test_images generate P COORD STAGE MM_RUN MMCTL     generate_image: the 64 visual tokens are
@@ -390,7 +391,7 @@ static int reference(const msg_spec *msgs, int n_msgs, int generate_image, int m
         CHECK_GOTO(s, s, out);
         CHECK_GOTO(mm_siglip_encode(sig, pix, 1, (int32_t)T, NULL, vis + (size_t)(k * T * D)), s, out);
     }
-    CHECK_GOTO(mm_kv_cache_init_typed(be, llm->cfg.n_layers, mm_kv_cache_blocks_for(2048, 16), 16, llm->cfg.n_kv_heads,
+    CHECK_GOTO(mm_kv_cache_init_typed(be, llm->cfg.n_layers, mm_kv_cache_blocks_for(2048, MM_KV_BLOCK_SIZE), MM_KV_BLOCK_SIZE, llm->cfg.n_kv_heads,
                                       llm->cfg.head_dim, mm_llama_kv_dtype(llm), &kv), s, out);
     mm_sampler sampler;
     CHECK_GOTO(mm_sampler_init(&sampler, 0, 1, 0, 0), s, out);

@@ -29,6 +29,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "common/clock.h"
 #include "common/free_port.h"
 #include "common/status.h"
 #include "model/decoder.h"
@@ -49,12 +50,6 @@ enum {
     RESULT = METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_RESULT,
     BYE = METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_BYE,
 };
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 /* The coordinator's side of one pool, as far as this test needs it. */
 typedef struct {
@@ -80,7 +75,7 @@ static int router_bind(fake_coordinator *fc, const char *endpoint) {
     int zero = 0, one = 1;
     zmq_setsockopt(fc->router, ZMQ_LINGER, &zero, sizeof zero);
     zmq_setsockopt(fc->router, ZMQ_ROUTER_HANDOVER, &one, sizeof one);
-    for (double t0 = now_s(); now_s() - t0 < 10.0; usleep(50000)) /* the old port may linger a moment */
+    for (double t0 = mm_now_s(); mm_now_s() - t0 < 10.0; usleep(50000)) /* the old port may linger a moment */
         if (zmq_bind(fc->router, endpoint) == 0) {
             size_t n = sizeof fc->endpoint;
             zmq_getsockopt(fc->router, ZMQ_LAST_ENDPOINT, fc->endpoint, &n);
@@ -128,12 +123,12 @@ static int wait_for(fake_coordinator *fc, int want, uint64_t job_id, double time
             memset(&fc->stash[i], 0, sizeof fc->stash[i]);
             return 0;
         }
-    for (double t0 = now_s(); now_s() - t0 < timeout_s;) {
-        if (fc->worker_id[0] && now_s() - fc->last_beat >= HEARTBEAT_MS * 1e-3) {
+    for (double t0 = mm_now_s(); mm_now_s() - t0 < timeout_s;) {
+        if (fc->worker_id[0] && mm_now_s() - fc->last_beat >= HEARTBEAT_MS * 1e-3) {
             pool_header hb = METAMORPH__INTERNAL__POOL_HEADER__INIT;
             hb.type = METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_HEARTBEAT;
             send_header(fc, &hb, NULL, 0, 0);
-            fc->last_beat = now_s();
+            fc->last_beat = mm_now_s();
         }
         zmq_pollitem_t it = {fc->router, 0, ZMQ_POLLIN, 0};
         if (zmq_poll(&it, 1, HEARTBEAT_MS / 2) <= 0) continue;
@@ -191,7 +186,7 @@ static pid_t spawn(char *const argv[], const char *log) {
 
 /* Status of pid once it exits within timeout_s; -1 (and SIGKILL) if it does not. */
 static int wait_exit(pid_t pid, double timeout_s) {
-    for (double t0 = now_s(); now_s() - t0 < timeout_s; usleep(20000)) {
+    for (double t0 = mm_now_s(); mm_now_s() - t0 < timeout_s; usleep(20000)) {
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) return st;
     }
@@ -345,7 +340,7 @@ static int log_has(const char *path, const char *needle) {
 /* Waits (heartbeating the worker) until its log contains needle. */
 static int wait_log(fake_coordinator *fc, const char *path, const char *needle, double timeout_s) {
     pool_msg m;
-    for (double t0 = now_s(); now_s() - t0 < timeout_s;) {
+    for (double t0 = mm_now_s(); mm_now_s() - t0 < timeout_s;) {
         if (log_has(path, needle)) return 1;
         wait_for(fc, -1, 0, 0.02, &m); /* listen a moment */
     }

@@ -39,6 +39,7 @@
 #include "service.h"
 #include "common/curve_keys.h"
 #include "tests/testutil.h"
+#include "tools/generate_request.h"
 
 #define MAX_IMAGES 2
 #define CALL_TIMEOUT_S 60.0
@@ -89,32 +90,23 @@ static const char *example_png(void) {
 /* ---------------------------------------------------------------- calls */
 
 static uint8_t *pack_request(const pool_request *q, size_t *len) {
-    Metamorph__V1__ContentPart image = METAMORPH__V1__CONTENT_PART__INIT, text = METAMORPH__V1__CONTENT_PART__INIT;
-    Metamorph__V1__ContentPart *parts[2];
-    size_t n_parts = 0, image_len = 0;
+    size_t image_len = 0;
     uint8_t *image_bytes = NULL;
     if (q->image) {
         image_bytes = (uint8_t *)mm_test_read_file(q->image, &image_len);
         if (!image_bytes) return NULL;
-        image.kind_case = METAMORPH__V1__CONTENT_PART__KIND_IMAGE;
-        image.image.data = image_bytes, image.image.len = image_len;
-        parts[n_parts++] = &image;
     }
-    text.kind_case = METAMORPH__V1__CONTENT_PART__KIND_TEXT;
-    text.text = (char *)q->prompt;
-    parts[n_parts++] = &text;
-    Metamorph__V1__ChatMessage m = METAMORPH__V1__CHAT_MESSAGE__INIT, *mp = &m;
-    m.role = (char *)"user", m.n_parts = n_parts, m.parts = parts;
+    const uint8_t *images[1] = {image_bytes};
     Metamorph__V1__SamplingParams sp = METAMORPH__V1__SAMPLING_PARAMS__INIT;
     sp.max_new_tokens = q->max_new;
     Metamorph__V1__ImageParams ip = METAMORPH__V1__IMAGE_PARAMS__INIT;
     ip.steps = q->steps, ip.guidance = q->guidance, ip.seed = q->seed, ip.return_visual_tokens = 1;
     ip.sampler = (char *)(q->sampler ? q->sampler : "");
-    Metamorph__V1__GenerateRequest req = METAMORPH__V1__GENERATE_REQUEST__INIT;
-    req.n_messages = 1, req.messages = &mp, req.sampling = &sp, req.image = &ip, req.generate_image = q->generate_image;
-    *len = metamorph__v1__generate_request__get_packed_size(&req);
-    uint8_t *buf = malloc(*len ? *len : 1);
-    if (buf) metamorph__v1__generate_request__pack(&req, buf);
+    mm_generate_args a = {.prompt = q->prompt, .images = images, .image_lens = &image_len,
+                          .n_images = image_bytes ? 1 : 0, .sampling = &sp, .image = &ip,
+                          .generate_image = q->generate_image};
+    uint8_t *buf = NULL;
+    if (mm_generate_request_pack(&a, &buf, len) != MM_OK) buf = NULL;
     free(image_bytes);
     return buf;
 }
@@ -367,6 +359,18 @@ static int coordinator_dropped(const mm_service *s, const char *pool, const char
     return svc_log_count(s, "service.log", silent) + svc_log_count(s, "service.log", refused);
 }
 
+/* After a worker of pool (dead: its name) was killed mid-job: the worker started after it
+ * (second_log) ran the job once, the coordinator counted one re-dispatch (series) and
+ * logged dropping the dead one. */
+static void expect_redispatched(mm_service *s, const char *pool, const char *series, const char *dead,
+                                const char *second_log) {
+    EXPECT(svc_log_count(s, second_log, JOB_DONE) == 1, "the second %s worker ran %d jobs, want 1", pool,
+           svc_log_count(s, second_log, JOB_DONE));
+    /* the coordinator publishes pool figures every 50 ms: wait for this request's */
+    EXPECT(svc_wait_metric(s, series, 1, 5.0) == 0, "%g re-dispatches, want 1", svc_metric(s, series));
+    EXPECT(coordinator_dropped(s, pool, dead) >= 1, "service.log does not say %s was dropped", dead);
+}
+
 /* ---------------------------------------------------------------- client gone mid-decode */
 
 /* A GenerateStream client that hangs up once the decoder whose log is `log` has started
@@ -383,7 +387,7 @@ static int hang_up_once_decoding(void *user, const uint8_t *d, size_t n) {
     hang_up_arg *h = user;
     if (on_stream(&h->r, d, n) != 0) return 1;
     if (h->r.n_started == 0) return 0;
-    for (double t0 = now_s(); now_s() - t0 < CALL_TIMEOUT_S; usleep(10000))
+    for (double t0 = mm_now_s(); mm_now_s() - t0 < CALL_TIMEOUT_S; usleep(10000))
         if (svc_log_count(h->s, h->log, JOB_STARTED) > h->started_before) {
             h->hung_up = 1;
             return 1;
@@ -428,7 +432,7 @@ static void test_client_gone_mid_decode(mm_service *s, const char *mm_decode, co
     EXPECT(h.hung_up && h.r.n_images == 0, "the client hung up while its image decoded (code %s, hung up %d, %d images)",
            mm_grpc_code_name(code), h.hung_up, h.r.n_images);
     int k = 0, n = 0;
-    for (double t0 = now_s(); now_s() - t0 < CALL_TIMEOUT_S && !(k = stopped_at_step(s, log, &n)); usleep(20000)) {}
+    for (double t0 = mm_now_s(); mm_now_s() - t0 < CALL_TIMEOUT_S && !(k = stopped_at_step(s, log, &n)); usleep(20000)) {}
     EXPECT(k >= 1 && n == CANCEL_STEPS && k < n, "%s: the decoder stopped at step %d of %d (want < %d)", log, k, n,
            CANCEL_STEPS);
     EXPECT(svc_wait_metric(s, IN_FLIGHT("decode"), 0, CALL_TIMEOUT_S) == 0, "the decoder's slot frees (%g in flight)",
@@ -462,13 +466,7 @@ static void test_decoder_killed(const char *coord, const char *stage, const char
     call_join(&a);
     expect_decoded(&s, mm_decode, &q, &a.r, 1, "decoder killed mid-job");
     EXPECT(svc_log_count(&s, "decode-test-1.log", JOB_DONE) == 0, "the killed decoder finished its job first");
-    EXPECT(svc_log_count(&s, second_log, JOB_DONE) == 1, "the second decoder ran %d jobs, want 1",
-           svc_log_count(&s, second_log, JOB_DONE));
-    /* the coordinator publishes pool figures every 50 ms: wait for this request's */
-    EXPECT(svc_wait_metric(&s, REDISPATCHES("decode"), 1, 5.0) == 0, "%g re-dispatches, want 1",
-           svc_metric(&s, REDISPATCHES("decode")));
-    EXPECT(coordinator_dropped(&s, "decode", "decode-test-1") >= 1,
-           "service.log does not say decode-test-1 was dropped");
+    expect_redispatched(&s, "decode", REDISPATCHES("decode"), "decode-test-1", second_log);
     result_free(&a.r);
     test_client_gone_mid_decode(&s, mm_decode, second_log);
     stop(&s);
@@ -499,13 +497,7 @@ static void test_encoder_killed(const char *coord, const char *stage) {
     EXPECT(a.r.code == 0, "encoder killed mid-job: %s \"%s\"", mm_grpc_code_name(a.r.code), a.r.msg);
     EXPECT(same_answer(&a.r, &before), "encoder killed mid-job: the answer differs from the one before (%d vs %d ids)",
            a.r.n_ids, before.n_ids);
-    EXPECT(svc_log_count(&s, second_log, JOB_DONE) == 1, "the second encoder ran %d jobs, want 1",
-           svc_log_count(&s, second_log, JOB_DONE));
-    /* the coordinator publishes pool figures every 50 ms: wait for this request's */
-    EXPECT(svc_wait_metric(&s, REDISPATCHES("encode"), 1, 5.0) == 0, "%g re-dispatches, want 1",
-           svc_metric(&s, REDISPATCHES("encode")));
-    EXPECT(coordinator_dropped(&s, "encode", "encode-test-0") >= 1,
-           "service.log does not say encode-test-0 was dropped");
+    expect_redispatched(&s, "encode", REDISPATCHES("encode"), "encode-test-0", second_log);
     result_free(&before), result_free(&a.r);
     stop(&s);
 }
@@ -625,7 +617,7 @@ static int fake_connect(fake_decoder *f, void *zctx, const char *endpoint) {
 /* Reads what the coordinator sent each fake and heartbeats them until every one has
  * joined (want_jobs 0) or holds a job (1); 0 when that happened within timeout_s. */
 static int fakes_pump(fake_decoder *fakes, int n, int want_jobs, double timeout_s) {
-    for (double t0 = now_s(); now_s() - t0 < timeout_s;) {
+    for (double t0 = mm_now_s(); mm_now_s() - t0 < timeout_s;) {
         int done = 0;
         for (int i = 0; i < n; i++) done += want_jobs ? fakes[i].has_job : fakes[i].joined;
         if (done == n) return 0;
@@ -649,11 +641,11 @@ static int fakes_pump(fake_decoder *fakes, int n, int want_jobs, double timeout_
                 }
             }
             zmq_msg_close(&frame);
-            if (now_s() - f->last_beat >= 0.05) {
+            if (mm_now_s() - f->last_beat >= 0.05) {
                 pool_header hb;
                 fake_header(f, METAMORPH__INTERNAL__POOL_MSG_TYPE__POOL_HEARTBEAT, &hb);
                 if (fake_send(f, &hb, NULL, 0) != 0) return -1;
-                f->last_beat = now_s();
+                f->last_beat = mm_now_s();
             }
         }
     }
@@ -815,7 +807,7 @@ static int fake_connect_curve(fake_decoder *f, void *zctx, const char *endpoint,
  * failed would block on send). */
 static int rogue_heard(fake_decoder *f, double timeout_s) {
     int n = 0;
-    for (double t0 = now_s(); now_s() - t0 < timeout_s;) {
+    for (double t0 = mm_now_s(); mm_now_s() - t0 < timeout_s;) {
         zmq_pollitem_t item = {f->sock, 0, ZMQ_POLLIN, 0};
         if (zmq_poll(&item, 1, 50) <= 0) continue;
         zmq_msg_t m;

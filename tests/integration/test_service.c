@@ -18,6 +18,7 @@
 
 #include "service.h"
 #include "tests/testutil.h"
+#include "tools/generate_request.h"
 
 static const char *PROMPTS[] = {"Describe a cat.", "Hi", "Write a long story about the sea and the mountains, please.",
                                 "What is 2 + 2?", "Tell me about pipelines"};
@@ -90,13 +91,13 @@ static int test_concurrent(const char *coord, const char *stage) {
     for (int i = 0; i < N_CONC; i++) svc_generate(&s, conc_prompts[i], conc_max_new(i), 0, 60, &solo[i]);
     pthread_t th[N_CONC];
     conc_arg args[N_CONC];
-    double t0 = now_s();
+    double t0 = mm_now_s();
     for (int i = 0; i < N_CONC; i++) {
         args[i] = (conc_arg){&s, i, &conc[i]};
         pthread_create(&th[i], NULL, conc_main, &args[i]);
     }
     for (int i = 0; i < N_CONC; i++) pthread_join(th[i], NULL);
-    fprintf(stderr, "32 concurrent requests: %.2f s\n", now_s() - t0);
+    fprintf(stderr, "32 concurrent requests: %.2f s\n", mm_now_s() - t0);
     for (int i = 0; i < N_CONC; i++) {
         EXPECT(solo[i].code == 0 && conc[i].code == 0, "request %d: %s / %s", i, solo[i].msg, conc[i].msg);
         EXPECT(solo[i].n_ids > 0 && solo[i].n_ids == conc[i].n_ids &&
@@ -137,9 +138,9 @@ static void check_call(mm_service *s, const char *what, const char *method, cons
 }
 
 static void check_blocks_free(mm_service *s, const char *what) {
-    double t0 = now_s();
+    double t0 = mm_now_s();
     int used = -1, running = -1;
-    while (now_s() - t0 < 5) {
+    while (mm_now_s() - t0 < 5) {
         Metamorph__V1__ModelInfo *m = svc_info(s);
         if (m) used = m->kv_blocks_used, running = m->requests_running + m->requests_waiting;
         if (m) metamorph__v1__model_info__free_unpacked(m, NULL);
@@ -284,20 +285,16 @@ static int test_kill(const char *coord, const char *stage) {
     if (!m) return 0;
     kill_arg k = {m->stages[1]->pid, 0};
     metamorph__v1__model_info__free_unpacked(m, NULL);
-    Metamorph__V1__ContentPart part = METAMORPH__V1__CONTENT_PART__INIT, *pp = &part;
-    part.kind_case = METAMORPH__V1__CONTENT_PART__KIND_TEXT, part.text = (char *)"Tell me everything.";
-    Metamorph__V1__ChatMessage msg = METAMORPH__V1__CHAT_MESSAGE__INIT, *mp = &msg;
-    msg.role = (char *)"user", msg.n_parts = 1, msg.parts = &pp;
     Metamorph__V1__SamplingParams sp = METAMORPH__V1__SAMPLING_PARAMS__INIT;
     sp.max_new_tokens = 2000;
-    Metamorph__V1__GenerateRequest r = METAMORPH__V1__GENERATE_REQUEST__INIT;
-    r.n_messages = 1, r.messages = &mp, r.sampling = &sp;
-    size_t len;
-    uint8_t *b = pack_req(&r, &len);
-    double t0 = now_s();
+    mm_generate_args a = {.prompt = "Tell me everything.", .sampling = &sp};
+    size_t len = 0;
+    uint8_t *b = NULL;
+    EXPECT(mm_generate_request_pack(&a, &b, &len) == MM_OK, "pack: %s", mm_error_last());
+    double t0 = mm_now_s();
     char err[512] = "";
     int code = mm_client_call(s.cl, "/metamorph.v1.MetaMorph/GenerateStream", b, len, 30, kill_on_first, &k, err, sizeof err);
-    double dt = now_s() - t0;
+    double dt = mm_now_s() - t0;
     free(b);
     EXPECT(code == 14 && dt < 5, "in-flight request: %s \"%s\" after %.2f s", mm_grpc_code_name(code), err, dt);
     int h = svc_health(&s);

@@ -23,16 +23,6 @@ static const char *write_json(const char *name, const char *text) {
     return path;
 }
 
-static int has(const char *s, const char *needle) { return !needle || strstr(s, needle) != NULL; }
-
-#define EXPECT_ERR(rc_expr, code, name1, name2)                                                    \
-    do {                                                                                           \
-        mm_status rc_ = (rc_expr);                                                                 \
-        const char *msg_ = mm_error_last();                                                        \
-        EXPECT(rc_ == (code) && has(msg_, name1) && has(msg_, name2),                              \
-               "got %s, want %s; message: %s", mm_status_str(rc_), mm_status_str(code), msg_);     \
-    } while (0)
-
 static const char *config_text =
     "{\n"
     "  \"hidden_size\": 4096,\n"

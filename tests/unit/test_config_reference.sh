@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # README's configuration reference is mm-coordinator --config-reference (the table in
-# scheduler/serve_config.c), and the discovery forms work: --help lists every key without
+# pipeline/serve_config.c), and the discovery forms work: --help lists every key without
 # opening a file named --help, --print-config shows a file's values and the environment's
 # overrides, --check fails with 78 on a wrong config or model. Args: BUILD_DIR SOURCE_DIR.
 set -uo pipefail

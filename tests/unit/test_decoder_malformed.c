@@ -191,10 +191,12 @@ static void test_steps(void) {
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", mm_asset_path("tiny/decoder/scheduler"));
     static const struct {
-        mm_sampler_kind kind;
+        mm_diffusion_sampler_kind kind;
         int steps;
         const char *needle;
-    } cases[] = {{MM_SAMPLER_PNDM, 1000, "reach timestep 1000"}, {MM_SAMPLER_DDIM, 1000, "reach timestep 1000"}, {MM_SAMPLER_DDIM, 1001, "1001 steps (1..1000)"}};
+    } cases[] = {{MM_DIFFUSION_SAMPLER_PNDM, 1000, "reach timestep 1000"},
+                 {MM_DIFFUSION_SAMPLER_DDIM, 1000, "reach timestep 1000"},
+                 {MM_DIFFUSION_SAMPLER_DDIM, 1001, "1001 steps (1..1000)"}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         mm_diffusion_sched *sc = NULL;
         mm_status s = mm_diffusion_sched_create(dir, cases[i].kind, cases[i].steps, 16, &sc);
@@ -203,7 +205,7 @@ static void test_steps(void) {
         mm_diffusion_sched_free(sc);
     }
     mm_diffusion_sched *sc = NULL;
-    EXPECT(mm_diffusion_sched_create(dir, MM_SAMPLER_PNDM, 999, 16, &sc) == MM_OK, "pndm 999: %s", mm_error_last());
+    EXPECT(mm_diffusion_sched_create(dir, MM_DIFFUSION_SAMPLER_PNDM, 999, 16, &sc) == MM_OK, "pndm 999: %s", mm_error_last());
     mm_diffusion_sched_free(sc);
 }
 

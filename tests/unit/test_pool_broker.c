@@ -11,9 +11,10 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "common/clock.h"
 #include "coordinator/decoder_pool.h"
 #include "coordinator/embed_cache.h"
-#include "coordinator/encoder.h"
+#include "coordinator/encoder_pool.h"
 #include "coordinator/pool_broker.h"
 #include "proto/internal.pb-c.h"
 #include "tests/testutil.h"
@@ -140,7 +141,7 @@ static mm_pool_settings settings(int32_t heartbeat_ms, int32_t liveness, int32_t
 static mm_pool_settings quiet_settings(void) { return settings(60000, 10, 600000); }
 
 static void step(mm_pool_broker *b) {
-    mm_pool_broker_pump(b, mm_pool_now_ms());
+    mm_pool_broker_pump(b, mm_now_ms());
     usleep(1000);
 }
 
@@ -207,7 +208,7 @@ static void test_least_loaded_and_batching(void) {
     EXPECT(wait_alive(b, 2), "second READY registers");
 
     for (uint64_t id = 1; id <= 3; id++) mm_pool_broker_submit(b, id, NULL, bytes_of("img"), 3);
-    mm_pool_broker_pump(b, mm_pool_now_ms());
+    mm_pool_broker_pump(b, mm_now_ms());
     mm_pool_stats st;
     mm_pool_broker_stats(b, &st);
     EXPECT(st.jobs_in_flight == 3 && st.jobs_queued == 0, "one pump sends all 3 (in flight %d, queued %d)",
@@ -671,28 +672,28 @@ static void test_error_result_passes_through(void) {
 
 enum { ENC_TOKENS = 2, ENC_DIM = 3 };
 
-static mm_encoder *encoder_pool_new(int32_t cache_mb) {
+static mm_encoder_pool *encoder_pool_new(int32_t cache_mb) {
     mm_encoder_pool_params p = {.pool = quiet_settings(), .n_tokens = ENC_TOKENS, .dim = ENC_DIM,
                                 .embed_cache_mb = cache_mb};
-    mm_encoder *enc = NULL;
+    mm_encoder_pool *enc = NULL;
     EXPECT(mm_encoder_pool_init(&p, &enc) == MM_OK, "encoder pool init: %s", mm_error_last());
     return enc;
 }
 
 /* Polls enc (which pumps) until a result, draining f meanwhile. */
-static int encoder_wait(mm_encoder *enc, fake *f, mm_encode_result *r) {
+static int encoder_wait(mm_encoder_pool *enc, fake *f, mm_encode_result *r) {
     for (int i = 0; i < MAX_STEPS; i++) {
-        if (enc->ops->poll(enc, r)) return 1;
+        if (mm_encoder_pool_poll(enc, r)) return 1;
         if (f) fake_drain(f);
         usleep(1000);
     }
     return 0;
 }
 
-static void encoder_pump_while(mm_encoder *enc, fake *f, int steps) {
+static void encoder_pump_while(mm_encoder_pool *enc, fake *f, int steps) {
     mm_encode_result r;
     for (int i = 0; i < steps; i++) {
-        while (enc->ops->poll(enc, &r)) {
+        while (mm_encoder_pool_poll(enc, &r)) {
             EXPECT(0, "unexpected result for job %llu", (unsigned long long)r.job_id);
             free(r.tokens);
         }
@@ -702,14 +703,14 @@ static void encoder_pump_while(mm_encoder *enc, fake *f, int steps) {
 }
 
 static void test_encoder_pool_cache(void) {
-    mm_encoder *enc = encoder_pool_new(1);
+    mm_encoder_pool *enc = encoder_pool_new(1);
     fake w;
     fake_open(&w, "encoder");
     fake_ready(&w, "encode", 4);
     const uint8_t image[] = "same image bytes";
     const float tokens[ENC_TOKENS * ENC_DIM] = {1, 2, 3, 4, 5, 6};
-    enc->ops->submit(enc, 1, image, sizeof image);
-    enc->ops->submit(enc, 2, image, sizeof image); /* coalesced with 1 */
+    mm_encoder_pool_submit(enc, 1, image, sizeof image);
+    mm_encoder_pool_submit(enc, 2, image, sizeof image); /* coalesced with 1 */
     encoder_pump_while(enc, &w, 30);
     EXPECT(w.n_jobs == 1, "the same bytes twice: one job on the wire (got %d)", w.n_jobs);
     EXPECT(w.last_len == sizeof image && memcmp(w.last_payload, image, sizeof image) == 0, "image bytes travel");
@@ -724,9 +725,9 @@ static void test_encoder_pool_cache(void) {
     free(r1.tokens);
     free(r2.tokens);
 
-    enc->ops->submit(enc, 3, image, sizeof image); /* now from the cache */
+    mm_encoder_pool_submit(enc, 3, image, sizeof image); /* now from the cache */
     mm_encode_result r3 = {0};
-    EXPECT(enc->ops->poll(enc, &r3) && r3.job_id == 3 && r3.status == MM_OK &&
+    EXPECT(mm_encoder_pool_poll(enc, &r3) && r3.job_id == 3 && r3.status == MM_OK &&
                memcmp(r3.tokens, tokens, sizeof tokens) == 0,
            "a cached image is answered at once");
     free(r3.tokens);
@@ -735,7 +736,7 @@ static void test_encoder_pool_cache(void) {
 
     /* A refused image is not cached: asked again, it goes to a worker again. */
     const uint8_t bad[] = "not an image";
-    enc->ops->submit(enc, 4, bad, sizeof bad);
+    mm_encoder_pool_submit(enc, 4, bad, sizeof bad);
     for (int i = 0; i < MAX_STEPS && w.n_jobs < 2; i++) encoder_pump_while(enc, &w, 1);
     EXPECT(w.n_jobs == 2, "the new image goes out");
     fake_error(&w, w.jobs[1], MM_ERR_FORMAT, "not a PNG");
@@ -743,29 +744,29 @@ static void test_encoder_pool_cache(void) {
     EXPECT(encoder_wait(enc, &w, &r4) && r4.job_id == 4 && r4.status == MM_ERR_FORMAT && !r4.tokens &&
                strstr(r4.error, "not a PNG"),
            "the worker's FORMAT reaches the caller");
-    enc->ops->submit(enc, 5, bad, sizeof bad);
+    mm_encoder_pool_submit(enc, 5, bad, sizeof bad);
     for (int i = 0; i < MAX_STEPS && w.n_jobs < 3; i++) encoder_pump_while(enc, &w, 1);
     EXPECT(w.n_jobs == 3, "errors are not cached");
-    enc->ops->cancel(enc, 5); /* its answer is dropped */
+    mm_encoder_pool_cancel(enc, 5); /* its answer is dropped */
     fake_error(&w, w.jobs[2], MM_ERR_FORMAT, "not a PNG");
     encoder_pump_while(enc, &w, 20);
 
     mm_encoder_pool_stats st;
-    EXPECT(mm_encoder_pool_get_stats(enc, &st) == MM_OK, "stats");
+    mm_encoder_pool_get_stats(enc, &st);
     EXPECT(st.cache_hits == 1 && st.coalesced == 1 && st.cache_entries == 1, "hits %llu coalesced %llu entries %d",
            (unsigned long long)st.cache_hits, (unsigned long long)st.coalesced, st.cache_entries);
     fake_close(&w);
-    enc->ops->free(enc);
+    mm_encoder_pool_free(enc);
 }
 
 static void test_encoder_pool_wrong_shape(void) {
-    mm_encoder *enc = encoder_pool_new(0);
+    mm_encoder_pool *enc = encoder_pool_new(0);
     fake bad, good;
     fake_open(&bad, "wrong-model");
     fake_open(&good, "right-model");
     fake_ready(&bad, "encode", 1);
     const uint8_t image[] = "img";
-    enc->ops->submit(enc, 1, image, sizeof image);
+    mm_encoder_pool_submit(enc, 1, image, sizeof image);
     for (int i = 0; i < MAX_STEPS && bad.n_jobs < 1; i++) encoder_pump_while(enc, &bad, 1);
     EXPECT(bad.n_jobs == 1, "bad gets the job");
     fake_ready(&good, "encode", 1);
@@ -786,7 +787,7 @@ static void test_encoder_pool_wrong_shape(void) {
     EXPECT(st.pool.workers_alive == 1 && st.pool.workers_dropped == 1, "the wrong model is dropped");
     fake_close(&bad);
     fake_close(&good);
-    enc->ops->free(enc);
+    mm_encoder_pool_free(enc);
 }
 
 /* ------------------------------------------------------------------ decoder pool */
@@ -826,7 +827,7 @@ static void test_decoder_pool(void) {
     ready.type = T_READY, ready.pool = (char *)"decode", ready.capacity = 1;
     fake_send(&liar, &ready, NULL, 0);
     const float tokens[4] = {1, -1, 0.25f, 8};
-    mm_decode_settings how = {.steps = 20, .guidance = 7.5f, .sampler = "ddim", .seed = 1234};
+    mm_image_params how = {.steps = 20, .guidance = 7.5f, .sampler = MM_DIFFUSION_SAMPLER_DDIM, .seed = 1234};
     EXPECT(mm_decoder_pool_submit(d, 77, tokens, &how) == MM_OK, "submit");
     mm_decode_result r = {0};
     for (int i = 0; i < MAX_STEPS && liar.n_jobs < 1; i++) {

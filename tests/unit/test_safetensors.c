@@ -79,17 +79,6 @@ static void write_st(const char *path, const char *hdr, size_t data_size) {
     write_st_raw(path, strlen(hdr), hdr, data_size);
 }
 
-static int has(const char *s, const char *needle) { return !needle || strstr(s, needle) != NULL; }
-
-/* The status and message of a failed call: code, and the message names both strings. */
-#define EXPECT_ERR(rc_expr, code, name1, name2)                                                    \
-    do {                                                                                           \
-        mm_status rc_ = (rc_expr);                                                                 \
-        const char *msg_ = mm_error_last();                                                        \
-        EXPECT(rc_ == (code) && has(msg_, name1) && has(msg_, name2),                              \
-               "got %s, want %s; message: %s", mm_status_str(rc_), mm_status_str(code), msg_);     \
-    } while (0)
-
 /* Opening `path` must fail with `code`, the message naming the file and `tensor`. */
 static void expect_open_fails(const char *file, mm_status code, const char *tensor) {
     mm_safetensors *st = NULL;
@@ -123,7 +112,7 @@ static void check_tensor(const mm_st_tensor *t, const mm_st_write_tensor *w, con
     EXPECT(t->nbytes == bytes && (int64_t)(bytes / mm_dtype_size(w->dtype)) == t->numel,
            "%s: nbytes %zu numel %lld", w->name, t->nbytes, (long long)t->numel);
     EXPECT(!bytes || !memcmp(t->data, w->data, bytes), "%s: data differs", w->name);
-    EXPECT(!strcmp(t->name, w->name) && has(t->file, file), "%s: name/file %s", w->name, t->file);
+    EXPECT(!strcmp(t->name, w->name) && mm_test_has(t->file, file), "%s: name/file %s", w->name, t->file);
 }
 
 static void test_round_trip(void) {

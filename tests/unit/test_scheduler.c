@@ -7,9 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pipeline/step_plan.h"
 #include "proto/internal.pb-c.h"
 #include "scheduler/scheduler.h"
-#include "scheduler/step_plan.h"
 #include "tests/testutil.h"
 
 #define VOCAB 1000
@@ -30,7 +30,7 @@ static int32_t fake_next(const mm_seq *seq) {
 
 static mm_sched_params params(int32_t budget, int32_t P, int32_t blocks) {
     mm_sched_params p = {.max_batch_tokens = budget, .max_batch_seqs = 16, .max_in_flight = P, .max_waiting = 64,
-                         .kv_blocks = blocks, .kv_block_size = 16, .max_context = 2048, .n_eos = 1,
+                         .kv_blocks = blocks, .kv_block_size = MM_KV_BLOCK_SIZE, .max_context = 2048, .n_eos = 1,
                          .image_start_id = IMG_START, .image_tokens = 3, .visual_dim = VDIM};
     p.eos_ids[0] = EOS;
     return p;
@@ -44,7 +44,7 @@ static int complete(mm_sched *s, mm_step *st, int32_t budget, int *violations) {
     if (st->n_rows > budget) (*violations)++;
     for (int i = 0; i < st->n; i++) {
         mm_step_entry *e = &st->e[i];
-        if (e->pos + e->n_rows > e->seq->kv.n_blocks * 16) (*violations)++; /* blocks cover the rows */
+        if (e->pos + e->n_rows > e->seq->kv.n_blocks * MM_KV_BLOCK_SIZE) (*violations)++; /* blocks cover the rows */
         if (e->output == MM_OUT_NONE) continue;
         res[n] = (mm_seq_result){.seq_id = e->seq->id, .token = fake_next(e->seq), .rng = e->seq->rng + 1};
         if (e->output == MM_OUT_VISUAL) {

@@ -1,10 +1,10 @@
-/* The pipeline split by modelled cost (scheduler/stage_split.h): balanced within 10% on
+/* The pipeline split by modelled cost (pipeline/stage_split.h): balanced within 10% on
  * the 110m preset with a 128k vocabulary at P = 2 and 3 where an even split of layers is
  * not, optimal against brute force on small models, the stage_layers override, errors,
  * and the text the banner shows. */
 #include <string.h>
 
-#include "scheduler/stage_split.h"
+#include "pipeline/stage_split.h"
 #include "tests/testutil.h"
 
 static mm_llama_config shapes(int32_t dim, int32_t layers, int32_t heads, int32_t kv_heads, int32_t hidden,

@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "model/tokenizer.h"
 #include "tests/testutil.h"
 
@@ -362,12 +363,6 @@ static void test_empty_and_detok(const mm_tokenizer *tok) {
     check_stream(tok, mixed, 8, 0, "mixed stream", 1);
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Writes one random valid UTF-8 character (any plane, no surrogates) at p. */
 static size_t random_char(char *p, uint64_t *state) {
     *state = *state * 6364136223846793005ull + 1442695040888963407ull;
@@ -420,9 +415,9 @@ static void test_large(const mm_tokenizer *tok, const char *where) {
         }
         int32_t *ids = NULL;
         size_t n = 0;
-        double t0 = now_s();
+        double t0 = mm_now_s();
         mm_status st = mm_tokenizer_encode(tok, text, len, 1, &ids, &n);
-        double dt = now_s() - t0;
+        double dt = mm_now_s() - t0;
         const char *what = kind ? "random UTF-8" : "'a' run";
         EXPECT(st == MM_OK && n > 0, "%s: 1 MB %s: %s", where, what, mm_error_last());
         EXPECT(dt < 30.0, "%s: 1 MB %s took %.1f s", where, what, dt);

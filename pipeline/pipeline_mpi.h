@@ -18,6 +18,7 @@ enum {
     MM_TAG_SHUTDOWN,  /* 0 -> every stage: stop */
     MM_TAG_ACT,       /* stage k -> k+1: activations [rows, dim] f32 */
     MM_TAG_STATS,     /* stage -> 0: StageStats, now and then */
+    MM_TAG_NCCL_ID,   /* stage 1 -> stages 2..P: the NCCL unique id, once, before the first plan */
 };
 
 /* MPI_Init_thread asking for FUNNELED; fails unless FUNNELED or better is provided.
@@ -25,7 +26,8 @@ enum {
 mm_status mm_mpi_init(int *argc, char ***argv, int *rank, int *size);
 /* MPI return code -> mm_status with MPI's message and the caller's file:line. */
 mm_status mm_mpi_status(int rc, const char *file, int line, const char *what);
-#define MPI_CHECK(call) mm_mpi_status((call), __FILE__, __LINE__, #call)
+/* Returns the failure of an MPI call from the enclosing function, as CHECK does. */
+#define MPI_CHECK(call) CHECK(mm_mpi_status((call), __FILE__, __LINE__, #call))
 
 /* Waits for req, polling with short sleeps. */
 mm_status mm_mpi_wait(MPI_Request *req);

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "common/clock.h"
+
 mm_status mm_mpi_status(int rc, const char *file, int line, const char *what) {
     if (rc == MPI_SUCCESS) return MM_OK;
     char msg[MPI_MAX_ERROR_STRING];
@@ -15,13 +17,13 @@ mm_status mm_mpi_status(int rc, const char *file, int line, const char *what) {
 
 mm_status mm_mpi_init(int *argc, char ***argv, int *rank, int *size) {
     int provided = 0;
-    CHECK(MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided)));
+    MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
     if (provided < MPI_THREAD_FUNNELED)
         return MM_ERROR(MM_ERR_UNSUPPORTED, "MPI provides thread level %d, FUNNELED (%d) is needed", provided,
                         MPI_THREAD_FUNNELED);
-    CHECK(MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN)));
-    CHECK(MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, rank)));
-    CHECK(MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, size)));
+    MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+    MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, rank));
+    MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, size));
     return MM_OK;
 }
 
@@ -40,21 +42,19 @@ mm_status mm_mpi_init(int *argc, char ***argv, int *rank, int *size) {
 
 typedef struct {
     int spins;
-    struct timespec t0;
+    double t0_ms;
 } waiter;
 
 static void waiter_start(waiter *w) {
     w->spins = 0;
-    clock_gettime(CLOCK_MONOTONIC, &w->t0);
+    w->t0_ms = mm_now_ms();
 }
 
 static void waiter_pause(waiter *w) {
     if (++w->spins < WAIT_SPINS) return;
     long ns = (w->spins - WAIT_SPINS) * WAIT_STEP_NS;
     if (ns > WAIT_SHORT_MAX_NS) ns = WAIT_SHORT_MAX_NS;
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    double waited_ns = (double)(now.tv_sec - w->t0.tv_sec) * 1e9 + (double)(now.tv_nsec - w->t0.tv_nsec);
+    double waited_ns = (mm_now_ms() - w->t0_ms) * 1e6;
     double share = waited_ns / WAIT_LONG_FRACTION;
     if (share > ns) ns = share > WAIT_LONG_MAX_NS ? WAIT_LONG_MAX_NS : (long)share;
     struct timespec t = {0, ns};
@@ -66,7 +66,7 @@ mm_status mm_mpi_wait(MPI_Request *req) {
     waiter w;
     waiter_start(&w);
     for (;;) {
-        CHECK(MPI_CHECK(MPI_Test(req, &done, MPI_STATUS_IGNORE)));
+        MPI_CHECK(MPI_Test(req, &done, MPI_STATUS_IGNORE));
         if (done) return MM_OK;
         waiter_pause(&w);
     }
@@ -74,10 +74,11 @@ mm_status mm_mpi_wait(MPI_Request *req) {
 
 static mm_status recv_probed(MPI_Status *st, uint8_t **buf, size_t *len) {
     int count = 0;
-    CHECK(MPI_CHECK(MPI_Get_count(st, MPI_BYTE, &count)));
+    MPI_CHECK(MPI_Get_count(st, MPI_BYTE, &count));
     *buf = malloc(count > 0 ? (size_t)count : 1);
     CHECK(CHECK_ALLOC(*buf));
-    mm_status s = MPI_CHECK(MPI_Recv(*buf, count, MPI_BYTE, st->MPI_SOURCE, st->MPI_TAG, MPI_COMM_WORLD, st));
+    mm_status s = mm_mpi_status(MPI_Recv(*buf, count, MPI_BYTE, st->MPI_SOURCE, st->MPI_TAG, MPI_COMM_WORLD, st),
+                                __FILE__, __LINE__, "MPI_Recv");
     if (s != MM_OK) {
         free(*buf);
         *buf = NULL;
@@ -89,7 +90,7 @@ static mm_status recv_probed(MPI_Status *st, uint8_t **buf, size_t *len) {
 
 mm_status mm_mpi_poll_msg(int src, int tag, uint8_t **buf, size_t *len, MPI_Status *st, int *got) {
     *got = 0;
-    CHECK(MPI_CHECK(MPI_Iprobe(src, tag, MPI_COMM_WORLD, got, st)));
+    MPI_CHECK(MPI_Iprobe(src, tag, MPI_COMM_WORLD, got, st));
     if (!*got) return MM_OK;
     return recv_probed(st, buf, len);
 }
@@ -99,7 +100,7 @@ mm_status mm_mpi_recv_msg(int src, int tag, uint8_t **buf, size_t *len, MPI_Stat
     waiter w;
     waiter_start(&w);
     for (;;) {
-        CHECK(MPI_CHECK(MPI_Iprobe(src, tag, MPI_COMM_WORLD, &got, st)));
+        MPI_CHECK(MPI_Iprobe(src, tag, MPI_COMM_WORLD, &got, st));
         if (got) return recv_probed(st, buf, len);
         waiter_pause(&w);
     }
@@ -108,6 +109,6 @@ mm_status mm_mpi_recv_msg(int src, int tag, uint8_t **buf, size_t *len, MPI_Stat
 mm_status mm_mpi_send_msg(int dst, int tag, const void *buf, size_t len) {
     if (len > (size_t)INT32_MAX) return MM_ERROR(MM_ERR_INVALID, "MPI message of %zu bytes", len);
     MPI_Request req;
-    CHECK(MPI_CHECK(MPI_Isend(buf, (int)len, MPI_BYTE, dst, tag, MPI_COMM_WORLD, &req)));
+    MPI_CHECK(MPI_Isend(buf, (int)len, MPI_BYTE, dst, tag, MPI_COMM_WORLD, &req));
     return mm_mpi_wait(&req);
 }

@@ -24,7 +24,7 @@
 
 #include "common/status.h"
 #include "model/llama.h"
-#include "scheduler/serve_config.h"
+#include "pipeline/serve_config.h"
 
 /* Mean number of keys a token attends to in the cost model (a serving mix of short
  * chats); attention is a small term below a few thousand tokens of context. */

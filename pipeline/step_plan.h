@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "scheduler.h"
+#include "scheduler/scheduler.h"
 
 /* *buf is malloc'd (caller frees). */
 mm_status mm_step_plan_pack(const mm_sched *s, const mm_step *step, uint8_t **buf, size_t *len);

@@ -3,6 +3,8 @@
 #include "serve_config.h"
 
 #include "common/log.h"
+#include "model/image_params.h"
+#include "model/kv_cache.h"
 
 #include <jansson.h>
 #include <stddef.h>
@@ -21,7 +23,8 @@ typedef struct {
 static const int_tunable INT_TUNABLES[] = {
     T(threads, 0, 0, 1024, "backend threads per stage, 0 = all cores"),
     T(kv_blocks, 1024, 1, 1 << 24, "KV cache blocks per stage (each stage holds its own layers)"),
-    T(kv_block_size, 16, 16, 16, "tokens per KV block (fixed: one block table serves all stages)"),
+    T(kv_block_size, MM_KV_BLOCK_SIZE, MM_KV_BLOCK_SIZE, MM_KV_BLOCK_SIZE,
+      "tokens per KV block (fixed: one block table serves all stages)"),
     T(max_batch_tokens, 256, 1, 1 << 20, "per-step token budget (decodes + prefill chunks)"),
     T(max_batch_seqs, 64, 1, 4096, "sequences in one micro-batch at most"),
     T(max_queue, 256, 1, 1 << 20, "waiting requests at most; more get RESOURCE_EXHAUSTED"),
@@ -41,7 +44,7 @@ static const int_tunable INT_TUNABLES[] = {
     T(pool_job_timeout_ms, 600000, 100, 1 << 30, "a pool job unanswered this long on a live worker is sent elsewhere"),
     T(pool_max_message_mb, 64, 1, 2047, "largest pool message in MiB (an image, its tokens, a PNG)"),
     T(embed_cache_mb, 256, 0, 1 << 20, "visual tokens of recently seen images in MiB (LRU), 0 = off"),
-    T(image_steps, 50, 1, 1000, "diffusion steps when a request does not say"),
+    T(image_steps, MM_DECODE_DEFAULT_STEPS, 1, MM_DECODE_MAX_STEPS, "diffusion steps when a request does not say"),
     T(http_max_body_mb, 96, 1, 2047, "largest HTTP request body in MiB"),
     T(http_max_connections, 256, 1, 65536, "HTTP connections at once (one thread each)"),
     T(split_decode_percent, 33, 0, 100, "stage split: sampled tokens per 100 computed (output / (prompt + output)), weighs lm_head"),
