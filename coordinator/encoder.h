@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "common/status.h"
+#include "coordinator/embed_cache.h"
 #include "coordinator/pool_broker.h"
 
 typedef struct {
@@ -23,8 +24,10 @@ typedef struct {
 typedef struct mm_encoder mm_encoder;
 
 typedef struct {
-    /* Queues one image; data is copied. */
-    mm_status (*submit)(mm_encoder *enc, uint64_t job_id, const uint8_t *data, size_t len);
+    /* Queues one image; data is copied. key: the image's content key (BLAKE2b-256 of
+     * data, embed_cache.h), which the prefix cache names its rows by. */
+    mm_status (*submit)(mm_encoder *enc, uint64_t job_id, const uint8_t *data, size_t len,
+                        uint8_t key[MM_EMBED_KEY_BYTES]);
     /* 1 and *out when a result is ready, 0 when none is. Never blocks. */
     int (*poll)(mm_encoder *enc, mm_encode_result *out);
     /* Forgets a job (its request is gone): dropped if not started, its result discarded. */
