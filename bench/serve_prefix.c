@@ -18,8 +18,7 @@ static const char *INSTRUCTION =
     "at most two sentences. Name the main subject first, then where it is, then the light and the colours. Use "
     "plain words a child would know. Do not guess names of people, places, brands or dates. Do not start with the "
     "words picture, image or photo. If the picture is blurred, dark or empty, say only that. If there is text in "
-    "the picture, do not copy it. Keep the same style for every picture, because the captions are read one after "
-    "another by people who use screen readers, and a steady style helps them. Now the picture:";
+    "the picture, do not copy it. Now the picture:";
 static const char *ASSISTANT_TURN =
     "That is a good question. The short answer is that it depends on the weather, the season and the place, and "
     "I would look at each of them in turn before saying more.";
