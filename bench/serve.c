@@ -8,7 +8,9 @@
  *           pool, latency percentiles per request kind.
  * With --spawn it starts the service itself (serve_spawn.h) and, for each count in
  * --workers, grows both pools to that many workers and runs encode, decode and mixed:
- * images/s per count and the ratio last count / first count. --http HOST:PORT sends the
+ * images/s per count and the ratio last count / first count; with --spawn --workload
+ * captions|chat|random it compares the service with prefix caching off and on
+ * (serve_prefix.h). --http HOST:PORT sends the
  * same requests through the OpenAI-compatible door (streamed chat completions) instead
  * of gRPC, so the two doors can be compared. One JSON object on
  * stdout; timings are reported, never asserted. */
@@ -23,6 +25,7 @@
 
 #include "common/http_client.h"
 #include "bench/serve_load.h"
+#include "bench/serve_prefix.h"
 #include "bench/serve_spawn.h"
 #include "bench/serve_stats.h"
 #include "bench/serve_workloads.h"
@@ -45,7 +48,10 @@ static void usage(void) {
             "             [--http HOST:PORT]   requests through the OpenAI-compatible HTTP door\n"
             "                                  (--server still serves GetModelInfo for stage figures)\n"
             "       serve --spawn --model DIR [--workers 1,2] [--stages P] [--threads T] [--worker-threads T]\n"
-            "             [the options above but --server and --workload]\n");
+            "             [the options above but --server and --workload]\n"
+            "       serve --spawn --model DIR --workload captions|chat|random [--stages P] [--threads T]\n"
+            "             [--num-prompts N] [--concurrency C] [--input-len L] [--output-len L] [--repeats N] [--image PNG]\n"
+            "             prefix caching off vs on, each on a fresh service, alternately\n");
 }
 
 /* "1,2,4" -> a->workers (ascending, 1..SPAWN_MAX_WORKERS); 0 or -1. */
@@ -109,7 +115,7 @@ static int parse(int argc, char **argv, serve_args *a) {
     for (int k = 0; k < 5; k++)
         if (*field[k] == -1) *field[k] = defaults[a->spawn][k];
     static const char *const WORKLOADS[] = {"text", "encode", "decode", "mixed"};
-    int known = 0;
+    int known = a->spawn && serve_prefix_is_workload(a->workload);
     for (int k = 0; k < 4; k++) known |= !strcmp(a->workload, WORKLOADS[k]);
     if (optind < argc || !known || a->n < 1 || a->concurrency < 1 || a->in_len < 1 || a->out_len < 1 || a->steps < 0 ||
         a->repeats < 1 || a->repeats > SERVE_MAX_REPEATS || a->stages < 1 || a->threads < 0 || a->worker_threads < 0 ||
@@ -277,7 +283,7 @@ static void print_spawn(const serve_args *a, const serve_service *svc, const spa
 /* --spawn: the service with growing pools. */
 static int run_spawn(const serve_args *a) {
     serve_service svc;
-    if (serve_spawn_start(&svc, a->model, a->stages, a->threads, a->worker_threads) != 0) return 1;
+    if (serve_spawn_start(&svc, a->model, a->stages, a->threads, a->worker_threads, "") != 0) return 1;
     serve_workload w = workload_of(a, svc.cl);
     spawn_run runs[MAX_COUNTS];
     int done = 0;
@@ -302,6 +308,11 @@ static int run_spawn(const serve_args *a) {
 int main(int argc, char **argv) {
     serve_args a;
     if (parse(argc, argv, &a) != 0) return 2;
+    if (a.spawn && serve_prefix_is_workload(a.workload)) {
+        prefix_bench b = {a.workload, a.model,  a.image,  a.n,       a.concurrency,    a.in_len,
+                          a.out_len,  a.repeats, a.stages, a.threads, a.worker_threads, a.seed, a.timeout_s};
+        return serve_prefix_compare(&b);
+    }
     if (a.spawn) return run_spawn(&a);
     if (a.http) {
         curl_global_init(CURL_GLOBAL_DEFAULT);

@@ -53,35 +53,59 @@ static int on_event(void *user, const uint8_t *d, size_t n) {
 static const char *WORDS[] = {"the", "cat", "sat", "on", "a", "mat", "and", "looked", "at", "sea", "mountain", "river"};
 #define N_WORDS (sizeof WORDS / sizeof *WORDS)
 
-/* The prompt of r: in_len words (index i varies them); malloc'd, NULL without memory. */
-static char *prompt_of(const serve_req *r, int i) {
-    char *prompt = malloc((size_t)r->in_len * 10 + 1);
+char *serve_prompt_words(int n_words, unsigned random_words, int i) {
+    char *prompt = malloc((size_t)n_words * 10 + 1);
     if (!prompt) return NULL;
     size_t o = 0;
+    uint64_t x = ((uint64_t)random_words << 32) ^ (uint64_t)i ^ 0x9e3779b97f4a7c15ull;
     prompt[0] = 0;
-    for (int w = 0; w < r->in_len; w++)
-        o += (size_t)sprintf(prompt + o, "%s%s", w ? " " : "", WORDS[(size_t)(i + w * 7) % N_WORDS]);
+    for (int w = 0; w < n_words; w++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        size_t k = random_words ? (size_t)(x >> 33) % N_WORDS : (size_t)(i + w * 7) % N_WORDS;
+        o += (size_t)sprintf(prompt + o, "%s%s", w ? " " : "", WORDS[k]);
+    }
     return prompt;
 }
 
 /* The request of r with its prompt packed into *buf; 0, or -1 without memory. */
+#define MAX_HISTORY 31
 static int pack(const serve_req *r, int i, const char *prompt, uint8_t **buf, size_t *len) {
-    Metamorph__V1__ContentPart text = METAMORPH__V1__CONTENT_PART__INIT, image = METAMORPH__V1__CONTENT_PART__INIT;
-    Metamorph__V1__ContentPart *parts[2] = {&image, &text};
-    text.kind_case = METAMORPH__V1__CONTENT_PART__KIND_TEXT, text.text = (char *)prompt;
-    int with_image = r->kind == SERVE_UNDERSTAND && r->image;
-    if (with_image) {
+    if (r->n_history < 0 || r->n_history > MAX_HISTORY) return -1;
+    Metamorph__V1__ContentPart lead = METAMORPH__V1__CONTENT_PART__INIT, text = METAMORPH__V1__CONTENT_PART__INIT;
+    Metamorph__V1__ContentPart image = METAMORPH__V1__CONTENT_PART__INIT, *parts[3];
+    size_t n_parts = 0;
+    if (r->lead) {
+        lead.kind_case = METAMORPH__V1__CONTENT_PART__KIND_TEXT, lead.text = (char *)r->lead;
+        parts[n_parts++] = &lead;
+    }
+    if (r->kind == SERVE_UNDERSTAND && r->image) {
         image.kind_case = METAMORPH__V1__CONTENT_PART__KIND_IMAGE;
         image.image.data = r->image->png, image.image.len = r->image->len;
+        parts[n_parts++] = &image;
     }
-    Metamorph__V1__ChatMessage m = METAMORPH__V1__CHAT_MESSAGE__INIT, *mp = &m;
-    m.role = (char *)"user", m.n_parts = with_image ? 2 : 1, m.parts = with_image ? parts : parts + 1;
+    text.kind_case = METAMORPH__V1__CONTENT_PART__KIND_TEXT, text.text = (char *)prompt;
+    parts[n_parts++] = &text;
+    /* earlier turns (one text part each), then this one */
+    Metamorph__V1__ContentPart hp[MAX_HISTORY], *hpp[MAX_HISTORY];
+    Metamorph__V1__ChatMessage hm[MAX_HISTORY + 1], *mp[MAX_HISTORY + 1];
+    for (int k = 0; k < r->n_history; k++) {
+        metamorph__v1__content_part__init(&hp[k]);
+        hp[k].kind_case = METAMORPH__V1__CONTENT_PART__KIND_TEXT, hp[k].text = (char *)r->history[k];
+        hpp[k] = &hp[k];
+        metamorph__v1__chat_message__init(&hm[k]);
+        hm[k].role = (char *)(k % 2 ? "assistant" : "user"), hm[k].n_parts = 1, hm[k].parts = &hpp[k];
+        mp[k] = &hm[k];
+    }
+    Metamorph__V1__ChatMessage *m = &hm[r->n_history];
+    metamorph__v1__chat_message__init(m);
+    m->role = (char *)"user", m->n_parts = n_parts, m->parts = parts;
+    mp[r->n_history] = m;
     Metamorph__V1__SamplingParams sp = METAMORPH__V1__SAMPLING_PARAMS__INIT;
     sp.max_new_tokens = r->out_len;
     Metamorph__V1__ImageParams ip = METAMORPH__V1__IMAGE_PARAMS__INIT;
     ip.steps = r->steps, ip.seed = (uint64_t)i;
     Metamorph__V1__GenerateRequest req = METAMORPH__V1__GENERATE_REQUEST__INIT;
-    req.n_messages = 1, req.messages = &mp, req.sampling = &sp;
+    req.n_messages = (size_t)r->n_history + 1, req.messages = mp, req.sampling = &sp;
     if (r->kind == SERVE_GENERATE) req.generate_image = 1, req.image = &ip;
     *len = metamorph__v1__generate_request__get_packed_size(&req);
     *buf = malloc(*len ? *len : 1);
@@ -101,7 +125,7 @@ static void *slot(void *arg) {
         size_t len = 0;
         r->cap_itl = r->out_len + 1;
         r->itl = malloc((size_t)r->cap_itl * sizeof *r->itl);
-        char *prompt = prompt_of(r, i);
+        char *prompt = serve_prompt_words(r->in_len, r->random_words, i);
         r->start = serve_now();
         if (!r->itl || !prompt || (!http_door && pack(r, i, prompt, &buf, &len) != 0)) {
             fprintf(stderr, "serve: out of memory for request %d\n", i);

@@ -23,6 +23,10 @@ typedef struct {
     int in_len, out_len;       /* prompt words, max_new_tokens */
     const serve_image *image;  /* SERVE_UNDERSTAND: sent before the text */
     int steps;                 /* SERVE_GENERATE: diffusion steps, 0 = the server's */
+    const char *lead;          /* text sent first in the user message (a shared instruction), or NULL */
+    const char *const *history; /* [n_history] earlier turns, user and assistant alternately (gRPC only) */
+    int n_history;
+    unsigned random_words;     /* 0: the prompt's words follow the request index; else drawn from this seed */
     /* what came back (set by serve_load_run) */
     int code;                  /* gRPC status */
     double start, first, end;  /* monotonic s: sent, first token, last reply */
@@ -32,6 +36,9 @@ typedef struct {
     double last;
 } serve_req;
 
+/* The words of request i's prompt: n_words of them, following i (random_words 0) or
+ * drawn from the seed random_words and i. malloc'd; NULL without memory. */
+char *serve_prompt_words(int n_words, unsigned random_words, int i);
 /* Send every request through the OpenAI-compatible HTTP door at hostport ("host:port")
  * instead of gRPC (bench/serve --http). */
 void serve_load_use_http(const char *hostport);

@@ -37,7 +37,7 @@ static void stop_child(pid_t pid, int group) {
     waitpid(pid, NULL, 0);
 }
 
-static int write_config(serve_service *s, const char *path, int stages, int threads) {
+static int write_config(serve_service *s, const char *path, int stages, int threads, const char *extra_json) {
     FILE *f = fopen(path, "w");
     if (!f) {
         perror(path);
@@ -45,8 +45,9 @@ static int write_config(serve_service *s, const char *path, int stages, int thre
     }
     fprintf(f,
             "{\"model\": \"%s\", \"listen\": \"%s\", \"stages\": %d, \"threads\": %d, \"encoders\": 0, \"decoders\": 0,\n"
-            " \"encode_bind\": \"%s\", \"decode_bind\": \"%s\", \"metrics_listen\": \"%s\", \"http_listen\": \"\"}\n",
-            s->model, s->target, stages, threads, s->endpoint[SPAWN_ENCODE], s->endpoint[SPAWN_DECODE], s->metrics);
+            " \"encode_bind\": \"%s\", \"decode_bind\": \"%s\", \"metrics_listen\": \"%s\", \"http_listen\": \"\"%s%s}\n",
+            s->model, s->target, stages, threads, s->endpoint[SPAWN_ENCODE], s->endpoint[SPAWN_DECODE], s->metrics,
+            extra_json[0] ? ", " : "", extra_json);
     if (fclose(f) != 0) {
         perror(path);
         return -1;
@@ -71,7 +72,8 @@ static int wait_serving(serve_service *s, double timeout_s) {
     return -1;
 }
 
-int serve_spawn_start(serve_service *s, const char *model, int stages, int threads, int worker_threads) {
+int serve_spawn_start(serve_service *s, const char *model, int stages, int threads, int worker_threads,
+                      const char *extra_json) {
     memset(s, 0, sizeof *s);
     s->worker_threads = worker_threads;
     if (!realpath(model, s->model)) {
@@ -95,7 +97,7 @@ int serve_spawn_start(serve_service *s, const char *model, int stages, int threa
     char cfg[300], log[300], launch[] = MM_SOURCE_DIR "/deploy/launch.sh";
     snprintf(cfg, sizeof cfg, "%s/service.json", s->dir);
     snprintf(log, sizeof log, "%s/service.log", s->dir);
-    if (write_config(s, cfg, stages, threads) != 0) goto fail;
+    if (write_config(s, cfg, stages, threads, extra_json) != 0) goto fail;
     if (mm_client_open(s->target, &s->cl) != MM_OK) {
         fprintf(stderr, "serve: cannot open a channel to %s: %s\n", s->target, mm_error_last());
         goto fail;

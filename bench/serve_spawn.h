@@ -28,9 +28,11 @@ typedef struct {
 } serve_service;
 
 /* Starts the service on model with `stages` pipeline stages of `threads` threads each
- * and no pool worker; workers get worker_threads. Waits (up to 120 s) until it
- * serves. 0 on success; -1 with a message on stderr (s is stopped then). */
-int serve_spawn_start(serve_service *s, const char *model, int stages, int threads, int worker_threads);
+ * and no pool worker; workers get worker_threads; extra_json: more config keys ("" or
+ * "\"prefix_cache\": 0"). Waits (up to 120 s) until it serves. 0 on success; -1 with a
+ * message on stderr (s is stopped then). */
+int serve_spawn_start(serve_service *s, const char *model, int stages, int threads, int worker_threads,
+                      const char *extra_json);
 /* Starts workers until each pool has n, then waits (up to timeout_s) until the
  * coordinator counts n live workers in each. 0, or -1 with a message on stderr. */
 int serve_spawn_workers(serve_service *s, int n, double timeout_s);

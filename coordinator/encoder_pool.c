@@ -105,8 +105,8 @@ static void pending_free(mm_encoder_pool *e, pending *p) {
     free(p);
 }
 
-mm_status mm_encoder_pool_submit(mm_encoder_pool *e, uint64_t job_id, const uint8_t *data, size_t len) {
-    uint8_t key[MM_EMBED_KEY_BYTES];
+mm_status mm_encoder_pool_submit(mm_encoder_pool *e, uint64_t job_id, const uint8_t *data, size_t len,
+                                 uint8_t key[MM_EMBED_KEY_BYTES]) {
     CHECK(mm_embed_cache_key(data, len, key));
     const float *cached = mm_embed_cache_get(e->cache, key);
     if (cached) {
@@ -122,7 +122,7 @@ mm_status mm_encoder_pool_submit(mm_encoder_pool *e, uint64_t job_id, const uint
     }
     p = calloc(1, sizeof *p);
     CHECK(CHECK_ALLOC(p));
-    memcpy(p->key, key, sizeof key);
+    memcpy(p->key, key, MM_EMBED_KEY_BYTES);
     p->broker_id = ++e->next_broker_id;
     mm_status s = pending_add_waiter(p, job_id);
     uint8_t *copy = s == MM_OK ? malloc(len ? len : 1) : NULL;

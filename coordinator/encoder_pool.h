@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "common/status.h"
+#include "coordinator/embed_cache.h"
 #include "coordinator/pool_broker.h"
 
 typedef struct {
@@ -43,8 +44,10 @@ typedef struct mm_encoder_pool mm_encoder_pool;
 mm_status mm_encoder_pool_init(const mm_encoder_pool_params *p, mm_encoder_pool **out);
 void mm_encoder_pool_free(mm_encoder_pool *e);
 
-/* Queues one image; data is copied. */
-mm_status mm_encoder_pool_submit(mm_encoder_pool *e, uint64_t job_id, const uint8_t *data, size_t len);
+/* Queues one image; data is copied. key gets the image's content key (BLAKE2b-256 of
+ * data, embed_cache.h), which the prefix cache names its rows by. */
+mm_status mm_encoder_pool_submit(mm_encoder_pool *e, uint64_t job_id, const uint8_t *data, size_t len,
+                                 uint8_t key[MM_EMBED_KEY_BYTES]);
 /* Pumps the broker; 1 and *out when a result is ready, 0 when none is. Never blocks. */
 int mm_encoder_pool_poll(mm_encoder_pool *e, mm_encode_result *out);
 /* Forgets a job (its request is gone): dropped if not started, its result discarded. */

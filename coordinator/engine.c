@@ -16,6 +16,8 @@
 #include "proto/metamorph.pb-c.h"
 #include "scheduler/scheduler.h"
 
+_Static_assert(MM_EMBED_KEY_BYTES == MM_IMAGE_KEY_BYTES, "the prefix cache names image rows by the embedding cache's key");
+
 #define DETOK_CAP 16384
 #define IDLE_POLL_MS 250
 
@@ -492,6 +494,7 @@ static void send_info(mm_engine *e, uint64_t call_id) {
     mi.n_stages = (size_t)P, mi.stages = sp;
     mi.kv_block_size = e->p.cfg->kv_block_size;
     mi.kv_blocks_total = st.kv_blocks_total, mi.kv_blocks_used = st.kv_blocks_used;
+    mi.kv_blocks_cached = st.kv_blocks_cached;
     mi.requests_running = st.running, mi.requests_waiting = st.waiting;
     mi.serving = atomic_load(e->p.serving);
     mm_reply *r = reply_new(MM_REPLY_INFO, call_id);
@@ -524,7 +527,8 @@ static void job_admit(mm_engine *e, job *j) {
             rows[n++] = req->prompt[i];
     mm_status s = n == req->n_rows ? MM_OK : MM_ERROR(MM_ERR_INTERNAL, "prompt rows %d != %d", n, req->n_rows);
     if (s == MM_OK)
-        s = mm_sched_add(e->sched, req->call_id, rows, n, req->visual, req->max_new_tokens, &req->sampling, req->seed,
+        s = mm_sched_add(e->sched, req->call_id, rows, n, req->visual, (const uint8_t(*)[MM_IMAGE_KEY_BYTES])req->image_key,
+                         req->image_key ? req->n_images : 0, req->max_new_tokens, &req->sampling, req->seed,
                          req->generate_image ? sp->image_tokens : 0, j, &j->seq);
     if (s == MM_OK) e->report_prompt += (uint64_t)n;
     free(rows);
@@ -537,7 +541,8 @@ static void job_encode(mm_engine *e, job *j) {
     mm_request *req = j->req;
     const mm_sched_params *sp = mm_sched_get_params(e->sched); /* the encoder pool's token shape too */
     req->visual = malloc((size_t)req->n_images * (size_t)sp->image_tokens * (size_t)sp->visual_dim * sizeof *req->visual);
-    if (!req->visual) {
+    req->image_key = malloc((size_t)req->n_images * sizeof *req->image_key);
+    if (!req->visual || !req->image_key) {
         job_fail(e, j, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
@@ -546,7 +551,8 @@ static void job_encode(mm_engine *e, job *j) {
     j->encodes_left = req->n_images;
     e->n_encoding++;
     for (int k = 0; k < req->n_images; k++) {
-        mm_status s = mm_encoder_pool_submit(e->p.encoder, j->enc_base + (uint64_t)k, req->image_data[k], req->image_len[k]);
+        mm_status s = mm_encoder_pool_submit(e->p.encoder, j->enc_base + (uint64_t)k, req->image_data[k], req->image_len[k],
+                                             req->image_key[k]);
         if (s != MM_OK) { /* INVALID: over pool_max_message_mb, which no retry changes */
             char msg[512];
             snprintf(msg, sizeof msg, "%s.image: %s", req->image_where[k], mm_error_without_location(mm_error_last()));
@@ -705,6 +711,10 @@ static void update_gauges(mm_engine *e) {
     mm_metrics_set(m, MM_METRIC_RUNNING_SEQUENCES, 0, st.running);
     mm_metrics_set(m, MM_METRIC_KV_BLOCKS_USED, 0, st.kv_blocks_used);
     mm_metrics_set(m, MM_METRIC_KV_BLOCKS_CAPACITY, 0, st.kv_blocks_total);
+    mm_metrics_set(m, MM_METRIC_KV_BLOCKS_CACHED, 0, st.kv_blocks_cached);
+    mm_metrics_set(m, MM_METRIC_PREFIX_CACHE_QUERIES_TOTAL, 0, (double)st.prefix_queries);
+    mm_metrics_set(m, MM_METRIC_PREFIX_CACHE_HITS_TOTAL, 0, (double)st.prefix_hits);
+    mm_metrics_set(m, MM_METRIC_PREFIX_CACHE_EVICTIONS_TOTAL, 0, (double)st.prefix_evictions);
     for (int k = 0; k < mm_mpi_driver_n_stages(e->p.drv); k++)
         mm_metrics_set(m, MM_METRIC_STAGE_BUSY_SECONDS_TOTAL, k, mm_mpi_driver_stage(e->p.drv, k)->busy_ms * 1e-3);
     if (e->p.encoder) {
@@ -770,7 +780,7 @@ mm_status mm_engine_init(const mm_engine_params *p, mm_engine **out) {
         .max_in_flight = mm_mpi_driver_n_stages(p->drv), .max_waiting = c->max_queue, .kv_blocks = c->kv_blocks,
         .kv_block_size = c->kv_block_size, .max_context = mm_engine_max_context(c, p->llm),
         .image_start_id = mm_mpi_driver_has_vision_head(p->drv) ? p->image_start_id : -1, .image_tokens = p->image_tokens,
-        .visual_dim = mm_mpi_driver_visual_dim(p->drv)};
+        .visual_dim = mm_mpi_driver_visual_dim(p->drv), .prefix_cache = c->prefix_cache};
     sp.n_eos = p->llm->n_eos < MM_SCHED_MAX_EOS ? p->llm->n_eos : MM_SCHED_MAX_EOS;
     memcpy(sp.eos_ids, p->llm->eos_ids, (size_t)sp.n_eos * sizeof *sp.eos_ids);
     mm_status s = mm_sched_init(&sp, &e->sched);

@@ -7,6 +7,7 @@ void mm_request_free(mm_request *r) {
     if (!r) return;
     free(r->prompt);
     free(r->visual);
+    free(r->image_key);
     for (int i = 0; r->image_data && i < r->n_images; i++) free(r->image_data[i]);
     free(r->image_data), free(r->image_len), free(r->image_where);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);

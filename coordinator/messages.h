@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "coordinator/embed_cache.h"
 #include "kernels/backend.h"
 #include "model/image_params.h"
 
@@ -31,6 +32,7 @@ typedef struct {
     size_t *image_len;        /* [n_images] */
     char (*image_where)[64];  /* [n_images] "messages[i].parts[j]", for error messages */
     float *visual;            /* [n_images, n_image_tokens, visual_dim] once encoded, or NULL */
+    uint8_t (*image_key)[MM_EMBED_KEY_BYTES]; /* [n_images] content keys (BLAKE2b-256 of the bytes) once submitted, or NULL */
     mm_sampling sampling;
     uint64_t seed;
     int32_t max_new_tokens;

@@ -70,6 +70,16 @@ static const metric_def METRICS[MM_METRIC_COUNT] = {
                                           "Images whose visual tokens came from the embedding cache.", NO_LABEL},
     [MM_METRIC_EMBED_CACHE_MISSES_TOTAL] = {"embed_cache_misses_total", KIND_COUNTER,
                                             "Images that had to be encoded.", NO_LABEL},
+    [MM_METRIC_KV_BLOCKS_CACHED] = {"kv_blocks_cached", KIND_GAUGE,
+                                    "KV cache blocks held by no sequence that keep a cached prefix (evictable).",
+                                    NO_LABEL},
+    [MM_METRIC_PREFIX_CACHE_QUERIES_TOTAL] = {"prefix_cache_queries_total", KIND_COUNTER,
+                                              "Tokens looked up in the prefix cache when sequences were admitted.",
+                                              NO_LABEL},
+    [MM_METRIC_PREFIX_CACHE_HITS_TOTAL] = {"prefix_cache_hits_total", KIND_COUNTER,
+                                           "Tokens found in the prefix cache (their prefill skipped).", NO_LABEL},
+    [MM_METRIC_PREFIX_CACHE_EVICTIONS_TOTAL] = {"prefix_cache_evictions_total", KIND_COUNTER,
+                                                "Cached KV blocks evicted to make room.", NO_LABEL},
 };
 #undef LABELS
 #undef STAGE_LABEL

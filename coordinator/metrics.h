@@ -29,6 +29,10 @@ typedef enum {
     MM_METRIC_POOL_REDISPATCHES_TOTAL,    /* counter, pool */
     MM_METRIC_EMBED_CACHE_HITS_TOTAL,     /* counter */
     MM_METRIC_EMBED_CACHE_MISSES_TOTAL,   /* counter */
+    MM_METRIC_KV_BLOCKS_CACHED,           /* gauge: blocks held by nobody that keep a cached prefix */
+    MM_METRIC_PREFIX_CACHE_QUERIES_TOTAL, /* counter: prompt rows looked up at admission */
+    MM_METRIC_PREFIX_CACHE_HITS_TOTAL,    /* counter: of those, rows found (their prefill skipped) */
+    MM_METRIC_PREFIX_CACHE_EVICTIONS_TOTAL, /* counter: cached blocks dropped to make room */
     MM_METRIC_COUNT
 } mm_metric_id;
 

@@ -44,6 +44,7 @@ static const int_tunable INT_TUNABLES[] = {
     T(pool_job_timeout_ms, 600000, 100, 1 << 30, "a pool job unanswered this long on a live worker is sent elsewhere"),
     T(pool_max_message_mb, 64, 1, 2047, "largest pool message in MiB (an image, its tokens, a PNG)"),
     T(embed_cache_mb, 256, 0, 1 << 20, "visual tokens of recently seen images in MiB (LRU), 0 = off"),
+    T(prefix_cache, 1, 0, 1, "1: automatic prefix caching, a prompt's full KV blocks seen before (images too) are reused, not recomputed; 0: off"),
     T(image_steps, MM_DECODE_DEFAULT_STEPS, 1, MM_DECODE_MAX_STEPS, "diffusion steps when a request does not say"),
     T(http_max_body_mb, 96, 1, 2047, "largest HTTP request body in MiB"),
     T(http_max_connections, 256, 1, 65536, "HTTP connections at once (one thread each)"),

@@ -41,6 +41,7 @@ typedef struct {
     int32_t pool_job_timeout_ms; /* a job unanswered this long on a live worker is sent elsewhere */
     int32_t pool_max_message_mb; /* largest pool message (an image, its tokens, a PNG) */
     int32_t embed_cache_mb;    /* visual tokens of recently seen images (LRU by image hash), 0 = off */
+    int32_t prefix_cache;      /* 1: reuse the KV blocks of a prompt prefix seen before (kv_blocks.h), 0: off */
     int32_t image_steps;       /* diffusion steps when a request does not say */
     char metrics_listen[256];  /* Prometheus /metrics, /healthz, /readyz over HTTP, "host:port"; "" = off */
     char http_listen[256];     /* OpenAI-compatible HTTP API, "host:port"; "" = off */

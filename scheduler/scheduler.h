@@ -6,7 +6,16 @@
  * I/O, no clocks; the coordinator's scheduler thread is its only caller.
  *
  * Inputs of a sequence are rows: a token id, or -1 for a visual row whose 1152-d
- * vector (an image input, or a generated visual token fed back) is kept beside it. */
+ * vector (an image input, or a generated visual token fed back) is kept beside it.
+ *
+ * Prefix caching (kv_blocks.h): once every stage holds a full block of a sequence, the
+ * block is published under its chained hash; a sequence being admitted takes the
+ * published blocks its own leading full blocks hash to and starts its prefill after
+ * them. It always computes its last row itself (that row's output is what it needs),
+ * so a block holding the last row is never taken from the cache. A row of an input
+ * image is hashed by the image's content key; a visual token the model generated has
+ * no such key (two generations of "the same" image are not known to be equal), so the
+ * block holding it and every later block of the sequence stay private. */
 #ifndef MM_SCHEDULER_H
 #define MM_SCHEDULER_H
 
@@ -29,6 +38,7 @@ typedef struct {
     int32_t image_start_id;   /* -1: the model cannot generate images */
     int32_t image_tokens;     /* visual tokens per generated image (64) */
     int32_t visual_dim;       /* 1152 */
+    int prefix_cache;         /* publish and reuse full blocks (kv_blocks.h) */
 } mm_sched_params;
 
 typedef enum {
@@ -66,6 +76,15 @@ typedef struct mm_seq {
     int32_t preemptions;
     mm_finish finish;
     int scheduled_once;        /* has been in a micro-batch */
+    /* prefix caching */
+    uint8_t (*image_keys)[MM_IMAGE_KEY_BYTES]; /* [n_image_keys] content keys of the prompt's images */
+    int32_t n_image_keys;
+    mm_block_hash *hashes;     /* [n_hashes] chained hashes of the leading full blocks that may be shared */
+    int32_t n_hashes, cap_hashes;
+    int32_t hashed_visual;     /* -1 rows inside the hashed blocks */
+    int hashes_end;            /* a row that may not be shared was met: no more hashes */
+    int32_t n_published;       /* leading blocks of kv published (or taken from the cache) */
+    int32_t cached_tokens;     /* prompt rows taken from the cache at the first admission */
 } mm_seq;
 
 typedef struct {
@@ -100,10 +119,13 @@ void mm_sched_free(mm_sched *s);
 int mm_sched_can_accept(const mm_sched *s);
 /* Queues a new sequence with its prompt rows; visual holds one vector per -1 row.
  * max_new_tokens is clamped to the context and the KV capacity; image_left > 0 starts
- * the sequence in image mode (the prompt ends with <image_start>). */
+ * the sequence in image mode (the prompt ends with <image_start>). image_keys: the
+ * content key of each image of the prompt, whose rows are its -1 rows, image_tokens per
+ * image in order (n_image_keys * image_tokens -1 rows); NULL: the -1 rows have no key
+ * and the blocks from the first of them on are never shared. */
 mm_status mm_sched_add(mm_sched *s, uint64_t id, const int32_t *prompt, int32_t n_prompt, const float *visual,
-                       int32_t max_new_tokens, const mm_sampling *sampling, uint64_t seed, int32_t image_left,
-                       void *user, mm_seq **out);
+                       const uint8_t (*image_keys)[MM_IMAGE_KEY_BYTES], int32_t n_image_keys, int32_t max_new_tokens,
+                       const mm_sampling *sampling, uint64_t seed, int32_t image_left, void *user, mm_seq **out);
 /* The caller lets go of seq (finished, cancelled, expired). Its blocks are freed now,
  * or when its micro-batch returns if it is in flight; the pointer is invalid after. */
 void mm_sched_remove(mm_sched *s, mm_seq *seq);
@@ -127,7 +149,11 @@ void mm_sched_abort_in_flight(mm_sched *s);
 typedef struct {
     int32_t running, waiting, in_flight_steps;
     int32_t kv_blocks_used, kv_blocks_total;
+    int32_t kv_blocks_cached;     /* held by nobody, keeping a published prefix (evictable) */
     uint64_t preemptions, steps;
+    uint64_t prefix_queries;      /* rows looked up in the prefix cache at admission */
+    uint64_t prefix_hits;         /* of those, rows found (not computed) */
+    uint64_t prefix_evictions;    /* cached blocks dropped to make room */
 } mm_sched_stats;
 void mm_sched_get_stats(const mm_sched *s, mm_sched_stats *st);
 const mm_sched_params *mm_sched_get_params(const mm_sched *s);

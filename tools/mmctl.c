@@ -318,10 +318,10 @@ static int on_info(void *user, const uint8_t *d, size_t n) {
     if (!m) return 1;
     printf("{\"model\": \"%s\", \"vocab_size\": %d, \"n_layers\": %d, \"dim\": %d, \"max_context\": %d, "
            "\"vision\": %s, \"image_generation\": %s, \"serving\": %s,\n \"kv_block_size\": %d, \"kv_blocks_total\": %d, "
-           "\"kv_blocks_used\": %d, \"requests_running\": %d, \"requests_waiting\": %d,\n \"stages\": [",
+           "\"kv_blocks_used\": %d, \"kv_blocks_cached\": %d, \"requests_running\": %d, \"requests_waiting\": %d,\n \"stages\": [",
            m->model, m->vocab_size, m->n_layers, m->dim, m->max_context, m->vision ? "true" : "false",
            m->image_generation ? "true" : "false", m->serving ? "true" : "false", m->kv_block_size, m->kv_blocks_total,
-           m->kv_blocks_used, m->requests_running, m->requests_waiting);
+           m->kv_blocks_used, m->kv_blocks_cached, m->requests_running, m->requests_waiting);
     for (size_t i = 0; i < m->n_stages; i++) {
         const Metamorph__V1__StageInfo *s = m->stages[i];
         printf("%s\n  {\"rank\": %d, \"host\": \"%s\", \"pid\": %d, \"layers\": [%d, %d], \"blocks\": [%d, %d], "

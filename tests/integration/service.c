@@ -246,17 +246,39 @@ static int on_stream(void *user, const uint8_t *d, size_t n) {
 }
 
 void svc_generate(mm_service *s, const char *prompt, int max_new, int stream, double timeout_s, gen_result *out) {
+    svc_msg m = {"user", prompt};
+    svc_chat(s, &m, 1, 0, 0, max_new, stream, timeout_s, out);
+}
+
+#define SVC_MAX_MSGS 16
+void svc_chat(mm_service *s, const svc_msg *msgs, int n_msgs, float temperature, uint64_t seed, int max_new, int stream,
+              double timeout_s, gen_result *out) {
     memset(out, 0, sizeof *out);
-    Metamorph__V1__SamplingParams sp = METAMORPH__V1__SAMPLING_PARAMS__INIT;
-    sp.max_new_tokens = max_new;
-    mm_generate_args a = {.prompt = prompt, .sampling = &sp};
-    uint8_t *buf;
-    size_t len;
-    if (mm_generate_request_pack(&a, &buf, &len) != MM_OK) {
+    if (n_msgs < 1 || n_msgs > SVC_MAX_MSGS) {
         out->code = -1;
-        snprintf(out->msg, sizeof out->msg, "%s", mm_error_last());
+        snprintf(out->msg, sizeof out->msg, "svc_chat: %d messages (1..%d)", n_msgs, SVC_MAX_MSGS);
         return;
     }
+    Metamorph__V1__ContentPart part[SVC_MAX_MSGS], *pp[SVC_MAX_MSGS];
+    Metamorph__V1__ChatMessage m[SVC_MAX_MSGS], *mp[SVC_MAX_MSGS];
+    for (int i = 0; i < n_msgs; i++) {
+        metamorph__v1__content_part__init(&part[i]);
+        part[i].kind_case = METAMORPH__V1__CONTENT_PART__KIND_TEXT;
+        part[i].text = (char *)msgs[i].text;
+        pp[i] = &part[i];
+        metamorph__v1__chat_message__init(&m[i]);
+        m[i].role = (char *)msgs[i].role, m[i].n_parts = 1, m[i].parts = &pp[i];
+        mp[i] = &m[i];
+    }
+    Metamorph__V1__SamplingParams sp = METAMORPH__V1__SAMPLING_PARAMS__INIT;
+    sp.max_new_tokens = max_new;
+    sp.temperature = temperature;
+    sp.seed = seed;
+    Metamorph__V1__GenerateRequest req = METAMORPH__V1__GENERATE_REQUEST__INIT;
+    req.n_messages = (size_t)n_msgs, req.messages = mp, req.sampling = &sp;
+    size_t len = metamorph__v1__generate_request__get_packed_size(&req);
+    uint8_t *buf = malloc(len);
+    metamorph__v1__generate_request__pack(&req, buf);
     out->code = mm_client_call(s->cl, stream ? "/metamorph.v1.MetaMorph/GenerateStream" : "/metamorph.v1.MetaMorph/Generate",
                                buf, len, timeout_s, stream ? on_stream : on_gen, out, out->msg, sizeof out->msg);
     free(buf);

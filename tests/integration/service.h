@@ -63,8 +63,14 @@ typedef struct {
     int n_events;
 } gen_result;
 
-/* One user message; stream chooses GenerateStream. */
+/* One user message, greedy; stream chooses GenerateStream. */
 void svc_generate(mm_service *s, const char *prompt, int max_new, int stream, double timeout_s, gen_result *out);
+/* A conversation of text messages; temperature 0 = greedy, else sampled with seed. */
+typedef struct {
+    const char *role, *text;
+} svc_msg;
+void svc_chat(mm_service *s, const svc_msg *msgs, int n_msgs, float temperature, uint64_t seed, int max_new, int stream,
+              double timeout_s, gen_result *out);
 /* Raw call with request bytes (for malformed input tests). */
 int svc_raw(mm_service *s, const char *method, const void *req, size_t len, char *msg, size_t cap);
 

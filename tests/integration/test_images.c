@@ -8,7 +8,8 @@
  *                                                       text after equal; stream events; mmctl --out file
  *   test_images mixed COORD STAGE                       a multi-turn conversation with images in two turns
  *                                                       (and one asking for an image) == the model run in
- *                                                       this process; run concurrently == alone; KV back to 0
+ *                                                       this process; run concurrently == alone; KV back to 0;
+ *                                                       re-sent, it hits the prefix cache across an image
  *   test_images bad COORD STAGE                         undecodable / truncated / oversized / too many
  *                                                       images and fake image markers: INVALID_ARGUMENT
  *                                                       naming the part; the service stays healthy */
@@ -473,6 +474,11 @@ static int test_mixed(const char *coord, const char *stage) {
                    "mixed %d: image %d's visual tokens differ from the in-process model's", c, k);
         free(want.images);
     }
+    /* prefix caching (on by default): the second case re-sends the conversation, so it
+     * took the first one's blocks, across its first image (rows 5..68), and still
+     * equals the in-process model */
+    double hits = svc_metric(&s, "metamorph_prefix_cache_hits_total");
+    EXPECT(hits >= 80, "the second conversation reused the first one's blocks across the image (%g tokens)", hits);
     /* the same requests at once, with a text-only one: each equals its solo answer */
     msg_spec text_only = {"user", {"Tell me about pipelines"}};
     static img_result text_solo;

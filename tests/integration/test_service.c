@@ -1,6 +1,10 @@
 /* Integration tests of the whole service on loopback, each starting and stopping its
  * own `mpiexec mm-coordinator : mm-stage x P` job:
  *   test_service greedy P   COORD STAGE MM_RUN  greedy output == mm-run --ids (unary + stream)
+ *   test_service prefix P   COORD STAGE MM_RUN  prefix caching: a workload sharing a long instruction
+ *                                               (greedy, sampled with seeds, multi-turn, concurrent on
+ *                                               a small cache) gives the same ids with the cache on
+ *                                               as off, greedy ones == mm-run; hits and evictions seen
  *   test_service concurrent COORD STAGE         32 concurrent requests == each one alone; KV back to 0
  *   test_service errors     COORD STAGE         every validation rule, malformed/unknown/oversized,
  *                                               queue full, 1 ms deadline, client cancel
@@ -58,6 +62,133 @@ static int test_greedy(int P, const char *coord, const char *stage, const char *
     if (m) metamorph__v1__model_info__free_unpacked(m, NULL);
     int st = svc_stop(&s);
     EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 0, "clean stop on SIGTERM (status %d)", st);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- prefix caching */
+
+/* A shared instruction of ~200 tokens of the tiny vocabulary: spans many 16-token
+ * blocks, so questions after it hit mid-prompt (the instruction rarely ends on a block
+ * boundary) and a re-sent conversation hits up to its last block. */
+static const char *INSTR =
+    "You are a careful assistant. Read the question below and answer it in plain words, one short paragraph, "
+    "without lists, without code, and without repeating the question. If the question is about a picture, say "
+    "what is in it first, then the colours, then anything unusual. If you do not know, say so. Keep to facts "
+    "that the question gives you and do not invent names, numbers or places. Write for a reader who is busy. "
+    "Question: ";
+static const char *QUESTIONS[] = {"What is the sea?", "Why do mountains have snow on top?", "Tell me about pipelines",
+                                  "What is 2 + 2?"};
+#define N_QUESTIONS 4
+#define PREFIX_N_CASES (2 * N_QUESTIONS + 3 + N_QUESTIONS)
+#define PREFIX_MAX_NEW 24
+
+typedef struct {
+    char text[8][1024];
+    svc_msg msgs[8];
+    int n_msgs;
+    float temperature;
+    uint64_t seed;
+} prefix_case;
+
+static prefix_case prefix_cases[PREFIX_N_CASES];
+
+/* Cases: each question greedy and sampled (seeded), a three-turn chat re-sent as it
+ * grows, and the questions again (run concurrently). */
+static void prefix_cases_make(void) {
+    int c = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int q = 0; q < N_QUESTIONS; q++, c++) {
+            prefix_case *k = &prefix_cases[c];
+            snprintf(k->text[0], sizeof k->text[0], "%s%s", INSTR, QUESTIONS[q]);
+            k->msgs[0] = (svc_msg){"user", k->text[0]};
+            k->n_msgs = 1, k->temperature = pass ? 0.9f : 0, k->seed = 1000 + (uint64_t)q;
+        }
+    static const char *turns[] = {"What is the sea?", "It is a large body of salt water.", "Why is it salty?",
+                                  "Rivers carry salt from rocks.", "And why is it blue?"};
+    for (int t = 0; t < 3; t++, c++) {
+        prefix_case *k = &prefix_cases[c];
+        snprintf(k->text[0], sizeof k->text[0], "%s%s", INSTR, turns[0]);
+        k->msgs[0] = (svc_msg){"user", k->text[0]};
+        for (int i = 1; i <= 2 * t; i++) k->msgs[i] = (svc_msg){i % 2 ? "assistant" : "user", turns[i]};
+        k->n_msgs = 1 + 2 * t, k->temperature = 0, k->seed = 0;
+    }
+    /* the messages of a copy still point at the texts of the case it copies */
+    for (int q = 0; q < N_QUESTIONS; q++, c++) prefix_cases[c] = prefix_cases[q + (q % 2) * N_QUESTIONS];
+}
+
+typedef struct {
+    mm_service *s;
+    int c;
+    gen_result *r;
+} prefix_arg;
+
+static void *prefix_main(void *p) {
+    prefix_arg *a = p;
+    const prefix_case *k = &prefix_cases[a->c];
+    svc_chat(a->s, k->msgs, k->n_msgs, k->temperature, k->seed, PREFIX_MAX_NEW, a->c % 2, 60, a->r);
+    return NULL;
+}
+
+/* Runs every case on a fresh service with the cache on or off: the first ones one
+ * after another, the last N_QUESTIONS at once. */
+static int prefix_run(int P, const char *coord, const char *stage, int cache, gen_result *out) {
+    mm_service s;
+    char extra[256];
+    /* 32 blocks (512 tokens): the cases publish ~50 distinct blocks, so some are evicted;
+     * the last four at once hold the shared instruction blocks together */
+    snprintf(extra, sizeof extra, "\"kv_blocks\": 32, \"max_batch_tokens\": 48, \"prefix_cache\": %d", cache);
+    EXPECT(svc_start(&s, coord, stage, P, extra) == 0, "start with %d stages, cache %d", P, cache);
+    if (!s.cl) return -1;
+    int first_conc = PREFIX_N_CASES - N_QUESTIONS;
+    for (int c = 0; c < first_conc; c++) {
+        prefix_arg a = {&s, c, &out[c]};
+        prefix_main(&a);
+    }
+    pthread_t th[N_QUESTIONS];
+    prefix_arg args[N_QUESTIONS];
+    for (int i = 0; i < N_QUESTIONS; i++) {
+        args[i] = (prefix_arg){&s, first_conc + i, &out[first_conc + i]};
+        pthread_create(&th[i], NULL, prefix_main, &args[i]);
+    }
+    for (int i = 0; i < N_QUESTIONS; i++) pthread_join(th[i], NULL);
+    for (int c = 0; c < PREFIX_N_CASES; c++) EXPECT(out[c].code == 0, "cache %d case %d: %s", cache, c, out[c].msg);
+    double hits = svc_metric(&s, "metamorph_prefix_cache_hits_total");
+    double queries = svc_metric(&s, "metamorph_prefix_cache_queries_total");
+    double evictions = svc_metric(&s, "metamorph_prefix_cache_evictions_total");
+    Metamorph__V1__ModelInfo *m = svc_info(&s);
+    if (cache) {
+        EXPECT(queries > 0 && hits > 0 && hits < queries && evictions > 0,
+               "P=%d: metrics queries %g, hits %g, evictions %g", P, queries, hits, evictions);
+        EXPECT(m && m->kv_blocks_cached > 0, "P=%d: info shows cached blocks (%d)", P, m ? m->kv_blocks_cached : -1);
+    } else {
+        EXPECT(queries == 0 && hits == 0 && evictions == 0 && m && m->kv_blocks_cached == 0,
+               "cache off: nothing looked up (queries %g, cached %d)", queries, m ? m->kv_blocks_cached : -1);
+    }
+    EXPECT(m && m->kv_blocks_used == 0, "P=%d cache %d: %d blocks used after", P, cache, m ? m->kv_blocks_used : -1);
+    if (m) metamorph__v1__model_info__free_unpacked(m, NULL);
+    fprintf(stderr, "P=%d cache %d: queries %g, hits %g, evictions %g\n", P, cache, queries, hits, evictions);
+    int st = svc_stop(&s);
+    EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 0, "clean stop (status %d)", st);
+    return 0;
+}
+
+static int test_prefix(int P, const char *coord, const char *stage, const char *mm_run) {
+    prefix_cases_make();
+    static gen_result off[PREFIX_N_CASES], on[PREFIX_N_CASES];
+    if (prefix_run(P, coord, stage, 0, off) || prefix_run(P, coord, stage, 1, on)) return 0;
+    for (int c = 0; c < PREFIX_N_CASES; c++)
+        EXPECT(off[c].n_ids > 0 && off[c].n_ids == on[c].n_ids &&
+                   !memcmp(off[c].ids, on[c].ids, sizeof(int32_t) * (size_t)off[c].n_ids) && !strcmp(off[c].text, on[c].text),
+               "P=%d case %d (temperature %.1f): ids with the cache on differ from off", P, c,
+               prefix_cases[c].temperature);
+    for (int q = 0; q < N_QUESTIONS; q++) { /* an independent reference for the greedy ones */
+        static int32_t want[4096], got[4096];
+        int n = mm_run_ids(mm_run, prefix_cases[q].text[0], PREFIX_MAX_NEW, want), n_got = 0;
+        for (int i = 0; i < on[q].n_ids; i++) /* mm-run --ids prints text ids only (the model may draw an image) */
+            if (on[q].ids[i] >= 0) got[n_got++] = on[q].ids[i];
+        EXPECT(n > 0 && n_got == n && !memcmp(got, want, sizeof(int32_t) * (size_t)n),
+               "P=%d question %d: text ids (%d) differ from mm-run's (%d)", P, q, n_got, n);
+    }
     return 0;
 }
 
@@ -333,12 +464,13 @@ static int test_python(const char *coord, const char *stage, const char *script)
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     if (argc >= 5 && !strcmp(argv[1], "greedy")) test_greedy(atoi(argv[2]), argv[3], argv[4], argv[5]);
+    else if (argc >= 6 && !strcmp(argv[1], "prefix")) test_prefix(atoi(argv[2]), argv[3], argv[4], argv[5]);
     else if (argc >= 4 && !strcmp(argv[1], "concurrent")) test_concurrent(argv[2], argv[3]);
     else if (argc >= 4 && !strcmp(argv[1], "errors")) test_errors(argv[2], argv[3]);
     else if (argc >= 4 && !strcmp(argv[1], "kill")) test_kill(argv[2], argv[3]);
     else if (argc >= 5 && !strcmp(argv[1], "python")) test_python(argv[2], argv[3], argv[4]);
     else {
-        fprintf(stderr, "usage: test_service greedy|concurrent|errors|kill|python ...\n");
+        fprintf(stderr, "usage: test_service greedy|prefix|concurrent|errors|kill|python ...\n");
         return 2;
     }
     return mm_test_finish(argv[1]);

@@ -5,6 +5,7 @@
  * pool; then the encoder pool's embedding cache and coalescing, the decoder pool's PNG
  * check, and the cache's LRU bound. Loops wait for events with an iteration bound,
  * never a time threshold. */
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -709,8 +710,11 @@ static void test_encoder_pool_cache(void) {
     fake_ready(&w, "encode", 4);
     const uint8_t image[] = "same image bytes";
     const float tokens[ENC_TOKENS * ENC_DIM] = {1, 2, 3, 4, 5, 6};
-    mm_encoder_pool_submit(enc, 1, image, sizeof image);
-    mm_encoder_pool_submit(enc, 2, image, sizeof image); /* coalesced with 1 */
+    uint8_t key[MM_EMBED_KEY_BYTES], want[MM_EMBED_KEY_BYTES];
+    mm_encoder_pool_submit(enc, 1, image, sizeof image, key);
+    crypto_generichash(want, sizeof want, image, sizeof image, NULL, 0);
+    EXPECT(!memcmp(key, want, sizeof key), "submit reports the image's BLAKE2b-256 (the prefix cache's key)");
+    mm_encoder_pool_submit(enc, 2, image, sizeof image, key); /* coalesced with 1 */
     encoder_pump_while(enc, &w, 30);
     EXPECT(w.n_jobs == 1, "the same bytes twice: one job on the wire (got %d)", w.n_jobs);
     EXPECT(w.last_len == sizeof image && memcmp(w.last_payload, image, sizeof image) == 0, "image bytes travel");
@@ -725,7 +729,7 @@ static void test_encoder_pool_cache(void) {
     free(r1.tokens);
     free(r2.tokens);
 
-    mm_encoder_pool_submit(enc, 3, image, sizeof image); /* now from the cache */
+    mm_encoder_pool_submit(enc, 3, image, sizeof image, key); /* now from the cache */
     mm_encode_result r3 = {0};
     EXPECT(mm_encoder_pool_poll(enc, &r3) && r3.job_id == 3 && r3.status == MM_OK &&
                memcmp(r3.tokens, tokens, sizeof tokens) == 0,
@@ -736,7 +740,7 @@ static void test_encoder_pool_cache(void) {
 
     /* A refused image is not cached: asked again, it goes to a worker again. */
     const uint8_t bad[] = "not an image";
-    mm_encoder_pool_submit(enc, 4, bad, sizeof bad);
+    mm_encoder_pool_submit(enc, 4, bad, sizeof bad, key);
     for (int i = 0; i < MAX_STEPS && w.n_jobs < 2; i++) encoder_pump_while(enc, &w, 1);
     EXPECT(w.n_jobs == 2, "the new image goes out");
     fake_error(&w, w.jobs[1], MM_ERR_FORMAT, "not a PNG");
@@ -744,7 +748,7 @@ static void test_encoder_pool_cache(void) {
     EXPECT(encoder_wait(enc, &w, &r4) && r4.job_id == 4 && r4.status == MM_ERR_FORMAT && !r4.tokens &&
                strstr(r4.error, "not a PNG"),
            "the worker's FORMAT reaches the caller");
-    mm_encoder_pool_submit(enc, 5, bad, sizeof bad);
+    mm_encoder_pool_submit(enc, 5, bad, sizeof bad, key);
     for (int i = 0; i < MAX_STEPS && w.n_jobs < 3; i++) encoder_pump_while(enc, &w, 1);
     EXPECT(w.n_jobs == 3, "errors are not cached");
     mm_encoder_pool_cancel(enc, 5); /* its answer is dropped */
@@ -766,7 +770,8 @@ static void test_encoder_pool_wrong_shape(void) {
     fake_open(&good, "right-model");
     fake_ready(&bad, "encode", 1);
     const uint8_t image[] = "img";
-    mm_encoder_pool_submit(enc, 1, image, sizeof image);
+    uint8_t key[MM_EMBED_KEY_BYTES];
+    mm_encoder_pool_submit(enc, 1, image, sizeof image, key);
     for (int i = 0; i < MAX_STEPS && bad.n_jobs < 1; i++) encoder_pump_while(enc, &bad, 1);
     EXPECT(bad.n_jobs == 1, "bad gets the job");
     fake_ready(&good, "encode", 1);

@@ -112,7 +112,7 @@ static void add(mm_sched *s, req *q, uint64_t id, int32_t n_prompt, int32_t max_
     for (int32_t i = 0; i < n_prompt; i++) prompt[i] = (int32_t)((id * 37 + (uint64_t)i * 11) % 900);
     mm_sampling samp = {0, 1, 0};
     memset(q, 0, sizeof *q);
-    EXPECT(mm_sched_add(s, id, prompt, n_prompt, NULL, max_new, &samp, id, 0, q, &q->seq) == MM_OK, "add %llu",
+    EXPECT(mm_sched_add(s, id, prompt, n_prompt, NULL, NULL, 0, max_new, &samp, id, 0, q, &q->seq) == MM_OK, "add %llu",
            (unsigned long long)id);
 }
 
