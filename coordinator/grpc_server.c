@@ -696,20 +696,13 @@ mm_status mm_grpc_start(const mm_grpc_params *p, mm_grpc_server **out) {
     s->cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(s->server, s->cq, NULL);
     grpc_server_credentials *creds = NULL;
-    if ((rc = server_credentials(p, &creds)) != MM_OK) {
-        grpc_server_destroy(s->server);
-        grpc_completion_queue_shutdown(s->cq);
-        while (grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type != GRPC_QUEUE_SHUTDOWN) {
-        }
-        grpc_completion_queue_destroy(s->cq);
-        s->server = NULL, s->cq = NULL;
-        grpc_shutdown();
-        goto fail;
+    int port = 0;
+    if ((rc = server_credentials(p, &creds)) == MM_OK) {
+        port = grpc_server_add_http2_port(s->server, p->listen, creds);
+        grpc_server_credentials_release(creds);
+        if (port == 0) rc = MM_ERROR(MM_ERR_IO, "cannot listen on %s", p->listen);
     }
-    int port = grpc_server_add_http2_port(s->server, p->listen, creds);
-    grpc_server_credentials_release(creds);
-    if (port == 0) {
-        rc = MM_ERROR(MM_ERR_IO, "cannot listen on %s", p->listen);
+    if (rc != MM_OK) { /* a server never started: destroyed, its queue drained */
         grpc_server_destroy(s->server);
         grpc_completion_queue_shutdown(s->cq);
         while (grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type != GRPC_QUEUE_SHUTDOWN) {
