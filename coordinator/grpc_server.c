@@ -27,6 +27,12 @@
 #include "proto/health.pb-c.h"
 
 #define N_BUCKETS 1024
+/* What one client can make the HTTP/2 transport hold (issue 21): a header list of at
+ * most 16 KiB per request, 256 streams per connection, and all connections together
+ * within one memory quota. */
+#define HTTP2_MAX_HEADER_BYTES 16384
+#define HTTP2_MAX_STREAMS 256
+#define HTTP2_MEMORY_QUOTA_MB 256
 
 typedef enum { M_UNKNOWN = 0, M_GENERATE, M_STREAM, M_INFO, M_HEALTH, M_REFLECTION } method_id;
 
@@ -688,11 +694,19 @@ mm_status mm_grpc_start(const mm_grpc_params *p, mm_grpc_server **out) {
     if ((rc = mm_tcp_listen("listen", p->listen, &probe)) != MM_OK) goto fail;
     close(probe);
     grpc_init();
-    grpc_arg arg[2] = {{.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
-                        .value.integer = p->max_receive_bytes},
-                       {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_ALLOW_REUSEPORT, .value.integer = 0}};
-    grpc_channel_args args = {2, arg};
+    grpc_resource_quota *quota = grpc_resource_quota_create("metamorph");
+    grpc_resource_quota_resize(quota, (size_t)HTTP2_MEMORY_QUOTA_MB << 20);
+    grpc_arg arg[] = {
+        {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, .value.integer = p->max_receive_bytes},
+        {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_ALLOW_REUSEPORT, .value.integer = 0},
+        {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MAX_METADATA_SIZE, .value.integer = HTTP2_MAX_HEADER_BYTES},
+        {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MAX_CONCURRENT_STREAMS, .value.integer = HTTP2_MAX_STREAMS},
+        {.type = GRPC_ARG_POINTER, .key = (char *)GRPC_ARG_RESOURCE_QUOTA,
+         .value.pointer = {quota, grpc_resource_quota_arg_vtable()}},
+    };
+    grpc_channel_args args = {sizeof arg / sizeof *arg, arg};
     s->server = grpc_server_create(&args, NULL);
+    grpc_resource_quota_unref(quota); /* the server holds its own reference */
     s->cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(s->server, s->cq, NULL);
     grpc_server_credentials *creds = NULL;
