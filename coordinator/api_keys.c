@@ -17,11 +17,24 @@ typedef struct {
     unsigned char hash[HASH_BYTES]; /* BLAKE2b-256 of the key */
 } key_entry;
 
+/* What one key name uses and was refused, kept across reloads (by name). */
+typedef struct usage {
+    struct usage *next;
+    char name[MM_API_KEY_NAME_MAX + 1];
+    int32_t requests;        /* in flight */
+    int64_t tokens;          /* in flight */
+    uint64_t total, refused; /* requests taken, refused by a limit */
+} usage;
+
 struct mm_api_keys {
     char path[4096];
     pthread_rwlock_t lock;
     key_entry *keys; /* [n] */
     size_t n;
+    pthread_mutex_t usage_mu; /* the list and the limits */
+    usage *usage;
+    int32_t max_requests;
+    int64_t max_tokens;
 };
 
 static void hash_key(const char *key, size_t len, unsigned char *out) {
@@ -123,6 +136,7 @@ mm_status mm_api_keys_load(const char *path, mm_api_keys **out) {
         return s;
     }
     pthread_rwlock_init(&k->lock, NULL);
+    pthread_mutex_init(&k->usage_mu, NULL);
     *out = k;
     return MM_OK;
 }
@@ -142,6 +156,8 @@ mm_status mm_api_keys_reload(mm_api_keys *k) {
 void mm_api_keys_free(mm_api_keys *k) {
     if (!k) return;
     pthread_rwlock_destroy(&k->lock);
+    pthread_mutex_destroy(&k->usage_mu);
+    for (usage *u = k->usage, *next; u; u = next) next = u->next, free(u);
     free(k->keys);
     free(k);
 }
@@ -170,4 +186,79 @@ int mm_api_keys_check(mm_api_keys *k, const char *auth, size_t len, char *name) 
     if (found >= 0) snprintf(name, MM_API_KEY_NAME_MAX + 1, "%s", k->keys[found].name);
     pthread_rwlock_unlock(&k->lock);
     return found >= 0;
+}
+
+void mm_api_keys_set_limits(mm_api_keys *k, int32_t max_requests, int64_t max_tokens) {
+    pthread_mutex_lock(&k->usage_mu);
+    k->max_requests = max_requests, k->max_tokens = max_tokens;
+    pthread_mutex_unlock(&k->usage_mu);
+}
+
+/* Under usage_mu: name's record, made when create and missing (NULL: no memory). */
+static usage *usage_of(mm_api_keys *k, const char *name, int create) {
+    for (usage *u = k->usage; u; u = u->next)
+        if (!strcmp(u->name, name)) return u;
+    usage *u = create ? calloc(1, sizeof *u) : NULL;
+    if (u) {
+        snprintf(u->name, sizeof u->name, "%s", name);
+        u->next = k->usage, k->usage = u;
+    }
+    return u;
+}
+
+int mm_api_keys_acquire(mm_api_keys *k, const char *name, int64_t tokens, char *msg, size_t cap) {
+    pthread_mutex_lock(&k->usage_mu);
+    usage *u = usage_of(k, name, 1);
+    int ok = u != NULL;
+    if (!u) snprintf(msg, cap, "out of memory");
+    else if (k->max_requests && u->requests >= k->max_requests) {
+        ok = 0;
+        snprintf(msg, cap, "API key \"%s\": %d requests in flight, its limit (key_max_requests)", name, u->requests);
+    } else if (k->max_tokens && u->tokens + tokens > k->max_tokens) {
+        ok = 0;
+        snprintf(msg, cap, "API key \"%s\": %lld tokens in flight + %lld asked for is over its limit of %lld "
+                 "(key_max_tokens)", name, (long long)u->tokens, (long long)tokens, (long long)k->max_tokens);
+    }
+    if (u && ok) u->requests++, u->tokens += tokens, u->total++;
+    else if (u) u->refused++;
+    pthread_mutex_unlock(&k->usage_mu);
+    return ok;
+}
+
+void mm_api_keys_release(mm_api_keys *k, const char *name, int32_t requests, int64_t tokens) {
+    pthread_mutex_lock(&k->usage_mu);
+    usage *u = usage_of(k, name, 0);
+    if (u) u->requests -= requests, u->tokens -= tokens;
+    pthread_mutex_unlock(&k->usage_mu);
+}
+
+mm_status mm_api_keys_render_metrics(mm_api_keys *k, char **text, size_t *len) {
+    static const struct {
+        const char *name, *type, *help;
+    } SERIES[] = {
+        {"api_key_requests_total", "counter", "Requests admitted, by API key name."},
+        {"api_key_refused_total", "counter", "Requests refused by a per-key limit (RESOURCE_EXHAUSTED / 429)."},
+        {"api_key_requests_in_flight", "gauge", "Requests of the key not yet ended."},
+        {"api_key_tokens_in_flight", "gauge", "Prompt + max_new_tokens of the key's requests not yet ended."},
+    };
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&buf, &n);
+    if (!f) return MM_ERROR(MM_ERR_NOMEM, "api key metrics");
+    pthread_mutex_lock(&k->usage_mu);
+    for (size_t i = 0; i < sizeof SERIES / sizeof *SERIES; i++) {
+        fprintf(f, "# HELP metamorph_%s %s\n# TYPE metamorph_%s %s\n", SERIES[i].name, SERIES[i].help, SERIES[i].name,
+                SERIES[i].type);
+        for (usage *u = k->usage; u; u = u->next) {
+            double v = i == 0 ? (double)u->total : i == 1 ? (double)u->refused : i == 2 ? u->requests : (double)u->tokens;
+            fprintf(f, "metamorph_%s{key=\"%s\"} %.17g\n", SERIES[i].name, u->name, v); /* names: [A-Za-z0-9_.-] */
+        }
+    }
+    pthread_mutex_unlock(&k->usage_mu);
+    if (fclose(f) != 0) {
+        free(buf);
+        return MM_ERROR(MM_ERR_NOMEM, "api key metrics");
+    }
+    *text = buf, *len = n;
+    return MM_OK;
 }

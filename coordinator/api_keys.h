@@ -13,6 +13,7 @@
 #define MM_COORD_API_KEYS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "common/status.h"
 
@@ -32,6 +33,19 @@ size_t mm_api_keys_count(mm_api_keys *k);
  * empty is missing. 1 and the key's name in name[MM_API_KEY_NAME_MAX + 1] when it
  * matches a key in force, else 0. */
 int mm_api_keys_check(mm_api_keys *k, const char *authorization, size_t len, char *name);
+
+/* Limits per key (0: none): requests in flight, and tokens in flight (each request's
+ * prompt + max_new_tokens, until it ends). Usage survives SIGHUP for the names kept. */
+void mm_api_keys_set_limits(mm_api_keys *k, int32_t max_requests, int64_t max_tokens);
+/* Takes one request of `tokens` for key `name`: 1 when within the limits; else 0, a
+ * refusal counted and the reason in msg. */
+int mm_api_keys_acquire(mm_api_keys *k, const char *name, int64_t tokens, char *msg, size_t cap);
+/* Gives back what `requests` acquires took, `tokens` in all. */
+void mm_api_keys_release(mm_api_keys *k, const char *name, int32_t requests, int64_t tokens);
+/* Per-key series in the Prometheus text format (label key = the key's name, never the
+ * key): metamorph_api_key_requests_total, _refused_total, _requests_in_flight,
+ * _tokens_in_flight. *text malloc'd. */
+mm_status mm_api_keys_render_metrics(mm_api_keys *k, char **text, size_t *len);
 
 /* "blake2b:" + hex BLAKE2b-256 of key, into out[8 + 64 + 1] (the hashed-at-rest form). */
 void mm_api_key_hash_text(const char *key, char *out);

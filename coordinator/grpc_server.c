@@ -74,6 +74,7 @@ struct call_ctx {
     char peer[64];            /* the client's address, for the access log */
     char request_id[129];     /* Generate*: the request's id (the client's or a server-made one) */
     char key_name[MM_API_KEY_NAME_MAX + 1]; /* the API key's name, "" without keys */
+    int64_t key_tokens;       /* what the request holds of its key's limits; -1: nothing */
     int prompt_tokens, completion_tokens, n_images_done; /* from the final reply, for the access log */
     double ttft_ms;
     grpc_byte_buffer *recv_bb;
@@ -137,6 +138,7 @@ static call_ctx *ctx_new(mm_grpc_server *s) {
     c->id = ++s->next_id;
     grpc_call_details_init(&c->details);
     grpc_metadata_array_init(&c->md);
+    c->key_tokens = -1;
     c->t_new = (op_tag){TAG_NEW_CALL, c};
     c->t_recv = (op_tag){TAG_RECV, c};
     c->t_close = (op_tag){TAG_CLOSE, c};
@@ -300,6 +302,15 @@ static void handle_generate(mm_grpc_server *s, call_ctx *c, const uint8_t *data,
         call_fail(s, c, (grpc_status_code)code, msg);
         return;
     }
+    int64_t tokens = (int64_t)r->n_prompt + r->max_new_tokens;
+    if (s->p.keys && c->key_name[0]) {
+        if (!mm_api_keys_acquire(s->p.keys, c->key_name, tokens, msg, sizeof msg)) {
+            mm_request_free(r);
+            call_fail(s, c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
+            return;
+        }
+        c->key_tokens = tokens;
+    }
     snprintf(c->request_id, sizeof c->request_id, "%s", r->request_id);
     r->call_id = c->id;
     r->stream = c->method == M_STREAM;
@@ -460,6 +471,7 @@ static void maybe_free(mm_grpc_server *s, call_ctx *c) {
             access_log(c, GRPC_STATUS_CANCELLED);
         }
     }
+    if (c->key_tokens >= 0) mm_api_keys_release(s->p.keys, c->key_name, 1, c->key_tokens);
     ctx_destroy(c);
 }
 

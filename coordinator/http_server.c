@@ -91,6 +91,9 @@ typedef struct {
     char *out;                /* [out_len] SSE bytes; out[out_pos, out_len) not yet sent */
     size_t out_len, out_pos, out_cap;
     int finished;
+    char key_name[MM_API_KEY_NAME_MAX + 1]; /* the API key's name, "" without keys */
+    int64_t key_tokens;       /* held of the key's limits (all its requests) */
+    int key_requests;
 } exchange;
 
 /* ---------------------------------------------------------------- calls (under mu) */
@@ -316,6 +319,15 @@ static int submit(exchange *x, struct MHD_Connection *conn, mm_oai_error *err) {
         mm_request *r;
         char msg[512];
         int code = mm_request_build(&q->g, &s->p.limits, &r, msg, sizeof msg);
+        int64_t tokens = code ? 0 : (int64_t)r->n_prompt + r->max_new_tokens;
+        if (!code && s->p.keys && x->key_name[0]) {
+            if (!mm_api_keys_acquire(s->p.keys, x->key_name, tokens, msg, sizeof msg)) {
+                mm_request_free(r);
+                code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+            } else {
+                x->key_tokens += tokens, x->key_requests++;
+            }
+        }
         if (code) {
             mm_oai_error_from_grpc(code, msg, err);
             x->grpc_code = code;
@@ -603,6 +615,7 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
             return respond_error_msg(conn, 405, "invalid_request_error", "%.200s takes POST", url);
         x = calloc(1, sizeof *x);
         if (!x) return MHD_NO;
+        snprintf(x->key_name, sizeof x->key_name, "%s", key_name);
         x->s = s, x->kind = (mm_oai_kind)POST_ROUTES[found].r, x->t_arrival_ms = mm_now_ms(), x->grpc_code = -1, x->fd = -1;
         x->path = POST_ROUTES[found].path;
         peer_name(conn, x->peer, sizeof x->peer);
@@ -656,6 +669,7 @@ static void completed(void *cls, struct MHD_Connection *conn, void **req_cls, en
     mm_access_entry a = {"http", x->peer, x->path, x->rid, x->grpc_code, x->prompt_tokens, x->completion_tokens, x->images,
                          x->ttft_ms, mm_now_ms() - x->t_arrival_ms};
     mm_access_log(&a);
+    if (x->key_requests) mm_api_keys_release(s->p.keys, x->key_name, x->key_requests, x->key_tokens);
     mm_reply_free(x->first);
     mm_oai_request_free(x->req);
     free(x->body);

@@ -64,6 +64,13 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
         LOG_ERROR("metrics http: %s", mm_error_last());
         return respond_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot render the metrics\n");
     }
+    char *more = NULL;
+    size_t more_len = 0;
+    if (s->auth.keys && mm_api_keys_render_metrics(s->auth.keys, &more, &more_len) == MM_OK) { /* by key name */
+        char *all = realloc(text, len + more_len + 1);
+        if (all) memcpy(all + len, more, more_len + 1), text = all, len += more_len;
+        free(more);
+    }
     return respond(conn, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", text, len, MHD_RESPMEM_MUST_FREE);
 }
 

@@ -88,6 +88,7 @@ static mm_status setup_security(coord_setup *c) {
     CHECK(mm_tls_files_load(cfg->tls_cert, cfg->tls_key, cfg->tls_client_ca, &c->tls));
     if (cfg->api_keys_file[0]) {
         CHECK(mm_api_keys_load(cfg->api_keys_file, &c->keys));
+        mm_api_keys_set_limits(c->keys, cfg->key_max_requests, cfg->key_max_tokens);
         pthread_t t;
         if (pthread_create(&t, NULL, sighup_main, c->keys) != 0)
             return MM_ERROR(MM_ERR_INTERNAL, "cannot start the SIGHUP thread");

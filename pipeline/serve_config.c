@@ -49,6 +49,8 @@ static const int_tunable INT_TUNABLES[] = {
     T(http_max_body_mb, 96, 1, 2047, "largest HTTP request body in MiB"),
     T(http_max_connections, 256, 1, 65536, "HTTP connections at once (one thread each)"),
     T(split_decode_percent, 33, 0, 100, "stage split: sampled tokens per 100 computed (output / (prompt + output)), weighs lm_head"),
+    T(key_max_requests, 0, 0, 1 << 20, "with api_keys_file: requests in flight per API key at most (more: RESOURCE_EXHAUSTED / 429), 0 = no limit"),
+    T(key_max_tokens, 0, 0, 1 << 30, "with api_keys_file: prompt + max_new_tokens in flight per API key at most, 0 = no limit"),
     T(log_stats_ms, 10000, 0, 3600000, "a throughput line (running, waiting, tok/s, KV use, pools) this often while busy, 0 = never"),
 };
 #undef T

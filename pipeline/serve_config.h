@@ -58,6 +58,8 @@ typedef struct {
     char pool_worker_key[1024];       /* deploy/launch.sh: key file of the workers it starts */
     char log_level[16];        /* error, warn, info, debug (MM_LOG_LEVEL wins) */
     char log_format[16];       /* text or json: one line per message (MM_LOG_FORMAT wins) */
+    int32_t key_max_requests;  /* per API key: requests in flight at most, 0 = no limit */
+    int32_t key_max_tokens;    /* per API key: prompt + max_new_tokens in flight at most, 0 = no limit */
     int32_t log_stats_ms;      /* coordinator: a throughput line this often while busy, 0 = never */
     int32_t split_decode_percent; /* stage split: sampled tokens per 100 computed (stage_split.h) */
     int32_t stage_layers[MM_MAX_STAGES]; /* layers per stage; n_stage_layers == 0: split by cost (stage_split.h) */

@@ -6,11 +6,16 @@ made by test_security.sh (openssl); MM_SEC_MODE says which service it started:
   expired  TLS with an expired certificate
   mtls     TLS with tls_client_ca: clients need a certificate the test CA signed
 Usage: client_security.py HOST:PORT SOURCE_DIR WORK_DIR METRICS HTTP (test_service python)."""
+import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
@@ -108,6 +113,45 @@ assert curl("https://%s/v1/models" % http) == "000", "curl trusted the test cert
 assert curl("http://%s/metrics" % metrics) == "401", "metrics without a key"
 assert curl("http://%s/readyz" % metrics) == "200", "auth_open health: /readyz without a key"
 assert curl("http://%s/metrics" % metrics, "-H", "Authorization: Bearer " + KEY1) == "200"
+
+# limits per key (key_max_requests 2): 32 concurrent clients on key1 get OK or
+# RESOURCE_EXHAUSTED, never anything else; key2 meanwhile is not limited by key1's use;
+# the refusals are counted by key name in /metrics; the HTTP door answers 429 the same way
+def gen(key, n):
+    return code_of(s.generate, pb.GenerateRequest(messages=REQ.messages, sampling=pb.SamplingParams(max_new_tokens=n)),
+                   metadata=bearer(key))
+
+
+with ThreadPoolExecutor(34) as pool:
+    flood = [pool.submit(gen, KEY1, 48) for _ in range(32)]
+    other = [pool.submit(gen, KEY2, 4) for _ in range(2)]
+    codes, others = [f.result() for f in flood], [f.result() for f in other]
+n_ok, n_full = codes.count(grpc.StatusCode.OK), codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+assert n_ok >= 2 and n_full >= 1 and n_ok + n_full == 32, codes
+assert others == [grpc.StatusCode.OK] * 2, "key2 was limited by key1's requests: %s" % others
+text = subprocess.run(["curl", "-s", "-H", "Authorization: Bearer " + KEY1, "http://%s/metrics" % metrics],
+                      capture_output=True, text=True).stdout
+series = {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in text.splitlines() if ln.startswith("metamorph_api_key")}
+assert series.get('metamorph_api_key_refused_total{key="first"}') == n_full, (n_full, series)
+assert series.get('metamorph_api_key_refused_total{key="second"}') == 0, series
+assert series.get('metamorph_api_key_requests_in_flight{key="first"}') == 0, series
+assert KEY1 not in text and KEY2 not in text, "a key in the metrics"
+ctx = ssl.create_default_context(cafile=os.path.join(pki, "ca.pem"))
+
+
+def post(key):
+    body = json.dumps({"model": "tiny", "prompt": "Describe a cat.", "max_tokens": 96}).encode()
+    rq = urllib.request.Request("https://%s/v1/completions" % http, data=body, method="POST",
+                                headers={"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+    try:
+        return urllib.request.urlopen(rq, context=ctx, timeout=30).status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+with ThreadPoolExecutor(16) as pool:
+    statuses = list(pool.map(post, [KEY1] * 16))
+assert set(statuses) <= {200, 429} and 200 in statuses and 429 in statuses, statuses
 
 # SIGHUP: key1 revoked, key3 added; a broken file keeps the keys in force
 key3 = "third-key-abcdefghijklmnop"

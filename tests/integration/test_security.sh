@@ -42,7 +42,7 @@ run() { # MODE EXTRA_JSON [env for the harness's own client...]
     "$src/tests/integration/client_security.py" || fail "$mode"
 }
 tls="\"tls_cert\": \"$pki/server.pem\", \"tls_key\": \"$pki/server.key\""
-run main "$tls, \"api_keys_file\": \"$pki/keys.txt\", \"auth_open\": \"health\"" MM_TLS_CA="$pki/ca.pem" MM_API_KEY="$(cat key1)"
+run main "$tls, \"api_keys_file\": \"$pki/keys.txt\", \"auth_open\": \"health\", \"key_max_requests\": 2" MM_TLS_CA="$pki/ca.pem" MM_API_KEY="$(cat key1)"
 run expired "\"tls_cert\": \"$pki/expired.pem\", \"tls_key\": \"$pki/server.key\"" MM_SVC_READY_BY_LOG=1
 run mtls "$tls, \"tls_client_ca\": \"$pki/ca.pem\"" MM_TLS_CA="$pki/ca.pem" MM_TLS_CERT="$pki/client.pem" \
   MM_TLS_KEY="$pki/client.key"
