@@ -226,10 +226,14 @@ def main_tests():
                                    extra_headers={"X-Request-Id": "oai-log-1"})
     stubs.generate(pb.GenerateRequest(request_id="grpc-log-1", messages=[pb.ChatMessage(role="user", parts=[
         pb.ContentPart(text="Hi")])], sampling=pb.SamplingParams(max_new_tokens=3)), timeout=30)
-    log = open(os.path.join(work, "service.log")).read()
-    check(re.search(r"INFO  mm-coordinator\[\d+\] access_log\.c:\d+ request oai-log-1 http /v1/chat/completions "
-                    r"from 127\.0\.0\.1:\d+: OK, prompt \d+, completion 3, images 0, ttft [\d.]+ ms", log),
-          "HTTP access line")
+    # the HTTP door writes its line once libmicrohttpd reports the response sent, which
+    # may be after the client has read it: wait for the line rather than race it
+    http_line = (r"INFO  mm-coordinator\[\d+\] access_log\.c:\d+ request oai-log-1 http /v1/chat/completions "
+                 r"from 127\.0\.0\.1:\d+: OK, prompt \d+, completion 3, images 0, ttft [\d.]+ ms")
+    read_log = lambda: open(os.path.join(work, "service.log")).read()  # noqa: E731
+    wait_for(lambda: re.search(http_line, read_log()) is not None, 5, "the HTTP access line")
+    log = read_log()
+    check(re.search(http_line, log), "HTTP access line")
     check(re.search(r"request grpc-log-1 grpc Generate from 127\.0\.0\.1:\d+: OK, prompt \d+, completion 3", log),
           "gRPC access line")
     check(re.search(r"request \S+ http /v1/chat/completions from \S+: CANCELLED", log), "a cancelled request's line")
