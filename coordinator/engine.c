@@ -392,8 +392,10 @@ static void pipeline_failed(mm_engine *e, const char *why) {
     LOG_ERROR("pipeline down: %s; failing %d requests, NOT_SERVING", why, e->n_jobs);
     mm_sched_abort_in_flight(e->sched);
     e->n_fifo = 0;
+    /* clients get one line: an MPI error's stack (several lines) stays in the log */
     char msg[512];
-    snprintf(msg, sizeof msg, "pipeline stage unavailable: %s", why);
+    if (strchr(why, '\n')) snprintf(msg, sizeof msg, "pipeline stage unavailable: MPI communication failed (see the server log)");
+    else snprintf(msg, sizeof msg, "pipeline stage unavailable: %s", why);
     while (e->n_jobs > 0) job_fail(e, e->jobs[0], GRPC_STATUS_UNAVAILABLE, msg);
 }
 

@@ -3,9 +3,13 @@
  * (mm-encoder / mm-decoder workers join them over ZeroMQ, from any host, at any time),
  * waits for the stages, starts the gRPC threads, and runs the scheduler loop on the main
  * thread (the MPI thread).
- * SIGINT/SIGTERM stop it cleanly; SIGUSR1 (hydra: a process of the job died) takes
+ * SIGINT/SIGTERM stop it cleanly; a stage silent past stage_liveness_ms (our own
+ * heartbeats, pipeline/liveness.h) or SIGUSR1 (hydra: a process of the job died) takes
  * the pipeline down: requests fail with UNAVAILABLE, health says NOT_SERVING, and
- * after fail_exit_ms the whole job is aborted so that a supervisor restarts it. */
+ * after fail_exit_ms the whole job is aborted so that a supervisor restarts it.
+ * With MM_RUN_DIR set (deploy/launch.sh), it writes coordinator.pid there at start and
+ * ready (the stages' rank host pid, one per line) once serving, for the launcher's
+ * watchdog. */
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -26,6 +30,7 @@
 #include "api_keys.h"
 #include "common/curve_keys.h"
 #include "pool_zap.h"
+#include "run_dir.h"
 #include "tls_files.h"
 #include "pipeline/stage_split.h"
 #include "pipeline/pipeline_mpi.h"
@@ -273,6 +278,7 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
         }
     }
     atomic_store(&serving, 1);
+    mm_run_dir_write_ready(drv);
     banner(c, drv, vision_input, image_output, api != NULL, http != NULL);
     rc = mm_engine_run(eng);
     mm_engine_stop_replies(eng, api != NULL);
@@ -294,6 +300,7 @@ int main(int argc, char **argv) {
     pthread_sigmask(SIG_BLOCK, &hup, NULL);
     mm_runtime_init(argv); /* before any OpenMP region: see common/runtime.h */
     mm_runtime_die_with_parent(SIGKILL); /* an orphaned rank would serve unsupervised */
+    mm_run_dir_write_pid();
     int rank = -1, size = 0;
     if (mm_mpi_init(&argc, &argv, &rank, &size) != MM_OK) {
         fprintf(stderr, "mm-coordinator: %s\n", mm_error_last());
@@ -311,7 +318,7 @@ int main(int argc, char **argv) {
     memset(&c, 0, sizeof c);
     mm_mpi_driver *drv = NULL;
     int rc = 1;
-    if (setup(argv[1], &c) != MM_OK || mm_mpi_driver_init(size - 1, &drv) != MM_OK) {
+    if (setup(argv[1], &c) != MM_OK || mm_mpi_driver_init(size - 1, c.cfg.stage_liveness_ms, &drv) != MM_OK) {
         fprintf(stderr, "mm-coordinator: %s\n", mm_error_last());
     } else if (mm_mpi_driver_hello(drv, &g_stop) != MM_OK) {
         fprintf(stderr, "mm-coordinator: stages: %s\n", mm_error_last());

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "common/clock.h"
+#include "pipeline/liveness.h"
 #include "pipeline/pipeline_mpi.h"
 
 typedef struct {
@@ -23,6 +24,7 @@ struct mm_mpi_driver {
     int n_sends, cap_sends;
     int64_t unanswered; /* plans sent whose result has not come back */
     double last_idle_poll_ms;
+    mm_liveness live;   /* ranks 1..P, watched from their hello on */
 };
 
 /* With no plan out, only a stage's last statistics can still arrive: MPI is polled
@@ -38,19 +40,37 @@ static int idle_poll_due(mm_mpi_driver *d) {
     return 1;
 }
 
-mm_status mm_mpi_driver_init(int n_stages, mm_mpi_driver **out) {
+/* The stages' liveness: beats, and a silent stage named (the rank's host and pid, known
+ * from its hello) in one line. */
+static mm_status check_liveness(mm_mpi_driver *d) {
+    int silent = -1;
+    mm_status s = mm_liveness_tick(&d->live, &silent);
+    if (s == MM_OK) return MM_OK;
+    if (silent < 1 || silent > d->P) return s;
+    const mm_stage_info *si = &d->stages[silent - 1];
+    return MM_ERROR(MM_ERR_IO, "stage %d (rank %d on %s, pid %d) silent for %.0f ms: dead or cut off", silent, silent,
+                    si->host, si->pid, mm_liveness_silence_ms(&d->live, silent));
+}
+
+static mm_status wait_hook(void *user) { return check_liveness(user); }
+
+mm_status mm_mpi_driver_init(int n_stages, int liveness_ms, mm_mpi_driver **out) {
     if (n_stages < 1 || n_stages > MM_MAX_STAGES)
         return MM_ERROR(MM_ERR_INVALID, "%d stages: start 1..%d mm-stage ranks after the coordinator", n_stages,
                         MM_MAX_STAGES);
     mm_mpi_driver *d = calloc(1, sizeof *d);
     CHECK(CHECK_ALLOC(d));
     d->P = n_stages;
+    mm_liveness_init(&d->live, n_stages + 1, liveness_ms);
+    mm_mpi_set_wait_hook(wait_hook, d);
     *out = d;
     return MM_OK;
 }
 
 void mm_mpi_driver_free(mm_mpi_driver *d) {
     if (!d) return;
+    mm_mpi_set_wait_hook(NULL, NULL);
+    mm_liveness_release(&d->live);
     for (int i = 0; i < d->n_sends; i++) {
         free(d->sends[i].buf);
         free(d->sends[i].reqs);
@@ -64,6 +84,7 @@ mm_status mm_mpi_driver_hello(mm_mpi_driver *d, volatile sig_atomic_t *abort_fla
     int seen[MM_MAX_STAGES + 1] = {0};
     while (got_all < d->P) {
         if (*abort_flag) return MM_ERROR(MM_ERR_IO, "stopped while waiting for the stages to load");
+        CHECK(check_liveness(d)); /* the stages that said hello wait for the others with us */
         uint8_t *buf;
         size_t len;
         MPI_Status st;
@@ -84,6 +105,7 @@ mm_status mm_mpi_driver_hello(mm_mpi_driver *d, volatile sig_atomic_t *abort_fla
         if (s == MM_OK) {
             seen[k] = 1;
             got_all++;
+            mm_liveness_heard(&d->live, st.MPI_SOURCE);
             mm_stage_info *si = &d->stages[k];
             si->rank = h->rank, si->pid = h->pid, si->layer_begin = h->layer_begin, si->layer_end = h->layer_end;
             si->block_begin = h->block_begin, si->block_end = h->block_end;
@@ -118,8 +140,10 @@ mm_status mm_mpi_driver_send_plan(mm_mpi_driver *d, uint8_t *buf, size_t len) {
     d->n_sends++;
     d->unanswered++;
     if (len > (size_t)INT32_MAX) return MM_ERROR(MM_ERR_INVALID, "step plan of %zu bytes", len);
-    for (int k = 0; k < d->P; k++)
+    for (int k = 0; k < d->P; k++) {
         MPI_CHECK(MPI_Isend(buf, (int)len, MPI_BYTE, k + 1, MM_TAG_PLAN, MPI_COMM_WORLD, &ps->reqs[k]));
+        mm_liveness_sent(&d->live, k + 1); /* the plan is this period's beat */
+    }
     return MM_OK;
 }
 
@@ -144,6 +168,7 @@ mm_status mm_mpi_driver_poll(mm_mpi_driver *d, Metamorph__Internal__StepResult *
     *res = NULL;
     if (!idle_poll_due(d)) return MM_OK;
     CHECK(progress_sends(d));
+    CHECK(check_liveness(d));
     uint8_t *buf;
     size_t len;
     MPI_Status st;
@@ -153,6 +178,7 @@ mm_status mm_mpi_driver_poll(mm_mpi_driver *d, Metamorph__Internal__StepResult *
         if (!got) break;
         Metamorph__Internal__StageStats *s = metamorph__internal__stage_stats__unpack(NULL, len, buf);
         free(buf);
+        mm_liveness_heard(&d->live, st.MPI_SOURCE);
         if (s && st.MPI_SOURCE >= 1 && st.MPI_SOURCE <= d->P) {
             d->stages[st.MPI_SOURCE - 1].busy_ms = s->busy_ms;
             d->stages[st.MPI_SOURCE - 1].steps = s->steps;
@@ -161,6 +187,7 @@ mm_status mm_mpi_driver_poll(mm_mpi_driver *d, Metamorph__Internal__StepResult *
     }
     CHECK(mm_mpi_poll_msg(MPI_ANY_SOURCE, MM_TAG_RESULT, &buf, &len, &st, &got));
     if (!got) return MM_OK;
+    mm_liveness_heard(&d->live, st.MPI_SOURCE);
     if (d->unanswered > 0) d->unanswered--; /* a failed step may answer twice */
     *res = metamorph__internal__step_result__unpack(NULL, len, buf);
     free(buf);

@@ -23,6 +23,7 @@ MM_DEBIAN_PACKAGES=(
   python3-venv curl                  # OpenAI-door tests: the pinned openai client in a venv (pip, PyPI), SSE framing with curl
   libcurl4-openssl-dev               # bench/serve --http: the OpenAI door's load generator
   libgnutls28-dev openssl            # HTTPS on the OpenAI door and /metrics (libmicrohttpd's GnuTLS); test certificates
+  openssh-server openssh-client iproute2  # issue 18: hosts made of network namespaces with sshd (hydra's ssh launcher)
 )
 
 mm_install_deps() {

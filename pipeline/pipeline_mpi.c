@@ -43,15 +43,36 @@ mm_status mm_mpi_init(int *argc, char ***argv, int *rank, int *size) {
 typedef struct {
     int spins;
     double t0_ms;
+    double hook_ms; /* when the wait hook last ran */
 } waiter;
+
+#define HOOK_EVERY_MS 5.0
+static mm_mpi_wait_hook g_hook;
+static void *g_hook_user;
+
+void mm_mpi_set_wait_hook(mm_mpi_wait_hook hook, void *user) {
+    g_hook = hook;
+    g_hook_user = user;
+}
 
 static void waiter_start(waiter *w) {
     w->spins = 0;
-    w->t0_ms = mm_now_ms();
+    w->t0_ms = w->hook_ms = mm_now_ms();
 }
 
-static void waiter_pause(waiter *w) {
-    if (++w->spins < WAIT_SPINS) return;
+/* Sleeps a little (see above) and runs the wait hook when due. */
+static mm_status waiter_pause(waiter *w) {
+    if (++w->spins < WAIT_SPINS) return MM_OK;
+    if (g_hook && mm_now_ms() - w->hook_ms >= HOOK_EVERY_MS) {
+        static int in_hook; /* the hook's own MPI calls never wait, but never recurse */
+        if (!in_hook) {
+            in_hook = 1;
+            mm_status s = g_hook(g_hook_user);
+            in_hook = 0;
+            w->hook_ms = mm_now_ms();
+            if (s != MM_OK) return s;
+        }
+    }
     long ns = (w->spins - WAIT_SPINS) * WAIT_STEP_NS;
     if (ns > WAIT_SHORT_MAX_NS) ns = WAIT_SHORT_MAX_NS;
     double waited_ns = (mm_now_ms() - w->t0_ms) * 1e6;
@@ -59,6 +80,7 @@ static void waiter_pause(waiter *w) {
     if (share > ns) ns = share > WAIT_LONG_MAX_NS ? WAIT_LONG_MAX_NS : (long)share;
     struct timespec t = {0, ns};
     nanosleep(&t, NULL);
+    return MM_OK;
 }
 
 mm_status mm_mpi_wait(MPI_Request *req) {
@@ -68,7 +90,7 @@ mm_status mm_mpi_wait(MPI_Request *req) {
     for (;;) {
         MPI_CHECK(MPI_Test(req, &done, MPI_STATUS_IGNORE));
         if (done) return MM_OK;
-        waiter_pause(&w);
+        CHECK(waiter_pause(&w));
     }
 }
 
@@ -102,7 +124,7 @@ mm_status mm_mpi_recv_msg(int src, int tag, uint8_t **buf, size_t *len, MPI_Stat
     for (;;) {
         MPI_CHECK(MPI_Iprobe(src, tag, MPI_COMM_WORLD, &got, st));
         if (got) return recv_probed(st, buf, len);
-        waiter_pause(&w);
+        CHECK(waiter_pause(&w));
     }
 }
 

@@ -19,6 +19,7 @@ enum {
     MM_TAG_ACT,       /* stage k -> k+1: activations [rows, dim] f32 */
     MM_TAG_STATS,     /* stage -> 0: StageStats, now and then */
     MM_TAG_NCCL_ID,   /* stage 1 -> stages 2..P: the NCCL unique id, once, before the first plan */
+    MM_TAG_BEAT,      /* 0 <-> every stage: a heartbeat when nothing else went out (liveness.h) */
 };
 
 /* MPI_Init_thread asking for FUNNELED; fails unless FUNNELED or better is provided.
@@ -28,6 +29,12 @@ mm_status mm_mpi_init(int *argc, char ***argv, int *rank, int *size);
 mm_status mm_mpi_status(int rc, const char *file, int line, const char *what);
 /* Returns the failure of an MPI call from the enclosing function, as CHECK does. */
 #define MPI_CHECK(call) CHECK(mm_mpi_status((call), __FILE__, __LINE__, #call))
+
+/* Called by every wait below between its polls once it is no longer spinning (at most
+ * every few ms); a non-OK status ends the wait with that status. The stages beat and
+ * watch the coordinator's liveness here, so no wait outlives a dead peer. NULL: none. */
+typedef mm_status (*mm_mpi_wait_hook)(void *user);
+void mm_mpi_set_wait_hook(mm_mpi_wait_hook hook, void *user);
 
 /* Waits for req, polling with short sleeps. */
 mm_status mm_mpi_wait(MPI_Request *req);

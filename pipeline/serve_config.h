@@ -28,11 +28,14 @@ typedef struct {
     int32_t max_receive_mb;    /* gRPC receive limit (images) */
     int32_t max_stop_strings;  /* stop strings per request at most */
     int32_t stage_timeout_ms;  /* a step in flight longer than this: pipeline down */
+    int32_t stage_liveness_ms; /* a stage or the coordinator silent this long counts as dead (pipeline/liveness.h) */
     int32_t fail_exit_ms;      /* after the pipeline went down, serve NOT_SERVING this long, then exit */
     int32_t stages;            /* P for deploy/launch.sh (the MPI job size decides at run time) */
     int32_t encoders;          /* deploy/launch.sh: mm-encoder workers on this host (more may join) */
     int32_t decoders;          /* deploy/launch.sh: mm-decoder workers on this host */
     int32_t worker_threads;    /* deploy/launch.sh: threads per pool worker, 0 = all cores */
+    int32_t start_timeout_ms;  /* deploy/launch.sh: not serving this long after a start: tear the job down */
+    int32_t host_max_failures; /* deploy/launch.sh: failed starts before unreachable hosts are left out */
     int32_t restart_delay_ms;  /* deploy/launch.sh: pause before restarting a dead job */
     char encode_bind[256];     /* encoder pool ROUTER endpoint (tcp://0.0.0.0:50052 for other hosts), "" = none */
     char decode_bind[256];     /* decoder pool ROUTER endpoint, "" = none */

@@ -1,8 +1,11 @@
 /* mm-stage: MPI ranks 1..P of the LLM pipeline (`mpiexec -n 1 mm-coordinator CFG :
  * -n P mm-stage CFG`). Loads only its slice of layers (rank 1 also the embedding,
  * rank P also the final norm + lm_head), says hello to the coordinator, then runs the
- * step plans it receives, in the order they arrive, until told to stop. Wiring only:
- * the work of a step is stage.c's. */
+ * step plans it receives, in the order they arrive, until told to stop. It beats to the
+ * coordinator and watches it (pipeline/liveness.h, in every wait): a coordinator silent
+ * past stage_liveness_ms is gone (dead, or this host is cut off), and the stage exits on
+ * its own at once -- without MPI_Finalize, which would wait for the dead -- so no rank
+ * is left spinning on a partitioned host. Wiring only: the work of a step is stage.c's. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,12 +18,28 @@
 #include "common/log.h"
 #include "kernels/cuda/backend_cuda.h"
 #include "model/manifest.h"
+#include "pipeline/liveness.h"
 #include "pipeline/pipeline_mpi.h"
 #include "pipeline/stage_split.h"
 #include "stage.h"
 
 #define STATS_EVERY_MS 250.0
 #define STATS_IDLE_MS 10.0
+
+static mm_liveness g_live;      /* the coordinator's, from the hello on */
+static int g_coordinator_gone;  /* it fell silent: exit without anyone's help */
+
+/* Runs in every MPI wait of this process: beats to the coordinator, notes its beats. */
+static mm_status liveness_hook(void *user) {
+    int silent = -1;
+    mm_status s = mm_liveness_tick(&g_live, &silent);
+    if (s != MM_OK && silent == 0) {
+        g_coordinator_gone = 1;
+        return MM_ERROR(MM_ERR_IO, "the coordinator (rank 0) has been silent for %.0f ms: it is gone or this host is cut off",
+                        mm_liveness_silence_ms(&g_live, 0));
+    }
+    return s;
+}
 
 /* Packs any protobuf-c message and sends it to the coordinator (rank 0) under tag. */
 static mm_status send_packed(const ProtobufCMessage *msg, int tag) {
@@ -30,6 +49,7 @@ static mm_status send_packed(const ProtobufCMessage *msg, int tag) {
     protobuf_c_message_pack(msg, buf);
     mm_status s = mm_mpi_send_msg(0, tag, buf, n);
     free(buf);
+    mm_liveness_sent(&g_live, 0);
     return s;
 }
 
@@ -38,6 +58,7 @@ static mm_status send_stats(const mm_stage *st, int rank) {
     m.rank = rank, m.busy_ms = st->busy_ms, m.steps = st->steps;
     uint8_t buf[64];
     size_t n = metamorph__internal__stage_stats__pack(&m, buf);
+    mm_liveness_sent(&g_live, 0);
     return mm_mpi_send_msg(0, MM_TAG_STATS, buf, n);
 }
 
@@ -56,11 +77,15 @@ static mm_status transport_open(mm_serve_config *cfg, int rank, int size, mm_tra
 #endif
 }
 
-/* Loads this rank's slice; backend (NULL: the config's) overrides the config. */
+/* Loads this rank's slice; backend (NULL: the config's) overrides the config.
+ * *liveness_ms: the config's stage_liveness_ms (the default when it cannot be read). */
 static mm_status stage_load(const char *cfg_path, const char *backend, int rank, int size, mm_transport **tr,
-                            mm_stage **st, int32_t *a, int32_t *b) {
+                            mm_stage **st, int32_t *a, int32_t *b, int *liveness_ms) {
     mm_serve_config cfg;
+    mm_serve_config_defaults(&cfg);
+    *liveness_ms = cfg.stage_liveness_ms;
     CHECK(mm_serve_config_load(cfg_path, &cfg));
+    *liveness_ms = cfg.stage_liveness_ms;
     if (backend) snprintf(cfg.backend, sizeof cfg.backend, "%s", backend);
     CHECK(transport_open(&cfg, rank, size, tr));
     mm_model_paths paths;
@@ -86,6 +111,11 @@ static mm_status serve(mm_stage *st, int rank) {
         size_t len;
         MPI_Status ms;
         CHECK(mm_mpi_recv_msg(0, MPI_ANY_TAG, &buf, &len, &ms));
+        mm_liveness_heard(&g_live, 0);
+        if (ms.MPI_TAG == MM_TAG_BEAT) {
+            free(buf);
+            continue;
+        }
         if (ms.MPI_TAG == MM_TAG_SHUTDOWN) {
             free(buf);
             return MM_OK;
@@ -155,7 +185,8 @@ int main(int argc, char **argv) {
     mm_transport *tr = NULL;
     mm_stage *st = NULL;
     int32_t a = 0, b = 0;
-    s = stage_load(argv[1], backend, rank, size, &tr, &st, &a, &b);
+    int liveness_ms = 0;
+    s = stage_load(argv[1], backend, rank, size, &tr, &st, &a, &b, &liveness_ms);
     Metamorph__Internal__StageHello h = METAMORPH__INTERNAL__STAGE_HELLO__INIT;
     char host[256] = "";
     gethostname(host, sizeof host - 1);
@@ -167,6 +198,9 @@ int main(int argc, char **argv) {
     h.error = err;
     if (st) h.visual_dim = st->visual_dim, h.projector = st->first && st->visual_dim > 0,
             h.vision_head = st->last && st->visual_dim > 0;
+    mm_liveness_init(&g_live, size, liveness_ms);
+    mm_liveness_heard(&g_live, 0); /* watched from the hello on: the coordinator beats back */
+    mm_mpi_set_wait_hook(liveness_hook, NULL);
     mm_status hs = send_packed(&h.base, MM_TAG_HELLO);
     if (s == MM_OK && hs == MM_OK) {
         LOG_INFO("stage rank %d: layers [%d, %d)%s%s", rank, a, b, st->first ? " + embed" : "", st->last ? " + head" : "");
@@ -181,10 +215,16 @@ int main(int argc, char **argv) {
         uint8_t *buf;
         size_t len;
         MPI_Status ms;
-        if (hs == MM_OK && mm_mpi_recv_msg(0, MM_TAG_SHUTDOWN, &buf, &len, &ms) == MM_OK) free(buf);
+        if (hs == MM_OK && !g_coordinator_gone && mm_mpi_recv_msg(0, MM_TAG_SHUTDOWN, &buf, &len, &ms) == MM_OK) free(buf);
     }
+    mm_mpi_set_wait_hook(NULL, NULL);
     mm_stage_free(st);
     mm_transport_free(tr);
+    if (g_coordinator_gone) {
+        fprintf(stderr, "mm-stage rank %d: exiting on its own\n", rank);
+        return 1; /* no MPI_Finalize: it would wait for the coordinator */
+    }
+    mm_liveness_release(&g_live);
     MPI_Finalize();
     return rc;
 }
