@@ -9,6 +9,11 @@
 # A permanent error is not retried: before every start `mm-coordinator --check` validates
 # the config and the model files, and a worker that cannot load its model exits 78; the
 # launcher then stops everything and exits 78 (EX_CONFIG) with the message.
+# A job that does not end by itself is ended: a watchdog tears it down as a whole (see
+# "the watchdog" below) when it is not serving start_timeout_ms after its start or when
+# its coordinator is gone and mpiexec lingers; with a hostfile, hosts that stay away are
+# left out after host_max_failures failed starts (DEGRADED, fewer stages) and taken back
+# at a later restart or on SIGHUP. Rank 0 runs on the first hostfile slot: run this there.
 # Nothing outlives the launcher, even when it is SIGKILLed: mpiexec and the worker
 # supervisors run with a parent-death signal (setpriv --pdeathsig), the ranks and the
 # workers ask for one themselves (common/runtime.h, MM_SUPERVISED).
@@ -104,7 +109,7 @@ check_config() {
     return "$rc"
   fi
   read -r P hostfile delay_ms n_enc n_dec wthreads model enc_ep dec_ep vision decoder log_level log_format \
-    curve_key worker_key < <("$py" -c '
+    curve_key worker_key start_timeout_ms liveness_ms host_max_failures < <("$py" -c '
 import json, sys
 j = json.load(sys.stdin); c, parts = j["config"], j["parts"]
 def local(ep):  # a bind address as seen by a worker on this host
@@ -112,7 +117,8 @@ def local(ep):  # a bind address as seen by a worker on this host
 print(c["stages"], c["hostfile"] or "-", c["restart_delay_ms"], c["encoders"], c["decoders"], c["worker_threads"],
       c["model"], local(c["encode_bind"]), local(c["decode_bind"]), parts["vision"] or "-", parts["decoder"] or "-",
       c.get("log_level", "info"), c.get("log_format", "text"), c.get("pool_curve_secret_key") or "-",
-      c.get("pool_worker_key") or "-")' \
+      c.get("pool_worker_key") or "-", c.get("start_timeout_ms", 600000), c.get("stage_liveness_ms", 3000),
+      c.get("host_max_failures", 3))' \
     <<<"$out") || { say error "cannot read the checked config of $cfg"; return 2; }
   [[ -n $stages_arg ]] && P=$stages_arg
   [[ -n $hostfile_arg ]] && hostfile=$hostfile_arg
@@ -193,6 +199,7 @@ stop_workers() {
 # end RC MESSAGE: stops the workers and exits (78 after a worker's permanent error)
 end() {
   stop_workers
+  [[ -n ${run_dir:-} ]] && rm -rf "$run_dir"
   if ((permanent)); then
     say error "stopped: a pool worker cannot load the model (see above)"
     exit "$EXIT_CONFIG"
@@ -201,24 +208,147 @@ end() {
   exit "$1"
 }
 
+# --- the watchdog: the launcher always ends a broken job. Hydra alone does not: a rank
+# that never reaches MPI_Init (its host unreachable) leaves the others waiting there
+# forever, and when rank 0 is SIGKILLed by its proxy, a stage on another host may keep
+# mpiexec waiting forever. So the job runs in its own process group and is torn down as
+# a whole -- that group here, the ranks' process groups on every other host over ssh --
+# when the coordinator is not serving start_timeout_ms after the start (it writes
+# $MM_RUN_DIR/ready, coordinator/run_dir.h), or when the coordinator is gone and mpiexec
+# has not ended within a grace (stage_liveness_ms + 2 s: the stages' own exit). Stages
+# whose coordinator falls silent exit by themselves (pipeline/liveness.h), so a rank on
+# a host that the teardown cannot reach does not spin there.
+run_dir=$(mktemp -d "${TMPDIR:-/tmp}/metamorph-run-XXXXXX")
+export MM_RUN_DIR=$run_dir
+me=$(hostname)
+ssh_opts=(-o BatchMode=yes -o ConnectTimeout=3 -o StrictHostKeyChecking=accept-new)
+WATCH_TICK_S=0.2
+# teardown WHY: kills the job's process group here and its ranks' groups elsewhere
+teardown() {
+  say error "tearing the MPI job down: $1"
+  kill -KILL -- -"$pid" 2>/dev/null
+  local rank host rpid sshs=()
+  if [[ -s $run_dir/ready ]]; then
+    while read -r rank host rpid; do
+      if [[ $host == "$me" ]]; then
+        kill -KILL "$rpid" 2>/dev/null
+      else  # the rank's process group there: hydra's proxy of this job and its ranks
+        timeout 10 ssh "${ssh_opts[@]}" "$host" \
+          "g=\$(ps -o pgid= -p $rpid | tr -d ' '); [ -n \"\$g\" ] && kill -KILL -- -\$g" </dev/null >/dev/null 2>&1 &
+        sshs+=($!)
+      fi
+    done < "$run_dir/ready"
+  fi
+  ((${#sshs[@]})) && wait "${sshs[@]}" 2>/dev/null
+}
+# watch_job: waits for the job to end, tearing it down when broken; sets rc and ready
+watch_job() {
+  local t0=${EPOCHREALTIME/./} now cpid= gone_at= grace_ms=$((liveness_ms + 2000)) host  # microseconds
+  ready=0 rc=0
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep "$WATCH_TICK_S" &
+    wait $! 2>/dev/null
+    ((stop)) && break
+    now=${EPOCHREALTIME/./}
+    [[ -s $run_dir/ready ]] && ready=1
+    if ((!ready && (now - t0) / 1000 > start_timeout_ms)); then
+      teardown "not serving ${start_timeout_ms} ms after the start (start_timeout_ms): a rank is stuck in MPI_Init or loading"
+      break
+    fi
+    [[ -z $cpid && -s $run_dir/coordinator.pid ]] && read -r cpid host < "$run_dir/coordinator.pid"
+    [[ -n $cpid && ${host:-$me} != "$me" ]] && cpid=  # rank 0 elsewhere: only the start deadline watches it
+    if [[ -n $cpid ]] && ! kill -0 "$cpid" 2>/dev/null; then
+      [[ -z $gone_at ]] && gone_at=$now
+      if (((now - gone_at) / 1000 > grace_ms)); then
+        teardown "the coordinator (pid $cpid) is gone but mpiexec still runs after ${grace_ms} ms"
+        break
+      fi
+    fi
+  done
+  [[ -s $run_dir/ready ]] && ready=1
+  while kill -0 "$pid" 2>/dev/null && ((stop)); do wait "$pid"; done  # a clean stop is the job's own
+  wait "$pid" 2>/dev/null
+  rc=$?
+}
+
+# --- hosts that stay away: after host_max_failures starts in a row that never served,
+# the hosts of the hostfile that ssh cannot reach are left out and the job is re-planned
+# on the rest (fewer stages, a new layer split: every rank loads its slice at start, and
+# a stage that does not fit its host's memory fails to load, which counts as a failed
+# start too); it serves degraded, saying so at every start. Each later restart tries
+# every host again and takes them all back when all answer; SIGHUP asks for that now.
+full_hostfile=$hostfile full_P=$P degraded=0 failed_starts=0
+# slots_of FILE: the MPI ranks a hostfile holds ("host:n" lines, "host" = 1)
+slots_of() { awk -F: '!/^[[:space:]]*(#|$)/ {n += ($2 == "" ? 1 : $2)} END {print n + 0}' "$1"; }
+# replan: re-plans on the reachable hosts (sets hostfile, P, where, cmd); 1 when none lost
+replan() {
+  local line h lost=() kept=$run_dir/hostfile.reachable
+  : > "$kept"
+  while read -r line; do
+    [[ $line =~ ^[[:space:]]*(#|$) ]] && continue
+    h=${line%%:*}
+    if [[ $h == localhost || $h == 127.* || $h == "$me" ]] ||  # hydra forks there, no ssh
+      timeout 10 ssh "${ssh_opts[@]}" "$h" true </dev/null >/dev/null 2>&1; then
+      echo "$line" >> "$kept"
+    else
+      lost+=("$h")
+    fi
+  done < "$full_hostfile"
+  local slots
+  slots=$(slots_of "$kept")
+  if ((${#lost[@]} == 0)); then
+    if ((degraded)); then
+      say warn "every host of $full_hostfile answers again: back to $full_P stages on all of them"
+      degraded=0 hostfile=$full_hostfile P=$full_P
+      set_cmd
+    fi
+    return 1
+  fi
+  if ((slots < 2)); then
+    say error "hosts unreachable: ${lost[*]}; too few slots left ($slots) for a coordinator and a stage"
+    return 1
+  fi
+  degraded=1 hostfile=$kept P=$((slots - 1 < full_P ? slots - 1 : full_P))
+  say error "DEGRADED: hosts unreachable: ${lost[*]}; re-planned on $(tr '\n' ' ' < "$kept")with $P stages (of $full_P)"
+  set_cmd
+  return 0
+}
+# set_cmd: the mpiexec line of the current hostfile and P
+set_cmd() {
+  if [[ $hostfile == - ]]; then
+    where=(-launcher fork -hosts localhost)
+  else
+    where=(-f "$hostfile")
+  fi
+  cmd=(mpiexec "${where[@]}" -disable-auto-cleanup
+       -n 1 "$bin/coordinator/mm-coordinator" "$cfg" : -n "$P" "$bin/worker/mm-stage" "$cfg")
+}
+# SIGHUP: take every host back now (the job is restarted, re-planned on all that answer)
+trap '((degraded)) && [[ -n $pid ]] && teardown "SIGHUP: trying every host again"' HUP
+
 starts=0
 delay=$delay_ms
 while :; do
   ((stop)) && end 0 "stopped (before start)"
   starts=$((starts + 1))
   if ((starts > 1)); then
-    check_config || { rc=$?; stop_workers; exit "$rc"; }
+    check_config || { rc=$?; stop_workers; rm -rf "$run_dir"; exit "$rc"; }
+    [[ $full_hostfile != - ]] && { full_hostfile=$hostfile full_P=$P; }
+    if [[ $full_hostfile != - ]]; then
+      if ((degraded || failed_starts >= host_max_failures)); then
+        replan || true
+      fi
+    fi
+    ((degraded)) && say error "DEGRADED: serving on $(tr '\n' ' ' < "$hostfile")with $P of $full_P stages"
   fi
   started=$SECONDS
+  rm -f "$run_dir/ready" "$run_dir/coordinator.pid"
   say info "start #$starts: ${cmd[*]}"
-  "${pdeath[@]}" "${cmd[@]}" &
+  "${pdeath[@]}" setsid "${cmd[@]}" &
   pid=$!
-  rc=0
-  while kill -0 "$pid" 2>/dev/null; do  # wait returns early when a signal arrives
-    wait "$pid"
-    rc=$?
-  done
+  watch_job
   pid=
+  if ((ready)); then failed_starts=0; else failed_starts=$((failed_starts + 1)); fi
   ((stop)) && end 0 "stopped (job exit $rc)"
   ((once)) && end "$rc" "job exited with $rc"
   ((SECONDS - started >= RESTART_QUICK_S)) && delay=$delay_ms
