@@ -45,7 +45,7 @@ wait_health() {  # WANT(0 serving|1 not) TIMEOUT_S
 }
 info() { on1 "$mmctl" --server $h1:$port info; }
 stage_pid() { info | sed -n "s/.*\"rank\": $1, .*\"pid\": \([0-9]*\).*/\1/p"; }
-gone() { ! kill -0 "$1" 2>/dev/null || [[ $(ps -o stat= -p "$1") == Z* ]]; }
+gone() { ! kill -0 "$1" 2>/dev/null || [[ $(ps -o stat= -p "$1" | tr -d ' ') == Z* ]]; }
 config() {  # config EXTRA_JSON
   cat <<JSON
 {"model": "$src/assets/tiny", "listen": "0.0.0.0:$port", "threads": 1, "stages": 2,

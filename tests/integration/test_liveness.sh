@@ -49,7 +49,7 @@ wait_health() {
   return 1
 }
 stage_pid() { "$mmctl" --server 127.0.0.1:$port info | sed -n "s/.*\"rank\": $1, .*\"pid\": \([0-9]*\).*/\1/p"; }
-gone() { ! kill -0 "$1" 2>/dev/null || [[ $(ps -o stat= -p "$1") == Z* ]]; }
+gone() { ! kill -0 "$1" 2>/dev/null || [[ $(ps -o stat= -p "$1" | tr -d ' ') == Z* ]]; }
 start() {  # start CONFIG: launch.sh in the background, its own process group
   MM_BIN_DIR=$build setsid "$src/deploy/launch.sh" "$1" > "$dir/launch.log" 2>&1 &
   lpid=$!
@@ -85,7 +85,7 @@ grep -q "silent for" "$dir/launch.log" || fail "the coordinator did not name the
 
 # 2. SIGKILL a stage with a request in flight: a clean UNAVAILABLE
 victim=$(stage_pid 1)
-"$mmctl" --server 127.0.0.1:$port --timeout 30 generate --prompt "Tell me everything." --max-tokens 4000 \
+"$mmctl" --server 127.0.0.1:$port --timeout 30 generate --prompt "Tell me everything." --max-tokens 2000 \
   > "$dir/gen.out" 2> "$dir/gen.err" &
 gen=$!
 sleep 0.5
@@ -102,14 +102,14 @@ grep -qi "error stack\|MPIR_\|MPID" "$dir/gen.err" && fail "an MPI error stack r
 wait_health 0 30 || fail "not SERVING again 30 s after a stage was killed"
 
 # 3. SIGSTOP the coordinator: the stages leave by themselves
-cpid=$(pgrep -f "coordinator/mm-coordinator $dir/cfg.json" | head -1)
+cpid=$(pgrep -f "^$build/coordinator/mm-coordinator $dir/cfg.json")
 s1=$(stage_pid 1) s2=$(stage_pid 2)
 [[ -n $cpid && -n $s1 && -n $s2 ]] || fail "no coordinator or stage pids"
 t0=$(now_ms)
 kill -STOP "$cpid"
 for _ in $(seq 1 100); do gone "$s1" && gone "$s2" && break; sleep 0.05; done
 t1=$(now_ms)
-gone "$s1" && gone "$s2" || fail "stages still running 5 s after their coordinator stopped"
+gone "$s1" && gone "$s2" || fail "stages still running 5 s after their coordinator stopped: $(ps -o pid,stat,args -p "$s1,$s2,$cpid")"
 echo "stopped coordinator: both stages exited by themselves after $((t1 - t0)) ms"
 ((t1 - t0 <= bound + 500)) || fail "stages exited after $((t1 - t0)) ms, bound $((bound + 500))"
 kill -KILL "$cpid"
