@@ -337,6 +337,6 @@ int main(int argc, char **argv) {
         fprintf(stderr, "mm-coordinator: aborting the MPI job\n");
         MPI_Abort(MPI_COMM_WORLD, rc); /* takes the stages down too; the supervisor restarts the job */
     }
-    MPI_Finalize();
+    mm_mpi_finalize(c.cfg.stage_liveness_ms);
     return 0;
 }

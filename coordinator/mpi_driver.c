@@ -70,7 +70,7 @@ mm_status mm_mpi_driver_init(int n_stages, int liveness_ms, mm_mpi_driver **out)
 void mm_mpi_driver_free(mm_mpi_driver *d) {
     if (!d) return;
     mm_mpi_set_wait_hook(NULL, NULL);
-    mm_liveness_release(&d->live);
+    mm_liveness_settle(&d->live, 0);
     for (int i = 0; i < d->n_sends; i++) {
         free(d->sends[i].buf);
         free(d->sends[i].reqs);
@@ -195,12 +195,41 @@ mm_status mm_mpi_driver_poll(mm_mpi_driver *d, Metamorph__Internal__StepResult *
     return MM_OK;
 }
 
+/* Every stage's BYE (its last beat has left), up to the liveness bound. */
+static mm_status wait_byes(mm_mpi_driver *d) {
+    int n = 0;
+    double t0 = mm_now_ms();
+    while (n < d->P) {
+        uint8_t *buf;
+        size_t len;
+        MPI_Status st;
+        int got;
+        CHECK(mm_mpi_poll_msg(MPI_ANY_SOURCE, MM_TAG_BYE, &buf, &len, &st, &got));
+        if (got) {
+            free(buf);
+            n++;
+            continue;
+        }
+        if (mm_now_ms() - t0 > d->live.bound_ms)
+            return MM_ERROR(MM_ERR_IO, "%d of %d stages did not say goodbye", d->P - n, d->P);
+        int silent;
+        CHECK(mm_liveness_tick(&d->live, &silent)); /* takes in their last beats */
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    }
+    return MM_OK;
+}
+
 mm_status mm_mpi_driver_shutdown(mm_mpi_driver *d) {
     char nothing = 0;
+    /* no beats from here on (stages stop theirs at SHUTDOWN), and none left leaving when
+     * MPI_Finalize starts: see mm_liveness_settle */
+    mm_liveness_quiet(&d->live);
     for (int k = 0; k < d->P; k++) CHECK(mm_mpi_send_msg(k + 1, MM_TAG_SHUTDOWN, &nothing, 1));
     /* plans still being sent must finish before MPI_Finalize */
     for (int i = 0; i < d->n_sends; i++)
         for (int k = 0; k < d->P; k++) CHECK(mm_mpi_wait(&d->sends[i].reqs[k]));
+    CHECK(wait_byes(d));
+    mm_liveness_settle(&d->live, d->live.bound_ms);
     return progress_sends(d);
 }
 

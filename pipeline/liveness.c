@@ -1,6 +1,8 @@
 /* See liveness.h. */
 #include "liveness.h"
 
+#include <time.h>
+
 #include "common/clock.h"
 #include "pipeline_mpi.h"
 
@@ -9,6 +11,7 @@ void mm_liveness_init(mm_liveness *l, int size, int bound_ms) {
     l->bound_ms = bound_ms;
     l->period_ms = (double)bound_ms / MM_LIVENESS_BEATS_PER_BOUND;
     l->beat_byte = 0;
+    l->quiet = 0;
     for (int r = 0; r < MM_MAX_STAGES + 1; r++)
         l->peer[r] = (mm_peer_liveness){0, 0, 0, MPI_REQUEST_NULL};
 }
@@ -53,14 +56,25 @@ mm_status mm_liveness_tick(mm_liveness *l, int *silent_rank) {
             MPI_CHECK(MPI_Test(&p->beat, &done, MPI_STATUS_IGNORE));
             if (!done) continue;
         }
-        if (now - p->sent_ms < l->period_ms) continue;
+        if (l->quiet || now - p->sent_ms < l->period_ms) continue;
         MPI_CHECK(MPI_Isend(&l->beat_byte, 1, MPI_BYTE, r, MM_TAG_BEAT, MPI_COMM_WORLD, &p->beat));
         p->sent_ms = now;
     }
     return MM_OK;
 }
 
-void mm_liveness_release(mm_liveness *l) {
-    for (int r = 0; r < l->size; r++)
-        if (l->peer[r].beat != MPI_REQUEST_NULL) MPI_Request_free(&l->peer[r].beat);
+void mm_liveness_quiet(mm_liveness *l) { l->quiet = 1; }
+
+void mm_liveness_settle(mm_liveness *l, double timeout_ms) {
+    l->quiet = 1;
+    double t0 = mm_now_ms();
+    for (int r = 0; r < l->size; r++) {
+        MPI_Request *q = &l->peer[r].beat;
+        while (*q != MPI_REQUEST_NULL && mm_now_ms() - t0 < timeout_ms) {
+            int done = 0;
+            if (MPI_Test(q, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) break;
+            if (!done) nanosleep(&(struct timespec){0, 1000000}, NULL);
+        }
+        if (*q != MPI_REQUEST_NULL) MPI_Request_free(q);
+    }
 }

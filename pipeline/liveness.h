@@ -30,6 +30,7 @@ typedef struct {
     double bound_ms, period_ms;
     mm_peer_liveness peer[MM_MAX_STAGES + 1];
     char beat_byte;     /* what a beat carries (nothing: its arrival is the news) */
+    int quiet;          /* settled: no beats go out any more */
 } mm_liveness;
 
 void mm_liveness_init(mm_liveness *l, int size, int bound_ms);
@@ -43,7 +44,12 @@ void mm_liveness_sent(mm_liveness *l, int rank);
 mm_status mm_liveness_tick(mm_liveness *l, int *silent_rank);
 /* Milliseconds since rank was last heard from. */
 double mm_liveness_silence_ms(const mm_liveness *l, int rank);
-/* Lets go of beats still leaving (before MPI_Finalize; they complete on their own). */
-void mm_liveness_release(mm_liveness *l);
+/* Before a clean MPI_Finalize: no more beats, and those still leaving get up to
+ * timeout_ms to complete (an unfinished send makes MPI_Finalize wait on a peer that may
+ * already sit in finalize's barrier, not progressing: a hang seen over UCX tcp); any
+ * left after that are let go. Ticks after it only listen. */
+void mm_liveness_settle(mm_liveness *l, double timeout_ms);
+/* No beats go out any more (ticks only listen); those leaving are left to settle. */
+void mm_liveness_quiet(mm_liveness *l);
 
 #endif

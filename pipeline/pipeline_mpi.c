@@ -134,3 +134,15 @@ mm_status mm_mpi_send_msg(int dst, int tag, const void *buf, size_t len) {
     MPI_CHECK(MPI_Isend(buf, (int)len, MPI_BYTE, dst, tag, MPI_COMM_WORLD, &req));
     return mm_mpi_wait(&req);
 }
+
+void mm_mpi_finalize(double timeout_ms) {
+    MPI_Request req;
+    if (MPI_Ibarrier(MPI_COMM_WORLD, &req) != MPI_SUCCESS) return;
+    double t0 = mm_now_ms();
+    for (int done = 0; !done;) {
+        if (MPI_Test(&req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) return;
+        if (!done && mm_now_ms() - t0 > timeout_ms) return;
+        if (!done) nanosleep(&(struct timespec){0, 200000}, NULL);
+    }
+    MPI_Finalize();
+}

@@ -20,6 +20,7 @@ enum {
     MM_TAG_STATS,     /* stage -> 0: StageStats, now and then */
     MM_TAG_NCCL_ID,   /* stage 1 -> stages 2..P: the NCCL unique id, once, before the first plan */
     MM_TAG_BEAT,      /* 0 <-> every stage: a heartbeat when nothing else went out (liveness.h) */
+    MM_TAG_BYE,       /* stage -> 0: after SHUTDOWN, its last beat has left: both may finalize */
 };
 
 /* MPI_Init_thread asking for FUNNELED; fails unless FUNNELED or better is provided.
@@ -35,6 +36,13 @@ mm_status mm_mpi_status(int rc, const char *file, int line, const char *what);
  * watch the coordinator's liveness here, so no wait outlives a dead peer. NULL: none. */
 typedef mm_status (*mm_mpi_wait_hook)(void *user);
 void mm_mpi_set_wait_hook(mm_mpi_wait_hook hook, void *user);
+
+/* A clean MPI_Finalize of every rank together: first a nonblocking barrier of all ranks
+ * (up to timeout_ms), so that no rank enters MPI_Finalize -- whose endpoint flushes
+ * need the peers' progress -- while a peer already sits in finalize's process-manager
+ * barrier, not progressing (a hang seen over UCX tcp); if the barrier does not complete
+ * in time (a rank is gone), MPI_Finalize is skipped: the process just exits. */
+void mm_mpi_finalize(double timeout_ms);
 
 /* Waits for req, polling with short sleeps. */
 mm_status mm_mpi_wait(MPI_Request *req);

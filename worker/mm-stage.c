@@ -207,6 +207,7 @@ int main(int argc, char **argv) {
         s = serve(st, rank);
     }
     int rc = s == MM_OK && hs == MM_OK ? 0 : 1;
+    int stopped = rc == 0; /* told to stop (SHUTDOWN) */
     if (rc) {
         /* The coordinator has the error (hello or step result) and either stops the
          * stages or aborts the job. Finalizing on our own could involve a dead peer
@@ -215,7 +216,10 @@ int main(int argc, char **argv) {
         uint8_t *buf;
         size_t len;
         MPI_Status ms;
-        if (hs == MM_OK && !g_coordinator_gone && mm_mpi_recv_msg(0, MM_TAG_SHUTDOWN, &buf, &len, &ms) == MM_OK) free(buf);
+        if (hs == MM_OK && !g_coordinator_gone && mm_mpi_recv_msg(0, MM_TAG_SHUTDOWN, &buf, &len, &ms) == MM_OK) {
+            free(buf);
+            stopped = 1;
+        }
     }
     mm_mpi_set_wait_hook(NULL, NULL);
     mm_stage_free(st);
@@ -224,7 +228,11 @@ int main(int argc, char **argv) {
         fprintf(stderr, "mm-stage rank %d: exiting on its own\n", rank);
         return 1; /* no MPI_Finalize: it would wait for the coordinator */
     }
-    mm_liveness_release(&g_live);
-    MPI_Finalize();
+    if (stopped) { /* SHUTDOWN: our last beat leaves, then BYE (see mm_liveness_settle) */
+        mm_liveness_settle(&g_live, liveness_ms);
+        char nothing = 0;
+        if (mm_mpi_send_msg(0, MM_TAG_BYE, &nothing, 1) != MM_OK) fprintf(stderr, "mm-stage rank %d: %s\n", rank, mm_error_last());
+    }
+    mm_mpi_finalize(liveness_ms);
     return rc;
 }

@@ -6,7 +6,7 @@
 # namespaces, the bridge, and every process whose command line names $NS_DIR.
 #   nshosts_can           0 when namespaces and bridges can be made here, else prints why
 #   nshosts_up DIR N      hosts mmh1..mmhN at 10.$((…)).K; sets NS_NAMES, NS_IPS, NS_DIR
-#   nshosts_run K CMD...  runs CMD on host K (its namespace, its hostname)
+#   nshosts_run K CMD...  runs CMD on host K (its namespace, its hostname); nshosts_exec: in place
 #   nshosts_cut K / nshosts_heal K   takes host K's link down / up
 #   nshosts_down          undoes it all (idempotent)
 NS_TAG=mm$$
@@ -87,10 +87,12 @@ CFG
   done
 }
 # the host's namespace and its own hostname (a UTS namespace per command)
-nshosts_run() {
+nshosts_run() { (nshosts_exec "$@"); }
+# the same in place of the calling (sub)shell: `nshosts_exec K CMD &` gives $! = CMD's pid
+nshosts_exec() {
   local k=$1
   shift
-  ip netns exec "${NS_TAG}h$k" unshare --uts sh -c 'hostname "$0"; exec "$@"' "mmh$k" "$@"
+  exec ip netns exec "${NS_TAG}h$k" unshare --uts sh -c 'hostname "$0"; exec "$@"' "mmh$k" "$@"
 }
 nshosts_cut() { ip link set "${NS_TAG}v$1" down; }
 nshosts_heal() { ip link set "${NS_TAG}v$1" up; }

@@ -30,6 +30,9 @@ fail() {
 }
 trap cleanup EXIT
 nshosts_up "$dir" 3 || fail "cannot make the hosts"
+# MPI over TCP on the hosts' links (UCX would otherwise see one machine and use shared
+# memory, which no cut link stops), as between real hosts; hydra passes it to every rank
+export UCX_TLS=tcp,self UCX_NET_DEVICES=eth0
 h1=${NS_IPS[0]} h2=${NS_IPS[1]} h3=${NS_IPS[2]}
 port=50051 mport=9464 eport=50052
 now_ms() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }
@@ -55,7 +58,7 @@ config() {  # config EXTRA_JSON
 JSON
 }
 start() {  # on host 1, in the background
-  MM_BIN_DIR=$build nshosts_run 1 setsid "$src/deploy/launch.sh" "$1" > "$dir/launch.log" 2>&1 &
+  MM_BIN_DIR=$build nshosts_exec 1 setsid "$src/deploy/launch.sh" "$1" > "$dir/launch.log" 2>&1 &
   lpid=$!
 }
 stop() {
