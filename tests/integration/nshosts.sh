@@ -105,6 +105,9 @@ nshosts_down() {
     for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
     ip netns del "$ns" 2>/dev/null
   done
+  for p in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep "^${NS_TAG}v"); do
+    ip link del "$p" 2>/dev/null  # a veth whose namespace lingers (a process still dying in it)
+  done
   ip link del "${NS_TAG}br" 2>/dev/null
   return 0
 }
