@@ -12,6 +12,7 @@
 # Args: BUILD_DIR SOURCE_DIR.
 set -uo pipefail
 build=$1 src=$2
+source "$src/tests/integration/probe.sh"
 mmctl=$build/tools/mmctl
 source "$src/tests/integration/nshosts.sh"
 why=$(nshosts_can) || { echo "SKIP: $why"; exit 77; }
@@ -35,20 +36,10 @@ nshosts_up "$dir" 3 || fail "cannot make the hosts"
 export UCX_TLS=tcp,self UCX_NET_DEVICES=eth0
 h1=${NS_IPS[0]} h2=${NS_IPS[1]} h3=${NS_IPS[2]}
 port=50051 mport=9464 eport=50052
-now_ms() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }
 on1() { nshosts_run 1 "$@"; }
 healthy() { on1 "$mmctl" --server $h1:$port --timeout 1 health >/dev/null 2>&1; }
-wait_health() {  # WANT(0 serving|1 not) TIMEOUT_S
-  local end=$(($(now_ms) + $2 * 1000))
-  while (($(now_ms) < end)); do
-    if healthy; then (($1 == 0)) && return 0; else (($1 == 1)) && return 0; fi
-    sleep 0.05
-  done
-  return 1
-}
 info() { on1 "$mmctl" --server $h1:$port info; }
 stage_pid() { info | sed -n "s/.*\"rank\": $1, .*\"pid\": \([0-9]*\).*/\1/p"; }
-gone() { ! kill -0 "$1" 2>/dev/null || [[ $(ps -o stat= -p "$1" | tr -d ' ') == Z* ]]; }
 config() {  # config EXTRA_JSON
   cat <<JSON
 {"model": "$src/assets/tiny", "listen": "0.0.0.0:$port", "threads": 1, "stages": 2,

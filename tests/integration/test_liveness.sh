@@ -13,6 +13,7 @@
 # Args: BUILD_DIR SOURCE_DIR.
 set -uo pipefail
 build=$1 src=$2
+source "$src/tests/integration/probe.sh"
 mmctl=$build/tools/mmctl
 dir=$(mktemp -d /tmp/mm-liveness-XXXXXX)
 lpid=
@@ -37,19 +38,8 @@ config() {
  "encode_bind": "", "decode_bind": "", "metrics_listen": "127.0.0.1:$mport", "http_listen": ""${1:+, $1}}
 JSON
 }
-now_ms() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }
 healthy() { "$mmctl" --server 127.0.0.1:$port --timeout 1 health >/dev/null 2>&1; }
-# wait_health WANT(0 serving|1 not) TIMEOUT_S: 0 when health became WANT in time
-wait_health() {
-  local end=$(($(now_ms) + $2 * 1000))
-  while (($(now_ms) < end)); do
-    if healthy; then (($1 == 0)) && return 0; else (($1 == 1)) && return 0; fi
-    sleep 0.05
-  done
-  return 1
-}
 stage_pid() { "$mmctl" --server 127.0.0.1:$port info | sed -n "s/.*\"rank\": $1, .*\"pid\": \([0-9]*\).*/\1/p"; }
-gone() { ! kill -0 "$1" 2>/dev/null || [[ $(ps -o stat= -p "$1" | tr -d ' ') == Z* ]]; }
 start() {  # start CONFIG: launch.sh in the background, its own process group
   MM_BIN_DIR=$build setsid "$src/deploy/launch.sh" "$1" > "$dir/launch.log" 2>&1 &
   lpid=$!

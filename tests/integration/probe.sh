@@ -1,0 +1,15 @@
+# Sourced by the liveness tests and bench/liveness.sh (issue 18): a millisecond clock
+# and waits on the service's health. The caller defines healthy (exit 0 when SERVING).
+#   now_ms                     monotonic enough for intervals (bash's EPOCHREALTIME)
+#   wait_health WANT TIMEOUT_S WANT 0: until SERVING, 1: until not; 0 when it happened
+#   gone PID                   0 when PID has exited (or is a zombie)
+now_ms() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }
+wait_health() {
+  local end=$(($(now_ms) + $2 * 1000))
+  while (($(now_ms) < end)); do
+    if healthy; then (($1 == 0)) && return 0; else (($1 == 1)) && return 0; fi
+    sleep 0.05
+  done
+  return 1
+}
+gone() { ! kill -0 "$1" 2>/dev/null || [[ $(ps -o stat= -p "$1" | tr -d ' ') == Z* ]]; }
