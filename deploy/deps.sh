@@ -24,6 +24,7 @@ MM_DEBIAN_PACKAGES=(
   libcurl4-openssl-dev               # bench/serve --http: the OpenAI door's load generator
   libgnutls28-dev openssl            # HTTPS on the OpenAI door and /metrics (libmicrohttpd's GnuTLS); test certificates
   openssh-server openssh-client iproute2  # issue 18: hosts made of network namespaces with sshd (hydra's ssh launcher)
+  slurmctld slurmd slurm-client munge     # issue 18: deploy/slurm/metamorph.sbatch on a single-node Slurm in its test
 )
 
 mm_install_deps() {

@@ -233,7 +233,7 @@ teardown() {
     while read -r rank host rpid; do
       if [[ $host == "$me" ]]; then
         kill -KILL "$rpid" 2>/dev/null
-      else  # the rank's process group there: hydra's proxy of this job and its ranks
+      elif [[ -z ${SLURM_JOB_ID:-} ]]; then  # (under Slurm: no ssh; those ranks leave by themselves)  # the rank's process group there: hydra's proxy of this job and its ranks
         timeout 10 "${ssh_opts[@]}" "$host" \
           "g=\$(ps -o pgid= -p $rpid | tr -d ' '); [ -n \"\$g\" ] && kill -KILL -- -\$g" </dev/null >/dev/null 2>&1 &
         sshs+=($!)
@@ -346,7 +346,7 @@ while :; do
   if ((starts > 1)); then
     check_config || { rc=$?; stop_workers; rm -rf "$run_dir"; exit "$rc"; }
     [[ $full_hostfile != - ]] && { full_hostfile=$hostfile full_P=$P; }
-    if [[ $full_hostfile != - ]]; then
+    if [[ $full_hostfile != - && -z ${SLURM_JOB_ID:-} ]]; then  # under Slurm, Slurm owns the nodes
       if ((degraded || failed_starts >= host_max_failures)); then
         replan || true
       fi
