@@ -225,8 +225,11 @@ int main(int argc, char **argv) {
     mm_stage_free(st);
     mm_transport_free(tr);
     if (g_coordinator_gone) {
+        /* no MPI_Finalize (it would wait for the coordinator), and no exit handlers
+         * either (MPI's and UCX's would talk to the dead): gone at once */
         fprintf(stderr, "mm-stage rank %d: exiting on its own\n", rank);
-        return 1; /* no MPI_Finalize: it would wait for the coordinator */
+        fflush(NULL);
+        _exit(1);
     }
     if (stopped) { /* SHUTDOWN: our last beat leaves, then BYE (see mm_liveness_settle) */
         mm_liveness_settle(&g_live, liveness_ms);

@@ -19,6 +19,11 @@ nshosts_can() {
   command -v ip >/dev/null && command -v unshare >/dev/null || { echo "no ip (iproute2) or unshare"; return 1; }
   local out
   if ! out=$(ip netns add "${NS_TAG}probe" 2>&1); then echo "cannot make a network namespace: $out"; return 1; fi
+  if ! out=$(ip netns exec "${NS_TAG}probe" unshare --uts true 2>&1); then
+    ip netns del "${NS_TAG}probe"
+    echo "cannot run in a network namespace with its own hostname: $out"
+    return 1
+  fi
   ip netns del "${NS_TAG}probe"
   if ! out=$(ip link add "${NS_TAG}probe" type bridge 2>&1); then echo "cannot make a bridge: $out"; return 1; fi
   ip link del "${NS_TAG}probe"

@@ -23,7 +23,10 @@ cleanup() {
   for f in "$dir"/slurmctld.pid "$dir"/slurmd.*.pid "$dir"/munged.pid; do
     [[ -s $f ]] && kill -TERM "$(cat "$f")" 2>/dev/null
   done
-  sleep 0.5
+  sleep 1
+  for f in "$dir"/slurmctld.pid "$dir"/slurmd.*.pid "$dir"/munged.pid; do  # (their command lines do not name $dir)
+    [[ -s $f ]] && kill -KILL "$(cat "$f")" 2>/dev/null
+  done
   for p in $(pgrep -f "$dir"); do kill -KILL "$p" 2>/dev/null; done
 }
 fail() {
