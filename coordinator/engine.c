@@ -384,6 +384,15 @@ static int take_decodes(mm_engine *e) {
 
 /* ---------------------------------------------------------------- pipeline */
 
+/* why without the "file.c:123: " that errors carry for the log (clients get the rest). */
+static const char *without_source(const char *why) {
+    const char *c = strstr(why, ".c:");
+    if (!c || memchr(why, ' ', (size_t)(c - why))) return why;
+    c += 3;
+    while (*c >= '0' && *c <= '9') c++;
+    return c[0] == ':' && c[1] == ' ' ? c + 2 : why;
+}
+
 static void pipeline_failed(mm_engine *e, const char *why) {
     if (e->failed) return;
     e->failed = 1;
@@ -395,7 +404,7 @@ static void pipeline_failed(mm_engine *e, const char *why) {
     /* clients get one line: an MPI error's stack (several lines) stays in the log */
     char msg[512];
     if (strchr(why, '\n')) snprintf(msg, sizeof msg, "pipeline stage unavailable: MPI communication failed (see the server log)");
-    else snprintf(msg, sizeof msg, "pipeline stage unavailable: %s", why);
+    else snprintf(msg, sizeof msg, "pipeline stage unavailable: %s", without_source(why));
     while (e->n_jobs > 0) job_fail(e, e->jobs[0], GRPC_STATUS_UNAVAILABLE, msg);
 }
 

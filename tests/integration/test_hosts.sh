@@ -64,7 +64,7 @@ downs() { grep -ao "pipeline down: [^;]*" "$dir/launch.log" | wc -l; }
 why() {  # why N: how the failure after the N-th "pipeline down" line was seen, or that hydra ended the job first
   local l
   l=$(grep -ao "pipeline down: [^;]*" "$dir/launch.log" | tail -n +$(($1 + 1)) | head -1)
-  echo "  seen as: ${l:+${l#*pipeline down: }}${l:-no word from the coordinator (hydra ended the job first)}"
+  if [[ -n $l ]]; then echo "  seen as: ${l#pipeline down: }"; else echo "  seen as: no word from the coordinator (hydra ended the job first)"; fi
 }
 ask() { on1 "$mmctl" --server $h1:$port --timeout 30 generate --prompt "Describe a cat." --max-tokens 24; }
 bound=$((LIVENESS_MS + 700))  # + the coordinator's idle poll (100 ms) and the probe's own cost
@@ -108,12 +108,21 @@ done
 
 # c. host 2 cut off, and unreachable at the restarts: degraded on host 1, then back
 victim=$(stage_pid 2)
+on1 "$mmctl" --server $h1:$port --timeout 60 generate --prompt "Tell me everything." --max-tokens 2000 \
+  > /dev/null 2> "$dir/gen.err" &
+gen=$!
+sleep 0.3
 n0=$(downs) t0=$(now_ms)
 nshosts_cut 2
 wait_health 1 10 || fail "still SERVING 10 s after host 2 was cut off"
 t1=$(now_ms)
 echo "host 2 cut off: NOT_SERVING after $((t1 - t0)) ms"
 why "$n0"
+wait "$gen"
+grc=$?
+echo "  the request in flight: exit $grc: $(tail -1 "$dir/gen.err")"
+((grc == 14)) || fail "the request in flight when host 2 was cut: exit $grc, expected 14 (UNAVAILABLE)"
+grep -qi "error stack\|MPIR_\|MPID" "$dir/gen.err" && fail "an MPI error stack reached the client"
 ((t1 - t0 <= bound + 500)) || fail "NOT_SERVING after $((t1 - t0)) ms, bound $((bound + 500))"
 wait_health 0 60 || fail "not SERVING (degraded) 60 s after host 2 was cut off"
 t2=$(now_ms)
