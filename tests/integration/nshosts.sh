@@ -97,7 +97,13 @@ nshosts_run() { (nshosts_exec "$@"); }
 nshosts_exec() {
   local k=$1
   shift
-  exec ip netns exec "${NS_TAG}h$k" unshare --uts sh -c 'hostname "$0"; exec "$@"' "mmh$k" "$@"
+  # a /sys of the namespace's own (its network devices, for UCX), as ip netns exec makes,
+  # but keeping the machine's cgroup tree under it (slurmd needs one), in a mount
+  # namespace of this command's own
+  exec nsenter --net="/var/run/netns/${NS_TAG}h$k" unshare --mount --uts sh -c '
+    cg=/run/mm-cgroup.$$; mkdir -p "$cg" && mount --rbind /sys/fs/cgroup "$cg" 2>/dev/null
+    mount -t sysfs none /sys && { mount --move "$cg" /sys/fs/cgroup 2>/dev/null || true; }
+    rmdir "$cg" 2>/dev/null; hostname "$0"; exec "$@"' "mmh$k" "$@"
 }
 nshosts_cut() { ip link set "${NS_TAG}v$1" down; }
 nshosts_heal() { ip link set "${NS_TAG}v$1" up; }
