@@ -12,6 +12,7 @@ void mm_liveness_init(mm_liveness *l, int size, int bound_ms) {
     l->period_ms = (double)bound_ms / MM_LIVENESS_BEATS_PER_BOUND;
     l->beat_byte = 0;
     l->quiet = 0;
+    l->ticked_ms = 0;
     for (int r = 0; r < MM_MAX_STAGES + 1; r++)
         l->peer[r] = (mm_peer_liveness){0, 0, 0, MPI_REQUEST_NULL};
 }
@@ -33,6 +34,9 @@ double mm_liveness_silence_ms(const mm_liveness *l, int rank) {
 
 mm_status mm_liveness_tick(mm_liveness *l, int *silent_rank) {
     *silent_rank = -1;
+    double t = mm_now_ms();
+    if (t - l->ticked_ms < MM_LIVENESS_TICK_MS) return MM_OK;
+    l->ticked_ms = t;
     for (;;) { /* beats that arrived: their arrival is all they say */
         int got = 0;
         MPI_Status st;

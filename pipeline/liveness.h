@@ -17,6 +17,9 @@
 
 /* beats per bound: a peer is declared dead after missing about this many */
 #define MM_LIVENESS_BEATS_PER_BOUND 5
+/* a tick does its MPI calls at most this often (the coordinator's loop turns every few
+ * microseconds while busy, and each MPI poll runs the progress engine, ~20-40 us here) */
+#define MM_LIVENESS_TICK_MS 5.0
 
 typedef struct {
     int watched;        /* heard from once: silence past the bound is death */
@@ -31,6 +34,7 @@ typedef struct {
     mm_peer_liveness peer[MM_MAX_STAGES + 1];
     char beat_byte;     /* what a beat carries (nothing: its arrival is the news) */
     int quiet;          /* settled: no beats go out any more */
+    double ticked_ms;   /* last tick that did its MPI calls */
 } mm_liveness;
 
 void mm_liveness_init(mm_liveness *l, int size, int bound_ms);

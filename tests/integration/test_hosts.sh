@@ -67,7 +67,7 @@ why() {  # why N: how the failure after the N-th "pipeline down" line was seen, 
   if [[ -n $l ]]; then echo "  seen as: ${l#pipeline down: }"; else echo "  seen as: no word from the coordinator (hydra ended the job first)"; fi
 }
 ask() { on1 "$mmctl" --server $h1:$port --timeout 30 generate --prompt "Describe a cat." --max-tokens 24; }
-bound=$((LIVENESS_MS + 700))  # + the coordinator's idle poll (100 ms) and the probe's own cost
+bound=$((LIVENESS_MS + 1000))  # + the coordinator's idle wake-up (250 ms), the probe's period and a loaded CI machine
 
 # one host: the reference output
 config > "$dir/one.json"
@@ -126,7 +126,7 @@ grep -qi "error stack\|MPIR_\|MPID" "$dir/gen.err" && fail "an MPI error stack r
 ((t1 - t0 <= bound + 500)) || fail "NOT_SERVING after $((t1 - t0)) ms, bound $((bound + 500))"
 wait_health 0 60 || fail "not SERVING (degraded) 60 s after host 2 was cut off"
 t2=$(now_ms)
-echo "host 2 cut off: SERVING degraded after $((t2 - t0)) ms"
+echo "host 2 cut off: SERVING degraded after $((t2 - t0)) ms; the watchdog's teardowns: $(grep -ao "tearing the MPI job down: [a-z ]*" "$dir/launch.log" | sed 's/tearing the MPI job down: //' | sort | uniq -c | tr -s ' \n' ' ')"
 grep -q "DEGRADED" "$dir/launch.log" || fail "no DEGRADED line"
 info | grep -q '"host": "mmh2"' && fail "degraded, yet a stage on host 2"
 for _ in $(seq 1 50); do gone "$victim" && break; sleep 0.1; done
