@@ -41,7 +41,10 @@ cleanup() {
 }
 fail() {
   echo "FAIL: $*"
-  tail -30 "$dir"/out.* "$dir"/log/*.log 2>/dev/null
+  $(on_host 1) squeue 2>&1
+  for f in "$dir"/out.* "$dir"/log/slurm*.log; do
+    [[ -f $f ]] && { echo "== $f"; tail -15 "$f"; }
+  done
   cleanup
   exit 1
 }
@@ -121,7 +124,7 @@ ask() { $(on_host 1) "$mmctl" --server $target:$port --timeout 30 generate --pro
 serve_and_cancel() {
   local what=$1 jid t0 t1
   shift
-  jid=$(MM_BIN_DIR=$build $(on_host 1) sbatch --parsable "$@" -o "$dir/out.%j" "$src/deploy/slurm/metamorph.sbatch" \
+  jid=$(MM_BIN_DIR=$build MM_SOURCE_DIR=$src $(on_host 1) sbatch --parsable "$@" -o "$dir/out.%j" "$src/deploy/slurm/metamorph.sbatch" \
     "$dir/cfg.json") || fail "$what: sbatch"
   wait_health 0 60 || fail "$what: sbatch job $jid not SERVING"
   ask > "$dir/slurm.out" || fail "$what: generate"
