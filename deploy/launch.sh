@@ -233,7 +233,9 @@ teardown() {
     while read -r rank host rpid; do
       if [[ $host == "$me" ]]; then
         kill -KILL "$rpid" 2>/dev/null
-      elif [[ -z ${SLURM_JOB_ID:-} ]]; then  # (under Slurm: no ssh; those ranks leave by themselves)  # the rank's process group there: hydra's proxy of this job and its ranks
+      elif [[ -z ${SLURM_JOB_ID:-} ]]; then
+        # the rank's process group there: hydra's proxy of this job and its ranks (under
+        # Slurm no ssh: those ranks leave by themselves, and Slurm ends the steps)
         timeout 10 "${ssh_opts[@]}" "$host" \
           "g=\$(ps -o pgid= -p $rpid | tr -d ' '); [ -n \"\$g\" ] && kill -KILL -- -\$g" </dev/null >/dev/null 2>&1 &
         sshs+=($!)
