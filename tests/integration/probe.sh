@@ -12,4 +12,9 @@ wait_health() {
   done
   return 1
 }
-gone() { ! kill -0 "$1" 2>/dev/null || [[ $(ps -o stat= -p "$1" | tr -d ' ') == Z* ]]; }
+gone() {  # (a zombie may be reaped between kill -0 and ps: no state is gone too)
+  ! kill -0 "$1" 2>/dev/null && return 0
+  local st
+  st=$(ps -o stat= -p "$1" | tr -d ' ')
+  [[ -z $st || $st == Z* ]]
+}
