@@ -6,10 +6,12 @@
  * SIGINT/SIGTERM stop it cleanly; SIGUSR1 (hydra: a process of the job died) takes
  * the pipeline down: requests fail with UNAVAILABLE, health says NOT_SERVING, and
  * after fail_exit_ms the whole job is aborted so that a supervisor restarts it. */
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <zmq.h>
 
 #include "common/runtime.h"
@@ -245,7 +247,9 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
                    .n_image_tokens = c->mm.n_image_tokens, .vision_input = vision_input, .image_generation = image_output,
                    .bos_id = c->llm.bos_id},
         .serving = &serving, .metrics = metrics, .tls = &c->tls, .keys = c->keys,
-        .health_open = c->metrics_auth.health_open};
+        .health_open = c->metrics_auth.health_open, .guard = c->cfg.http2_guard,
+        .max_connections = c->cfg.http2_max_connections, .max_per_peer = c->cfg.http2_max_connections_per_peer,
+        .handshake_ms = c->cfg.http2_handshake_timeout_ms};
     block_signals(1);
     mm_status s = mm_grpc_start(&gp, &srv);
     block_signals(0);
@@ -285,6 +289,16 @@ out:
     return rc;
 }
 
+/* Each gRPC connection holds three descriptors (h2_guard.h) and the default soft limit is
+ * often 1024: the soft limit goes up to the hard one, so http2_max_connections binds first. */
+static void raise_open_files(void) {
+    struct rlimit r;
+    if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur < r.rlim_max) {
+        r.rlim_cur = r.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &r) != 0) LOG_WARN("open files limit stays: %s", strerror(errno));
+    }
+}
+
 int main(int argc, char **argv) {
     int cli = mm_coord_cli(argc, argv); /* --help, --print-config, --check: no MPI */
     if (cli >= 0) return cli;
@@ -303,6 +317,7 @@ int main(int argc, char **argv) {
     install(SIGTERM, on_stop);
     install(SIGUSR1, on_stage_failed);
     signal(SIGPIPE, SIG_IGN);
+    raise_open_files();
     if (argc != 2 || rank != 0) {
         fprintf(stderr, "usage: mpiexec -n 1 mm-coordinator CFG : -n P mm-stage CFG\n");
         MPI_Abort(MPI_COMM_WORLD, 2);
