@@ -37,6 +37,7 @@ typedef struct {
     int llm_done;             /* the sequence has finished (and left the scheduler) */
     const char *finish;       /* its finish reason, once llm_done */
     int32_t n_images_done;    /* images the sequence produced, once llm_done */
+    int32_t cached_tokens;    /* prompt rows whose KV came from the prefix cache, once llm_done */
     double t_pool_wait;       /* since when it waits on a pool that has no worker (0: not) */
 } job;
 
@@ -207,6 +208,7 @@ static void job_complete(mm_engine *e, job *j) {
         snprintf(r->request_id, sizeof r->request_id, "%s", j->req->request_id);
         r->finish_reason = j->finish;
         r->prompt_tokens = j->req->n_rows;
+        r->cached_tokens = j->cached_tokens;
         r->completion_tokens = j->n_generated;
         r->images = j->n_images_done;
         r->queue_ms = j->t_first_sched - j->req->t_arrival_ms;
@@ -229,6 +231,7 @@ static void job_llm_done(mm_engine *e, job *j) {
     j->llm_done = 1;
     j->finish = finish_name(j->seq->finish);
     j->n_images_done = j->seq->n_images;
+    j->cached_tokens = j->seq->cached_tokens;
     mm_sched_remove(e->sched, j->seq);
     j->seq = NULL;
     send_ready_images(e, j);

@@ -555,6 +555,7 @@ static int append_delta(call_ctx *c, const mm_reply *r) {
 static void fill_final(mm_reply *r, Metamorph__V1__GenerateResponse *resp, Metamorph__V1__Usage *u,
                        Metamorph__V1__Timings *tm) {
     u->prompt_tokens = r->prompt_tokens, u->completion_tokens = r->completion_tokens, u->images = r->images;
+    u->cached_tokens = r->cached_tokens;
     tm->queue_ms = r->queue_ms, tm->ttft_ms = r->ttft_ms, tm->total_ms = r->total_ms, tm->tokens_per_s = r->tokens_per_s;
     resp->usage = u, resp->timings = tm;
     resp->finish_reason = (char *)r->finish_reason;

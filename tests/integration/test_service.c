@@ -151,7 +151,17 @@ static int prefix_run(int P, const char *coord, const char *stage, int cache, ge
         pthread_create(&th[i], NULL, prefix_main, &args[i]);
     }
     for (int i = 0; i < N_QUESTIONS; i++) pthread_join(th[i], NULL);
-    for (int c = 0; c < PREFIX_N_CASES; c++) EXPECT(out[c].code == 0, "cache %d case %d: %s", cache, c, out[c].msg);
+    for (int c = 0; c < PREFIX_N_CASES; c++) {
+        EXPECT(out[c].code == 0, "cache %d case %d: %s", cache, c, out[c].msg);
+        /* usage.cached_tokens: whole blocks, never the last prompt row, none with the cache off */
+        EXPECT(out[c].cached_tokens % 16 == 0 && out[c].cached_tokens < out[c].prompt_tokens &&
+                   (cache || out[c].cached_tokens == 0),
+               "cache %d case %d: %d of %d prompt tokens cached", cache, c, out[c].cached_tokens, out[c].prompt_tokens);
+    }
+    if (cache) /* the first request finds nothing; the same prompt again finds its prefix */
+        EXPECT(out[0].cached_tokens == 0 && out[N_QUESTIONS].cached_tokens >= out[0].prompt_tokens - 16,
+               "cached_tokens: first %d, the same prompt again %d of %d", out[0].cached_tokens,
+               out[N_QUESTIONS].cached_tokens, out[N_QUESTIONS].prompt_tokens);
     double hits = svc_metric(&s, "metamorph_prefix_cache_hits_total");
     double queries = svc_metric(&s, "metamorph_prefix_cache_queries_total");
     double evictions = svc_metric(&s, "metamorph_prefix_cache_evictions_total");
