@@ -110,9 +110,13 @@ static int run_workload(const prefix_bench *b, serve_service *svc, const serve_i
 
 /* A fresh service with the cache on or off, warmed up, the workload, stopped. */
 static int one_run(const prefix_bench *b, int cache, const serve_image *images, prefix_run *out) {
+    static int n_runs;
     serve_service svc;
-    char extra[64];
-    snprintf(extra, sizeof extra, "\"prefix_cache\": %d", cache);
+    char extra[1200];
+    int w = snprintf(extra, sizeof extra, "\"prefix_cache\": %d", cache);
+    if (b->trace_dir)
+        snprintf(extra + w, sizeof extra - (size_t)w, ", \"trace_file\": \"%s/trace-%s-cache%d-%d.jsonl\"", b->trace_dir,
+                 b->workload, cache, n_runs++);
     if (serve_spawn_start(&svc, b->model, b->stages, b->threads, b->worker_threads, extra) != 0) return -1;
     int captions = !strcmp(b->workload, "captions");
     int rc = captions && serve_spawn_workers(&svc, 1, 60) != 0 ? -1 : 0;

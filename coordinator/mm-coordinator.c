@@ -217,6 +217,7 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
     mm_http_server *api = NULL;
     mm_metrics *metrics = NULL;
     mm_metrics_http *http = NULL;
+    mm_trace *trace = NULL;
     int rc = 1;
     int32_t image_start = mm_tokenizer_token_id(c->tok, "<image_start>");
     /* images in need the encoder and stage 1's projector, of the same width */
@@ -225,7 +226,7 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
     int image_output = mm_mpi_driver_has_vision_head(drv) && image_start >= 0;
     mm_engine_params ep = {&c->cfg, c->tok, &c->llm, drv, zctx, &serving, &g_stop, &g_stage_failed, image_start,
                            c->mm.n_image_tokens, vision_input ? c->encoder : NULL, image_output ? c->decoder : NULL,
-                           NULL};
+                           NULL, NULL};
     if (mm_metrics_create(mm_mpi_driver_n_stages(drv), &metrics) != MM_OK ||
         mm_metrics_http_start(c->cfg.metrics_listen, metrics, &serving, &c->metrics_auth, &http) != MM_OK) {
         LOG_ERROR("metrics: %s", mm_error_last());
@@ -233,6 +234,12 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
         goto out;
     }
     ep.metrics = metrics;
+    if (mm_trace_open(c->cfg.trace_file, &trace) != MM_OK) {
+        LOG_ERROR("%s", mm_error_last());
+        mm_mpi_driver_shutdown(drv);
+        goto out;
+    }
+    ep.trace = trace;
     if (!zctx || mm_engine_init(&ep, &eng) != MM_OK) {
         LOG_ERROR("scheduler: %s", zctx ? mm_error_last() : "zmq_ctx_new failed");
         mm_mpi_driver_shutdown(drv);
@@ -284,6 +291,7 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
     mm_http_stop(api);
 out:
     mm_engine_free(eng);
+    mm_trace_close(trace);
     mm_metrics_http_stop(http);
     mm_metrics_free(metrics);
     return rc;

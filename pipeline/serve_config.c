@@ -87,6 +87,7 @@ static const str_tunable STR_TUNABLES[] = {
     S(pool_curve_secret_key, "", NULL, "key file (mmctl keygen): CURVE on both pool ports, workers need pool_authorized_keys, \"\" = plain"),
     S(pool_authorized_keys, "", NULL, "workers' CURVE public keys (\"NAME Z85\" lines): only they may join the pools"),
     S(pool_worker_key, "", NULL, "launch.sh: the key file its own pool workers present"),
+    S(trace_file, "", NULL, "the scheduler's timeline (requests, steps, stage compute time) as JSON lines, for bench/trace_report.py; \"\" = off"),
     S(log_level, "info", "MM_LOG_LEVEL", "log level of every program: error, warn, info, debug"),
     S(log_format, "text", "MM_LOG_FORMAT", "log lines as text or json (time, level, prog, pid, src, msg)"),
 };

@@ -56,6 +56,7 @@ typedef struct {
     char pool_curve_secret_key[1024]; /* common/curve_keys.h key file: CURVE on the pools; "" = plain */
     char pool_authorized_keys[1024];  /* workers' public keys admitted by the ZAP handler */
     char pool_worker_key[1024];       /* deploy/launch.sh: key file of the workers it starts */
+    char trace_file[1024];     /* coordinator/trace.h: the scheduler's timeline as JSON lines; "" = off */
     char log_level[16];        /* error, warn, info, debug (MM_LOG_LEVEL wins) */
     char log_format[16];       /* text or json: one line per message (MM_LOG_FORMAT wins) */
     int32_t key_max_requests;  /* per API key: requests in flight at most, 0 = no limit */
