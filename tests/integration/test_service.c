@@ -41,9 +41,43 @@ static int mm_run_ids(const char *mm_run, const char *prompt, int max_new, int32
     return n;
 }
 
+/* The timeline (trace_file) of a run of n requests, each of which produced tokens: every
+ * request's events in order, and steps whose round trip holds their compute time. */
+static void check_trace(const char *path, int n_requests) {
+    FILE *f = fopen(path, "r");
+    EXPECT(f, "trace %s: not written", path);
+    if (!f) return;
+    static const char *const EVENTS[] = {"arrive", "admitted", "scheduled", "first", "done"};
+    int count[5] = {0}, steps = 0, bad_steps = 0;
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        double t, sent, busy;
+        int rows, seqs, decodes;
+        unsigned long long id;
+        if (sscanf(line, "{\"t\":%lf,\"ev\":\"step\",\"id\":%llu,\"sent\":%lf,\"busy\":%lf,\"seqs\":%d,\"rows\":%d,"
+                         "\"decodes\":%d}", &t, &id, &sent, &busy, &seqs, &rows, &decodes) == 7) {
+            steps++;
+            bad_steps += !(sent <= t && busy > 0 && busy <= t - sent + 1 && rows >= seqs && seqs >= decodes && seqs > 0);
+            continue;
+        }
+        for (int k = 0; k < 5; k++) {
+            char want[64];
+            snprintf(want, sizeof want, "\"ev\":\"%s\"", EVENTS[k]);
+            count[k] += strstr(line, want) != NULL;
+        }
+    }
+    fclose(f);
+    for (int k = 0; k < 5; k++) EXPECT(count[k] == n_requests, "trace: %d \"%s\" events, %d requests", count[k], EVENTS[k], n_requests);
+    EXPECT(steps >= n_requests && bad_steps == 0, "trace: %d steps, %d inconsistent", steps, bad_steps);
+    unlink(path);
+}
+
 static int test_greedy(int P, const char *coord, const char *stage, const char *mm_run) {
     mm_service s;
-    EXPECT(svc_start(&s, coord, stage, P, "\"max_batch_tokens\": 16") == 0, "start with %d stages", P);
+    char extra[256], trace[128];
+    snprintf(trace, sizeof trace, "/tmp/mm-test-trace-%d-%d.jsonl", (int)getpid(), P);
+    snprintf(extra, sizeof extra, "\"max_batch_tokens\": 16, \"trace_file\": \"%s\"", trace);
+    EXPECT(svc_start(&s, coord, stage, P, extra) == 0, "start with %d stages", P);
     for (int i = 0; i < N_PROMPTS && s.cl; i++) {
         int32_t want[4096];
         int n = mm_run_ids(mm_run, PROMPTS[i], 40, want);
@@ -62,6 +96,7 @@ static int test_greedy(int P, const char *coord, const char *stage, const char *
     if (m) metamorph__v1__model_info__free_unpacked(m, NULL);
     int st = svc_stop(&s);
     EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 0, "clean stop on SIGTERM (status %d)", st);
+    check_trace(trace, 2 * N_PROMPTS);
     return 0;
 }
 
