@@ -50,7 +50,8 @@ static void usage(void) {
             "       serve --spawn --model DIR [--workers 1,2] [--stages P] [--threads T] [--worker-threads T]\n"
             "             [the options above but --server and --workload]\n"
             "       serve --spawn --model DIR --workload captions|chat|random [--stages P] [--threads T]\n"
-            "             [--num-prompts N] [--concurrency C] [--input-len L] [--output-len L] [--repeats N] [--image PNG]\n"
+            "             [--num-prompts N] [--concurrency C] [--input-len L] [--output-len L] [--range-ratio F]\n"
+            "             [--repeats N] [--image PNG]\n"
             "             prefix caching off vs on, each on a fresh service, alternately\n"
             "       --spawn ... --trace DIR: each spawned service writes its timeline (trace_file) into DIR,\n"
             "             for bench/trace_report.py\n");
@@ -316,7 +317,7 @@ int main(int argc, char **argv) {
     if (a.spawn && serve_prefix_is_workload(a.workload)) {
         prefix_bench b = {a.workload, a.model,  a.image,  a.n,       a.concurrency,    a.in_len,
                           a.out_len,  a.repeats, a.stages, a.threads, a.worker_threads, a.seed, a.timeout_s,
-                          a.trace_dir};
+                          a.trace_dir, a.range};
         return serve_prefix_compare(&b);
     }
     if (a.spawn) return run_spawn(&a);

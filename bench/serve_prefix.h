@@ -27,6 +27,7 @@ typedef struct {
     unsigned seed;
     double timeout_s;
     const char *trace_dir;     /* NULL, or each service's timeline goes to DIR/trace-WORKLOAD-cacheC-K.jsonl */
+    double range;              /* output lengths uniform in out_len * [1 - range, 1 + range], the same each run */
 } prefix_bench;
 
 typedef struct {
