@@ -189,7 +189,13 @@ int q8_convert_dir(const char *src, const char *dst, int lm_head, size_t shard_b
             fprintf(stderr, "\rmm-quantize: wrote shard %d", n_shards);
         }
         if (!name || rc) continue;
-        if (emit(t, name, q8_is_linear(name, lm_head), shard, &n) != MM_OK) {
+        int quantize = q8_is_linear(name, lm_head);
+        if (quantize && (t->ndim != 2 || t->shape[1] % MM_Q8_BLOCK)) { /* e.g. the tiny preset's 172-wide MLP */
+            fprintf(stderr, "mm-quantize: %s stays %s (its input width is not a multiple of %d)\n", name,
+                    mm_dtype_name(t->dtype), MM_Q8_BLOCK);
+            quantize = 0;
+        }
+        if (emit(t, name, quantize, shard, &n) != MM_OK) {
             fprintf(stderr, "mm-quantize: %s\n", mm_error_last());
             rc = -1;
         }

@@ -25,7 +25,7 @@ int q8_config_set(json_t *config);
 /* Converts the checkpoint directory src (config.json + safetensors, f32/bf16/f16) into
  * dst (created): the linear weights to q8, lm_head too when lm_head != 0 (a tied
  * embedding is then written as a separate lm_head and the tie dropped), every other
- * tensor copied as it is, config.json given its quantization_config, the other files
+ * tensor copied as it is (so is a linear weight whose K is not a multiple of 32), config.json given its quantization_config, the other files
  * of src (tokenizer.json, generation_config.json, ...) copied. Shards of at most
  * shard_bytes of output. Returns 0 on success; messages on stderr. */
 int q8_convert_dir(const char *src, const char *dst, int lm_head, size_t shard_bytes);
