@@ -36,6 +36,22 @@ check "mm-run q8 (cpu-ref)" bash -c "'$run' --model '$tmp/q8' --prompt 'hello th
 check "cpu and cpu-ref agree" cmp "$tmp/fast" "$tmp/ref"
 check "mm-compare bound" "$compare" --ref "$llm" --texts "$src/tests/golden/tokenizer/encodings.jsonl" "$tmp/q8" \
   --max-kl 0.01 --min-top1 0.90
+# malformed q8 checkpoints are refused with a message naming what is wrong
+refuse() { # refuse NAME NEEDLE PYTHON-EDIT: a copy of the q8 model edited by the snippet, mm-run must fail naming NEEDLE
+  local name=$1 needle=$2 edit=$3 d=$tmp/bad
+  rm -rf "$d" && cp -r "$tmp/q8" "$d" && python3 -c "import json, os; d='$d'; $edit" &&
+  check "refuses $name" bash -c "! '$run' --model '$d' --prompt hi --max-tokens 2 --threads 1 2>'$tmp/msg' && grep -q '$needle' '$tmp/msg'"
+}
+refuse "I8 without quantization_config" "no quantization_config" "
+c = json.load(open(d + '/config.json')); del c['quantization_config']; json.dump(c, open(d + '/config.json', 'w'))"
+refuse "another quant_method" "gptq" "
+c = json.load(open(d + '/config.json')); c['quantization_config']['quant_method'] = 'gptq'; json.dump(c, open(d + '/config.json', 'w'))"
+refuse "a missing scale" "up_proj.weight_scale" "
+p = d + '/model-00001.safetensors'; b = open(p, 'rb').read()
+b = b.replace(b'model.layers.1.mlp.up_proj.weight_scale', b'model.layers.1.mlp.up_proj.weight_scalX'); open(p, 'wb').write(b)
+i = json.load(open(d + '/model.safetensors.index.json')); m = i['weight_map']
+m['model.layers.1.mlp.up_proj.weight_scalX'] = m.pop('model.layers.1.mlp.up_proj.weight_scale')
+json.dump(i, open(d + '/model.safetensors.index.json', 'w'))"
 check "mm-quantize refuses a q8 model" bash -c "! '$quantize' '$tmp/q8' '$tmp/again'"
 # mm-mkmodel --dtype q8: the tiny preset (its 172-wide down_proj stays f32) and a 96-wide MLP
 check "mkmodel q8" "$mkmodel" --preset tiny --dtype q8 --vocab 1794 --tokenizer "$llm/tokenizer.json" --out "$tmp/mk"
