@@ -60,5 +60,11 @@ check "mm-run on mkmodel q8" bash -c "'$run' --model '$tmp/mk' --prompt hello --
 check "mkmodel q8 == mm-quantize of the f32 model of the same seed" bash -c "
   '$mkmodel' --preset tiny --dtype f32 --vocab 1794 --tokenizer '$llm/tokenizer.json' --out '$tmp/mkf' &&
   '$quantize' '$tmp/mkf' '$tmp/mkq' && cmp '$tmp/mk/model-00001.safetensors' '$tmp/mkq/model-00001.safetensors'"
+# from bf16 and f16 checkpoints too
+for dt in bf16 f16; do
+  check "mm-quantize from $dt" bash -c "'$mkmodel' --preset tiny --dtype $dt --vocab 1794 --tokenizer '$llm/tokenizer.json' \
+    --out '$tmp/src-$dt' 2>/dev/null && '$quantize' '$tmp/src-$dt' '$tmp/q8-$dt' 2>/dev/null &&
+    '$run' --model '$tmp/q8-$dt' --prompt hello --max-tokens 5 --ids --threads 2 > '$tmp/ids' && [ \$(wc -w < '$tmp/ids') -eq 5 ]"
+done
 echo "test_q8_tools: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
