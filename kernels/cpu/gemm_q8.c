@@ -89,6 +89,9 @@ static inline __attribute__((always_inline)) AVX2 void dot_tile(const int R, con
                 for (int r = 0; r < R; r++) sc[r][j] = _cvtsh_ss(dr[b + j]) * xd[r * nb + b + j];
         }
         for (int j = 0; j < nb8; j++) {
+            /* 2 KiB ahead in the weight stream, one line per 2 blocks: decode (M = 1) 1.05-1.37x in
+             * interleaved A/Bs on 150 MB of weights (1 KiB and 4 KiB alike); M = 16 unchanged */
+            if (j % 2 == 0) _mm_prefetch((const char *)(wr + (b + j) * MM_Q8_BLOCK) + 2048, _MM_HINT_T0);
             const __m256i wv = _mm256_loadu_si256((const __m256i *)(wr + (b + j) * MM_Q8_BLOCK));
             const __m256i aw = _mm256_sign_epi8(wv, wv); /* |w| as unsigned bytes (|-128| = 128 still fits) */
             for (int r = 0; r < R; r++) {
