@@ -1,6 +1,10 @@
 /* Integration tests of the whole service on loopback, each starting and stopping its
  * own `mpiexec mm-coordinator : mm-stage x P` job:
  *   test_service greedy P   COORD STAGE MM_RUN  greedy output == mm-run --ids (unary + stream)
+ *   test_service greedy_q8 P COORD STAGE MM_RUN MM_QUANTIZE
+ *                                               the same on a model root whose llm/ is the tiny LLM
+ *                                               converted to q8 (int8 weights: its ids are not f32's,
+ *                                               but the service's must equal mm-run's on it)
  *   test_service prefix P   COORD STAGE MM_RUN  prefix caching: a workload sharing a long instruction
  *                                               (greedy, sampled with seeds, multi-turn, concurrent on
  *                                               a small cache) gives the same ids with the cache on
@@ -28,11 +32,13 @@ static const char *PROMPTS[] = {"Describe a cat.", "Hi", "Write a long story abo
                                 "What is 2 + 2?", "Tell me about pipelines"};
 #define N_PROMPTS (int)(sizeof PROMPTS / sizeof PROMPTS[0])
 
-/* Greedy ids from mm-run for the same prompt and budget. */
+/* Greedy ids from mm-run for the same prompt and budget, on the service's model root. */
 static int mm_run_ids(const char *mm_run, const char *prompt, int max_new, int32_t *ids) {
-    char cmd[8192];
-    snprintf(cmd, sizeof cmd, "'%s' --model '%s/tiny' --prompt '%s' --max-tokens %d --ids --threads 1 2>/dev/null", mm_run,
-             getenv("MM_ASSETS_DIR"), prompt, max_new);
+    char cmd[8192], root[4096];
+    if (svc_model) snprintf(root, sizeof root, "%s", svc_model);
+    else snprintf(root, sizeof root, "%s/tiny", getenv("MM_ASSETS_DIR"));
+    snprintf(cmd, sizeof cmd, "'%s' --model '%s' --prompt '%s' --max-tokens %d --ids --threads 1 2>/dev/null", mm_run,
+             root, prompt, max_new);
     FILE *p = popen(cmd, "r");
     if (!p) return -1;
     int n = 0;
@@ -97,6 +103,24 @@ static int test_greedy(int P, const char *coord, const char *stage, const char *
     int st = svc_stop(&s);
     EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 0, "clean stop on SIGTERM (status %d)", st);
     check_trace(trace, 2 * N_PROMPTS);
+    return 0;
+}
+
+/* test_greedy on a copy of the tiny model root whose llm/ is converted by mm-quantize
+ * (vision/ and decoder/ linked): the stages load q8 weights, the pools the rest. */
+static int test_greedy_q8(int P, const char *coord, const char *stage, const char *mm_run, const char *quantize) {
+    char root[] = "/tmp/mm-q8-root-XXXXXX", cmd[8192];
+    const char *assets = getenv("MM_ASSETS_DIR");
+    EXPECT(mkdtemp(root) != NULL, "mkdtemp");
+    snprintf(cmd, sizeof cmd, "cp '%s/tiny/metamorph.json' '%s/' && ln -s '%s/tiny/vision' '%s/vision' && "
+             "ln -s '%s/tiny/decoder' '%s/decoder' && '%s' '%s/tiny/llm' '%s/llm' 2>/dev/null",
+             assets, root, assets, root, assets, root, quantize, assets, root);
+    EXPECT(system(cmd) == 0, "q8 model root: %s", cmd);
+    svc_model = root;
+    test_greedy(P, coord, stage, mm_run);
+    svc_model = NULL;
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    EXPECT(system(cmd) == 0, "%s", cmd);
     return 0;
 }
 
@@ -509,13 +533,15 @@ static int test_python(const char *coord, const char *stage, const char *script)
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     if (argc >= 5 && !strcmp(argv[1], "greedy")) test_greedy(atoi(argv[2]), argv[3], argv[4], argv[5]);
+    else if (argc >= 7 && !strcmp(argv[1], "greedy_q8"))
+        test_greedy_q8(atoi(argv[2]), argv[3], argv[4], argv[5], argv[6]);
     else if (argc >= 6 && !strcmp(argv[1], "prefix")) test_prefix(atoi(argv[2]), argv[3], argv[4], argv[5]);
     else if (argc >= 4 && !strcmp(argv[1], "concurrent")) test_concurrent(argv[2], argv[3]);
     else if (argc >= 4 && !strcmp(argv[1], "errors")) test_errors(argv[2], argv[3]);
     else if (argc >= 4 && !strcmp(argv[1], "kill")) test_kill(argv[2], argv[3]);
     else if (argc >= 5 && !strcmp(argv[1], "python")) test_python(argv[2], argv[3], argv[4]);
     else {
-        fprintf(stderr, "usage: test_service greedy|prefix|concurrent|errors|kill|python ...\n");
+        fprintf(stderr, "usage: test_service greedy|greedy_q8|prefix|concurrent|errors|kill|python ...\n");
         return 2;
     }
     return mm_test_finish(argv[1]);
