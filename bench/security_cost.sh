@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# What TLS + an API key on the API doors and CURVE on the pools cost (issue 21): the
-# service on the tiny model started plain, then secured, alternately ROUNDS times
+# What TLS + an API key on the API doors and CURVE on the pools cost (issue 21), and what
+# the coordinator's own HTTP/2 door (h2_guard: every gRPC byte relayed and checked) costs
+# against gRPC owning the port: the service on the tiny model started with http2_guard 0
+# ("unguarded"), plain (the default door), then secured, in turn ROUNDS times
 # (deploy/launch.sh, 1 stage, 1 encoder, 1 decoder, 1 thread each, loopback); each time
 # bench/serve's text workload (64 prompts, concurrency 16, gRPC) and its mixed workload
 # (16 requests: text, image understanding, image generation at 5 steps, concurrency 4).
-# Prints one JSON object: medians per mode and secure / plain ratios. Certificates and
+# Prints one JSON object: medians per mode, secure / plain and plain / unguarded ratios. Certificates and
 # keys are made here (openssl, mmctl). Usage: bench/security_cost.sh [ROUNDS] (default 3).
 set -uo pipefail
 rounds=${1:-3}
@@ -26,12 +28,13 @@ base="\"model\": \"$here/assets/tiny\", \"stages\": 1, \"threads\": 1, \"worker_
  \"image_steps\": 5, \"listen\": \"127.0.0.1:$p1\", \"metrics_listen\": \"127.0.0.1:$p2\", \"http_listen\": \"127.0.0.1:$p3\",
  \"encode_bind\": \"tcp://127.0.0.1:$p4\", \"decode_bind\": \"tcp://127.0.0.1:$p5\""
 echo "{$base}" > plain.json
+echo "{$base, \"http2_guard\": 0}" > unguarded.json
 echo "{$base, \"tls_cert\": \"$dir/server.pem\", \"tls_key\": \"$dir/server.key\", \"api_keys_file\": \"$dir/keys.txt\",
  \"pool_curve_secret_key\": \"$dir/coord.key\", \"pool_authorized_keys\": \"$dir/workers.txt\",
  \"pool_worker_key\": \"$dir/worker.key\"}" > secure.json
 : > runs.jsonl
 for ((r = 0; r < rounds; r++)); do
-  for mode in plain secure; do
+  for mode in unguarded plain secure; do
     MM_BIN_DIR=$bin "$here/deploy/launch.sh" "$dir/$mode.json" --once > "$mode.log" 2>&1 &
     envs=(MM_TLS_CA= MM_API_KEY=)
     [[ $mode == secure ]] && envs=(MM_TLS_CA="$dir/ca.pem" MM_API_KEY="$(sed -n 1p key.out)")
@@ -52,8 +55,9 @@ python3 - "$rounds" <<'PY'
 import json, statistics, sys
 runs = [json.loads(l) for l in open("runs.jsonl")]
 med = {m: {k: statistics.median(r[k] for r in runs if r["mode"] == m) for k in ("output_tok_s", "ttft_p50_ms", "mixed_req_s")}
-       for m in ("plain", "secure")}
+       for m in ("unguarded", "plain", "secure")}
 print(json.dumps({"benchmark": "security_cost", "rounds": int(sys.argv[1]), "stat": "median", **med,
                   "mixed_failed": sum(r["mixed_failed"] for r in runs),
-                  "ratio_secure_over_plain": {k: round(med["secure"][k] / med["plain"][k], 3) for k in med["plain"]}}))
+                  "ratio_secure_over_plain": {k: round(med["secure"][k] / med["plain"][k], 3) for k in med["plain"]},
+                  "ratio_plain_over_unguarded": {k: round(med["plain"][k] / med["unguarded"][k], 3) for k in med["plain"]}}))
 PY

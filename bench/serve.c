@@ -33,7 +33,7 @@
 #define MAX_COUNTS 8
 
 typedef struct {
-    const char *server, *workload, *model, *image, *http;
+    const char *server, *workload, *model, *image, *http, *trace_dir;
     int n, concurrency, in_len, out_len, steps, repeats, spawn, stages, threads, worker_threads;
     int workers[MAX_COUNTS], n_counts;
     double rate, range, timeout_s;
@@ -50,8 +50,11 @@ static void usage(void) {
             "       serve --spawn --model DIR [--workers 1,2] [--stages P] [--threads T] [--worker-threads T]\n"
             "             [the options above but --server and --workload]\n"
             "       serve --spawn --model DIR --workload captions|chat|random [--stages P] [--threads T]\n"
-            "             [--num-prompts N] [--concurrency C] [--input-len L] [--output-len L] [--repeats N] [--image PNG]\n"
-            "             prefix caching off vs on, each on a fresh service, alternately\n");
+            "             [--num-prompts N] [--concurrency C] [--input-len L] [--output-len L] [--range-ratio F]\n"
+            "             [--repeats N] [--image PNG]\n"
+            "             prefix caching off vs on, each on a fresh service, alternately\n"
+            "       --spawn ... --trace DIR: each spawned service writes its timeline (trace_file) into DIR,\n"
+            "             for bench/trace_report.py\n");
 }
 
 /* "1,2,4" -> a->workers (ascending, 1..SPAWN_MAX_WORKERS); 0 or -1. */
@@ -74,9 +77,9 @@ static int parse(int argc, char **argv, serve_args *a) {
         {"workload", 1, 0, 'w'},   {"image-steps", 1, 0, 'k'}, {"repeats", 1, 0, 'R'},       {"image", 1, 0, 'I'},
         {"timeout", 1, 0, 't'},    {"spawn", 0, 0, 'x'},       {"model", 1, 0, 'm'},         {"workers", 1, 0, 'W'},
         {"stages", 1, 0, 'P'},     {"threads", 1, 0, 'T'},     {"worker-threads", 1, 0, 'U'}, {"http", 1, 0, 'H'},
-        {0, 0, 0, 0}};
+        {"trace", 1, 0, 'D'},      {0, 0, 0, 0}};
     /* -1: the mode's default, set below */
-    *a = (serve_args){"127.0.0.1:50051", "text", NULL, MM_SOURCE_DIR "/assets/images/example.png", NULL, -1, -1, -1, -1,
+    *a = (serve_args){"127.0.0.1:50051", "text", NULL, MM_SOURCE_DIR "/assets/images/example.png", NULL, NULL, -1, -1, -1, -1,
                       10, -1, 0, 1, 1, 1, {1, 2}, 2, INFINITY, 0.0, 600, 0};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -106,6 +109,7 @@ static int parse(int argc, char **argv, serve_args *a) {
         case 'T': a->threads = atoi(optarg); break;
         case 'U': a->worker_threads = atoi(optarg); break;
         case 'H': a->http = optarg; break;
+        case 'D': a->trace_dir = optarg; break;
         default: usage(); return -1;
         }
     }
@@ -283,7 +287,9 @@ static void print_spawn(const serve_args *a, const serve_service *svc, const spa
 /* --spawn: the service with growing pools. */
 static int run_spawn(const serve_args *a) {
     serve_service svc;
-    if (serve_spawn_start(&svc, a->model, a->stages, a->threads, a->worker_threads, "") != 0) return 1;
+    char extra[1200] = "";
+    if (a->trace_dir) snprintf(extra, sizeof extra, "\"trace_file\": \"%s/trace.jsonl\"", a->trace_dir);
+    if (serve_spawn_start(&svc, a->model, a->stages, a->threads, a->worker_threads, extra) != 0) return 1;
     serve_workload w = workload_of(a, svc.cl);
     spawn_run runs[MAX_COUNTS];
     int done = 0;
@@ -310,7 +316,8 @@ int main(int argc, char **argv) {
     if (parse(argc, argv, &a) != 0) return 2;
     if (a.spawn && serve_prefix_is_workload(a.workload)) {
         prefix_bench b = {a.workload, a.model,  a.image,  a.n,       a.concurrency,    a.in_len,
-                          a.out_len,  a.repeats, a.stages, a.threads, a.worker_threads, a.seed, a.timeout_s};
+                          a.out_len,  a.repeats, a.stages, a.threads, a.worker_threads, a.seed, a.timeout_s,
+                          a.trace_dir, a.range};
         return serve_prefix_compare(&b);
     }
     if (a.spawn) return run_spawn(&a);

@@ -73,6 +73,11 @@ static int run_workload(const prefix_bench *b, serve_service *svc, const serve_i
         for (int i = 0; i < per_round; i++) {
             serve_req *q = &r[i];
             q->kind = SERVE_TEXT, q->in_len = b->in_len, q->out_len = b->out_len;
+            if (b->range > 0) { /* the same lengths in every run: drawn from the request's index */
+                unsigned st = b->seed * 7919u + (unsigned)(t * per_round + i);
+                double u = (double)rand_r(&st) / RAND_MAX;
+                q->out_len = (int)fmax(1, round(b->out_len * (1 - b->range + 2 * b->range * u)));
+            }
             if (!strcmp(b->workload, "captions")) {
                 q->kind = SERVE_UNDERSTAND, q->image = &images[i], q->lead = INSTRUCTION, q->in_len = 3;
             } else if (chat) {
@@ -110,9 +115,13 @@ static int run_workload(const prefix_bench *b, serve_service *svc, const serve_i
 
 /* A fresh service with the cache on or off, warmed up, the workload, stopped. */
 static int one_run(const prefix_bench *b, int cache, const serve_image *images, prefix_run *out) {
+    static int n_runs;
     serve_service svc;
-    char extra[64];
-    snprintf(extra, sizeof extra, "\"prefix_cache\": %d", cache);
+    char extra[1200];
+    int w = snprintf(extra, sizeof extra, "\"prefix_cache\": %d", cache);
+    if (b->trace_dir)
+        snprintf(extra + w, sizeof extra - (size_t)w, ", \"trace_file\": \"%s/trace-%s-cache%d-%d.jsonl\"", b->trace_dir,
+                 b->workload, cache, n_runs++);
     if (serve_spawn_start(&svc, b->model, b->stages, b->threads, b->worker_threads, extra) != 0) return -1;
     int captions = !strcmp(b->workload, "captions");
     int rc = captions && serve_spawn_workers(&svc, 1, 60) != 0 ? -1 : 0;
@@ -171,10 +180,10 @@ int serve_prefix_compare(const prefix_bench *b) {
     int chat = !strcmp(b->workload, "chat");
     printf("{\"mode\": \"prefix_cache\", \"workload\": \"%s\", \"model\": \"%s\", \"stages\": %d, \"threads\": %d, "
            "\"host_cpus\": %ld,\n \"requests\": %d, \"concurrency\": %d, \"input_len\": %d, \"output_len\": %d, "
-           "\"chat_turns\": %d, \"repeats\": %d,\n",
+           "\"range_ratio\": %.2f, \"chat_turns\": %d, \"repeats\": %d,\n",
            b->workload, b->model, b->stages, b->threads, sysconf(_SC_NPROCESSORS_ONLN),
            chat ? b->concurrency * PREFIX_CHAT_TURNS : b->n, b->concurrency, captions ? 3 : b->in_len, b->out_len,
-           chat ? PREFIX_CHAT_TURNS : 0, done);
+           b->range, chat ? PREFIX_CHAT_TURNS : 0, done);
     print_setting("off", runs[0], done);
     print_setting("on", runs[1], done);
     printf(" \"on_vs_off\": {\"prefill_computed\": %.3f, \"ttft_p50_speedup\": %.3f, \"output_throughput\": %.3f, "

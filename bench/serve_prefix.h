@@ -26,6 +26,8 @@ typedef struct {
     int n, concurrency, in_len, out_len, repeats, stages, threads, worker_threads;
     unsigned seed;
     double timeout_s;
+    const char *trace_dir;     /* NULL, or each service's timeline goes to DIR/trace-WORKLOAD-cacheC-K.jsonl */
+    double range;              /* output lengths uniform in out_len * [1 - range, 1 + range], the same each run */
 } prefix_bench;
 
 typedef struct {

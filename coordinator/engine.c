@@ -37,6 +37,7 @@ typedef struct {
     int llm_done;             /* the sequence has finished (and left the scheduler) */
     const char *finish;       /* its finish reason, once llm_done */
     int32_t n_images_done;    /* images the sequence produced, once llm_done */
+    int32_t cached_tokens;    /* prompt rows whose KV came from the prefix cache, once llm_done */
     double t_pool_wait;       /* since when it waits on a pool that has no worker (0: not) */
 } job;
 
@@ -207,6 +208,7 @@ static void job_complete(mm_engine *e, job *j) {
         snprintf(r->request_id, sizeof r->request_id, "%s", j->req->request_id);
         r->finish_reason = j->finish;
         r->prompt_tokens = j->req->n_rows;
+        r->cached_tokens = j->cached_tokens;
         r->completion_tokens = j->n_generated;
         r->images = j->n_images_done;
         r->queue_ms = j->t_first_sched - j->req->t_arrival_ms;
@@ -214,6 +216,7 @@ static void job_complete(mm_engine *e, job *j) {
         r->total_ms = t - j->req->t_arrival_ms;
         r->tokens_per_s = j->n_generated > 1 && t > j->t_first_token ? (j->n_generated - 1) / ((t - j->t_first_token) * 1e-3) : 0;
         send_reply(e, r);
+        mm_trace_request(e->p.trace, "done", j->req->call_id);
     }
     job_drop(e, j);
 }
@@ -229,6 +232,7 @@ static void job_llm_done(mm_engine *e, job *j) {
     j->llm_done = 1;
     j->finish = finish_name(j->seq->finish);
     j->n_images_done = j->seq->n_images;
+    j->cached_tokens = j->seq->cached_tokens;
     mm_sched_remove(e->sched, j->seq);
     j->seq = NULL;
     send_ready_images(e, j);
@@ -413,6 +417,11 @@ static mm_status process_result(mm_engine *e, Metamorph__Internal__StepResult *r
         return MM_ERROR(MM_ERR_INTERNAL, "result for step %llu, expected %lld", (unsigned long long)res->step_id,
                         e->n_fifo ? (long long)e->fifo[0].step->id : -1LL);
     mm_step *st = e->fifo[0].step;
+    if (e->p.trace) {
+        int n_decodes = 0;
+        for (int i = 0; i < st->n; i++) n_decodes += st->e[i].n_rows == 1 && st->e[i].output != MM_OUT_NONE;
+        mm_trace_step(e->p.trace, st->id, e->fifo[0].t_sent_ms, res->busy_ms, st->n, st->n_rows, n_decodes);
+    }
     memmove(e->fifo, e->fifo + 1, (size_t)(e->n_fifo - 1) * sizeof *e->fifo);
     e->n_fifo--;
     mm_seq_result *rs = calloc(res->n_seqs ? res->n_seqs : 1, sizeof *rs);
@@ -437,6 +446,7 @@ static mm_status process_result(mm_engine *e, Metamorph__Internal__StepResult *r
             e->report_generated++;
             if (j->n_generated++ == 0) {
                 j->t_first_token = t;
+                mm_trace_request(e->p.trace, "first", j->req->call_id);
                 mm_metrics_observe(e->p.metrics, MM_METRIC_TTFT_SECONDS, 0, (t - j->req->t_arrival_ms) * 1e-3);
             } else {
                 mm_metrics_observe(e->p.metrics, MM_METRIC_TPOT_SECONDS, 0, (t - j->t_last_token) * 1e-3);
@@ -467,7 +477,10 @@ static mm_status schedule(mm_engine *e) {
         double t = mm_now_ms();
         for (int i = 0; i < st->n; i++) {
             job *j = st->e[i].seq->user;
-            if (j->t_first_sched == 0) j->t_first_sched = t;
+            if (j->t_first_sched == 0) {
+                j->t_first_sched = t;
+                mm_trace_request(e->p.trace, "scheduled", j->req->call_id);
+            }
         }
         uint8_t *buf;
         size_t len;
@@ -541,7 +554,10 @@ static void job_admit(mm_engine *e, job *j) {
         s = mm_sched_add(e->sched, req->call_id, rows, n, req->visual, (const uint8_t(*)[MM_IMAGE_KEY_BYTES])req->image_key,
                          req->image_key ? req->n_images : 0, req->max_new_tokens, &req->sampling, req->seed,
                          req->generate_image ? sp->image_tokens : 0, j, &j->seq);
-    if (s == MM_OK) e->report_prompt += (uint64_t)n;
+    if (s == MM_OK) {
+        e->report_prompt += (uint64_t)n;
+        mm_trace_request(e->p.trace, "admitted", req->call_id);
+    }
     free(rows);
     if (s != MM_OK)
         job_fail(e, j, s == MM_ERR_INVALID ? GRPC_STATUS_INVALID_ARGUMENT : GRPC_STATUS_INTERNAL, mm_error_last());
@@ -608,6 +624,7 @@ static int take_encodes(mm_engine *e) {
         free(res.tokens);
         if (--j->encodes_left == 0) {
             e->n_encoding--;
+            mm_trace_request(e->p.trace, "encoded", j->req->call_id);
             job_admit(e, j);
         }
     }
@@ -652,6 +669,7 @@ static void submit(mm_engine *e, mm_request *req) {
     for (int k = 0; k < req->n_stop; k++)
         if (strlen(req->stop[k]) > j->max_stop_len) j->max_stop_len = strlen(req->stop[k]);
     e->jobs[e->n_jobs++] = j;
+    mm_trace_request(e->p.trace, "arrive", req->call_id);
     if (req->n_images > 0) job_encode(e, j);
     else job_admit(e, j);
 }

@@ -14,6 +14,7 @@
 #include "decoder_pool.h"
 #include "encoder_pool.h"
 #include "metrics.h"
+#include "trace.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
 #include "mpi_driver.h"
@@ -33,6 +34,7 @@ typedef struct {
     mm_encoder_pool *encoder;             /* image parts -> visual tokens; NULL: no vision input */
     mm_decoder_pool *decoder;             /* generated visual tokens -> PNG; NULL: tokens only */
     mm_metrics *metrics;                  /* operator metrics; NULL: none */
+    mm_trace *trace;                      /* the scheduler's timeline (trace_file); NULL: none */
 } mm_engine_params;
 
 typedef struct mm_engine mm_engine;

@@ -108,6 +108,7 @@ struct mm_grpc_server {
     uint64_t next_id;
     call_ctx *pending;        /* the posted request_call */
     op_tag t_shutdown;
+    mm_h2_guard *guard;       /* the port's owner with p.guard, else NULL */
 };
 
 /* ---------------------------------------------------------------- call table */
@@ -421,7 +422,7 @@ static void on_new_call(mm_grpc_server *s, call_ctx *c, int ok) {
     char *peer = grpc_call_get_peer(c->call);
     const char *shown = peer ? peer : ""; /* "ipv4:127.0.0.1:5000" -> "127.0.0.1:5000", as the HTTP door's */
     if (!strncmp(shown, "ipv4:", 5) || !strncmp(shown, "ipv6:", 5)) shown += 5;
-    snprintf(c->peer, sizeof c->peer, "%s", shown);
+    mm_h2_guard_peer(s->guard, shown, c->peer, sizeof c->peer); /* "fd:N" -> the client's address */
     gpr_free(peer);
     gpr_timespec dl = gpr_convert_clock_type(c->details.deadline, GPR_CLOCK_MONOTONIC);
     if (gpr_time_cmp(dl, gpr_inf_future(GPR_CLOCK_MONOTONIC)) != 0) {
@@ -554,6 +555,7 @@ static int append_delta(call_ctx *c, const mm_reply *r) {
 static void fill_final(mm_reply *r, Metamorph__V1__GenerateResponse *resp, Metamorph__V1__Usage *u,
                        Metamorph__V1__Timings *tm) {
     u->prompt_tokens = r->prompt_tokens, u->completion_tokens = r->completion_tokens, u->images = r->images;
+    u->cached_tokens = r->cached_tokens;
     tm->queue_ms = r->queue_ms, tm->ttft_ms = r->ttft_ms, tm->total_ms = r->total_ms, tm->tokens_per_s = r->tokens_per_s;
     resp->usage = u, resp->timings = tm;
     resp->finish_reason = (char *)r->finish_reason;
@@ -669,10 +671,10 @@ static void *reply_main(void *arg) {
 
 /* ---------------------------------------------------------------- lifecycle */
 
-/* TLS from the PEM texts when given (client certificates required and verified when a
- * client CA is given), else plain text. */
+/* Without the guard: TLS from the PEM texts when given (client certificates required and
+ * verified when a client CA is given), else plain text. */
 static mm_status server_credentials(const mm_grpc_params *p, grpc_server_credentials **out) {
-    if (!p->tls || !p->tls->cert_pem) {
+    if (p->guard || !p->tls || !p->tls->cert_pem) {
         *out = grpc_insecure_server_credentials_create();
         return MM_OK;
     }
@@ -701,10 +703,18 @@ mm_status mm_grpc_start(const mm_grpc_params *p, mm_grpc_server **out) {
     }
     /* One owner per port: gRPC's default SO_REUSEPORT let a second coordinator share the
      * port (and half the traffic) silently. A bind of our own first gives the precise
-     * error (e.g. "Address already in use"); gRPC then binds without SO_REUSEPORT. */
-    int probe = -1;
-    if ((rc = mm_tcp_listen("listen", p->listen, &probe)) != MM_OK) goto fail;
-    close(probe);
+     * error (e.g. "Address already in use"); gRPC then binds without SO_REUSEPORT. (With
+     * the guard the port is ours: bound now, served once the server has started.) */
+    if (p->guard) {
+        mm_h2_guard_params gp = {.listen = p->listen, .tls = p->tls, .max_connections = p->max_connections,
+                                 .max_per_peer = p->max_per_peer, .handshake_ms = p->handshake_ms,
+                                 .frames = MM_H2_DEFAULT_LIMITS, .metrics = p->metrics};
+        if ((rc = mm_h2_guard_open(&gp, &s->guard)) != MM_OK) goto fail;
+    } else {
+        int probe = -1;
+        if ((rc = mm_tcp_listen("listen", p->listen, &probe)) != MM_OK) goto fail;
+        close(probe);
+    }
     grpc_init();
     grpc_resource_quota *quota = grpc_resource_quota_create("metamorph");
     grpc_resource_quota_resize(quota, (size_t)HTTP2_MEMORY_QUOTA_MB << 20);
@@ -723,7 +733,7 @@ mm_status mm_grpc_start(const mm_grpc_params *p, mm_grpc_server **out) {
     grpc_server_register_completion_queue(s->server, s->cq, NULL);
     grpc_server_credentials *creds = NULL;
     int port = 0;
-    if ((rc = server_credentials(p, &creds)) == MM_OK) {
+    if (!p->guard && (rc = server_credentials(p, &creds)) == MM_OK) {
         port = grpc_server_add_http2_port(s->server, p->listen, creds);
         grpc_server_credentials_release(creds);
         if (port == 0) rc = MM_ERROR(MM_ERR_IO, "cannot listen on %s", p->listen);
@@ -739,10 +749,12 @@ mm_status mm_grpc_start(const mm_grpc_params *p, mm_grpc_server **out) {
         goto fail;
     }
     grpc_server_start(s->server);
+    if (!p->guard)
+        LOG_WARN("gRPC: http2_guard is 0: HTTP/2 floods (CONTINUATION, Rapid Reset) are not bounded (README, Security)");
     post_request_call(s);
     if (pthread_create(&s->cq_thread, NULL, cq_main, s) == 0) s->cq_started = 1;
     if (pthread_create(&s->reply_thread, NULL, reply_main, s) == 0) s->reply_started = 1;
-    if (!s->cq_started || !s->reply_started) {
+    if (!s->cq_started || !s->reply_started || (s->guard && mm_h2_guard_run(s->guard, s->server) != MM_OK)) {
         rc = MM_ERROR(MM_ERR_INTERNAL, "cannot start the gRPC threads");
         mm_grpc_stop(s);
         return rc;
@@ -751,6 +763,7 @@ mm_status mm_grpc_start(const mm_grpc_params *p, mm_grpc_server **out) {
     *out = s;
     return MM_OK;
 fail:
+    mm_h2_guard_stop(s->guard);
     if (s->to_sched) zmq_close(s->to_sched);
     if (s->from_sched) zmq_close(s->from_sched);
     pthread_mutex_destroy(&s->mu);
@@ -762,9 +775,11 @@ void mm_grpc_stop(mm_grpc_server *s) {
     if (!s) return;
     if (s->reply_started) pthread_join(s->reply_thread, NULL);
     if (s->server) {
+        mm_h2_guard_close_door(s->guard); /* open connections still relay the last replies */
         grpc_server_shutdown_and_notify(s->server, s->cq, &s->t_shutdown);
         grpc_server_cancel_all_calls(s->server);
         if (s->cq_started) pthread_join(s->cq_thread, NULL);
+        mm_h2_guard_stop(s->guard);
         grpc_server_destroy(s->server);
         grpc_completion_queue_destroy(s->cq);
         grpc_shutdown();

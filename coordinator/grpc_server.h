@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 
 #include "api_keys.h"
+#include "h2_guard.h"
 #include "metrics.h"
 #include "tls_files.h"
 #include "validate.h"
@@ -24,6 +25,8 @@ typedef struct {
     const mm_tls_files *tls;  /* NULL or no cert: plain text */
     mm_api_keys *keys;        /* NULL: no key needed */
     int health_open;          /* with keys: the health check needs none */
+    int guard;                /* 1: h2_guard owns the port (TLS by GnuTLS); 0: gRPC's own port and TLS */
+    int max_connections, max_per_peer, handshake_ms; /* with guard: h2_guard.h */
 } mm_grpc_params;
 
 typedef struct mm_grpc_server mm_grpc_server;

@@ -377,7 +377,8 @@ static int collect(exchange *x, mm_oai_result *res, mm_reply **final, mm_oai_err
             }
             if (r->type == MM_REPLY_FINAL) {
                 if (*final) { /* images: usage adds up over the n requests */
-                    (*final)->prompt_tokens += r->prompt_tokens, (*final)->completion_tokens += r->completion_tokens;
+                    (*final)->prompt_tokens += r->prompt_tokens, (*final)->completion_tokens += r->completion_tokens,
+                    (*final)->cached_tokens += r->cached_tokens;
                     mm_reply_free(r);
                 } else {
                     *final = r;

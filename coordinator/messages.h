@@ -79,6 +79,7 @@ typedef struct {
     const char *finish_reason; /* FINAL (static string) */
     char request_id[129];     /* FINAL */
     int32_t prompt_tokens, completion_tokens, images;
+    int32_t cached_tokens;    /* of prompt_tokens: taken from the prefix cache */
     double queue_ms, ttft_ms, total_ms, tokens_per_s;
     int code;                 /* ERROR: grpc_status_code */
     char message[512];

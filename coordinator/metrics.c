@@ -37,6 +37,13 @@ static const char *const GRPC_CODES[] = {
 };
 #undef CODE
 _Static_assert(N_OF(GRPC_CODES) == GRPC_STATUS_UNAUTHENTICATED + 1, "one label value per gRPC code");
+static const char *const H2_REFUSALS[] = {
+    [MM_METRICS_H2_PEER_LIMIT] = "peer_limit",           [MM_METRICS_H2_CONNECTION_LIMIT] = "connection_limit",
+    [MM_METRICS_H2_HANDSHAKE_TIMEOUT] = "handshake_timeout", [MM_METRICS_H2_TLS] = "tls",
+    [MM_METRICS_H2_BAD_PREFACE] = "bad_preface",         [MM_METRICS_H2_HEADER_BLOCK] = "header_block",
+    [MM_METRICS_H2_RESET_RATE] = "reset_rate",           [MM_METRICS_H2_CONTROL_RATE] = "control_rate",
+};
+_Static_assert(N_OF(H2_REFUSALS) == MM_METRICS_H2_REFUSAL_COUNT, "one label value per refusal");
 static const char *const POOLS[] = {[MM_METRICS_POOL_ENCODE] = "encode", [MM_METRICS_POOL_DECODE] = "decode"};
 
 #define LABELS(name, values) name, values, (int)N_OF(values)
@@ -80,6 +87,10 @@ static const metric_def METRICS[MM_METRIC_COUNT] = {
                                            "Tokens found in the prefix cache (their prefill skipped).", NO_LABEL},
     [MM_METRIC_PREFIX_CACHE_EVICTIONS_TOTAL] = {"prefix_cache_evictions_total", KIND_COUNTER,
                                                 "Cached KV blocks evicted to make room.", NO_LABEL},
+    [MM_METRIC_HTTP2_CONNECTIONS] = {"http2_connections", KIND_GAUGE, "Connections open on the gRPC port.", NO_LABEL},
+    [MM_METRIC_HTTP2_REFUSED_TOTAL] = {"http2_refused_total", KIND_COUNTER,
+                                       "Connections the gRPC port closed, by the limit they broke.",
+                                       LABELS("reason", H2_REFUSALS)},
 };
 #undef LABELS
 #undef STAGE_LABEL

@@ -33,11 +33,26 @@ typedef enum {
     MM_METRIC_PREFIX_CACHE_QUERIES_TOTAL, /* counter: prompt rows looked up at admission */
     MM_METRIC_PREFIX_CACHE_HITS_TOTAL,    /* counter: of those, rows found (their prefill skipped) */
     MM_METRIC_PREFIX_CACHE_EVICTIONS_TOTAL, /* counter: cached blocks dropped to make room */
+    MM_METRIC_HTTP2_CONNECTIONS,          /* gauge: connections open on the gRPC port (h2_guard) */
+    MM_METRIC_HTTP2_REFUSED_TOTAL,        /* counter, reason = mm_metrics_h2_refusal */
     MM_METRIC_COUNT
 } mm_metric_id;
 
 /* Label indices of the "pool" label. */
 typedef enum { MM_METRICS_POOL_ENCODE = 0, MM_METRICS_POOL_DECODE = 1 } mm_metrics_pool;
+
+/* Label indices of the "reason" label: why the gRPC port closed a connection. */
+typedef enum {
+    MM_METRICS_H2_PEER_LIMIT = 0,
+    MM_METRICS_H2_CONNECTION_LIMIT,
+    MM_METRICS_H2_HANDSHAKE_TIMEOUT,
+    MM_METRICS_H2_TLS,
+    MM_METRICS_H2_BAD_PREFACE, /* these four follow mm_h2_verdict's order */
+    MM_METRICS_H2_HEADER_BLOCK,
+    MM_METRICS_H2_RESET_RATE,
+    MM_METRICS_H2_CONTROL_RATE,
+    MM_METRICS_H2_REFUSAL_COUNT
+} mm_metrics_h2_refusal;
 
 typedef struct mm_metrics mm_metrics;
 

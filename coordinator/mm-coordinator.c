@@ -10,10 +10,12 @@
  * With MM_RUN_DIR set (deploy/launch.sh), it writes coordinator.pid there at start and
  * ready (the stages' rank host pid, one per line) once serving, for the launcher's
  * watchdog. */
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <zmq.h>
 
 #include "common/runtime.h"
@@ -220,6 +222,7 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
     mm_http_server *api = NULL;
     mm_metrics *metrics = NULL;
     mm_metrics_http *http = NULL;
+    mm_trace *trace = NULL;
     int rc = 1;
     int32_t image_start = mm_tokenizer_token_id(c->tok, "<image_start>");
     /* images in need the encoder and stage 1's projector, of the same width */
@@ -228,7 +231,7 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
     int image_output = mm_mpi_driver_has_vision_head(drv) && image_start >= 0;
     mm_engine_params ep = {&c->cfg, c->tok, &c->llm, drv, zctx, &serving, &g_stop, &g_stage_failed, image_start,
                            c->mm.n_image_tokens, vision_input ? c->encoder : NULL, image_output ? c->decoder : NULL,
-                           NULL};
+                           NULL, NULL};
     if (mm_metrics_create(mm_mpi_driver_n_stages(drv), &metrics) != MM_OK ||
         mm_metrics_http_start(c->cfg.metrics_listen, metrics, &serving, &c->metrics_auth, &http) != MM_OK) {
         LOG_ERROR("metrics: %s", mm_error_last());
@@ -236,6 +239,12 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
         goto out;
     }
     ep.metrics = metrics;
+    if (mm_trace_open(c->cfg.trace_file, &trace) != MM_OK) {
+        LOG_ERROR("%s", mm_error_last());
+        mm_mpi_driver_shutdown(drv);
+        goto out;
+    }
+    ep.trace = trace;
     if (!zctx || mm_engine_init(&ep, &eng) != MM_OK) {
         LOG_ERROR("scheduler: %s", zctx ? mm_error_last() : "zmq_ctx_new failed");
         mm_mpi_driver_shutdown(drv);
@@ -250,7 +259,9 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
                    .n_image_tokens = c->mm.n_image_tokens, .vision_input = vision_input, .image_generation = image_output,
                    .bos_id = c->llm.bos_id},
         .serving = &serving, .metrics = metrics, .tls = &c->tls, .keys = c->keys,
-        .health_open = c->metrics_auth.health_open};
+        .health_open = c->metrics_auth.health_open, .guard = c->cfg.http2_guard,
+        .max_connections = c->cfg.http2_max_connections, .max_per_peer = c->cfg.http2_max_connections_per_peer,
+        .handshake_ms = c->cfg.http2_handshake_timeout_ms};
     block_signals(1);
     mm_status s = mm_grpc_start(&gp, &srv);
     block_signals(0);
@@ -286,9 +297,20 @@ static int serve(coord_setup *c, mm_mpi_driver *drv) {
     mm_http_stop(api);
 out:
     mm_engine_free(eng);
+    mm_trace_close(trace);
     mm_metrics_http_stop(http);
     mm_metrics_free(metrics);
     return rc;
+}
+
+/* Each gRPC connection holds three descriptors (h2_guard.h) and the default soft limit is
+ * often 1024: the soft limit goes up to the hard one, so http2_max_connections binds first. */
+static void raise_open_files(void) {
+    struct rlimit r;
+    if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur < r.rlim_max) {
+        r.rlim_cur = r.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &r) != 0) LOG_WARN("open files limit stays: %s", strerror(errno));
+    }
 }
 
 int main(int argc, char **argv) {
@@ -310,6 +332,7 @@ int main(int argc, char **argv) {
     install(SIGTERM, on_stop);
     install(SIGUSR1, on_stage_failed);
     signal(SIGPIPE, SIG_IGN);
+    raise_open_files();
     if (argc != 2 || rank != 0) {
         fprintf(stderr, "usage: mpiexec -n 1 mm-coordinator CFG : -n P mm-stage CFG\n");
         MPI_Abort(MPI_COMM_WORLD, 2);

@@ -106,8 +106,10 @@ const char *mm_oai_finish_reason(const char *ours) {
 }
 
 json_t *mm_oai_usage(const mm_reply *f) {
-    return json_pack("{s:i, s:i, s:i}", "prompt_tokens", f->prompt_tokens, "completion_tokens", f->completion_tokens,
-                     "total_tokens", f->prompt_tokens + f->completion_tokens);
+    /* prompt_tokens_details.cached_tokens: OpenAI's name for prompt tokens served from cache */
+    return json_pack("{s:i, s:i, s:i, s:{s:i}}", "prompt_tokens", f->prompt_tokens, "completion_tokens",
+                     f->completion_tokens, "total_tokens", f->prompt_tokens + f->completion_tokens,
+                     "prompt_tokens_details", "cached_tokens", f->cached_tokens);
 }
 
 static json_t *ids_json(const mm_oai_result *res) {

@@ -69,10 +69,14 @@ typedef struct mm_backend_ops {
      * or pack it, or alias the mapping). weight_release undoes it. */
     mm_status (*weight_load)(mm_backend *be, const mm_st_tensor *src, mm_weight_use use, mm_tensor *out);
     void (*weight_release)(mm_backend *be, mm_tensor *t);
+    /* The same for a q8 matmul weight (common/q8.h): w I8 [N, K], scales F16 [N, K/32];
+     * out gets dtype I8 and .scales. NULL where the backend has no int8 matmul. */
+    mm_status (*weight_load_q8)(mm_backend *be, const mm_st_tensor *w, const mm_st_tensor *scales, mm_tensor *out);
 
     /* y[M, D] = table[ids[m], :] (table [V, D], any float dtype) */
     mm_status (*embed)(mm_backend *be, const mm_tensor *table, const int32_t *ids, int64_t M, float *y);
-    /* y[M, N] = x[M, K] . W[N, K]^T */
+    /* y[M, N] = x[M, K] . W[N, K]^T (W float, or I8 from weight_load_q8: x is then
+     * quantized per row and block of 32 as Q8_0 does, and the block products summed in f32) */
     mm_status (*matmul)(mm_backend *be, const mm_tensor *w, const float *x, float *y, int64_t M);
     /* y[M, D] = x / sqrt(mean(x^2) + eps) * w[D]  (y may alias x) */
     mm_status (*rmsnorm)(mm_backend *be, const float *x, const float *w, float *y, int64_t M, int64_t D, float eps);

@@ -16,6 +16,8 @@ typedef struct {
     int64_t shape[MM_TENSOR_MAX_DIMS];
     void *data;    /* backend memory (host for CPU backends, device for CUDA) */
     void *backend_data; /* backend-private (e.g. a packed copy); NULL if none */
+    const void *scales; /* dtype I8 (the q8 format, common/q8.h): f16 [shape[0], shape[1]/32]
+                         * per-block scales in backend memory; NULL for float tensors */
 } mm_tensor;
 
 static inline int64_t mm_tensor_numel(const mm_tensor *t) {

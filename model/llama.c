@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common/config.h"
+#include "common/q8.h"
 #include "common/log.h"
 
 /* ---------------------------------------------------------------- config */
@@ -64,6 +65,28 @@ static mm_status config_rope_scaling(const mm_json *root, const char *file, mm_l
     return MM_OK;
 }
 
+/* quantization_config: absent, or our q8 format (common/q8.h). Any other method
+ * (GPTQ, AWQ, bitsandbytes, ...) is refused rather than read as something else. */
+static mm_status config_quantization(const mm_json *root, const char *file, mm_llama_config *c) {
+    c->q8 = 0;
+    if (!mm_json_has(root, "quantization_config")) return MM_OK;
+    const mm_json *q = mm_json_get(root, "quantization_config");
+    const char *method = NULL, *scale = NULL;
+    int32_t block;
+    if (!mm_json_is_object(q)) return MM_ERROR(MM_ERR_FORMAT, "%s: key 'quantization_config' must be an object", file);
+    CHECK(mm_json_str(q, file, "quant_method", "", &method));
+    if (strcmp(method, MM_Q8_METHOD))
+        return MM_ERROR(MM_ERR_UNSUPPORTED, "%s: key 'quantization_config.quant_method' = \"%s\" is not supported (%s)",
+                        file, method, MM_Q8_METHOD);
+    CHECK(mm_json_i32_in(q, file, "block_size", MM_Q8_BLOCK, MM_Q8_BLOCK, MM_Q8_BLOCK, &block));
+    CHECK(mm_json_str(q, file, "scale_dtype", "float16", &scale));
+    if (strcmp(scale, "float16"))
+        return MM_ERROR(MM_ERR_UNSUPPORTED, "%s: key 'quantization_config.scale_dtype' = \"%s\" is not supported "
+                        "(float16)", file, scale);
+    c->q8 = 1;
+    return MM_OK;
+}
+
 /* The largest sizes accepted: beyond them a config is corrupt, not a model (and every
  * product of two of them still fits in 64 bits). */
 #define CFG_MAX_WIDTH (1 << 20)     /* hidden_size, intermediate_size */
@@ -110,6 +133,7 @@ static mm_status config_parse(const mm_json *root, const char *file, void *out) 
         return MM_ERROR(MM_ERR_UNSUPPORTED, "%s: key 'hidden_act' = \"%s\" is not supported (silu)", file, act);
     c->norm_eps = (float)eps, c->rope_theta = (float)theta;
     CHECK(config_rope_scaling(root, file, c));
+    CHECK(config_quantization(root, file, c));
     int64_t eos[MM_LLAMA_MAX_EOS];
     CHECK(mm_json_int_list(root, file, "eos_token_id", eos, MM_LLAMA_MAX_EOS, &c->n_eos));
     for (int i = 0; i < c->n_eos; i++) {
@@ -154,7 +178,7 @@ void mm_llama_rope_inv_freq(const mm_llama_config *c, float *inv_freq) {
 mm_dtype mm_llama_kv_dtype(const mm_llama *m) {
     for (int32_t l = 0; l < m->layer_end - m->layer_begin; l++) {
         const mm_tensor *w = m->layers[l].k_proj.data ? &m->layers[l].k_proj : &m->layers[l].gate_proj;
-        if (w->data) return w->dtype == MM_DTYPE_BF16 ? MM_DTYPE_BF16 : MM_DTYPE_F32;
+        if (w->data) return w->dtype == MM_DTYPE_BF16 ? MM_DTYPE_BF16 : MM_DTYPE_F32; /* q8 (I8): f32 */
     }
     return MM_DTYPE_F32;
 }
@@ -180,7 +204,21 @@ static mm_status load_weight(mm_llama *m, const char *name, int64_t rows, int64_
     const mm_st_tensor *t;
     int64_t shape[2] = {rows, cols};
     CHECK(mm_safetensors_get(m->st, name, use == MM_WEIGHT_VECTOR ? 1 : 2, shape, &t));
-    return m->be->ops->weight_load(m->be, t, use, out);
+    if (t->dtype != MM_DTYPE_I8) return m->be->ops->weight_load(m->be, t, use, out);
+    /* a q8 weight (common/q8.h): NAME.weight I8 + NAME.weight_scale F16 */
+    if (use != MM_WEIGHT_MATMUL || !m->cfg.q8)
+        return MM_ERROR(MM_ERR_FORMAT, "%s: tensor '%s' is I8 but %s", t->file, name,
+                        use != MM_WEIGHT_MATMUL ? "only matmul weights may be q8"
+                                                : "config.json has no quantization_config (quant_method " MM_Q8_METHOD ")");
+    if (!m->be->ops->weight_load_q8)
+        return MM_ERROR(MM_ERR_UNSUPPORTED, "%s: tensor '%s' is q8 (int8), which the %s backend cannot compute", t->file,
+                        name, m->be->ops->name);
+    char scale_name[300];
+    snprintf(scale_name, sizeof scale_name, "%s" MM_Q8_SCALE_SUFFIX, name);
+    const mm_st_tensor *d;
+    int64_t scale_shape[2] = {rows, cols / MM_Q8_BLOCK};
+    CHECK(mm_safetensors_get(m->st, scale_name, 2, scale_shape, &d));
+    return m->be->ops->weight_load_q8(m->be, t, d, out);
 }
 
 /* Does this model slice own layer l's attention / MLP block? (l: absolute layer) */

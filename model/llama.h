@@ -1,5 +1,6 @@
 /* The LLaMA / MetaMorph-LLaMA decoder, loaded from an HF checkpoint directory
- * (config.json + safetensors, tied or untied embeddings, f32/f16/bf16). A process may
+ * (config.json + safetensors, tied or untied embeddings, f32/f16/bf16, or linear
+ * weights in the q8 format of common/q8.h). A process may
  * own any contiguous slice of half-layer blocks [block_begin, block_end) so that it can
  * be one pipeline stage (a stage boundary may fall between a layer's attention and its
  * MLP: the residual stream is all that crosses it, so the split is exact); the
@@ -39,6 +40,7 @@ typedef struct {
     float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
     int32_t rope_original_max_pos;
     int tie_embeddings;
+    int q8;                          /* quantization_config names the q8 format (common/q8.h) */
     int32_t bos_id;                  /* -1 if none */
     int32_t eos_ids[MM_LLAMA_MAX_EOS];
     int n_eos;
@@ -46,7 +48,7 @@ typedef struct {
 
 typedef struct {
     mm_tensor input_layernorm;          /* [dim] f32 */
-    mm_tensor q_proj;                   /* [n_heads*head_dim, dim] */
+    mm_tensor q_proj;                   /* [n_heads*head_dim, dim]; these seven and lm_head may be q8 (I8 + scales) */
     mm_tensor k_proj;                   /* [n_kv_heads*head_dim, dim] */
     mm_tensor v_proj;                   /* [n_kv_heads*head_dim, dim] */
     mm_tensor o_proj;                   /* [dim, n_heads*head_dim] */

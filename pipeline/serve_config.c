@@ -51,6 +51,10 @@ static const int_tunable INT_TUNABLES[] = {
     T(image_steps, MM_DECODE_DEFAULT_STEPS, 1, MM_DECODE_MAX_STEPS, "diffusion steps when a request does not say"),
     T(http_max_body_mb, 96, 1, 2047, "largest HTTP request body in MiB"),
     T(http_max_connections, 256, 1, 65536, "HTTP connections at once (one thread each)"),
+    T(http2_guard, 1, 0, 1, "1: the coordinator accepts gRPC connections itself (TLS by GnuTLS) and bounds what HTTP/2 clients send; 0: gRPC's own port and TLS, no flood bounds (README, Security)"),
+    T(http2_max_connections, 2048, 1, 1 << 20, "gRPC port: connections at once (each holds 32 KiB of relay buffers, 3 file descriptors)"),
+    T(http2_max_connections_per_peer, 256, 1, 1 << 20, "gRPC port: connections at once from one IP address"),
+    T(http2_handshake_timeout_ms, 10000, 100, 1 << 30, "gRPC port: a connection without TLS handshake and HTTP/2 preface this long is closed"),
     T(split_decode_percent, 33, 0, 100, "stage split: sampled tokens per 100 computed (output / (prompt + output)), weighs lm_head"),
     T(key_max_requests, 0, 0, 1 << 20, "with api_keys_file: requests in flight per API key at most (more: RESOURCE_EXHAUSTED / 429), 0 = no limit"),
     T(key_max_tokens, 0, 0, 1 << 30, "with api_keys_file: prompt + max_new_tokens in flight per API key at most, 0 = no limit"),
@@ -86,6 +90,7 @@ static const str_tunable STR_TUNABLES[] = {
     S(pool_curve_secret_key, "", NULL, "key file (mmctl keygen): CURVE on both pool ports, workers need pool_authorized_keys, \"\" = plain"),
     S(pool_authorized_keys, "", NULL, "workers' CURVE public keys (\"NAME Z85\" lines): only they may join the pools"),
     S(pool_worker_key, "", NULL, "launch.sh: the key file its own pool workers present"),
+    S(trace_file, "", NULL, "the scheduler's timeline (requests, steps, stage compute time) as JSON lines, for bench/trace_report.py; \"\" = off"),
     S(log_level, "info", "MM_LOG_LEVEL", "log level of every program: error, warn, info, debug"),
     S(log_format, "text", "MM_LOG_FORMAT", "log lines as text or json (time, level, prog, pid, src, msg)"),
 };

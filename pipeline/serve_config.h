@@ -59,11 +59,16 @@ typedef struct {
     char pool_curve_secret_key[1024]; /* common/curve_keys.h key file: CURVE on the pools; "" = plain */
     char pool_authorized_keys[1024];  /* workers' public keys admitted by the ZAP handler */
     char pool_worker_key[1024];       /* deploy/launch.sh: key file of the workers it starts */
+    char trace_file[1024];     /* coordinator/trace.h: the scheduler's timeline as JSON lines; "" = off */
     char log_level[16];        /* error, warn, info, debug (MM_LOG_LEVEL wins) */
     char log_format[16];       /* text or json: one line per message (MM_LOG_FORMAT wins) */
     int32_t key_max_requests;  /* per API key: requests in flight at most, 0 = no limit */
     int32_t key_max_tokens;    /* per API key: prompt + max_new_tokens in flight at most, 0 = no limit */
     int32_t log_stats_ms;      /* coordinator: a throughput line this often while busy, 0 = never */
+    int32_t http2_guard;       /* 1: the coordinator owns the gRPC port and bounds HTTP/2 (coordinator/h2_guard.h) */
+    int32_t http2_max_connections; /* gRPC port: connections at once, all peers */
+    int32_t http2_max_connections_per_peer; /* gRPC port: connections at once from one IP address */
+    int32_t http2_handshake_timeout_ms; /* gRPC port: TLS handshake + HTTP/2 preface deadline */
     int32_t split_decode_percent; /* stage split: sampled tokens per 100 computed (stage_split.h) */
     int32_t stage_layers[MM_MAX_STAGES]; /* layers per stage; n_stage_layers == 0: split by cost (stage_split.h) */
     int32_t n_stage_layers;

@@ -155,6 +155,7 @@ static mm_status seq_take_blocks(mm_sched *s, mm_seq *seq, int32_t budget, int32
     if (!ok) return MM_OK;
     seq->n_computed = start;
     seq->n_published = n_hit;
+    if (!seq->scheduled_once) seq->cached_tokens = start;
     if (s->p.prefix_cache) {
         s->prefix_queries += (uint64_t)seq->n_tokens;
         s->prefix_hits += (uint64_t)start;

@@ -2,7 +2,9 @@
  * sharded safetensors + model.safetensors.index.json, generation_config.json) at any
  * size, for benchmarks and load tests. Weights are deterministic from --seed. Shards
  * are generated and written one at a time, so an 8B model needs ~5 GB of RAM. */
+#include <dirent.h>
 #include <errno.h>
+#include <unistd.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
@@ -17,6 +19,7 @@
 #include "model/llama.h"
 #include "model/tokenizer.h"
 #include "tools/mkmodel.h"
+#include "tools/q8_convert.h"
 
 typedef struct {
     const char *name;
@@ -191,24 +194,24 @@ static int write_weights(const char *dir, const tensor_spec *specs, int n, mm_dt
     return write_json(path, json_pack("{s:{}, s:o}", "metadata", "weight_map", weight_map));
 }
 
-static int copy_file(const char *src, const char *dst) {
-    FILE *in = fopen(src, "rb"), *out = in ? fopen(dst, "wb") : NULL;
-    char buf[1 << 16];
-    size_t n;
-    int rc = in && out ? 0 : -1;
-    while (rc == 0 && (n = fread(buf, 1, sizeof buf, in)) > 0)
-        if (fwrite(buf, 1, n, out) != n) rc = -1;
-    if (in) fclose(in);
-    if (out && fclose(out)) rc = -1;
-    if (rc) fprintf(stderr, "mm-mkmodel: cannot copy %s to %s: %s\n", src, dst, strerror(errno));
-    return rc;
+/* Removes the files of dir (flat) and dir itself. */
+static void remove_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char path[4096];
+    while (d && (e = readdir(d)))
+        if (e->d_name[0] != '.') snprintf(path, sizeof path, "%s/%s", dir, e->d_name), unlink(path);
+    if (d) closedir(d);
+    rmdir(dir);
 }
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: mm-mkmodel --out DIR [--preset tiny|110m|llama3-8b|siglip-so400m] [--dtype f32|bf16|f16]\n"
+    fprintf(f, "usage: mm-mkmodel --out DIR [--preset tiny|110m|llama3-8b|siglip-so400m] [--dtype f32|bf16|f16|q8]\n"
                "                  [--layers N] [--vocab N] [--seed S] [--shard-mb MB] [--tokenizer FILE]\n"
                "  --tokenizer FILE  tokenizer.json to ship (default: the embedded tiny model's, %s);\n"
-               "                    config.json takes its <|begin_of_text|> / <|end_of_text|>, <|eot_id|> ids\n",
+               "                    config.json takes its <|begin_of_text|> / <|end_of_text|>, <|eot_id|> ids\n"
+               "  --dtype q8        the f32 model of the same seed, converted as mm-quantize does (linear\n"
+               "                    weights and lm_head int8 with f16 scales per 32; written via DIR.f32-tmp)\n",
             MM_DEFAULT_TOKENIZER);
 }
 
@@ -245,7 +248,8 @@ int main(int argc, char **argv) {
     const preset *p = NULL;
     for (size_t i = 0; i < sizeof presets / sizeof *presets; i++)
         if (!strcmp(presets[i].name, preset_name)) p = &presets[i];
-    mm_dtype dt = !strcmp(dtype, "f32") ? MM_DTYPE_F32 : !strcmp(dtype, "bf16") ? MM_DTYPE_BF16
+    int q8 = !strcmp(dtype, "q8");
+    mm_dtype dt = !strcmp(dtype, "f32") || q8 ? MM_DTYPE_F32 : !strcmp(dtype, "bf16") ? MM_DTYPE_BF16
                 : !strcmp(dtype, "f16") ? MM_DTYPE_F16 : MM_DTYPE_COUNT;
     if (!out || !p || dt == MM_DTYPE_COUNT || layers < 0 || vocab < 0 || shard_mb <= 0) {
         usage(stderr);
@@ -253,6 +257,12 @@ int main(int argc, char **argv) {
     }
     preset chosen = *p;
     if (layers) chosen.layers = layers;
+    char tmp[2048]; /* short enough that every path built from it fits its 4096-byte buffer */
+    const char *final_out = out;
+    if (q8) { /* the f32 model first, then the converter (one code path for every q8 checkpoint) */
+        snprintf(tmp, sizeof tmp, "%s.f32-tmp", out);
+        out = tmp;
+    }
     if (vocab) chosen.vocab = vocab;
     if (mkdir(out, 0755) != 0 && errno != EEXIST) {
         fprintf(stderr, "mm-mkmodel: mkdir %s: %s\n", out, strerror(errno));
@@ -277,9 +287,14 @@ int main(int argc, char **argv) {
     if (!rc) { /* the service and mm-run need one: a checkpoint without it cannot be served */
         char dst[4096];
         snprintf(dst, sizeof dst, "%s/tokenizer.json", out);
-        rc = copy_file(tokenizer, dst);
+        rc = tool_copy_file(tokenizer, dst);
     }
     free(specs);
+    if (q8) {
+        if (!rc) rc = q8_convert_dir(out, final_out, 1, (size_t)shard_mb << 20);
+        remove_dir(out);
+        out = final_out;
+    }
     if (!rc) fprintf(stderr, "mm-mkmodel: %s (%s, %s) written to %s\n", chosen.name, dtype, preset_name, out);
     return rc ? 1 : 0;
 }

@@ -55,7 +55,7 @@ void mmctl_batch_usage(FILE *f) {
             "           Results: one JSON line per input line appended to DIR/results.jsonl:\n"
             "           {\"id\", \"line\", \"status\": \"ok\"|\"error\", \"error\", \"prompt\", \"source\" (the\n"
             "           image read, SHARD#MEMBER for a shard, null without one), \"text\", \"images\",\n"
-            "           \"prompt_tokens\", \"completion_tokens\", \"ttft_ms\", \"total_ms\", \"attempts\"};\n"
+            "           \"prompt_tokens\", \"cached_tokens\", \"completion_tokens\", \"ttft_ms\", \"total_ms\", \"attempts\"};\n"
             "           a line without a usable id (bad JSON, no id, duplicate) has \"id\": null.\n"
             "           Images: DIR/images/ID-K.png, ID with bytes other than A-Z a-z 0-9 . _ -\n"
             "           (and a leading .) written %%XX; over %d bytes cut, then ~ and a hash.\n"
@@ -129,6 +129,7 @@ static json_t *record_make(const batch_item *it, const char *error, const char *
     bad |= json_object_set_new(rec, "text", json_string(text ? text : ""));
     bad |= json_object_set_new(rec, "images", images ? images : json_array());
     bad |= json_object_set_new(rec, "prompt_tokens", json_integer(r && r->usage ? r->usage->prompt_tokens : 0));
+    bad |= json_object_set_new(rec, "cached_tokens", json_integer(r && r->usage ? r->usage->cached_tokens : 0));
     bad |= json_object_set_new(rec, "completion_tokens", json_integer(r && r->usage ? r->usage->completion_tokens : 0));
     bad |= json_object_set_new(rec, "ttft_ms", json_real(r && r->timings ? round(r->timings->ttft_ms * 1e3) / 1e3 : 0));
     bad |= json_object_set_new(rec, "total_ms", json_real(r && r->timings ? round(r->timings->total_ms * 1e3) / 1e3 : 0));

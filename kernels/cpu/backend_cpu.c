@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/q8.h"
 #include "cpu_backend.h"
 
 void *mm_cpu_alloc(mm_backend *be, size_t bytes) {
@@ -90,6 +91,25 @@ static mm_status weight_load(mm_backend *be, const mm_st_tensor *src, mm_weight_
     return MM_OK;
 }
 
+/* q8 weights alias the mapping as they are (the kernels read I8 rows and f16 scales);
+ * only the shapes are checked here. */
+static mm_status weight_load_q8(mm_backend *be, const mm_st_tensor *w, const mm_st_tensor *scales, mm_tensor *out) {
+    if (w->dtype != MM_DTYPE_I8 || w->ndim != 2 || w->shape[1] % MM_Q8_BLOCK)
+        return MM_ERROR(MM_ERR_FORMAT, "%s: tensor '%s' is %s with %d dims, expected I8 [N, K] with K a multiple of %d",
+                        w->file, w->name, mm_dtype_name(w->dtype), w->ndim, MM_Q8_BLOCK);
+    if (scales->dtype != MM_DTYPE_F16 || scales->ndim != 2 || scales->shape[0] != w->shape[0] ||
+        scales->shape[1] != w->shape[1] / MM_Q8_BLOCK)
+        return MM_ERROR(MM_ERR_FORMAT, "%s: tensor '%s' must be F16 [%lld, %lld] (one scale per %d weights of '%s')",
+                        scales->file, scales->name, (long long)w->shape[0], (long long)(w->shape[1] / MM_Q8_BLOCK),
+                        MM_Q8_BLOCK, w->name);
+    memset(out, 0, sizeof *out);
+    out->dtype = MM_DTYPE_I8, out->ndim = 2;
+    out->shape[0] = w->shape[0], out->shape[1] = w->shape[1];
+    out->data = (void *)w->data;
+    out->scales = scales->data;
+    return MM_OK;
+}
+
 /* Copies (f32 cache) or rounds to bf16 (bf16 cache) one head row of n values. */
 static void kv_put(void *cache, int64_t at, mm_dtype dt, const float *src, int32_t n) {
     if (dt == MM_DTYPE_BF16)
@@ -131,6 +151,7 @@ static void cpu_free(mm_backend *be) {
     {                                                                                              \
         .name = label, .free = cpu_free, .alloc = mm_cpu_alloc, .dealloc = mm_cpu_dealloc,         \
         .upload = mm_cpu_copy, .download = mm_cpu_copy, .copy = mm_cpu_copy, .weight_load = weight_load,                      \
+        .weight_load_q8 = weight_load_q8,                                                         \
         .weight_release = weight_release, .embed = prefix##_embed, .matmul = prefix##_matmul,      \
         .rmsnorm = prefix##_rmsnorm, .rope = prefix##_rope, .kv_store = mm_cpu_kv_store,           \
         .attention = prefix##_attention, .silu_mul = prefix##_silu_mul, .add = prefix##_add,       \

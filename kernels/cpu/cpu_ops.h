@@ -64,6 +64,10 @@ MM_CPU_DECLARE_OPS(mm_cpu_fast)
 
 /* Our own batch-invariant matmul (gemm_rows.c), on CPUs where oneDNN's is not. */
 mm_status mm_cpu_rows_matmul(mm_backend *be, const mm_tensor *w, const float *x, float *y, int64_t M);
+/* y[M, N] = x[M, K] . W^T for q8 weights (gemm_q8.c): the plain reference and the AVX2
+ * kernel (the reference where the CPU lacks AVX2/FMA/F16C). */
+mm_status mm_cpu_q8_matmul_ref(mm_backend *be, const mm_tensor *w, const float *x, float *y, int64_t M);
+mm_status mm_cpu_q8_matmul(mm_backend *be, const mm_tensor *w, const float *x, float *y, int64_t M);
 /* Which GEMM the fast backend uses: oneDNN on AVX-512 CPUs (measured batch-invariant
  * there), gemm_rows.c elsewhere; MM_CPU_GEMM=dnnl|rows overrides (benchmarks, tests). */
 int mm_cpu_gemm_uses_dnnl(void);

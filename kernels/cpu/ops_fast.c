@@ -35,6 +35,7 @@ mm_status mm_cpu_fast_embed(mm_backend *be, const mm_tensor *table, const int32_
 }
 
 mm_status mm_cpu_fast_matmul(mm_backend *be, const mm_tensor *w, const float *x, float *y, int64_t M) {
+    if (w->dtype == MM_DTYPE_I8) return mm_cpu_q8_matmul(be, w, x, y, M);
     mm_dnnl *d = mm_cpu_ctx(be)->dnnl;
     return d ? mm_dnnl_matmul(d, w, x, y, M) : mm_cpu_rows_matmul(be, w, x, y, M);
 }

@@ -33,6 +33,7 @@ mm_status mm_cpu_ref_embed(mm_backend *be, const mm_tensor *table, const int32_t
 }
 
 mm_status mm_cpu_ref_matmul(mm_backend *be, const mm_tensor *w, const float *x, float *y, int64_t M) {
+    if (w->dtype == MM_DTYPE_I8) return mm_cpu_q8_matmul_ref(be, w, x, y, M);
     int64_t N = w->shape[0], K = w->shape[1];
     for (int64_t m = 0; m < M; m++) {
         for (int64_t n = 0; n < N; n++) {

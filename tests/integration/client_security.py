@@ -129,9 +129,20 @@ with ThreadPoolExecutor(34) as pool:
 n_ok, n_full = codes.count(grpc.StatusCode.OK), codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
 assert n_ok >= 2 and n_full >= 1 and n_ok + n_full == 32, codes
 assert others == [grpc.StatusCode.OK] * 2, "key2 was limited by key1's requests: %s" % others
-text = subprocess.run(["curl", "-s", "-H", "Authorization: Bearer " + KEY1, "http://%s/metrics" % metrics],
-                      capture_output=True, text=True).stdout
-series = {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in text.splitlines() if ln.startswith("metamorph_api_key")}
+def key_series():
+    text = subprocess.run(["curl", "-s", "-H", "Authorization: Bearer " + KEY1, "http://%s/metrics" % metrics],
+                          capture_output=True, text=True).stdout
+    return text, {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in text.splitlines()
+                  if ln.startswith("metamorph_api_key")}
+
+
+# a call's hold on its key ends when the server has finished the call, which can be just
+# after the client read its status: wait for that (5 s at most), then check
+for _ in range(50):
+    text, series = key_series()
+    if series.get('metamorph_api_key_requests_in_flight{key="first"}') == 0:
+        break
+    time.sleep(0.1)
 assert series.get('metamorph_api_key_refused_total{key="first"}') == n_full, (n_full, series)
 assert series.get('metamorph_api_key_refused_total{key="second"}') == 0, series
 assert series.get('metamorph_api_key_requests_in_flight{key="first"}') == 0, series

@@ -2,15 +2,31 @@
 """Hostile HTTP/2 clients against the gRPC port, written frame by frame (no HTTP/2
 library: the point is to send what a correct client never would). Usage:
   http2_hostile.py MODE HOST PORT N [HOLD_S]
+(from source address 127.0.0.2 when HOST is 127.0.0.1, so that the server's limit per
+peer address binds the attacker, not the test's normal client on 127.0.0.1); over TLS
+(ALPN h2, the server's certificate not checked) when H2_TLS=1 is in the environment
   continuation  one connection: HEADERS without END_HEADERS, then N KiB of CONTINUATION
   reset         one connection: N streams, each HEADERS then RST_STREAM at once (Rapid Reset)
   idle          N connections that send the preface and SETTINGS, then nothing
 then keeps its sockets open HOLD_S seconds (default 3) and exits 0; "done" on stdout
 once everything was sent (a connection the server ended is reported, not an error)."""
+import os
 import socket
+import ssl
 import struct
 import sys
 import time
+
+
+def connect(host, port):
+    source = ("127.0.0.2", 0) if host == "127.0.0.1" else None
+    s = socket.create_connection((host, port), source_address=source)
+    if os.environ.get("H2_TLS") == "1":
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx.set_alpn_protocols(["h2"])
+        s = ctx.wrap_socket(s, server_hostname=host)
+    return s
 
 
 def frame(kind, flags, stream, payload):
@@ -49,7 +65,7 @@ def send_all(sock, frames, what):
 
 
 def continuation(host, port, kib):
-    s = socket.create_connection((host, port))
+    s = connect(host, port)
     s.sendall(PREFACE + frame(HEADERS, 0, 1, CALL))
     chunk = b"".join(literal(b"x-pad-%d" % i, b"a" * 1000) for i in range(15))  # ~15 KiB a frame
     sent = 0
@@ -59,7 +75,7 @@ def continuation(host, port, kib):
 
 
 def rapid_reset(host, port, n):
-    s = socket.create_connection((host, port))
+    s = connect(host, port)
     s.sendall(PREFACE)
     batch = b""
     for i in range(n):
@@ -74,10 +90,25 @@ def rapid_reset(host, port, n):
 
 def idle(host, port, n):
     socks = []
+    refused = 0
     for _ in range(n):
-        s = socket.create_connection((host, port))
-        s.sendall(PREFACE)
+        s = connect(host, port)
+        try:
+            s.sendall(PREFACE)
+        except OSError:
+            refused += 1
         socks.append(s)
+    time.sleep(0.5)  # the server closes what it refuses at once: count what is still open
+    for s in socks:
+        s.setblocking(False)
+        try:
+            if s.recv(65536, socket.MSG_PEEK) == b"":
+                refused += 1
+        except BlockingIOError:
+            pass
+        except OSError:
+            refused += 1
+    print("idle: %d of %d connections closed by the server" % (refused, n))
     return socks
 
 

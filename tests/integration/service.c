@@ -227,6 +227,7 @@ static int on_gen(void *user, const uint8_t *d, size_t n) {
     if (!r) return 1;
     add_ids(g, r->token_ids, r->n_token_ids);
     add_text(g, r->text);
+    if (r->usage) g->prompt_tokens = r->usage->prompt_tokens, g->cached_tokens = r->usage->cached_tokens;
     g->n_events++;
     metamorph__v1__generate_response__free_unpacked(r, NULL);
     return 0;
@@ -240,6 +241,8 @@ static int on_stream(void *user, const uint8_t *d, size_t n) {
         add_ids(g, ev->delta->token_ids, ev->delta->n_token_ids);
         add_text(g, ev->delta->text);
     }
+    if (ev->event_case == METAMORPH__V1__GENERATE_EVENT__EVENT_FINAL && ev->final->usage)
+        g->prompt_tokens = ev->final->usage->prompt_tokens, g->cached_tokens = ev->final->usage->cached_tokens;
     g->n_events++;
     metamorph__v1__generate_event__free_unpacked(ev, NULL);
     return 0;

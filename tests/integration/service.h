@@ -61,6 +61,7 @@ typedef struct {
     int n_ids;
     char text[65536];
     int n_events;
+    int prompt_tokens, cached_tokens; /* the final usage */
 } gen_result;
 
 /* One user message, greedy; stream chooses GenerateStream. */

@@ -1,6 +1,10 @@
 /* Integration tests of the whole service on loopback, each starting and stopping its
  * own `mpiexec mm-coordinator : mm-stage x P` job:
  *   test_service greedy P   COORD STAGE MM_RUN  greedy output == mm-run --ids (unary + stream)
+ *   test_service greedy_q8 P COORD STAGE MM_RUN MM_QUANTIZE
+ *                                               the same on a model root whose llm/ is the tiny LLM
+ *                                               converted to q8 (int8 weights: its ids are not f32's,
+ *                                               but the service's must equal mm-run's on it)
  *   test_service prefix P   COORD STAGE MM_RUN  prefix caching: a workload sharing a long instruction
  *                                               (greedy, sampled with seeds, multi-turn, concurrent on
  *                                               a small cache) gives the same ids with the cache on
@@ -28,11 +32,13 @@ static const char *PROMPTS[] = {"Describe a cat.", "Hi", "Write a long story abo
                                 "What is 2 + 2?", "Tell me about pipelines"};
 #define N_PROMPTS (int)(sizeof PROMPTS / sizeof PROMPTS[0])
 
-/* Greedy ids from mm-run for the same prompt and budget. */
+/* Greedy ids from mm-run for the same prompt and budget, on the service's model root. */
 static int mm_run_ids(const char *mm_run, const char *prompt, int max_new, int32_t *ids) {
-    char cmd[8192];
-    snprintf(cmd, sizeof cmd, "'%s' --model '%s/tiny' --prompt '%s' --max-tokens %d --ids --threads 1 2>/dev/null", mm_run,
-             getenv("MM_ASSETS_DIR"), prompt, max_new);
+    char cmd[8192], root[4096];
+    if (svc_model) snprintf(root, sizeof root, "%s", svc_model);
+    else snprintf(root, sizeof root, "%s/tiny", getenv("MM_ASSETS_DIR"));
+    snprintf(cmd, sizeof cmd, "'%s' --model '%s' --prompt '%s' --max-tokens %d --ids --threads 1 2>/dev/null", mm_run,
+             root, prompt, max_new);
     FILE *p = popen(cmd, "r");
     if (!p) return -1;
     int n = 0;
@@ -41,9 +47,43 @@ static int mm_run_ids(const char *mm_run, const char *prompt, int max_new, int32
     return n;
 }
 
+/* The timeline (trace_file) of a run of n requests, each of which produced tokens: every
+ * request's events in order, and steps whose round trip holds their compute time. */
+static void check_trace(const char *path, int n_requests) {
+    FILE *f = fopen(path, "r");
+    EXPECT(f, "trace %s: not written", path);
+    if (!f) return;
+    static const char *const EVENTS[] = {"arrive", "admitted", "scheduled", "first", "done"};
+    int count[5] = {0}, steps = 0, bad_steps = 0;
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        double t, sent, busy;
+        int rows, seqs, decodes;
+        unsigned long long id;
+        if (sscanf(line, "{\"t\":%lf,\"ev\":\"step\",\"id\":%llu,\"sent\":%lf,\"busy\":%lf,\"seqs\":%d,\"rows\":%d,"
+                         "\"decodes\":%d}", &t, &id, &sent, &busy, &seqs, &rows, &decodes) == 7) {
+            steps++;
+            bad_steps += !(sent <= t && busy > 0 && busy <= t - sent + 1 && rows >= seqs && seqs >= decodes && seqs > 0);
+            continue;
+        }
+        for (int k = 0; k < 5; k++) {
+            char want[64];
+            snprintf(want, sizeof want, "\"ev\":\"%s\"", EVENTS[k]);
+            count[k] += strstr(line, want) != NULL;
+        }
+    }
+    fclose(f);
+    for (int k = 0; k < 5; k++) EXPECT(count[k] == n_requests, "trace: %d \"%s\" events, %d requests", count[k], EVENTS[k], n_requests);
+    EXPECT(steps >= n_requests && bad_steps == 0, "trace: %d steps, %d inconsistent", steps, bad_steps);
+    unlink(path);
+}
+
 static int test_greedy(int P, const char *coord, const char *stage, const char *mm_run) {
     mm_service s;
-    EXPECT(svc_start(&s, coord, stage, P, "\"max_batch_tokens\": 16") == 0, "start with %d stages", P);
+    char extra[256], trace[128];
+    snprintf(trace, sizeof trace, "/tmp/mm-test-trace-%d-%d.jsonl", (int)getpid(), P);
+    snprintf(extra, sizeof extra, "\"max_batch_tokens\": 16, \"trace_file\": \"%s\"", trace);
+    EXPECT(svc_start(&s, coord, stage, P, extra) == 0, "start with %d stages", P);
     for (int i = 0; i < N_PROMPTS && s.cl; i++) {
         int32_t want[4096];
         int n = mm_run_ids(mm_run, PROMPTS[i], 40, want);
@@ -62,6 +102,25 @@ static int test_greedy(int P, const char *coord, const char *stage, const char *
     if (m) metamorph__v1__model_info__free_unpacked(m, NULL);
     int st = svc_stop(&s);
     EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 0, "clean stop on SIGTERM (status %d)", st);
+    check_trace(trace, 2 * N_PROMPTS);
+    return 0;
+}
+
+/* test_greedy on a copy of the tiny model root whose llm/ is converted by mm-quantize
+ * (vision/ and decoder/ linked): the stages load q8 weights, the pools the rest. */
+static int test_greedy_q8(int P, const char *coord, const char *stage, const char *mm_run, const char *quantize) {
+    char root[] = "/tmp/mm-q8-root-XXXXXX", cmd[8192];
+    const char *assets = getenv("MM_ASSETS_DIR");
+    EXPECT(mkdtemp(root) != NULL, "mkdtemp");
+    snprintf(cmd, sizeof cmd, "cp '%s/tiny/metamorph.json' '%s/' && ln -s '%s/tiny/vision' '%s/vision' && "
+             "ln -s '%s/tiny/decoder' '%s/decoder' && '%s' '%s/tiny/llm' '%s/llm' 2>/dev/null",
+             assets, root, assets, root, assets, root, quantize, assets, root);
+    EXPECT(system(cmd) == 0, "q8 model root: %s", cmd);
+    svc_model = root;
+    test_greedy(P, coord, stage, mm_run);
+    svc_model = NULL;
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    EXPECT(system(cmd) == 0, "%s", cmd);
     return 0;
 }
 
@@ -151,7 +210,17 @@ static int prefix_run(int P, const char *coord, const char *stage, int cache, ge
         pthread_create(&th[i], NULL, prefix_main, &args[i]);
     }
     for (int i = 0; i < N_QUESTIONS; i++) pthread_join(th[i], NULL);
-    for (int c = 0; c < PREFIX_N_CASES; c++) EXPECT(out[c].code == 0, "cache %d case %d: %s", cache, c, out[c].msg);
+    for (int c = 0; c < PREFIX_N_CASES; c++) {
+        EXPECT(out[c].code == 0, "cache %d case %d: %s", cache, c, out[c].msg);
+        /* usage.cached_tokens: whole blocks, never the last prompt row, none with the cache off */
+        EXPECT(out[c].cached_tokens % 16 == 0 && out[c].cached_tokens < out[c].prompt_tokens &&
+                   (cache || out[c].cached_tokens == 0),
+               "cache %d case %d: %d of %d prompt tokens cached", cache, c, out[c].cached_tokens, out[c].prompt_tokens);
+    }
+    if (cache) /* the first request finds nothing; the same prompt again finds its prefix */
+        EXPECT(out[0].cached_tokens == 0 && out[N_QUESTIONS].cached_tokens >= out[0].prompt_tokens - 16,
+               "cached_tokens: first %d, the same prompt again %d of %d", out[0].cached_tokens,
+               out[N_QUESTIONS].cached_tokens, out[N_QUESTIONS].prompt_tokens);
     double hits = svc_metric(&s, "metamorph_prefix_cache_hits_total");
     double queries = svc_metric(&s, "metamorph_prefix_cache_queries_total");
     double evictions = svc_metric(&s, "metamorph_prefix_cache_evictions_total");
@@ -464,13 +533,15 @@ static int test_python(const char *coord, const char *stage, const char *script)
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     if (argc >= 5 && !strcmp(argv[1], "greedy")) test_greedy(atoi(argv[2]), argv[3], argv[4], argv[5]);
+    else if (argc >= 7 && !strcmp(argv[1], "greedy_q8"))
+        test_greedy_q8(atoi(argv[2]), argv[3], argv[4], argv[5], argv[6]);
     else if (argc >= 6 && !strcmp(argv[1], "prefix")) test_prefix(atoi(argv[2]), argv[3], argv[4], argv[5]);
     else if (argc >= 4 && !strcmp(argv[1], "concurrent")) test_concurrent(argv[2], argv[3]);
     else if (argc >= 4 && !strcmp(argv[1], "errors")) test_errors(argv[2], argv[3]);
     else if (argc >= 4 && !strcmp(argv[1], "kill")) test_kill(argv[2], argv[3]);
     else if (argc >= 5 && !strcmp(argv[1], "python")) test_python(argv[2], argv[3], argv[4]);
     else {
-        fprintf(stderr, "usage: test_service greedy|prefix|concurrent|errors|kill|python ...\n");
+        fprintf(stderr, "usage: test_service greedy|greedy_q8|prefix|concurrent|errors|kill|python ...\n");
         return 2;
     }
     return mm_test_finish(argv[1]);

@@ -218,7 +218,8 @@ static void test_responses(void) {
     mm_reply v = {.type = MM_REPLY_DELTA, .text = "", .text_len = 0, .ids = ids2, .n_ids = 1};
     mm_reply d2 = {.type = MM_REPLY_DELTA, .text = "done", .text_len = 4, .ids = ids3, .n_ids = 1};
     mm_reply im = {.type = MM_REPLY_IMAGE_READY, .image_index = 0, .png = png, .n_png = sizeof png};
-    mm_reply fin = {.type = MM_REPLY_FINAL, .finish_reason = "stop_string", .prompt_tokens = 10, .completion_tokens = 4};
+    mm_reply fin = {.type = MM_REPLY_FINAL, .finish_reason = "stop_string", .prompt_tokens = 10, .completion_tokens = 4,
+                   .cached_tokens = 8};
     const mm_reply *seq[] = {&d1, &st, &v, &d2, &im}; /* the PNG arrives after the text that follows it */
     for (size_t i = 0; i < 5; i++) EXPECT(mm_oai_result_add(&res, seq[i]) == 0, "add %zu", i);
     mm_oai_head h = {"chatcmpl-x", "tiny", 1700000000};
@@ -229,7 +230,8 @@ static void test_responses(void) {
         "{\"text\":\"Here \",\"type\":\"text\"},{\"image_url\":{\"url\":\"data:image/png;base64,iVBORw==\"},"
         "\"type\":\"image_url\"},{\"text\":\"done\",\"type\":\"text\"}],\"role\":\"assistant\"},\"token_ids\":[5,6,-1,9]}],"
         "\"created\":1700000000,\"id\":\"chatcmpl-x\",\"model\":\"tiny\",\"object\":\"chat.completion\","
-        "\"usage\":{\"completion_tokens\":4,\"prompt_tokens\":10,\"total_tokens\":14}}";
+        "\"usage\":{\"completion_tokens\":4,\"prompt_tokens\":10,\"prompt_tokens_details\":{\"cached_tokens\":8},"
+        "\"total_tokens\":14}}";
     EXPECT(text && !strcmp(text, want), "chat response:\n got %s\nwant %s", text ? text : "(null)", want);
     free(text);
     json_decref(j);
