@@ -417,9 +417,14 @@ mm_status mm_llama_forward_layers(mm_llama *m, mm_kv_cache *kv, const mm_llama_b
     /* a slice starting at an MLP block has no KV for its first layer */
     int32_t kv_skip = owns_attention(m, m->layer_begin) ? 0 : 1;
     for (int32_t l = 0; l < n; l++) {
-        if (owns_attention(m, m->layer_begin + l))
+        if (owns_attention(m, m->layer_begin + l)) {
             CHECK(self_attn_block(m, &m->layers[l], kv, l - kv_skip, b, x));
-        if (owns_mlp(m, m->layer_begin + l)) CHECK(mlp_block(m, &m->layers[l], b->n_rows, x));
+            if (m->between_blocks) CHECK(m->between_blocks(m->between_blocks_user));
+        }
+        if (owns_mlp(m, m->layer_begin + l)) {
+            CHECK(mlp_block(m, &m->layers[l], b->n_rows, x));
+            if (m->between_blocks) CHECK(m->between_blocks(m->between_blocks_user));
+        }
     }
     return MM_OK;
 }

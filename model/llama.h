@@ -97,6 +97,11 @@ typedef struct {
     float *inv_freq;                  /* [head_dim/2] host, rope frequencies after scaling */
     mm_llama_scratch scratch;
     mm_llama_eval_buffers eval;
+    /* Called after each block of mm_llama_forward_layers (NULL: none); a non-OK status
+     * ends the forward with it. A pipeline stage beats to the coordinator here, so that a
+     * long step (a big prefill on a CPU) is not taken for a dead stage. */
+    mm_status (*between_blocks)(void *user);
+    void *between_blocks_user;
 } mm_llama;
 
 /* Parses dir/config.json. */

@@ -55,6 +55,17 @@ void mm_mpi_set_wait_hook(mm_mpi_wait_hook hook, void *user) {
     g_hook_user = user;
 }
 
+mm_status mm_mpi_run_wait_hook(void) {
+    static double last_ms;
+    static int in_hook;
+    if (!g_hook || in_hook || mm_now_ms() - last_ms < HOOK_EVERY_MS) return MM_OK;
+    in_hook = 1;
+    mm_status s = g_hook(g_hook_user);
+    in_hook = 0;
+    last_ms = mm_now_ms();
+    return s;
+}
+
 static void waiter_start(waiter *w) {
     w->spins = 0;
     w->t0_ms = w->hook_ms = mm_now_ms();

@@ -36,6 +36,9 @@ mm_status mm_mpi_status(int rc, const char *file, int line, const char *what);
  * watch the coordinator's liveness here, so no wait outlives a dead peer. NULL: none. */
 typedef mm_status (*mm_mpi_wait_hook)(void *user);
 void mm_mpi_set_wait_hook(mm_mpi_wait_hook hook, void *user);
+/* Runs the wait hook now if it is due (the same rate limit as in the waits), outside any
+ * wait: between the blocks of a long computation. MM_OK when there is none. */
+mm_status mm_mpi_run_wait_hook(void);
 
 /* A clean MPI_Finalize of every rank together: first a nonblocking barrier of all ranks
  * (up to timeout_ms), so that no rank enters MPI_Finalize -- whose endpoint flushes

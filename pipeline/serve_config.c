@@ -33,7 +33,7 @@ static const int_tunable INT_TUNABLES[] = {
     T(max_receive_mb, 64, 1, 2047, "largest gRPC request in MiB (images)"),
     T(max_stop_strings, 8, 0, 64, "stop strings per request at most"),
     T(stage_timeout_ms, 60000, 100, 1 << 30, "a step in flight longer than this takes the pipeline down"),
-    T(stage_liveness_ms, 3000, 200, 600000, "the coordinator and every stage hear from each other at least every 1/5 of this (heartbeats); a peer silent this long counts as dead: NOT_SERVING, requests in flight fail UNAVAILABLE, stages whose coordinator is gone exit (longer than one step's compute on a stage)"),
+    T(stage_liveness_ms, 3000, 200, 600000, "the coordinator and every stage hear from each other at least every 1/5 of this (heartbeats); a peer silent this long counts as dead: NOT_SERVING, requests in flight fail UNAVAILABLE, stages whose coordinator is gone exit (longer than one half-layer block's compute: a stage beats between blocks)"),
     T(fail_exit_ms, 2000, 0, 1 << 30, "after the pipeline went down, answer NOT_SERVING this long, then exit"),
     T(stages, 1, 1, MM_MAX_STAGES, "launch.sh: pipeline stages P (mm-stage ranks)"),
     T(encoders, 1, 0, 256, "launch.sh: mm-encoder workers on this host (more may join from others)"),

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "common/clock.h"
+#include "pipeline/pipeline_mpi.h"
 #include "model/manifest.h"
 
 /* The MetaMorph heads (both, on the first and on the last stage: they are small) and
@@ -28,6 +29,14 @@ static mm_status metamorph_load(mm_stage *st, const char *llm_dir) {
     return MM_OK;
 }
 
+/* Between the blocks of a step: the MPI wait hook (the stage's heartbeat to the
+ * coordinator and its watch on it, pipeline/liveness.h) runs when due, so a step longer
+ * than stage_liveness_ms is not taken for a dead stage. */
+static mm_status beat_between_blocks(void *user) {
+    (void)user;
+    return mm_mpi_run_wait_hook();
+}
+
 mm_status mm_stage_init(const mm_serve_config *cfg, int32_t block_begin, int32_t block_end, int first, int last,
                         int prev, int next, mm_transport *tr, mm_stage **out) {
     mm_stage *st = calloc(1, sizeof *st);
@@ -39,6 +48,7 @@ mm_status mm_stage_init(const mm_serve_config *cfg, int32_t block_begin, int32_t
     CHECK_GOTO(mm_backend_init(cfg->backend, cfg->threads, &st->be), s, fail);
     int parts = (first ? MM_LLAMA_EMBED : 0) | (last ? MM_LLAMA_HEAD : 0);
     CHECK_GOTO(mm_llama_load_blocks(paths.llm, st->be, block_begin, block_end, parts, &st->llm), s, fail);
+    st->llm->between_blocks = beat_between_blocks;
     const mm_llama_config *c = &st->llm->cfg;
     mm_dtype kv_dtype;
     CHECK_GOTO(mm_llama_kv_dtype_parse(st->llm, cfg->kv_dtype, &kv_dtype), s, fail);
@@ -275,6 +285,7 @@ mm_status mm_stage_run(mm_stage *st, const Metamorph__Internal__StepPlan *plan, 
         CHECK(mm_llama_forward_layers(st->llm, st->kv, &b, st->x));
     }
     if (st->last) {
+        CHECK(mm_mpi_run_wait_hook()); /* the head (lm_head over a large vocabulary) is long too */
         res->step_id = plan->step_id;
         CHECK(finish_rows(st, plan, res));
         res->busy_ms = mm_now_ms() - t0;

@@ -13,6 +13,15 @@ NS_TAG=mm$$
 NS_NET=10.$((200 + $$ % 50)).$(($$ % 250))
 NS_NAMES=() NS_IPS=()
 NS_DIR=
+# `ip netns add` bind-mounts /run/netns on itself the first time; a machine (or a chroot:
+# the fresh-Debian check) where it was not mounted gets it back unmounted
+NS_NETNS_MOUNTED=0
+mountpoint -q /run/netns 2>/dev/null && NS_NETNS_MOUNTED=1
+nshosts_netns_restore() {
+  ((NS_NETNS_MOUNTED)) && return 0
+  mountpoint -q /run/netns 2>/dev/null && [[ -z $(ls -A /run/netns 2>/dev/null) ]] && umount /run/netns 2>/dev/null
+  return 0
+}
 nshosts_can() {
   [[ $(id -u) == 0 ]] || { echo "not root"; return 1; }
   [[ -x /usr/sbin/sshd ]] || { echo "no /usr/sbin/sshd (openssh-server)"; return 1; }
@@ -21,10 +30,12 @@ nshosts_can() {
   if ! out=$(ip netns add "${NS_TAG}probe" 2>&1); then echo "cannot make a network namespace: $out"; return 1; fi
   if ! out=$(ip netns exec "${NS_TAG}probe" unshare --uts true 2>&1); then
     ip netns del "${NS_TAG}probe"
+    nshosts_netns_restore
     echo "cannot run in a network namespace with its own hostname: $out"
     return 1
   fi
   ip netns del "${NS_TAG}probe"
+  nshosts_netns_restore
   if ! out=$(ip link add "${NS_TAG}probe" type bridge 2>&1); then echo "cannot make a bridge: $out"; return 1; fi
   ip link del "${NS_TAG}probe"
   return 0
@@ -120,5 +131,6 @@ nshosts_down() {
     ip link del "$p" 2>/dev/null  # a veth whose namespace lingers (a process still dying in it)
   done
   ip link del "${NS_TAG}br" 2>/dev/null
+  nshosts_netns_restore
   return 0
 }

@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
 # Issue 18, on one host: the pipeline's own liveness and the launcher's watchdog.
+#   0. a step longer than stage_liveness_ms (a ~2000-row prefill in one step on one stage)
+#      is not a dead stage: the stage beats between its blocks; the request is answered,
+#      health stays SERVING, the stage keeps its pid. The bound is set to half the step's
+#      time measured with mm-run just before (a block is about a quarter of it);
 #   1. a stage SIGSTOPped (a partition as its peers see it): health NOT_SERVING within
 #      stage_liveness_ms (+ slack), and launch.sh has it SERVING again, the stopped rank gone;
 #   2. a stage SIGKILLed with a request in flight: the client gets UNAVAILABLE in one clean
@@ -55,6 +59,25 @@ stop() {
   pgrep -af "$dir/" && fail "processes left behind"
 }
 bound=$((LIVENESS_MS + 1000))  # + the coordinator's idle wake-up (250 ms), the probe's period and a loaded CI machine
+
+# 0. a long step is not a dead stage
+words=$(printf 'word%d ' $(seq 1 480)) # ~1900 rows of the tiny vocabulary
+step_s=$("$build/tools/mm-run" --model "$src/assets/tiny" --prompt "$words" --max-tokens 1 --threads 1 2>&1 |
+         sed -n 's/.* in \([0-9.]*\) s.*/\1/p')
+[[ -n $step_s ]] || fail "mm-run: no prefill time"
+long_ms=$(awk -v s="$step_s" 'BEGIN { b = int(s * 500); print b < 200 ? 200 : b }')
+LIVENESS_MS=$long_ms config '"stages": 1, "max_batch_tokens": 2048, "trace_file": "'"$dir"'/trace.jsonl"' |
+  sed 's/"stages": 2,//' > "$dir/long.json"
+start "$dir/long.json"
+wait_health 0 60 || fail "not SERVING after start (long step)"
+before=$(stage_pid 1)
+"$mmctl" --server 127.0.0.1:$port --timeout 60 generate --prompt "$words" --max-tokens 2 > "$dir/long.out" 2>&1 ||
+  fail "a step of ${step_s} s with stage_liveness_ms $long_ms: $(tail -2 "$dir/long.out")"
+healthy || fail "NOT_SERVING after a long step"
+[[ $(stage_pid 1) == "$before" ]] || fail "the stage was restarted during a long step"
+stop  # (the trace is complete once the coordinator has exited)
+busy=$(sed -n 's/.*"ev":"step".*"busy":\([0-9.]*\),"seqs".*/\1/p' "$dir/trace.jsonl" | sort -g | tail -1)
+echo "long step: ${busy:-?} ms of compute in one step (mm-run: ${step_s} s), stage_liveness_ms $long_ms: served, SERVING"
 
 config > "$dir/cfg.json"
 start "$dir/cfg.json"
