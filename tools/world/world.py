@@ -116,26 +116,24 @@ def sample(split, index):
 
 def shape_mask(shape, x0, y0, extent):
     """Boolean [SIZE, SIZE] mask of a filled shape in bbox [x0, x0+extent) x [y0, y0+extent)."""
-    ys, xs = np.mgrid[0:SIZE, 0:SIZE]
-    u = xs + 0.5 - x0  # pixel centre, relative to the bbox corner
-    v = ys + 0.5 - y0
     e = float(extent)
-    inside = (u >= 0) & (u < e) & (v >= 0) & (v < e)
+    v, u = np.mgrid[0:extent, 0:extent] + 0.5  # pixel centres, relative to the bbox corner
     if shape == "square":
-        m = inside
+        m = np.ones((extent, extent), bool)
     elif shape == "circle":
         m = (u - e / 2) ** 2 + (v - e / 2) ** 2 <= (e / 2) ** 2
     elif shape == "triangle":
         # apex at the top middle, base along the bottom edge
-        half = (v / e) * (e / 2)
-        m = inside & (np.abs(u - e / 2) <= half)
+        m = np.abs(u - e / 2) <= (v / e) * (e / 2)
     elif shape == "cross":
         w = round(e / 3)
         a = (extent - w) // 2
-        m = inside & (((u >= a) & (u < a + w)) | ((v >= a) & (v < a + w)))
+        m = ((u >= a) & (u < a + w)) | ((v >= a) & (v < a + w))
     else:
         raise ValueError(shape)
-    return m & inside
+    full = np.zeros((SIZE + 2 * extent, SIZE + 2 * extent), bool)
+    full[y0 + extent:y0 + 2 * extent, x0 + extent:x0 + 2 * extent] = m
+    return full[extent:extent + SIZE, extent:extent + SIZE]
 
 
 def render(rec):
