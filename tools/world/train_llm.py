@@ -9,7 +9,7 @@ Losses: cross-entropy on the assistant's text tokens (incl. <image_start>, <imag
 <|eot_id|>); for generation, the vision head's 64 outputs (from the hidden states at
 <image_start> and at visual tokens 0..62, inputs = mm_projector(target tokens), teacher
 forcing) against the frozen encoder's tokens of the target image: 1 - cosine similarity.
-Needs work/features.pt. Writes assets/world/llm/{config,generation_config}.json,
+Needs work/tokens.pt. Writes assets/world/llm/{config,generation_config}.json,
 model.safetensors and assets/world/metamorph.json. Resumable (work/llm.pt)."""
 import argparse
 import os
@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 IMG = common.mt.IMAGE_TOKEN_INDEX
-MIX = (("caption", 0.4), ("qa", 0.3), ("gen", 0.3))
+MIX = (("caption", 0.5), ("qa", 0.15), ("gen", 0.35))
 COS_WEIGHT = 1.0
 
 
@@ -131,7 +131,7 @@ def main():
     torch.set_num_threads(a.threads)
     log = common.Log("llm")
     tok = AutoTokenizer.from_pretrained(os.path.join(common.ASSET, "llm"))
-    feats = torch.load(os.path.join(common.WORK, "features.pt"), weights_only=False)
+    feats = torch.load(os.path.join(common.WORK, "tokens.pt"), weights_only=False)
     recs, tokens = feats["records"], feats["tokens"]
     N = len(recs)
     cfg = make_config(tok)
@@ -157,6 +157,7 @@ def main():
 
     def over():
         return a.minutes and time.time() - t_start > a.minutes * 60
+    first = True   # the running averages start from the first step of this run (also after a resume)
     while step < a.steps and not over():
         items, imgs = [], []
         for _ in range(a.batch):
@@ -187,7 +188,8 @@ def main():
         opt.step()
         step += 1
         for k, v in (("ce", ce.item()), ("cos", lc.item())):
-            run[k] = v if step == 1 else 0.95 * run[k] + 0.05 * v
+            run[k] = v if first else 0.95 * run[k] + 0.05 * v
+        first = False
         if step % 25 == 0:
             log(f"step {step} ce {run['ce']:.4f} cos_loss {run['cos']:.4f} t {time.time() - t_start:.0f}s")
         if time.time() - t_save > a.save_min * 60 or over():

@@ -66,6 +66,7 @@ def main():
     pad = tok.convert_tokens_to_ids("<|finetune_right_pad_id|>")
     t_start, t_save = time.time() - elapsed, time.time()
     run = 0.0
+    first = True   # the running averages start from the first step of this run (also after a resume)
     while step < a.steps and not (a.minutes and time.time() - t_start > a.minutes * 60):
         recs, imgs = common.train_batch(step * a.batch, a.batch)
         caps = [r["caption"] for r in recs]
@@ -83,7 +84,8 @@ def main():
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        run = loss.item() if step == 1 else 0.95 * run + 0.05 * loss.item()
+        run = loss.item() if first else 0.95 * run + 0.05 * loss.item()
+        first = False
         if step % 25 == 0 or step == a.steps:
             with torch.no_grad():
                 acc = (logits.argmax(1) == torch.arange(len(caps))).float().mean().item()

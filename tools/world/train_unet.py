@@ -6,7 +6,7 @@ encoder's 64 visual tokens (adapter output [64, CROSS_DIM], zero-padded to 77 ro
 the serving decoder does). Classifier-free guidance: 10% of the conditions are all
 zeros (the serving decoder's negative embeddings). Noise schedule: SD 1.5's
 (scaled_linear 0.00085..0.012, 1000 steps, epsilon prediction).
-Needs work/features.pt. Writes assets/world/decoder/{unet,adapter,scheduler}/.
+Needs work/tokens.pt and work/latents.pt. Writes assets/world/decoder/{unet,adapter,scheduler}/.
 Resumable (work/unet.pt)."""
 import argparse
 import json
@@ -61,8 +61,8 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     log = common.Log("unet")
-    feats = torch.load(os.path.join(common.WORK, "features.pt"), weights_only=False)
-    tokens, latents = feats["tokens"], feats["latents"]
+    tokens = torch.load(os.path.join(common.WORK, "tokens.pt"), weights_only=False)["tokens"]
+    latents = torch.load(os.path.join(common.WORK, "latents.pt"), weights_only=False)["latents"]
     N = tokens.shape[0]
     unet, adapter = build()
     params = list(unet.parameters()) + list(adapter.parameters())
@@ -81,6 +81,7 @@ def main():
 
     def over():
         return a.minutes and time.time() - t_start > a.minutes * 60
+    first = True   # the running averages start from the first step of this run (also after a resume)
     while step < a.steps and not over():
         idx = torch.randint(0, N, (a.batch,), generator=g)
         z0 = latents[idx]
@@ -100,7 +101,8 @@ def main():
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        run = loss.item() if step == 1 else 0.98 * run + 0.02 * loss.item()
+        run = loss.item() if first else 0.98 * run + 0.02 * loss.item()
+        first = False
         if step % 50 == 0:
             log(f"step {step} eps_mse {run:.4f} t {time.time() - t_start:.0f}s")
         if time.time() - t_save > a.save_min * 60 or step == a.steps or over():

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Stage 2a: the visualizer's VAE. A tiny diffusers AutoencoderKL (4 down blocks:
-64x64 RGB <-> 8x8x4 latents) trained on world images (L1 + MSE reconstruction, KL
-weight 1e-6 as in SD). scaling_factor is set to 1/std of the latent means of 512
+64x64 RGB <-> 8x8x4 latents) trained on world images (L1 + MSE reconstruction, shape pixels weighted
+10x, KL weight 1e-6 as in SD). scaling_factor is set to 1/std of the latent means of 512
 training images. Writes assets/world/decoder/vae/. Resumable (work/vae.pt)."""
 import argparse
 import os
@@ -11,6 +11,9 @@ import common
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
+
+
+SHAPE_WEIGHT = 10.0
 
 
 def build():
@@ -46,6 +49,7 @@ def main():
         log(f"resumed at step {step}")
     t_start, t_save, run = time.time() - elapsed, time.time(), 0.0
     base = 10_000_000   # training image indices of this stage (another slice of the train stream)
+    first = True   # the running averages start from the first step of this run (also after a resume)
     while step < a.steps and not (a.minutes and time.time() - t_start > a.minutes * 60):
         _, imgs = common.train_batch(base + step * a.batch, a.batch)
         x = to_x(imgs)
@@ -54,7 +58,10 @@ def main():
         post = vae.encode(x).latent_dist
         z = post.sample()
         y = vae.decode(z).sample
-        rec = F.l1_loss(y, x) + F.mse_loss(y, x)
+        # shape pixels (saturated colours) weigh SHAPE_WEIGHT times a grey background pixel:
+        # with a plain loss the flat background dominates and colours are lost
+        w = 1.0 + (SHAPE_WEIGHT - 1.0) * ((x.amax(1, keepdim=True) - x.amin(1, keepdim=True)) > 0.15).float()
+        rec = ((y - x).abs() * w).mean() + ((y - x) ** 2 * w).mean()
         kl = post.kl().mean()
         loss = rec + 1e-6 * kl
         opt.zero_grad()
@@ -62,7 +69,8 @@ def main():
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         step += 1
-        run = rec.item() if step == 1 else 0.95 * run + 0.05 * rec.item()
+        run = rec.item() if first else 0.95 * run + 0.05 * rec.item()
+        first = False
         if step % 25 == 0 or step == a.steps:
             log(f"step {step} rec(l1+mse) {run:.4f} kl {kl.item():.1f} t {time.time() - t_start:.0f}s")
         if time.time() - t_save > a.save_min * 60 or step == a.steps or (a.minutes and time.time() - t_start > a.minutes * 60):
