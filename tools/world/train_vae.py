@@ -34,14 +34,27 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--decoder-only", action="store_true",
+                    help="stage 2b: fine-tune post_quant_conv + decoder of assets/world/decoder/vae with the "
+                         "encoder frozen (its latents, the UNet's training data, and scaling_factor stay as they are)")
     ap.add_argument("--save-min", type=float, default=3.0)
     ap.add_argument("--minutes", type=float, default=0, help="wall-time budget: stop then (0 = --steps only); the LR schedule follows elapsed/budget")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    log = common.Log("vae")
-    vae = build()
-    opt = torch.optim.AdamW(vae.parameters(), lr=a.lr, weight_decay=0.0)
-    ck_path = os.path.join(common.WORK, "vae.pt")
+    out = os.path.join(common.ASSET, "decoder", "vae")
+    if a.decoder_only:
+        log = common.Log("vae_decoder")
+        vae = AutoencoderKL.from_pretrained(out)
+        for p in list(vae.encoder.parameters()) + list(vae.quant_conv.parameters()):
+            p.requires_grad_(False)
+        train_params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+        ck_path = os.path.join(common.WORK, "vae_decoder.pt")
+    else:
+        log = common.Log("vae")
+        vae = build()
+        train_params = list(vae.parameters())
+        ck_path = os.path.join(common.WORK, "vae.pt")
+    opt = torch.optim.AdamW(train_params, lr=a.lr, weight_decay=0.0)
     step, elapsed = 0, 0.0
     ck = common.load_ckpt(ck_path)
     if ck:
@@ -55,7 +68,11 @@ def main():
         x = to_x(imgs)
         for g in opt.param_groups:
             g["lr"] = common.lr_at(step, a.steps, a.lr, time.time() - t_start, a.minutes, warmup=20)
-        post = vae.encode(x).latent_dist
+        if a.decoder_only:
+            with torch.no_grad():
+                post = vae.encode(x).latent_dist
+        else:
+            post = vae.encode(x).latent_dist
         z = post.sample()
         y = vae.decode(z).sample
         # shape pixels (saturated colours) weigh SHAPE_WEIGHT times a grey background pixel:
@@ -63,10 +80,10 @@ def main():
         w = 1.0 + (SHAPE_WEIGHT - 1.0) * ((x.amax(1, keepdim=True) - x.amin(1, keepdim=True)) > 0.15).float()
         rec = ((y - x).abs() * w).mean() + ((y - x) ** 2 * w).mean()
         kl = post.kl().mean()
-        loss = rec + 1e-6 * kl
+        loss = rec + (0.0 if a.decoder_only else 1e-6) * kl
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(train_params, 1.0)
         opt.step()
         step += 1
         run = rec.item() if first else 0.95 * run + 0.05 * rec.item()
@@ -78,6 +95,15 @@ def main():
                              elapsed=time.time() - t_start)
             t_save = time.time()
     vae.eval()
+    if a.decoder_only:
+        with torch.no_grad():
+            _, imgs = common.train_batch(base - 4096, 256)
+            y = vae.decode(vae.encode(to_x(imgs)).latent_dist.mean).sample
+            err = (y - to_x(imgs)).abs().mul(127.5).mean().item()
+        vae.save_pretrained(out)
+        log(f"done: {step} steps in {time.time() - t_start:.0f}s, scaling_factor kept "
+            f"{vae.config.scaling_factor}, mean abs recon error {err:.2f}/255 on 256 images, wrote {out}")
+        return
     with torch.no_grad():
         _, imgs = common.train_batch(base - 4096, 512)
         zs = torch.cat([vae.encode(to_x(imgs[i:i + 256])).latent_dist.mean for i in range(0, 512, 256)])
@@ -85,7 +111,6 @@ def main():
         y = vae.decode(vae.encode(to_x(imgs[:256])).latent_dist.mean).sample
         err = (y - to_x(imgs[:256])).abs().mul(127.5).mean().item()
     vae.register_to_config(scaling_factor=round(sf, 5))
-    out = os.path.join(common.ASSET, "decoder", "vae")
     vae.save_pretrained(out)
     log(f"done: {step} steps in {time.time() - t_start:.0f}s, scaling_factor {sf:.5f}, "
         f"mean abs recon error {err:.2f}/255 on 256 images, wrote {out}")
