@@ -40,6 +40,7 @@ def main():
     tot = {k: [0, 0] for k in ("colour", "shape", "size", "position")}
     t0, rows, n_img = time.time(), [], 0
     start = tok.convert_tokens_to_ids(common.mt.IM_START)
+    res_f = open(os.path.join(a.out, "results.jsonl"), "w")
     for p in prompts:
         ids = world_model.generation_prompt_ids(tok, p["caption"])
         if a.force_start:
@@ -59,9 +60,9 @@ def main():
             tot[k][1] += n
         row["correct"] = {k: v[0] for k, v in sc.items()}
         rows.append(row)
-    with open(os.path.join(a.out, "results.jsonl"), "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+        res_f.write(json.dumps(row) + "\n")
+        res_f.flush()
+    res_f.close()
     allc = sum(c for c, _ in tot.values())
     alln = sum(n for _, n in tot.values())
     print(json.dumps({"prompts": len(rows), "with_image": n_img, "attribute_accuracy": allc / alln,
