@@ -52,14 +52,7 @@ start() {  # on host 1, in the background
   MM_BIN_DIR=$build nshosts_exec 1 setsid "$src/deploy/launch.sh" "$1" > "$dir/launch.log" 2>&1 &
   lpid=$!
 }
-stop() {
-  kill -TERM "$lpid"
-  for _ in $(seq 1 100); do kill -0 "$lpid" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$lpid" 2>/dev/null && fail "launch.sh still running 10 s after SIGTERM"
-  lpid=
-  sleep 0.5
-  pgrep -af "$dir/(cfg|one)" && fail "processes left behind"
-}
+stop() { stop_launcher 0.5 "$dir/(cfg|one)"; }
 downs() { grep -ao "pipeline down: [^;]*" "$dir/launch.log" | wc -l; }
 why() {  # why N: how the failure after the N-th "pipeline down" line was seen, or that hydra ended the job first
   local l

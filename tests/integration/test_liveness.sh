@@ -50,14 +50,7 @@ start() {  # start CONFIG: launch.sh in the background, its own process group
   MM_BIN_DIR=$build setsid "$src/deploy/launch.sh" "$1" > "$dir/launch.log" 2>&1 &
   lpid=$!
 }
-stop() {
-  kill -TERM "$lpid"
-  for _ in $(seq 1 100); do kill -0 "$lpid" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$lpid" 2>/dev/null && fail "launch.sh still running 10 s after SIGTERM"
-  lpid=
-  sleep 0.3
-  pgrep -af "$dir/" && fail "processes left behind"
-}
+stop() { stop_launcher 0.3 "$dir/"; }
 bound=$((LIVENESS_MS + 1000))  # + the coordinator's idle wake-up (250 ms), the probe's period and a loaded CI machine
 
 # 0. a long step is not a dead stage
