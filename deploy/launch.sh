@@ -100,6 +100,18 @@ while (($#)); do
 done
 # check_config: validates the config and the model (the coordinator's own check, with
 # the environment's overrides) and sets the settings below; fails on a permanent error.
+# set_cmd: the mpiexec line of the current hostfile and P
+set_cmd() {
+  if [[ $hostfile == - ]]; then
+    where=(-launcher fork -hosts localhost)
+  else
+    where=(-f "$hostfile")
+  fi
+  # -disable-auto-cleanup: a dead stage must not take the coordinator down at once; it
+  # answers UNAVAILABLE / NOT_SERVING and then aborts the job itself.
+  cmd=(mpiexec "${where[@]}" -disable-auto-cleanup
+       -n 1 "$bin/coordinator/mm-coordinator" "$cfg" : -n "$P" "$bin/worker/mm-stage" "$cfg")
+}
 check_config() {
   local out rc
   out=$("$bin/coordinator/mm-coordinator" --check "$cfg")
@@ -122,15 +134,7 @@ print(c["stages"], c["hostfile"] or "-", c["restart_delay_ms"], c["encoders"], c
     <<<"$out") || { say error "cannot read the checked config of $cfg"; return 2; }
   [[ -n $stages_arg ]] && P=$stages_arg
   [[ -n $hostfile_arg ]] && hostfile=$hostfile_arg
-  if [[ $hostfile == - ]]; then
-    where=(-launcher fork -hosts localhost)
-  else
-    where=(-f "$hostfile")
-  fi
-  # -disable-auto-cleanup: a dead stage must not take the coordinator down at once; it
-  # answers UNAVAILABLE / NOT_SERVING and then aborts the job itself.
-  cmd=(mpiexec "${where[@]}" -disable-auto-cleanup
-       -n 1 "$bin/coordinator/mm-coordinator" "$cfg" : -n "$P" "$bin/worker/mm-stage" "$cfg")
+  set_cmd
 }
 check_config || exit
 # the config's log settings for every program started here (pool workers read no config)
@@ -326,16 +330,6 @@ replan() {
   say error "DEGRADED: hosts unreachable: ${lost[*]}; re-planned on $(tr '\n' ' ' < "$kept")with $P stages (of $full_P)"
   set_cmd
   return 0
-}
-# set_cmd: the mpiexec line of the current hostfile and P
-set_cmd() {
-  if [[ $hostfile == - ]]; then
-    where=(-launcher fork -hosts localhost)
-  else
-    where=(-f "$hostfile")
-  fi
-  cmd=(mpiexec "${where[@]}" -disable-auto-cleanup
-       -n 1 "$bin/coordinator/mm-coordinator" "$cfg" : -n "$P" "$bin/worker/mm-stage" "$cfg")
 }
 # SIGHUP: take every host back now (the job is restarted, re-planned on all that answer)
 trap '((degraded)) && [[ -n $pid ]] && teardown "SIGHUP: trying every host again"' HUP
